@@ -1,0 +1,290 @@
+"""Hardware configuration: typed, frozen, validated; loaded from YAML with ``yaml.safe_load``.
+
+Every section is a frozen dataclass whose defaults are the built-in configuration (mirrored
+key for key by ``configs/default.yaml``). Each field carries its constraint (type, range or
+allowed strings) as metadata and is checked in ``__post_init__``, so a ``Config`` that exists
+is valid however it was made. Values the hardware derives from the configuration (accumulator
+range, bytes per entry, ...) are properties of :class:`Config` and are computed nowhere else.
+
+Every problem raises :class:`~emulator.errors.ConfigError` carrying the dotted key path
+(``"accumulator.bits"``) and the file it came from.
+"""
+
+import dataclasses
+import difflib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import yaml
+
+from emulator.errors import ConfigError
+
+__all__ = [
+    "AccumulatorConfig",
+    "AluConfig",
+    "ArrayConfig",
+    "BudgetConfig",
+    "Config",
+    "DmaConfig",
+    "EnergyConfig",
+    "MemoryConfig",
+    "config_from_dict",
+    "load_config",
+]
+
+
+# --- field constructors: the constraint of each field lives next to its default ----------
+
+
+def _int(default: int, lo: int, hi: int | None = None) -> Any:
+    """An int field (bool rejected) constrained to ``lo <= v`` (and ``v <= hi`` if given)."""
+    return field(default=default, metadata={"kind": int, "lo": lo, "hi": hi})
+
+
+def _float(default: float, lo: float = 0.0) -> Any:
+    """A finite float field (int accepted and converted, bool rejected), ``v >= lo``."""
+    return field(default=default, metadata={"kind": float, "lo": lo, "hi": None})
+
+
+def _choice(default: str, *choices: str) -> Any:
+    """A str field restricted to ``choices``."""
+    return field(default=default, metadata={"kind": str, "choices": choices})
+
+
+def _type_name(value: object) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _check_value(key: str, value: object, meta: dict[str, Any]) -> object:
+    """Check one value against its field metadata; return it normalised (int -> float)."""
+    kind = meta["kind"]
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"must be an integer, got {_type_name(value)} {value!r}", key)
+    elif kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"must be a number, got {_type_name(value)} {value!r}", key)
+        try:
+            value = float(value)
+        except OverflowError:
+            raise ConfigError(f"must be finite, got {value!r}", key) from None
+        if not math.isfinite(value):
+            raise ConfigError(f"must be finite, got {value!r}", key)
+    else:
+        choices = meta["choices"]
+        if not isinstance(value, str):
+            raise ConfigError(f"must be a string, got {_type_name(value)} {value!r}", key)
+        if value not in choices:
+            allowed = ", ".join(repr(c) for c in choices)
+            raise ConfigError(f"must be one of {allowed}, got {value!r}", key)
+        return value
+    lo, hi = meta["lo"], meta["hi"]
+    if value < lo:
+        raise ConfigError(f"must be >= {lo}, got {value!r}", key)
+    if hi is not None and value > hi:
+        raise ConfigError(f"must be <= {hi}, got {value!r}", key)
+    return value
+
+
+class _Section:
+    """Mixin: validate (and normalise) every field of a section dataclass on construction."""
+
+    __slots__ = ()
+    SECTION: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = _check_value(f"{self.SECTION}.{f.name}", getattr(self, f.name), f.metadata)
+            object.__setattr__(self, f.name, value)
+
+
+@dataclass(frozen=True, slots=True)
+class ArrayConfig(_Section):
+    """The systolic MAC array: ``rows x cols`` 8-bit multipliers and its dataflow."""
+
+    SECTION: ClassVar[str] = "array"
+    rows: int = _int(16, 1, 4096)
+    cols: int = _int(16, 1, 4096)
+    dataflow: str = _choice("weight_stationary", "weight_stationary", "output_stationary")
+
+
+@dataclass(frozen=True, slots=True)
+class AccumulatorConfig(_Section):
+    """Accumulator memory: word width in bits, overflow behaviour and number of entries."""
+
+    SECTION: ClassVar[str] = "accumulator"
+    bits: int = _int(32, 8, 32)
+    overflow: str = _choice("saturate", "saturate", "wrap")
+    entries: int = _int(262144, 1)
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryConfig(_Section):
+    """Capacities of off-chip DRAM and the on-chip scratchpad, in bytes."""
+
+    SECTION: ClassVar[str] = "memory"
+    dram_bytes: int = _int(268435456, 1)
+    scratchpad_bytes: int = _int(1048576, 1)
+
+
+@dataclass(frozen=True, slots=True)
+class DmaConfig(_Section):
+    """DMA engine: sustained bandwidth and fixed start-up latency per transfer."""
+
+    SECTION: ClassVar[str] = "dma"
+    bytes_per_cycle: int = _int(16, 1)
+    latency_cycles: int = _int(64, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class AluConfig(_Section):
+    """Vector ALU: element lanes per cycle and pipeline latency."""
+
+    SECTION: ClassVar[str] = "alu"
+    lanes: int = _int(16, 1)
+    latency_cycles: int = _int(1, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetConfig(_Section):
+    """Run limits: the emulator stops with BudgetExceeded past these (ints, hence finite)."""
+
+    SECTION: ClassVar[str] = "budget"
+    max_steps: int = _int(100_000_000, 1)
+    max_cycles: int = _int(10**15, 1)
+
+
+@dataclass(frozen=True, slots=True)
+class EnergyConfig(_Section):
+    """Energy per event in picojoules (sources in configs/default.yaml). All finite, >= 0."""
+
+    SECTION: ClassVar[str] = "energy"
+    mult_int8: float = _float(0.2)
+    add_int8: float = _float(0.03)
+    add_int32: float = _float(0.1)
+    sram_per_64b: float = _float(10.0)
+    acc_per_64b: float = _float(10.0)
+    dram_per_64b: float = _float(1950.0)
+    rng_draw: float = _float(1.0)
+    requant_element: float = _float(0.1)
+    instruction: float = _float(0.5)
+
+
+_SECTIONS: dict[str, type[_Section]] = {
+    "array": ArrayConfig,
+    "accumulator": AccumulatorConfig,
+    "memory": MemoryConfig,
+    "dma": DmaConfig,
+    "alu": AluConfig,
+    "budget": BudgetConfig,
+    "energy": EnergyConfig,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole hardware configuration. ``Config()`` is the built-in default."""
+
+    array: ArrayConfig = field(default_factory=ArrayConfig)
+    accumulator: AccumulatorConfig = field(default_factory=AccumulatorConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    dma: DmaConfig = field(default_factory=DmaConfig)
+    alu: AluConfig = field(default_factory=AluConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    energy: EnergyConfig = field(default_factory=EnergyConfig)
+
+    def __post_init__(self) -> None:
+        for name, cls in _SECTIONS.items():
+            value = getattr(self, name)
+            if type(value) is not cls:
+                raise ConfigError(f"must be a {cls.__name__}, got {_type_name(value)}", name)
+
+    # --- derived values: the only place they are computed ---------------------------------
+
+    @property
+    def acc_min(self) -> int:
+        """Smallest accumulator value (two's complement, ``accumulator.bits`` wide)."""
+        return -(1 << (self.accumulator.bits - 1))
+
+    @property
+    def acc_max(self) -> int:
+        """Largest accumulator value (two's complement, ``accumulator.bits`` wide)."""
+        return (1 << (self.accumulator.bits - 1)) - 1
+
+    @property
+    def acc_bytes_per_entry(self) -> int:
+        """Bytes one accumulator entry occupies: ``ceil(bits / 8)``."""
+        return (self.accumulator.bits + 7) // 8
+
+    @property
+    def acc_bytes(self) -> int:
+        """Total accumulator-memory capacity in bytes."""
+        return self.accumulator.entries * self.acc_bytes_per_entry
+
+    @property
+    def macs_per_cycle(self) -> int:
+        """Peak 8-bit multiply-accumulates per cycle of the array (``rows * cols``)."""
+        return self.array.rows * self.array.cols
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Nested plain dicts (JSON/YAML-ready); ``config_from_dict(c.to_dict()) == c``."""
+        return {
+            name: {f.name: getattr(getattr(self, name), f.name) for f in dataclasses.fields(cls)}
+            for name, cls in _SECTIONS.items()
+        }
+
+
+def _unknown_key(key: object, valid: list[str], prefix: str, file: str) -> ConfigError:
+    """Error for an unknown key, suggesting the closest valid one if any is close."""
+    path = f"{prefix}{key}"
+    close = difflib.get_close_matches(str(key), valid, n=1)
+    hint = f"did you mean {close[0]!r}?" if close else "valid keys: " + ", ".join(valid)
+    return ConfigError(f"unknown key {str(key)!r}; {hint}", path, file)
+
+
+def config_from_dict(d: dict, file: str = "") -> Config:
+    """Build a validated :class:`Config` from nested dicts; missing keys take defaults."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"top level must be a mapping, got {_type_name(d)}", "", file)
+    sections: dict[str, _Section] = {}
+    for name, section in d.items():
+        if name not in _SECTIONS:  # also rejects non-str keys (str keys only in _SECTIONS)
+            raise _unknown_key(name, list(_SECTIONS), "", file)
+        if section is None:  # an empty section (all keys commented out): defaults
+            section = {}
+        if not isinstance(section, dict):
+            msg = f"section must be a mapping, got {_type_name(section)}"
+            raise ConfigError(msg, name, file)
+        cls = _SECTIONS[name]
+        valid = [f.name for f in dataclasses.fields(cls)]
+        for key in section:
+            if key not in valid:
+                raise _unknown_key(key, valid, f"{name}.", file)
+        try:
+            sections[name] = cls(**section)
+        except ConfigError as err:
+            raise ConfigError(err.message, err.key, file) from None
+    return Config(**sections)  # type: ignore[arg-type]
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Load a YAML config file (``None``: the built-in defaults; an empty file: defaults)."""
+    if path is None:
+        return Config()
+    file = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot read config file: {err}", "", file) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        problem = getattr(err, "problem", None) or str(err)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        raise ConfigError(f"invalid YAML: {where}{problem}", "", file) from None
+    if data is None:
+        return Config()
+    return config_from_dict(data, file)

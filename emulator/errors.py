@@ -1,0 +1,12 @@
+"""Re-export of the typed errors (they live in :mod:`isa.errors`, the lowest layer)."""
+
+from isa.errors import (  # noqa: F401
+    AsmError,
+    BinaryFormatError,
+    BudgetExceeded,
+    ConfigError,
+    ExecutionError,
+    LpemuError,
+    MemoryAccessError,
+    UsageError,
+)

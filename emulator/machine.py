@@ -1,0 +1,160 @@
+"""The machine: architectural state as plain arrays, a decode-once program and the run loop.
+
+State
+-----
+``dram`` (uint8, byte-addressed), ``spad`` scratchpad (uint8; INT8/INT16 little-endian
+elements), ``acc`` accumulator memory (int64 entries holding ``accumulator.bits``-wide values),
+``r`` 32 scalar registers (64-bit, r0 = 0), ``e`` 16 exponent registers (32-bit signed),
+``rng`` = [seed, counter] (64-bit each), ``flags`` (sticky bits), ``pc``.
+
+Counters are kept per pc: ``counts[pc, counter]``; per-label and total views are row sums.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from types import ModuleType
+
+import numpy as np
+
+from emulator import kernels, reference
+from emulator.config import Config
+from emulator.counters import CYCLES, INSTRUCTIONS, N_COUNTERS, Summary, summarize
+from emulator.errors import BudgetExceeded, ExecutionError, MemoryAccessError
+from emulator.semantics import SEMANTICS
+from emulator.timing import HOOKS
+from isa.encoding import Program, decode
+
+MASK64 = (1 << 64) - 1
+FLAG_ACC_OVERFLOW = 1
+FLAG_RQ_SATURATION = 2
+FLAG_ALU_SATURATION = 4
+
+DATAPATHS: dict[str, ModuleType] = {"fast": kernels, "reference": reference}
+
+
+def wrap64(v: int) -> int:
+    v &= MASK64
+    return v - (1 << 64) if v >> 63 else v
+
+
+class Machine:
+    """One emulated accelerator running one program."""
+
+    def __init__(self, cfg: Config, program: Program, datapath: str = "fast") -> None:
+        if datapath not in DATAPATHS:
+            raise ValueError(f"datapath must be one of {sorted(DATAPATHS)}")
+        self.cfg = cfg
+        self.program = program
+        self.dp = DATAPATHS[datapath]
+        self.dram = np.zeros(cfg.memory.dram_bytes, dtype=np.uint8)
+        self.spad = np.zeros(cfg.memory.scratchpad_bytes, dtype=np.uint8)
+        self.acc = np.zeros(cfg.accumulator.entries, dtype=np.int64)
+        self.r = [0] * 32
+        self.e = [0] * 16
+        self.rng = [0, 0]
+        self.flags = 0
+        self.pc = 0
+        self.steps = 0
+        self.cycles = 0
+        self.halted = False
+        self.acc_wrap = cfg.accumulator.overflow == "wrap"
+        self.acc_bits = cfg.accumulator.bits
+        # decode once: (handler, operands, static cost) per pc
+        self.decoded = []
+        for w in program.words:
+            ins, ops = decode(w)
+            handler = SEMANTICS[ins.mnemonic]
+            self.decoded.append((handler, ops, ins))
+        n = len(program.words)
+        self.counts = np.zeros((max(n, 1), N_COUNTERS), dtype=np.int64)
+
+    # ----------------------------------------------------------------- memory access helpers
+    def _check(self, memory: str, size: int, start: int, length: int) -> None:
+        if length < 0:
+            raise ExecutionError(f"negative length {length} for {memory} access", self.pc)
+        if start < 0 or start + length > size:
+            bad = start if start < 0 or start >= size else size
+            raise MemoryAccessError(
+                f"{memory} access [{start:#x}, {start + length:#x}) outside [0, {size:#x})",
+                self.pc,
+                memory,
+                bad,
+            )
+
+    def sp_elems(self, addr: int, count: int, elem_bytes: int) -> np.ndarray:
+        """A typed view of ``count`` INT8/INT16 elements of the scratchpad at byte ``addr``."""
+        self._check("scratchpad", self.spad.size, addr, count * elem_bytes)
+        raw = self.spad[addr : addr + count * elem_bytes]
+        return raw.view(np.int8) if elem_bytes == 1 else raw.view("<i2")
+
+    def acc_range(self, addr: int, count: int) -> np.ndarray:
+        self._check("accumulator", self.acc.size, addr, count)
+        return self.acc[addr : addr + count]
+
+    def check_dram(self, addr: int, nbytes: int) -> None:
+        self._check("dram", self.dram.size, addr, nbytes)
+
+    # ----------------------------------------------------------------- bookkeeping
+    def charge(self, cost: dict[int, int]) -> None:
+        row = self.counts[self.pc]
+        for k, v in cost.items():
+            row[k] += v
+        self.cycles += cost.get(CYCLES, 0)
+
+    def cost(self, hook: str, *args) -> dict[int, int]:
+        return HOOKS[hook](self.cfg, *args)
+
+    def set_reg(self, rd: int, value: int) -> None:
+        if rd:
+            self.r[rd] = wrap64(value)
+
+    # ----------------------------------------------------------------- running
+    def run(self, max_steps: int | None = None, max_cycles: int | None = None) -> Summary:
+        """Run until ``halt``; raises BudgetExceeded past the step or cycle budget."""
+        max_steps = self.cfg.budget.max_steps if max_steps is None else max_steps
+        max_cycles = self.cfg.budget.max_cycles if max_cycles is None else max_cycles
+        decoded = self.decoded
+        n = len(decoded)
+        counts = self.counts
+        while not self.halted:
+            pc = self.pc
+            if not 0 <= pc < n:
+                raise ExecutionError(f"pc {pc} outside the program (0..{n - 1}); missing halt?", pc)
+            if self.steps >= max_steps:
+                raise BudgetExceeded(
+                    f"step budget of {max_steps} exhausted", pc, self.steps, self.cycles
+                )
+            if self.cycles >= max_cycles:
+                raise BudgetExceeded(
+                    f"cycle budget of {max_cycles} exhausted", pc, self.steps, self.cycles
+                )
+            handler, ops, _ = decoded[pc]
+            nxt = handler(self, ops)
+            counts[pc, INSTRUCTIONS] += 1
+            self.steps += 1
+            self.pc = pc + 1 if nxt is None else nxt
+        return self.summary()
+
+    def summary(self) -> Summary:
+        return summarize(self.counts, self.cfg)
+
+    # ----------------------------------------------------------------- host access
+    def load_dram(self, addr: int, data: bytes | np.ndarray) -> None:
+        buf = np.frombuffer(bytes(data) if isinstance(data, bytes) else data.tobytes(), np.uint8)
+        self.check_dram(addr, buf.size)
+        self.dram[addr : addr + buf.size] = buf
+
+    def read_dram(self, addr: int, nbytes: int) -> bytes:
+        self.check_dram(addr, nbytes)
+        return self.dram[addr : addr + nbytes].tobytes()
+
+    def digest(self) -> str:
+        """SHA-256 over every piece of architectural state (not counters)."""
+        h = hashlib.sha256()
+        for arr in (self.dram, self.spad, self.acc):
+            h.update(np.ascontiguousarray(arr).tobytes())
+        h.update(np.array(self.r + self.e, dtype=np.int64).tobytes())
+        h.update(np.array(self.rng, dtype=np.uint64).tobytes())
+        h.update(np.array([self.flags, self.pc, int(self.halted)], dtype=np.int64).tobytes())
+        return h.hexdigest()

@@ -1,0 +1,166 @@
+"""The slow, obviously-correct reference datapath.
+
+Every function here is the documented semantics written as directly as possible: Python
+integers (or numpy int64 matmuls, which are exact at these magnitudes), explicit byte-passes for
+INT16, explicit clamping. It exists for tests and for differential runs of whole programs
+(``Machine(..., datapath="reference")``); :mod:`emulator.kernels` is the fast path with the
+same interface and must agree bit for bit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from emulator.rng import draw_ref
+
+ROUND_NEAREST, ROUND_TRUNC, ROUND_UNIFORM, ROUND_TRIANGULAR = range(4)
+
+
+def type_range(bits: int) -> tuple[int, int]:
+    return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+
+
+def fit_int(v: int, bits: int, wrap: bool) -> tuple[int, bool]:
+    """Saturate or wrap ``v`` to a ``bits``-wide two's complement integer."""
+    lo, hi = type_range(bits)
+    if lo <= v <= hi:
+        return v, False
+    if wrap:
+        return ((v - lo) % (1 << bits)) + lo, True
+    return (hi if v > hi else lo), True
+
+
+def fit_acc(values: np.ndarray, bits: int, wrap: bool) -> tuple[np.ndarray, int]:
+    out, n = [], 0
+    for v in np.asarray(values).ravel().tolist():
+        y, over = fit_int(v, bits, wrap)
+        out.append(y)
+        n += over
+    return np.array(out, dtype=np.int64).reshape(np.shape(values)), n
+
+
+def byte_parts(x: np.ndarray) -> list[tuple[np.ndarray, int]]:
+    """Split an operand into its 8-bit parts and their shifts.
+
+    INT8 is one signed byte. INT16 ``x = hi * 256 + lo`` with ``hi`` the signed high byte and
+    ``lo`` the unsigned low byte, so each part fits the 8-bit array (lo as an unsigned lane).
+    """
+    x64 = np.asarray(x).astype(np.int64)
+    if np.asarray(x).dtype.itemsize == 1:
+        return [(x64, 0)]
+    hi = x64 >> 8
+    lo = x64 & 0xFF
+    return [(hi, 8), (lo, 0)]
+
+
+def gemm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Exact P = A @ B as the sum of shifted 8-bit byte-pass products."""
+    m, n = a.shape[0], b.shape[1]
+    p = np.zeros((m, n), dtype=np.int64)
+    for ap, sa in byte_parts(a):
+        for bp, sb in byte_parts(b):
+            p += (ap @ bp) << (sa + sb)
+    return p
+
+
+def gemm_passes(a_bits: int, b_bits: int) -> int:
+    return (a_bits // 8) * (b_bits // 8)
+
+
+def round_shift(a: int, s: int, mode: int, z: int) -> int:
+    """Requantizer rounding of one accumulator value by shift ``s`` with draw ``z``."""
+    if s <= 0:
+        return a << -s
+    half = 1 << (s - 1)
+    mask = (1 << s) - 1
+    if mode == ROUND_NEAREST:
+        return (a + half) // (1 << s)
+    if mode == ROUND_TRUNC:
+        return a // (1 << s)
+    u = z & mask
+    if mode == ROUND_UNIFORM:
+        d = u - half
+    else:
+        v = (z >> s) & mask
+        bit = (z >> (2 * s)) & 1
+        d = u + v - (1 << s) + bit
+    return (a + d + half) // (1 << s)
+
+
+def uses_rng(mode: int, s: int) -> bool:
+    return mode in (ROUND_UNIFORM, ROUND_TRIANGULAR) and s > 0
+
+
+def requant(
+    acc: np.ndarray, shift: int, mode: int, out_bits: int, relu: bool, seed: int, counter: int
+) -> tuple[np.ndarray, int]:
+    """Requantize accumulator values; returns (values, number saturated)."""
+    out, nsat = [], 0
+    draw = uses_rng(mode, shift)
+    for i, a in enumerate(np.asarray(acc).ravel().tolist()):
+        z = draw_ref(seed, counter + i) if draw else 0
+        y = round_shift(a, shift, mode, z)
+        if relu and y < 0:
+            y = 0
+        y, sat = fit_int(y, out_bits, wrap=False)
+        out.append(y)
+        nsat += sat
+    return np.array(out, dtype=np.int64), nsat
+
+
+def sign_bits_needed(acc: np.ndarray) -> int:
+    """max over values of bitlen(v if v >= 0 else ~v): magnitude bits, sign excluded."""
+    best = 0
+    for v in np.asarray(acc).ravel().tolist():
+        best = max(best, (v if v >= 0 else ~v).bit_length())
+    return best
+
+
+def alu(op: str, a: np.ndarray, b: np.ndarray | None, bits: int, shift: int = 0):
+    """Elementwise ALU op on Python ints with explicit saturation; returns (values, nsat)."""
+    lo, hi = type_range(bits)
+    out, nsat = [], 0
+    av = np.asarray(a).ravel().tolist()
+    bv = np.asarray(b).ravel().tolist() if b is not None else [0] * len(av)
+    for x, y in zip(av, bv, strict=True):
+        if op == "vadd":
+            r = x + y
+        elif op == "vsub":
+            r = x - y
+        elif op == "vmul":
+            r = x * y
+        elif op == "vmin":
+            r = min(x, y)
+        elif op == "vmax":
+            r = max(x, y)
+        elif op == "vcmpgt":
+            r = 1 if x > y else 0
+        elif op == "vsra":
+            r = x >> min(shift, 15)
+        elif op == "vsll":
+            r = x << min(shift, 16)
+        elif op == "vrelu":
+            r = max(x, 0)
+        elif op == "vrelumask":
+            r = 1 if x > 0 else 0
+        else:
+            raise ValueError(op)
+        clipped = min(max(r, lo), hi)
+        nsat += clipped != r
+        out.append(clipped)
+    return np.array(out, dtype=np.int64), nsat
+
+
+def select(mask: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.array(
+        [x if m != 0 else y for m, x, y in zip(mask.tolist(), a.tolist(), b.tolist(), strict=True)],
+        dtype=np.int64,
+    )
+
+
+def row_max(x: np.ndarray) -> np.ndarray:
+    return np.array([max(row) for row in np.asarray(x).tolist()], dtype=np.int64)
+
+
+def row_sum(x: np.ndarray) -> np.ndarray:
+    return np.array([sum(row) for row in np.asarray(x).tolist()], dtype=np.int64)

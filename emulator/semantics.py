@@ -1,0 +1,517 @@
+"""Instruction semantics: one small function per mnemonic, registered in :data:`SEMANTICS`.
+
+Each function receives the machine and the decoded operand dict, reads and checks every
+operand range *before* changing state (a faulting instruction leaves the machine as it was),
+does the work on the machine's datapath (``m.dp``: fast kernels or the reference), charges the
+closed-form cost from :mod:`emulator.timing` plus its data-dependent counts, and returns the
+next pc (or None for pc + 1). The pseudo-code each one implements is in ``isa/spec.py`` and
+``docs/isa.md``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from emulator.counters import ACC_OVERFLOWS, MAC_OPS, MACS, MACS_SKIPPED, RNG_DRAWS, SATURATIONS
+from emulator.errors import ExecutionError
+from emulator.reference import uses_rng
+from emulator.rng import MASK64
+from isa.spec import DTYPES, RNG_FIELDS, ROUND_MODES
+
+if TYPE_CHECKING:
+    from emulator.machine import Machine
+
+Handler = Callable[["Machine", dict[str, int]], "int | None"]
+SEMANTICS: dict[str, Handler] = {}
+
+FLAG_ACC_OVERFLOW, FLAG_RQ_SATURATION, FLAG_ALU_SATURATION = 1, 2, 4
+ELEM_BYTES = {DTYPES.index("i8"): 1, DTYPES.index("i16"): 2}
+EXP_MIN, EXP_MAX = -(1 << 31), (1 << 31) - 1
+MAX_RQ_SHIFT = 31
+
+
+def semantics(*mnemonics: str) -> Callable[[Handler], Handler]:
+    def deco(fn: Handler) -> Handler:
+        for mn in mnemonics:
+            if mn in SEMANTICS:
+                raise RuntimeError(f"two implementations of {mn}")
+            SEMANTICS[mn] = fn
+        return fn
+
+    return deco
+
+
+def _count(m: Machine, name: str, n: int) -> int:
+    if n < 0:
+        raise ExecutionError(f"{name} must be >= 0, got {n}", m.pc)
+    return n
+
+
+def _set_exp(m: Machine, ed: int, v: int) -> None:
+    if not EXP_MIN <= v <= EXP_MAX:
+        raise ExecutionError(f"exponent e{ed} = {v} outside the 32-bit range", m.pc)
+    m.e[ed] = v
+
+
+# ============================================================================ scalar / control
+@semantics("nop")
+def _nop(m, o):
+    m.charge(m.cost("scalar"))
+
+
+@semantics("halt")
+def _halt(m, o):
+    m.charge(m.cost("scalar"))
+    m.halted = True
+    return m.pc  # stay on the halt
+
+
+@semantics("li")
+def _li(m, o):
+    m.set_reg(o["rd"], o["imm"])
+    m.charge(m.cost("scalar"))
+
+
+@semantics("lih")
+def _lih(m, o):
+    m.set_reg(o["rd"], (o["imm"] << 32) | (m.r[o["rd"]] & 0xFFFFFFFF))
+    m.charge(m.cost("scalar"))
+
+
+@semantics("addi")
+def _addi(m, o):
+    m.set_reg(o["rd"], m.r[o["ra"]] + o["imm"])
+    m.charge(m.cost("scalar"))
+
+
+_BINOPS: dict[str, Callable[[int, int], int]] = {
+    "add": lambda a, b: a + b,
+    "sub": lambda a, b: a - b,
+    "mul": lambda a, b: a * b,
+    "and": lambda a, b: a & b,
+    "or": lambda a, b: a | b,
+    "xor": lambda a, b: a ^ b,
+    "sll": lambda a, b: a << (b & 63),
+    "sra": lambda a, b: a >> (b & 63),
+    "srl": lambda a, b: (a & MASK64) >> (b & 63),
+    "slt": lambda a, b: int(a < b),
+}
+
+
+def _make_binop(fn: Callable[[int, int], int]) -> Handler:
+    def h(m, o):
+        m.set_reg(o["rd"], fn(m.r[o["ra"]], m.r[o["rb"]]))
+        m.charge(m.cost("scalar"))
+
+    return h
+
+
+for _mn, _fn in _BINOPS.items():
+    semantics(_mn)(_make_binop(_fn))
+
+_CONDS: dict[str, Callable[[int, int], bool]] = {
+    "beq": lambda a, b: a == b,
+    "bne": lambda a, b: a != b,
+    "blt": lambda a, b: a < b,
+    "bge": lambda a, b: a >= b,
+}
+
+
+def _make_branch(cond: Callable[[int, int], bool]) -> Handler:
+    def h(m, o):
+        m.charge(m.cost("branch"))
+        return o["target"] if cond(m.r[o["ra"]], m.r[o["rb"]]) else None
+
+    return h
+
+
+for _mn, _c in _CONDS.items():
+    semantics(_mn)(_make_branch(_c))
+
+
+@semantics("jmp")
+def _jmp(m, o):
+    m.charge(m.cost("branch"))
+    return o["target"]
+
+
+@semantics("flags")
+def _flags(m, o):
+    m.set_reg(o["rd"], m.flags)
+    m.charge(m.cost("scalar"))
+
+
+@semantics("clrflags")
+def _clrflags(m, o):
+    m.flags = 0
+    m.charge(m.cost("scalar"))
+
+
+@semantics("ldw")
+def _ldw(m, o):
+    addr = m.r[o["ra"]] + o["imm"]
+    m.check_dram(addr, 4)
+    m.set_reg(o["rd"], int(m.dram[addr : addr + 4].view("<i4")[0]))
+    m.charge(m.cost("scalar_mem", False))
+
+
+@semantics("stw")
+def _stw(m, o):
+    addr = m.r[o["ra"]] + o["imm"]
+    m.check_dram(addr, 4)
+    m.dram[addr : addr + 4] = np.array([m.r[o["rs"]] & 0xFFFFFFFF], "<u4").view(np.uint8)
+    m.charge(m.cost("scalar_mem", True))
+
+
+# ============================================================================ exponents
+@semantics("eset")
+def _eset(m, o):
+    _set_exp(m, o["ed"], o["imm"])
+    m.charge(m.cost("scalar"))
+
+
+@semantics("eadd")
+def _eadd(m, o):
+    _set_exp(m, o["ed"], m.e[o["ea"]] + m.e[o["eb"]])
+    m.charge(m.cost("scalar"))
+
+
+@semantics("eaddi")
+def _eaddi(m, o):
+    _set_exp(m, o["ed"], m.e[o["ea"]] + o["imm"])
+    m.charge(m.cost("scalar"))
+
+
+@semantics("emv")
+def _emv(m, o):
+    m.set_reg(o["rd"], m.e[o["ea"]])
+    m.charge(m.cost("scalar"))
+
+
+@semantics("esetr")
+def _esetr(m, o):
+    _set_exp(m, o["ed"], m.r[o["ra"]])
+    m.charge(m.cost("scalar"))
+
+
+@semantics("efit")
+def _efit(m, o):
+    n = _count(m, "element count", m.r[o["rn"]])
+    block = m.acc_range(m.r[o["racc"]], n)
+    bits = 8 * ELEM_BYTES[o["dt"]]
+    need = m.dp.sign_bits_needed(block)
+    _set_exp(m, o["ed"], m.e[o["ein"]] + need - (bits - 1))
+    m.charge(m.cost("scan", n))
+
+
+# ============================================================================ dither RNG
+@semantics("rngseed")
+def _rngseed(m, o):
+    m.rng = [m.r[o["ra"]] & MASK64, 0]
+    m.charge(m.cost("scalar"))
+
+
+@semantics("rngctr")
+def _rngctr(m, o):
+    m.rng[1] = m.r[o["ra"]] & MASK64
+    m.charge(m.cost("scalar"))
+
+
+@semantics("rngrd")
+def _rngrd(m, o):
+    m.set_reg(o["rd"], m.rng[RNG_FIELDS.index(RNG_FIELDS[o["sel"]])])
+    m.charge(m.cost("scalar"))
+
+
+# ============================================================================ DMA
+def _block(m: Machine, memory: str, size: int, base: int, rows: int, nbytes: int, stride: int):
+    """Bounds-check a 2-D byte block and return (row starts ok); strides must be >= 0."""
+    if stride < 0:
+        raise ExecutionError(f"{memory} stride must be >= 0, got {stride}", m.pc)
+    if rows == 0 or nbytes == 0:
+        return
+    m._check(memory, size, base, nbytes)
+    m._check(memory, size, base + (rows - 1) * stride, nbytes)
+
+
+def _strided(buf: np.ndarray, base: int, rows: int, nbytes: int, stride: int) -> np.ndarray:
+    return np.lib.stride_tricks.as_strided(
+        buf[base:], shape=(rows, nbytes), strides=(stride, 1), writeable=True
+    )
+
+
+def _dma(m: Machine, o: dict[str, int], to_dram: bool) -> None:
+    r = m.r
+    rows = _count(m, "row count", r[o["rrows"]])
+    nbytes = _count(m, "row bytes", r[o["rbytes"]])
+    dram_a, sp_a = r[o["rdram"]], r[o["rsp"]]
+    dstride, sstride = r[o["rdstride"]], r[o["rsstride"]]
+    _block(m, "dram", m.dram.size, dram_a, rows, nbytes, dstride)
+    _block(m, "scratchpad", m.spad.size, sp_a, rows, nbytes, sstride)
+    dst_stride = dstride if to_dram else sstride
+    if rows > 1 and 0 < dst_stride < nbytes or (rows > 1 and dst_stride == 0 and nbytes):
+        raise ExecutionError("destination rows overlap (stride < row bytes)", m.pc)
+    if rows and nbytes:
+        d = _strided(m.dram, dram_a, rows, nbytes, dstride)
+        s = _strided(m.spad, sp_a, rows, nbytes, sstride)
+        if to_dram:
+            d[...] = s
+        else:
+            s[...] = d
+    m.charge(m.cost("dma", rows * nbytes, to_dram))
+
+
+@semantics("dmald")
+def _dmald(m, o):
+    _dma(m, o, to_dram=False)
+
+
+@semantics("dmast")
+def _dmast(m, o):
+    _dma(m, o, to_dram=True)
+
+
+def _dma_acc(m: Machine, o: dict[str, int], to_dram: bool) -> None:
+    r = m.r
+    rows = _count(m, "row count", r[o["rrows"]])
+    cols = _count(m, "column count", r[o["rcols"]])
+    dram_a, acc_a, dstride = r[o["rdram"]], r[o["racc"]], r[o["rdstride"]]
+    _block(m, "dram", m.dram.size, dram_a, rows, 4 * cols, dstride)
+    if to_dram and rows > 1 and cols and dstride < 4 * cols:
+        raise ExecutionError("destination rows overlap (stride < row bytes)", m.pc)
+    block = m.acc_range(acc_a, rows * cols).reshape(rows, cols)
+    if rows and cols:
+        d = _strided(m.dram, dram_a, rows, 4 * cols, dstride)
+        if to_dram:
+            d[...] = block.astype("<i4").view(np.uint8).reshape(rows, 4 * cols)
+        else:
+            vals = np.ascontiguousarray(d).view("<i4").astype(np.int64)
+            fitted, nover = m.dp.fit_acc(vals, m.acc_bits, m.acc_wrap)
+            block[...] = fitted.reshape(rows, cols)
+            _overflow(m, nover)
+    m.charge(m.cost("dma_acc", rows * cols, to_dram))
+
+
+@semantics("dmaldacc")
+def _dmaldacc(m, o):
+    _dma_acc(m, o, to_dram=False)
+
+
+@semantics("dmastacc")
+def _dmastacc(m, o):
+    _dma_acc(m, o, to_dram=True)
+
+
+def _overflow(m: Machine, n: int) -> None:
+    if n:
+        m.flags |= FLAG_ACC_OVERFLOW
+        m.charge({ACC_OVERFLOWS: n})
+
+
+# ============================================================================ matrix
+def _operand(m: Machine, addr: int, rows: int, cols: int, elem: int, trans: bool) -> np.ndarray:
+    """The [rows, cols] operand stored row-major (or as [cols, rows] if ``trans``)."""
+    v = m.sp_elems(addr, rows * cols, elem)
+    return v.reshape(cols, rows).T if trans else v.reshape(rows, cols)
+
+
+def _zero_skips(a: np.ndarray, b: np.ndarray, sa: bool, sb: bool) -> int:
+    """MACs (i,k,j) with a skip-enabled zero operand: exact, from per-k zero counts."""
+    mdim, ndim = a.shape[0], b.shape[1]
+    if not (sa or sb):
+        return 0
+    za = (a == 0).sum(axis=0, dtype=np.int64) if sa else None  # zeros per k in A's column
+    zb = (b == 0).sum(axis=1, dtype=np.int64) if sb else None  # zeros per k in B's row
+    if za is not None and zb is None:
+        return int(za.sum()) * ndim
+    if zb is not None and za is None:
+        return int(zb.sum()) * mdim
+    return int((za * ndim + zb * mdim - za * zb).sum())
+
+
+@semantics("gemm")
+def _gemm(m, o):
+    r = m.r
+    mm = _count(m, "M", r[o["rm"]])
+    kk = _count(m, "K", r[o["rk"]])
+    nn = _count(m, "N", r[o["rn"]])
+    ea, eb = ELEM_BYTES[o["da"]], ELEM_BYTES[o["db"]]
+    a = _operand(m, r[o["ra"]], mm, kk, ea, bool(o["ta"]))
+    b = _operand(m, r[o["rb"]], kk, nn, eb, bool(o["tb"]))
+    c = m.acc_range(r[o["rc"]], mm * nn).reshape(mm, nn)
+    p = m.dp.gemm(a, b) if mm and nn else np.zeros((mm, nn), np.int64)
+    total = p + c if o["acc"] else p
+    fitted, nover = m.dp.fit_acc(total, m.acc_bits, m.acc_wrap)
+    c[...] = fitted
+    skipped = _zero_skips(a, b, bool(o["sa"]), bool(o["sb"]))
+    done = mm * kk * nn - skipped
+    m.charge(m.cost("gemm", mm, kk, nn, ea, eb, bool(o["acc"])))
+    m.charge({MACS: done, MACS_SKIPPED: skipped, MAC_OPS: done * ea * eb})
+    _overflow(m, nover)
+
+
+# ============================================================================ requantize
+@semantics("rq")
+def _rq(m, o):
+    r = m.r
+    n = _count(m, "element count", r[o["rn"]])
+    shift = m.e[o["eout"]] - m.e[o["ein"]]
+    if not -MAX_RQ_SHIFT <= shift <= MAX_RQ_SHIFT:
+        raise ExecutionError(
+            f"requantize shift e{o['eout']} - e{o['ein']} = {shift} outside "
+            f"[{-MAX_RQ_SHIFT}, {MAX_RQ_SHIFT}]",
+            m.pc,
+        )
+    elem = ELEM_BYTES[o["dt"]]
+    src = m.acc_range(r[o["racc"]], n)
+    dst = m.sp_elems(r[o["rd"]], n, elem)
+    mode = o["rnd"]
+    seed, counter = m.rng
+    vals, nsat = m.dp.requant(src, shift, mode, 8 * elem, bool(o["relu"]), seed, counter)
+    dst[...] = vals
+    draws = n if uses_rng(mode, shift) else 0
+    m.rng[1] = (counter + draws) & MASK64
+    m.charge(m.cost("requant", n, elem))
+    m.charge({RNG_DRAWS: draws, SATURATIONS: nsat})
+    if nsat:
+        m.flags |= FLAG_RQ_SATURATION
+
+
+# ============================================================================ vector ALU
+def _alu_sat(m: Machine, nsat: int) -> None:
+    if nsat:
+        m.flags |= FLAG_ALU_SATURATION
+        m.charge({SATURATIONS: nsat})
+
+
+def _make_vec3(op: str) -> Handler:
+    multiply = op == "vmul"
+
+    def h(m, o):
+        r = m.r
+        n = _count(m, "element count", r[o["rn"]])
+        elem = ELEM_BYTES[o["dt"]]
+        a = m.sp_elems(r[o["ra"]], n, elem)
+        b = m.sp_elems(r[o["rb"]], n, elem)
+        d = m.sp_elems(r[o["rd"]], n, elem)
+        vals, nsat = m.dp.alu(op, a, b, 8 * elem)
+        d[...] = vals
+        m.charge(m.cost("alu", n, elem, 2, multiply))
+        _alu_sat(m, nsat)
+
+    return h
+
+
+for _op in ("vadd", "vsub", "vmul", "vmin", "vmax", "vcmpgt"):
+    semantics(_op)(_make_vec3(_op))
+
+
+def _make_shift(op: str) -> Handler:
+    def h(m, o):
+        r = m.r
+        n = _count(m, "element count", r[o["rn"]])
+        sh = r[o["rs"]]
+        if sh < 0:
+            raise ExecutionError(f"shift amount must be >= 0, got {sh}", m.pc)
+        elem = ELEM_BYTES[o["dt"]]
+        a = m.sp_elems(r[o["ra"]], n, elem)
+        d = m.sp_elems(r[o["rd"]], n, elem)
+        vals, nsat = m.dp.alu(op, a, None, 8 * elem, shift=sh)
+        d[...] = vals
+        m.charge(m.cost("alu", n, elem, 1, False))
+        _alu_sat(m, nsat)
+
+    return h
+
+
+for _op in ("vsra", "vsll"):
+    semantics(_op)(_make_shift(_op))
+
+
+def _make_unary(op: str) -> Handler:
+    def h(m, o):
+        r = m.r
+        n = _count(m, "element count", r[o["rn"]])
+        elem = ELEM_BYTES[o["dt"]]
+        a = m.sp_elems(r[o["ra"]], n, elem)
+        d = m.sp_elems(r[o["rd"]], n, elem)
+        vals, nsat = m.dp.alu(op, a, None, 8 * elem)
+        d[...] = vals
+        m.charge(m.cost("alu", n, elem, 1, False))
+        _alu_sat(m, nsat)
+
+    return h
+
+
+for _op in ("vrelu", "vrelumask"):
+    semantics(_op)(_make_unary(_op))
+
+
+@semantics("vsel")
+def _vsel(m, o):
+    r = m.r
+    n = _count(m, "element count", r[o["rn"]])
+    elem = ELEM_BYTES[o["dt"]]
+    mask = m.sp_elems(r[o["rm"]], n, elem)
+    a = m.sp_elems(r[o["ra"]], n, elem)
+    b = m.sp_elems(r[o["rb"]], n, elem)
+    d = m.sp_elems(r[o["rd"]], n, elem)
+    d[...] = m.dp.select(mask, a, b)
+    m.charge(m.cost("alu", n, elem, 3, False))
+
+
+def _rows_cols(m: Machine, o: dict[str, int]) -> tuple[int, int]:
+    rows = _count(m, "row count", m.r[o["rrows"]])
+    cols = _count(m, "column count", m.r[o["rcols"]])
+    return rows, cols
+
+
+@semantics("vrmax")
+def _vrmax(m, o):
+    rows, cols = _rows_cols(m, o)
+    if rows and not cols:
+        raise ExecutionError("row maximum of an empty row", m.pc)
+    elem = ELEM_BYTES[o["dt"]]
+    x = m.sp_elems(m.r[o["ra"]], rows * cols, elem).reshape(rows, cols)
+    d = m.sp_elems(m.r[o["rd"]], rows, elem)
+    d[...] = m.dp.row_max(x) if rows else d
+    m.charge(m.cost("reduce", rows, cols, elem, False))
+
+
+@semantics("vrsum")
+def _vrsum(m, o):
+    rows, cols = _rows_cols(m, o)
+    elem = ELEM_BYTES[o["dt"]]
+    x = m.sp_elems(m.r[o["ra"]], rows * cols, elem).reshape(rows, cols)
+    d = m.acc_range(m.r[o["racc"]], rows)
+    fitted, nover = m.dp.fit_acc(m.dp.row_sum(x), m.acc_bits, m.acc_wrap)
+    d[...] = fitted
+    m.charge(m.cost("reduce", rows, cols, elem, True))
+    _overflow(m, nover)
+
+
+@semantics("vtoacc")
+def _vtoacc(m, o):
+    from emulator.counters import ACC_RD, ACC_WR, SPAD_WR
+
+    r = m.r
+    n = _count(m, "element count", r[o["rn"]])
+    elem = ELEM_BYTES[o["dt"]]
+    a = m.sp_elems(r[o["ra"]], n, elem)
+    d = m.acc_range(r[o["racc"]], n)
+    total = a.astype(np.int64) + d if o["acc"] else a.astype(np.int64)
+    fitted, nover = m.dp.fit_acc(total, m.acc_bits, m.acc_wrap)
+    d[...] = fitted
+    cost = m.cost("alu", n, elem, 1, False)
+    del cost[SPAD_WR]
+    cost[ACC_WR] = n * m.cfg.acc_bytes_per_entry
+    if o["acc"]:
+        cost[ACC_RD] = n * m.cfg.acc_bytes_per_entry
+    m.charge(cost)
+    _overflow(m, nover)
+
+
+_ = ROUND_MODES

@@ -1,0 +1,187 @@
+"""Encoder, decoder and the program file format, all derived from :mod:`isa.spec`.
+
+Program file layout (little-endian)::
+
+    offset  size  field
+    0       4     magic  b"LPEM"
+    4       2     version (1)
+    6       2     reserved, zero
+    8       4     n_words: number of 64-bit instruction words
+    12      4     n_labels
+    16      4     payload_bytes: length of everything after this 24-byte header
+    20      4     crc32 of the payload
+    24      8*n   instruction words
+    ...           n_labels x (u32 pc, u16 name length, utf-8 name)
+
+Every field is checked on load; a failure raises :class:`BinaryFormatError` with the byte
+offset of the first bad byte.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from isa.errors import BinaryFormatError
+from isa.spec import BY_OPCODE, OPCODE_BITS, OPCODE_LO, Field, Instr
+
+MAGIC = b"LPEM"
+VERSION = 1
+HEADER = struct.Struct("<4sHHIIII")
+
+
+@dataclass
+class Program:
+    """A decoded-once program: instruction words plus its labels and optional source map."""
+
+    words: list[int]
+    labels: dict[str, int] = field(default_factory=dict)
+    source: list[tuple[str, int]] = field(default_factory=list)  # (file, line) per pc
+    name: str = "<program>"
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+    def label_at(self) -> list[str]:
+        """For every pc, the nearest label at or before it ("" before the first label)."""
+        starts = sorted((pc, name) for name, pc in self.labels.items())
+        out, cur, j = [], "", 0
+        for pc in range(len(self.words)):
+            while j < len(starts) and starts[j][0] <= pc:
+                cur = starts[j][1]
+                j += 1
+            out.append(cur)
+        return out
+
+
+def field_value_to_bits(f: Field, value: int) -> int:
+    """Range-check ``value`` for field ``f`` and return its raw bits. Raises ValueError."""
+    if f.kind == "simm":
+        lo, hi = -(1 << (f.width - 1)), (1 << (f.width - 1)) - 1
+    elif f.kind == "enum":
+        lo, hi = 0, len(f.choices) - 1
+    else:
+        lo, hi = 0, f.mask
+    if not lo <= value <= hi:
+        raise ValueError(f"operand {f.name}={value} out of range [{lo}, {hi}]")
+    return value & f.mask
+
+
+def encode(ins: Instr, operands: dict[str, int]) -> int:
+    """Encode one instruction; ``operands`` maps every field name to an int."""
+    word = ins.opcode << OPCODE_LO
+    for f in ins.fields:
+        word |= field_value_to_bits(f, operands[f.name]) << f.lo
+    return word
+
+
+def decode(word: int) -> tuple[Instr, dict[str, int]]:
+    """Decode one word. Raises ValueError for an unknown opcode or non-zero unused bits."""
+    if not 0 <= word < (1 << 64):
+        raise ValueError("instruction word out of 64-bit range")
+    opcode = word >> OPCODE_LO
+    ins = BY_OPCODE.get(opcode)
+    if ins is None:
+        raise ValueError(f"unknown opcode {opcode:#04x}")
+    used = 0
+    ops: dict[str, int] = {}
+    for f in ins.fields:
+        raw = (word >> f.lo) & f.mask
+        used |= f.mask << f.lo
+        if f.kind == "simm" and raw >> (f.width - 1):
+            raw -= 1 << f.width
+        if f.kind == "enum" and raw >= len(f.choices):
+            raise ValueError(f"{ins.mnemonic}: field {f.name} has invalid value {raw}")
+        ops[f.name] = raw
+    stray = word & ((1 << OPCODE_LO) - 1) & ~used
+    if stray:
+        raise ValueError(f"{ins.mnemonic}: reserved bits set ({stray:#x})")
+    return ins, ops
+
+
+def opcode_mask() -> int:
+    return ((1 << OPCODE_BITS) - 1) << OPCODE_LO
+
+
+# ---------------------------------------------------------------------------------------------
+# Program files
+
+
+def to_bytes(prog: Program) -> bytes:
+    body = bytearray()
+    for w in prog.words:
+        body += struct.pack("<Q", w)
+    for name, pc in sorted(prog.labels.items(), key=lambda kv: (kv[1], kv[0])):
+        raw = name.encode("utf-8")
+        body += struct.pack("<IH", pc, len(raw)) + raw
+    header = HEADER.pack(
+        MAGIC, VERSION, 0, len(prog.words), len(prog.labels), len(body), zlib.crc32(body)
+    )
+    return header + bytes(body)
+
+
+def from_bytes(data: bytes, file: str = "<bytes>") -> Program:
+    """Parse and fully validate a program file (header, CRC, every word, every label)."""
+    if len(data) < HEADER.size:
+        raise BinaryFormatError(
+            f"file is {len(data)} bytes, shorter than the {HEADER.size}-byte header", file,
+            len(data),
+        )
+    magic, version, reserved, n_words, n_labels, payload, crc = HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise BinaryFormatError(f"bad magic {magic!r}, expected {MAGIC!r}", file, 0)
+    if version != VERSION:
+        raise BinaryFormatError(f"unsupported version {version}, expected {VERSION}", file, 4)
+    if reserved:
+        raise BinaryFormatError("reserved header field is not zero", file, 6)
+    body = data[HEADER.size :]
+    if len(body) != payload:
+        where = HEADER.size + min(len(body), payload)
+        raise BinaryFormatError(
+            f"payload is {len(body)} bytes, header says {payload} (truncated or padded)",
+            file, where,
+        )
+    if 8 * n_words > payload:
+        raise BinaryFormatError(
+            f"header claims {n_words} words, more than the payload holds", file, 8
+        )
+    if zlib.crc32(body) != crc:
+        raise BinaryFormatError("CRC mismatch: the payload is corrupted", file, 20)
+    words = []
+    for i in range(n_words):
+        off = HEADER.size + 8 * i
+        (w,) = struct.unpack_from("<Q", data, off)
+        try:
+            decode(w)
+        except ValueError as e:
+            raise BinaryFormatError(f"instruction {i}: {e}", file, off) from None
+        words.append(w)
+    labels: dict[str, int] = {}
+    off = HEADER.size + 8 * n_words
+    for _ in range(n_labels):
+        if off + 6 > len(data):
+            raise BinaryFormatError("label table truncated", file, off)
+        pc, n = struct.unpack_from("<IH", data, off)
+        if off + 6 + n > len(data):
+            raise BinaryFormatError("label name truncated", file, off + 6)
+        try:
+            name = data[off + 6 : off + 6 + n].decode("utf-8")
+        except UnicodeDecodeError:
+            raise BinaryFormatError("label name is not utf-8", file, off + 6) from None
+        if pc > n_words:
+            raise BinaryFormatError(f"label {name!r} points past the program ({pc})", file, off)
+        labels[name] = pc
+        off += 6 + n
+    if off != len(data):
+        raise BinaryFormatError("trailing bytes after the label table", file, off)
+    return Program(words, labels, [], file)
+
+
+def write_program(prog: Program, path: str | Path) -> None:
+    Path(path).write_bytes(to_bytes(prog))
+
+
+def read_program(path: str | Path) -> Program:
+    return from_bytes(Path(path).read_bytes(), str(path))

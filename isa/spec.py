@@ -1,0 +1,447 @@
+"""The instruction table: the single source of truth for the lpemu instruction set.
+
+Every instruction is one fixed-width 64-bit little-endian word. Bits [63:56] hold the opcode;
+operand fields are packed from bit 0 upward in the order they are declared. The encoder,
+decoder, assembler, disassembler, ``docs/isa.md`` and the emulator's dispatch table all derive
+from :data:`TABLE`; ``tests/test_isa.py`` proves that opcodes are unique, fields fit their words
+and do not overlap, and every instruction has exactly one implementation and one cost hook.
+
+Field kinds
+-----------
+``reg``   scalar register r0..r31 (5 bits). r0 reads as zero and ignores writes.
+``ereg``  exponent register e0..e15 (4 bits).
+``simm``  signed two's complement immediate of ``width`` bits.
+``uimm``  unsigned immediate of ``width`` bits.
+``target`` absolute instruction index (a label in assembly), unsigned.
+``enum``  a small named choice, written ``name=value`` in assembly (default first).
+``flag``  a 0/1 switch, written ``name=1`` in assembly (default 0).
+Positional operands (reg, ereg, simm, uimm, target) are written in declaration order;
+``enum`` and ``flag`` operands are optional keywords after them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+WORD_BITS = 64
+OPCODE_LO = 56
+OPCODE_BITS = 8
+N_SCALAR_REGS = 32
+N_EXP_REGS = 16
+
+KIND_WIDTH = {"reg": 5, "ereg": 4}
+POSITIONAL_KINDS = ("reg", "ereg", "simm", "uimm", "target")
+KEYWORD_KINDS = ("enum", "flag")
+
+DTYPES = ("i8", "i16")
+ROUND_MODES = ("nearest", "trunc", "uniform", "triangular")
+RNG_FIELDS = ("seed", "counter")
+
+
+@dataclass(frozen=True)
+class Field:
+    """One operand field: its name, kind, bit position and width."""
+
+    name: str
+    kind: str
+    width: int
+    lo: int = -1
+    choices: tuple[str, ...] = ()
+    doc: str = ""
+
+    @property
+    def positional(self) -> bool:
+        return self.kind in POSITIONAL_KINDS
+
+    @property
+    def mask(self) -> int:
+        return (1 << self.width) - 1
+
+
+@dataclass(frozen=True)
+class Instr:
+    """One instruction: mnemonic, opcode, operand fields, unit, cost hook and documentation."""
+
+    mnemonic: str
+    opcode: int
+    fields: tuple[Field, ...]
+    unit: str
+    cost: str
+    doc: str
+    semantics: str
+    by_name: dict[str, Field] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def positional(self) -> tuple[Field, ...]:
+        return tuple(f for f in self.fields if f.positional)
+
+    @property
+    def keywords(self) -> tuple[Field, ...]:
+        return tuple(f for f in self.fields if not f.positional)
+
+
+# ---------------------------------------------------------------------------------------------
+# Field constructors (widths live here; positions are assigned by _layout below).
+
+
+def R(name: str, doc: str = "") -> Field:  # noqa: N802 - reads like the operand kind
+    return Field(name, "reg", 5, doc=doc)
+
+
+def E(name: str, doc: str = "") -> Field:  # noqa: N802
+    return Field(name, "ereg", 4, doc=doc)
+
+
+def SIMM(name: str, width: int, doc: str = "") -> Field:  # noqa: N802
+    return Field(name, "simm", width, doc=doc)
+
+
+def UIMM(name: str, width: int, doc: str = "") -> Field:  # noqa: N802
+    return Field(name, "uimm", width, doc=doc)
+
+
+def TARGET(name: str = "target") -> Field:  # noqa: N802
+    return Field(name, "target", 24, doc="absolute instruction index (label)")
+
+
+def ENUM(name: str, choices: tuple[str, ...], doc: str = "") -> Field:  # noqa: N802
+    width = max(1, (len(choices) - 1).bit_length())
+    return Field(name, "enum", width, choices=choices, doc=doc)
+
+
+def FLAG(name: str, doc: str = "") -> Field:  # noqa: N802
+    return Field(name, "flag", 1, doc=doc)
+
+
+DT = ENUM("dt", DTYPES, "element type of the operands")
+
+
+def _layout(fields: tuple[Field, ...]) -> tuple[Field, ...]:
+    out, lo = [], 0
+    for f in fields:
+        out.append(Field(f.name, f.kind, f.width, lo, f.choices, f.doc))
+        lo += f.width
+    return tuple(out)
+
+
+_ENTRIES: list[Instr] = []
+
+
+def _def(
+    mnemonic: str,
+    opcode: int,
+    fields: tuple[Field, ...],
+    unit: str,
+    cost: str,
+    doc: str,
+    semantics: str,
+) -> None:
+    laid = _layout(fields)
+    _ENTRIES.append(
+        Instr(
+            mnemonic,
+            opcode,
+            laid,
+            unit,
+            cost,
+            doc,
+            semantics.strip("\n"),
+            {f.name: f for f in laid},
+        )
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Control and scalar arithmetic. Scalar registers are 64-bit two's complement; arithmetic wraps.
+
+_def("nop", 0x00, (), "scalar", "scalar", "Do nothing for one cycle.", "pass")
+_def("halt", 0x01, (), "scalar", "scalar", "Stop the program.", "stop")
+_def(
+    "li", 0x02, (R("rd"), SIMM("imm", 32)), "scalar", "scalar",
+    "Load a sign-extended 32-bit immediate.", "r[rd] = sext(imm)",
+)
+_def(
+    "lih", 0x03, (R("rd"), UIMM("imm", 32)), "scalar", "scalar",
+    "Set the upper 32 bits of a register, keeping the lower 32.",
+    "r[rd] = wrap64((imm << 32) | (r[rd] & 0xFFFFFFFF))",
+)
+_def(
+    "addi", 0x04, (R("rd"), R("ra"), SIMM("imm", 32)), "scalar", "scalar",
+    "Add a sign-extended immediate.", "r[rd] = wrap64(r[ra] + imm)",
+)
+for _i, (_m, _expr, _doc) in enumerate(
+    [
+        ("add", "r[ra] + r[rb]", "Add."),
+        ("sub", "r[ra] - r[rb]", "Subtract."),
+        ("mul", "r[ra] * r[rb]", "Multiply (low 64 bits)."),
+        ("and", "r[ra] & r[rb]", "Bitwise and."),
+        ("or", "r[ra] | r[rb]", "Bitwise or."),
+        ("xor", "r[ra] ^ r[rb]", "Bitwise exclusive or."),
+        ("sll", "r[ra] << (r[rb] & 63)", "Shift left logical."),
+        ("sra", "r[ra] >> (r[rb] & 63)", "Shift right arithmetic."),
+        ("srl", "(r[ra] & (2**64-1)) >> (r[rb] & 63)", "Shift right logical."),
+        ("slt", "1 if r[ra] < r[rb] else 0", "Set if less than (signed)."),
+    ]
+):
+    _def(
+        _m, 0x08 + _i, (R("rd"), R("ra"), R("rb")), "scalar", "scalar", _doc,
+        f"r[rd] = wrap64({_expr})",
+    )
+for _i, (_m, _cond, _doc) in enumerate(
+    [
+        ("beq", "r[ra] == r[rb]", "Branch if equal."),
+        ("bne", "r[ra] != r[rb]", "Branch if not equal."),
+        ("blt", "r[ra] < r[rb]", "Branch if less than (signed)."),
+        ("bge", "r[ra] >= r[rb]", "Branch if greater or equal (signed)."),
+    ]
+):
+    _def(
+        _m, 0x14 + _i, (R("ra"), R("rb"), TARGET()), "scalar", "branch", _doc,
+        f"if {_cond}: pc = target  else: pc = pc + 1",
+    )
+_def("jmp", 0x18, (TARGET(),), "scalar", "branch", "Jump.", "pc = target")
+_def(
+    "flags", 0x19, (R("rd"),), "scalar", "scalar",
+    "Read the sticky flags (bit 0 accumulator overflow, bit 1 requantize saturation, "
+    "bit 2 ALU saturation).",
+    "r[rd] = flags",
+)
+_def("clrflags", 0x1A, (), "scalar", "scalar", "Clear the sticky flags.", "flags = 0")
+_def(
+    "ldw", 0x1B, (R("rd"), R("ra"), SIMM("imm", 24)), "scalar", "scalar_mem",
+    "Load a sign-extended 32-bit little-endian word from DRAM into a scalar register.",
+    "r[rd] = int32_le(dram, r[ra] + imm)",
+)
+_def(
+    "stw", 0x1C, (R("rs"), R("ra"), SIMM("imm", 24)), "scalar", "scalar_mem",
+    "Store the low 32 bits of a scalar register to DRAM (little-endian).",
+    "int32_le(dram, r[ra] + imm) = r[rs] & 0xFFFFFFFF",
+)
+
+# ---------------------------------------------------------------------------------------------
+# Dynamic-exponent registers: a tensor's value is q * 2**e[x]. Exponents are 32-bit signed.
+
+_def(
+    "eset", 0x20, (E("ed"), SIMM("imm", 16)), "scalar", "scalar",
+    "Set an exponent register.", "e[ed] = imm",
+)
+_def(
+    "eadd", 0x21, (E("ed"), E("ea"), E("eb")), "scalar", "scalar",
+    "Add exponents (the exponent of a product).", "e[ed] = e[ea] + e[eb]",
+)
+_def(
+    "eaddi", 0x22, (E("ed"), E("ea"), SIMM("imm", 16)), "scalar", "scalar",
+    "Add an immediate to an exponent.", "e[ed] = e[ea] + imm",
+)
+_def(
+    "emv", 0x23, (R("rd"), E("ea")), "scalar", "scalar",
+    "Read an exponent into a scalar register.", "r[rd] = e[ea]",
+)
+_def(
+    "esetr", 0x24, (E("ed"), R("ra")), "scalar", "scalar",
+    "Set an exponent from a scalar register.", "e[ed] = r[ra]  (must fit in 32 bits)",
+)
+_def(
+    "efit", 0x25, (E("ed"), R("racc"), R("rn"), E("ein"), DT), "vector", "scan",
+    "Choose the output exponent so the accumulator block fits the element type "
+    "(dynamic fixed point, from the leading sign bits of the block maximum).",
+    """
+B = 8 if dt == i8 else 16
+nbits = max(bitlen(v if v >= 0 else ~v) for v in acc[racc : racc + r[rn]])   # 0 if all 0/-1
+e[ed] = e[ein] + nbits - (B - 1)      # shift that makes every v >> s fit in B bits
+""",
+)
+
+# ---------------------------------------------------------------------------------------------
+# Dither random number generator: SplitMix64 as a counter-based generator.
+
+_def(
+    "rngseed", 0x28, (R("ra"),), "scalar", "scalar",
+    "Seed the dither generator and reset its counter.",
+    "rng.seed = r[ra] mod 2**64; rng.counter = 0",
+)
+_def(
+    "rngctr", 0x29, (R("ra"),), "scalar", "scalar",
+    "Set the dither generator's counter (position in its stream).",
+    "rng.counter = r[ra] mod 2**64",
+)
+_def(
+    "rngrd", 0x2A, (R("rd"), ENUM("sel", RNG_FIELDS, "which part of the state")), "scalar",
+    "scalar", "Read the dither generator's seed or counter.",
+    "r[rd] = as_signed64(rng.seed if sel == seed else rng.counter)",
+)
+
+# ---------------------------------------------------------------------------------------------
+# DMA between DRAM and the on-chip memories, 2-D strided.
+
+_def(
+    "dmald", 0x30,
+    (R("rsp"), R("rdram"), R("rrows"), R("rbytes"), R("rdstride"), R("rsstride")),
+    "dma", "dma",
+    "Copy a 2-D block of bytes from DRAM to the scratchpad.",
+    """
+for i in range(r[rrows]):
+    sp[r[rsp] + i*r[rsstride] : +r[rbytes]] = dram[r[rdram] + i*r[rdstride] : +r[rbytes]]
+""",
+)
+_def(
+    "dmast", 0x31,
+    (R("rdram"), R("rsp"), R("rrows"), R("rbytes"), R("rdstride"), R("rsstride")),
+    "dma", "dma",
+    "Copy a 2-D block of bytes from the scratchpad to DRAM.",
+    """
+for i in range(r[rrows]):
+    dram[r[rdram] + i*r[rdstride] : +r[rbytes]] = sp[r[rsp] + i*r[rsstride] : +r[rbytes]]
+""",
+)
+_def(
+    "dmaldacc", 0x32, (R("racc"), R("rdram"), R("rrows"), R("rcols"), R("rdstride")),
+    "dma", "dma_acc",
+    "Load a 2-D block of little-endian int32 values from DRAM into accumulator memory "
+    "(dense rows), saturated or wrapped to the accumulator width.",
+    """
+for i in range(r[rrows]), j in range(r[rcols]):
+    acc[r[racc] + i*r[rcols] + j] = fit_acc(int32_le(dram, r[rdram] + i*r[rdstride] + 4*j))
+""",
+)
+_def(
+    "dmastacc", 0x33, (R("rdram"), R("racc"), R("rrows"), R("rcols"), R("rdstride")),
+    "dma", "dma_acc",
+    "Store a 2-D block of accumulator entries to DRAM as little-endian int32.",
+    """
+for i in range(r[rrows]), j in range(r[rcols]):
+    int32_le(dram, r[rdram] + i*r[rdstride] + 4*j) = acc[r[racc] + i*r[rcols] + j]
+""",
+)
+
+# ---------------------------------------------------------------------------------------------
+# The MAC array: one instruction is a whole tiled GEMM over scratchpad operands.
+
+_def(
+    "gemm", 0x40,
+    (
+        R("rc", "accumulator address of C[M,N]"),
+        R("ra", "scratchpad address of A"),
+        R("rb", "scratchpad address of B"),
+        R("rm"), R("rk"), R("rn"),
+        FLAG("acc", "add to C instead of overwriting it"),
+        FLAG("ta", "A is stored transposed, as [K,M]"),
+        FLAG("tb", "B is stored transposed, as [N,K]"),
+        FLAG("sa", "skip MACs whose A element is zero"),
+        FLAG("sb", "skip MACs whose B element is zero"),
+        ENUM("da", DTYPES, "type of A (i16 runs as 2 byte-passes)"),
+        ENUM("db", DTYPES, "type of B (i16 runs as 2 byte-passes)"),
+    ),
+    "matrix", "gemm",
+    "C (+)= A @ B on the MAC array; INT16 operands run as byte-passes on the 8-bit array.",
+    """
+M, K, N = r[rm], r[rk], r[rn]
+A = sp[r[ra]] as da, row-major [M,K] (or [K,M] if ta, then transposed)
+B = sp[r[rb]] as db, row-major [K,N] (or [N,K] if tb, then transposed)
+P[i,j] = sum_k A[i,k] * B[k,j]                # exact: the adder tree is wide enough
+# INT16 x = hi*256 + lo (hi signed byte, lo unsigned byte); each pass is an 8-bit product:
+#   P = sum over passes (A_part @ B_part) << (8*(#hi parts)), bit-identical to the direct product
+C[i,j] = fit_acc((C[i,j] if acc else 0) + P[i,j])   # saturate or wrap; overflow flag + count
+skipped MACs (sa/sb): |{(i,k,j) : (sa and A[i,k]==0) or (sb and B[k,j]==0)}|
+""",
+)
+
+# ---------------------------------------------------------------------------------------------
+# Requantizer: accumulator -> INT8/INT16 with a shift from the exponent registers.
+
+_def(
+    "rq", 0x48,
+    (
+        R("rd", "scratchpad destination"),
+        R("racc", "accumulator source"),
+        R("rn", "element count"),
+        E("eout", "exponent of the result"),
+        E("ein", "exponent of the accumulator"),
+        ENUM("rnd", ROUND_MODES, "rounding mode"),
+        DT,
+        FLAG("relu", "clamp negative results to zero"),
+    ),
+    "vector", "requant",
+    "Requantize accumulator entries to INT8/INT16: shift s = e[eout] - e[ein], round, saturate.",
+    """
+s = e[eout] - e[ein]                      # must lie in [-31, 31]
+for i in range(r[rn]):
+    a = acc[r[racc] + i]
+    if s <= 0: y = a << -s
+    elif rnd == nearest:    y = floor((a + 2**(s-1)) / 2**s)       # ties round up (+inf)
+    elif rnd == trunc:      y = floor(a / 2**s)                     # arithmetic shift
+    elif rnd == uniform:    y = floor((a + d + 2**(s-1)) / 2**s)    # d = u - 2**(s-1)
+    elif rnd == triangular: y = floor((a + d + 2**(s-1)) / 2**s)    # d = u + v - 2**s + b
+    #   z = splitmix64(rng.seed, rng.counter); rng.counter += 1   (one draw per element, s > 0)
+    #   u = z & (2**s-1);  v = (z >> s) & (2**s-1);  b = (z >> 2s) & 1
+    if relu: y = max(y, 0)
+    sp[r[rd] + i] = saturate(y, dt)       # saturation sets flag bit 1 and is counted
+""",
+)
+
+# ---------------------------------------------------------------------------------------------
+# Vector ALU: elementwise INT8/INT16 over scratchpad operands, saturating.
+
+_VEC3 = (R("rd"), R("ra"), R("rb"), R("rn"), DT)
+for _i, (_m, _expr, _doc) in enumerate(
+    [
+        ("vadd", "sat(a + b)", "Elementwise saturating add."),
+        ("vsub", "sat(a - b)", "Elementwise saturating subtract."),
+        ("vmul", "sat(a * b)", "Elementwise saturating multiply."),
+        ("vmin", "min(a, b)", "Elementwise minimum."),
+        ("vmax", "max(a, b)", "Elementwise maximum."),
+        ("vcmpgt", "1 if a > b else 0", "Elementwise compare: 1 where a > b, else 0."),
+    ]
+):
+    _def(
+        _m, 0x50 + _i, _VEC3, "vector", "alu", _doc,
+        f"for i in range(r[rn]): a, b = sp[r[ra]][i], sp[r[rb]][i]; sp[r[rd]][i] = {_expr}",
+    )
+_def(
+    "vsra", 0x58, (R("rd"), R("ra"), R("rs"), R("rn"), DT), "vector", "alu",
+    "Elementwise arithmetic shift right by a scalar register (floor).",
+    "for i in range(r[rn]): sp[r[rd]][i] = sp[r[ra]][i] >> min(r[rs], 15)   # r[rs] >= 0",
+)
+_def(
+    "vsll", 0x59, (R("rd"), R("ra"), R("rs"), R("rn"), DT), "vector", "alu",
+    "Elementwise saturating shift left by a scalar register.",
+    "for i in range(r[rn]): sp[r[rd]][i] = sat(sp[r[ra]][i] << min(r[rs], 16))   # r[rs] >= 0",
+)
+_def(
+    "vrelu", 0x5A, (R("rd"), R("ra"), R("rn"), DT), "vector", "alu",
+    "Elementwise ReLU.", "for i in range(r[rn]): sp[r[rd]][i] = max(sp[r[ra]][i], 0)",
+)
+_def(
+    "vrelumask", 0x5B, (R("rd"), R("ra"), R("rn"), DT), "vector", "alu",
+    "ReLU derivative mask: 1 where the input is positive, else 0.",
+    "for i in range(r[rn]): sp[r[rd]][i] = 1 if sp[r[ra]][i] > 0 else 0",
+)
+_def(
+    "vsel", 0x5C, (R("rd"), R("rm"), R("ra"), R("rb"), R("rn"), DT), "vector", "alu",
+    "Elementwise select: a where the mask is non-zero, else b.",
+    "for i in range(r[rn]): sp[r[rd]][i] = sp[r[ra]][i] if sp[r[rm]][i] != 0 else sp[r[rb]][i]",
+)
+_def(
+    "vrmax", 0x5D, (R("rd"), R("ra"), R("rrows"), R("rcols"), DT), "vector", "reduce",
+    "Row maximum of a [rows, cols] block into the scratchpad.",
+    "for i in range(r[rrows]): sp[r[rd]][i] = max(sp[r[ra]][i*r[rcols] + j] for j in cols)",
+)
+_def(
+    "vrsum", 0x5E, (R("racc"), R("ra"), R("rrows"), R("rcols"), DT), "vector", "reduce",
+    "Row sum of a [rows, cols] block into accumulator memory (exact, then fit to the "
+    "accumulator width).",
+    "for i in range(r[rrows]): acc[r[racc] + i] = fit_acc(sum(sp[r[ra]][i*r[rcols] + j]))",
+)
+_def(
+    "vtoacc", 0x5F, (R("racc"), R("ra"), R("rn"), DT, FLAG("acc", "add instead of overwrite")),
+    "vector", "alu",
+    "Move scratchpad elements into accumulator memory (sign-extended), optionally adding.",
+    "for i in range(r[rn]): acc[r[racc]+i] = fit_acc((acc[r[racc]+i] if acc else 0) "
+    "+ sp[r[ra]][i])",
+)
+
+TABLE: tuple[Instr, ...] = tuple(_ENTRIES)
+BY_MNEMONIC: dict[str, Instr] = {i.mnemonic: i for i in TABLE}
+BY_OPCODE: dict[int, Instr] = {i.opcode: i for i in TABLE}
+UNITS = ("scalar", "dma", "matrix", "vector")
+COST_HOOKS = ("scalar", "scalar_mem", "branch", "scan", "dma", "dma_acc", "gemm", "requant", "alu", "reduce")

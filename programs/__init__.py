@@ -1,0 +1,1 @@
+"""Programs for the lpemu machine: the command line, reports, and (later) the compiler."""

@@ -1,0 +1,235 @@
+"""The ``lpemu`` command line.
+
+Every user-facing error is printed as one line (``location: kind: message``) on stderr and
+the process exits with that error type's code (see ``docs/errors.md``); no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from emulator.errors import LpemuError, UsageError
+
+EXIT_IO = 9
+EXIT_INTERNAL = 70
+
+DUMP_DTYPES = ("int8", "uint8", "int16", "int32", "int64")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, typed, instead of usage + exit
+        raise UsageError(message, self.prog)
+
+
+def load_program(path: str):
+    """Read a program: assembly text (.s/.asm or any UTF-8 text) or a binary file."""
+    from isa.asm import assemble
+    from isa.encoding import MAGIC, from_bytes
+
+    data = Path(path).read_bytes()
+    suffix = Path(path).suffix.lower()
+    if suffix in (".s", ".asm"):
+        return assemble(_text(data, path), path)
+    if data[:4] == MAGIC or suffix in (".bin", ".lpem"):
+        return from_bytes(data, path)
+    return assemble(_text(data, path), path)
+
+
+def _text(data: bytes, path: str) -> str:
+    from emulator.errors import AsmError
+
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise AsmError("source is not UTF-8 text", path, line, col) from None
+
+
+def _int(text: str, arg: str) -> int:
+    try:
+        return int(text.replace("_", ""), 0)
+    except ValueError:
+        raise UsageError(f"{text!r} is not an integer", arg) from None
+
+
+def parse_load(spec: str) -> tuple[str, int]:
+    """``FILE.npy@ADDR`` -> (file, address)."""
+    arg = f"--load {spec}"
+    if "@" not in spec:
+        raise UsageError("expected FILE.npy@ADDR", arg)
+    file, _, addr = spec.rpartition("@")
+    a = _int(addr, arg)
+    if a < 0:
+        raise UsageError("address must be >= 0", arg)
+    return file, a
+
+
+def parse_dump(spec: str) -> tuple[int, tuple[int, ...], str, str]:
+    """``ADDR:LEN:DTYPE:FILE.npy`` -> (address, shape, dtype, file). LEN is N or RxC[x...]."""
+    arg = f"--dump {spec}"
+    parts = spec.split(":", 3)
+    if len(parts) != 4:
+        raise UsageError("expected ADDR:LEN:DTYPE:FILE.npy", arg)
+    addr, length, dtype, file = parts
+    a = _int(addr, arg)
+    if not re.fullmatch(r"\d+(x\d+)*", length):
+        raise UsageError(f"LEN {length!r} must be a count like 3200 or a shape like 64x50", arg)
+    shape = tuple(int(x) for x in length.split("x"))
+    if dtype not in DUMP_DTYPES:
+        raise UsageError(f"DTYPE {dtype!r} must be one of {', '.join(DUMP_DTYPES)}", arg)
+    if a < 0:
+        raise UsageError("address must be >= 0", arg)
+    return a, shape, dtype, file
+
+
+def _cmd_asm(args) -> int:
+    from isa.encoding import write_program
+
+    prog = load_program(args.source)
+    out = args.output or str(Path(args.source).with_suffix(".bin"))
+    write_program(prog, out)
+    print(f"{args.source}: {len(prog)} instructions, {len(prog.labels)} labels -> {out}")
+    return 0
+
+
+def _cmd_disasm(args) -> int:
+    from isa.asm import disassemble
+
+    text = disassemble(load_program(args.program))
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _cmd_isa(args) -> int:
+    from isa.docs import markdown, rows
+
+    if args.markdown or args.write:
+        text = markdown()
+        if args.write:
+            Path(args.write).write_text(text)
+            print(f"wrote {args.write}")
+        else:
+            sys.stdout.write(text)
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="lpemu instruction set")
+    for col in ("opcode", "mnemonic", "operands", "unit", "cost", "description"):
+        t.add_column(col, overflow="fold")
+    for row in rows():
+        t.add_row(*row)
+    Console().print(t)
+    return 0
+
+
+def _cmd_run(args) -> int:
+    from emulator.config import load_config
+    from emulator.machine import Machine
+    from programs.report import print_summary, run_report
+
+    cfg = load_config(args.config)
+    prog = load_program(args.program)
+    m = Machine(cfg, prog, datapath=args.datapath)
+    for spec in args.load or []:
+        file, addr = parse_load(spec)
+        arr = np.load(file, allow_pickle=False)
+        data = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
+        try:
+            m.load_dram(addr, data)
+        except LpemuError as e:
+            raise UsageError(f"{e.message}", f"--load {spec}") from None
+    dumps = [parse_dump(s) for s in args.dump or []]
+    summary = m.run(max_steps=args.max_steps, max_cycles=args.max_cycles)
+    for (addr, shape, dtype, file), spec in zip(dumps, args.dump or [], strict=True):
+        dt = np.dtype(dtype).newbyteorder("<")
+        nbytes = int(np.prod(shape)) * dt.itemsize
+        if addr + nbytes > m.dram.size:
+            raise UsageError(f"range [{addr:#x}, {addr + nbytes:#x}) is outside DRAM", spec)
+        arr = np.frombuffer(m.read_dram(addr, nbytes), dtype=dt).reshape(shape)
+        np.save(file, arr.astype(dt.newbyteorder("=")))
+    report = run_report(m, summary)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    if not args.quiet:
+        print_summary(m, summary, by_instruction=args.per_instruction)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="lpemu", description="Bit-accurate emulator of a low-precision DNN "
+                "training accelerator: values, cycles and energy from one run.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    a = sub.add_parser("asm", help="assemble a program to a binary file")
+    a.add_argument("source")
+    a.add_argument("-o", "--output")
+    a.set_defaults(fn=_cmd_asm)
+
+    d = sub.add_parser("disasm", help="disassemble a binary (or assembly) program")
+    d.add_argument("program")
+    d.add_argument("-o", "--output")
+    d.set_defaults(fn=_cmd_disasm)
+
+    i = sub.add_parser("isa", help="print the instruction set")
+    i.add_argument("--markdown", action="store_true", help="print docs/isa.md")
+    i.add_argument("--write", metavar="FILE", help="write the markdown reference to FILE")
+    i.set_defaults(fn=_cmd_isa)
+
+    r = sub.add_parser("run", help="run a program and report its counters")
+    r.add_argument("program", help="assembly (.s) or binary program")
+    r.add_argument("--config", help="hardware config YAML (default: built-in defaults)")
+    r.add_argument("--load", action="append", metavar="FILE.npy@ADDR",
+                   help="copy an array's bytes into DRAM before running (repeatable)")
+    r.add_argument("--dump", action="append", metavar="ADDR:LEN:DTYPE:FILE.npy",
+                   help="save DRAM contents after the run; LEN is a count or a shape like 64x50")
+    r.add_argument("--json", metavar="OUT", help="write counters and energy as JSON")
+    r.add_argument("--datapath", choices=("fast", "reference"), default="fast",
+                   help="fast kernels (default) or the slow reference model")
+    r.add_argument("--max-steps", type=int, default=None, help="step budget (config default)")
+    r.add_argument("--max-cycles", type=int, default=None, help="cycle budget (config default)")
+    r.add_argument("--per-instruction", action="store_true",
+                   help="also print counters per instruction")
+    r.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    r.set_defaults(fn=_cmd_run)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return args.fn(args)
+    except LpemuError as e:
+        print(f"lpemu: {e}", file=sys.stderr)
+        return e.exit_code
+    except OSError as e:
+        where = e.filename if e.filename is not None else ""
+        print(f"lpemu: {where}: file error: {e.strerror or e}", file=sys.stderr)
+        return EXIT_IO
+    except ValueError as e:  # e.g. a malformed .npy given to --load
+        print(f"lpemu: usage error: {e}", file=sys.stderr)
+        return UsageError.exit_code
+    except KeyboardInterrupt:
+        print("lpemu: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # pragma: no cover - a bug in lpemu, still one line
+        if os.environ.get("LPEMU_DEBUG"):
+            raise
+        print(f"lpemu: internal error: {type(e).__name__}: {e} (set LPEMU_DEBUG=1 for a "
+              "traceback)", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

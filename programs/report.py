@@ -1,0 +1,90 @@
+"""Counter reports: JSON-ready dicts and rich tables, per instruction, per label and in total."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from emulator.counters import COUNTER_DOCS, COUNTERS, INSTRUCTIONS, Summary, energy_pj
+from emulator.machine import Machine
+from isa.asm import format_instruction
+
+
+def per_instruction(m: Machine) -> list[dict[str, Any]]:
+    """One row per executed pc: its text, label and every counter, plus energy."""
+    labels = m.program.label_at()
+    names = {pc: name for name, pc in m.program.labels.items()}
+    out = []
+    for pc, (_, ops, ins) in enumerate(m.decoded):
+        row = m.counts[pc]
+        if row[INSTRUCTIONS] == 0:
+            continue
+        d: dict[str, Any] = {
+            "pc": pc,
+            "label": labels[pc],
+            "text": format_instruction(ins, ops, names),
+        }
+        d.update({n: int(row[i]) for i, n in enumerate(COUNTERS)})
+        d["energy_pj"] = energy_pj(row, m.cfg)
+        out.append(d)
+    return out
+
+
+def per_label(m: Machine) -> dict[str, dict[str, Any]]:
+    labels = m.program.label_at()
+    out: dict[str, dict[str, Any]] = {}
+    for name in dict.fromkeys(labels):
+        rows = np.array([lb == name for lb in labels], dtype=bool)
+        c = m.counts[: len(labels)][rows].sum(axis=0)
+        d: dict[str, Any] = {n: int(c[i]) for i, n in enumerate(COUNTERS)}
+        d["energy_pj"] = energy_pj(c, m.cfg)
+        out[name or "<start>"] = d
+    return out
+
+
+def run_report(m: Machine, summary: Summary) -> dict[str, Any]:
+    """Everything a run produced, JSON-serializable. Top-level keys include every counter."""
+    d: dict[str, Any] = {"program": m.program.name, "steps": m.steps}
+    d.update(summary.to_dict())
+    d["per_label"] = per_label(m)
+    d["per_instruction"] = per_instruction(m)
+    d["config"] = m.cfg.to_dict()
+    d["state_digest"] = m.digest()
+    return d
+
+
+def _fmt(v: float | int) -> str:
+    return f"{v:,}" if isinstance(v, int) else f"{v:,.1f}"
+
+
+def print_summary(m: Machine, summary: Summary, by_instruction: bool = False) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    t = Table(title=f"{m.program.name}: {m.steps:,} steps")
+    t.add_column("counter")
+    t.add_column("total", justify="right")
+    t.add_column("meaning", style="dim")
+    for name in COUNTERS:
+        t.add_row(name, _fmt(summary.totals[name]), COUNTER_DOCS[name])
+    t.add_row("energy_pj", _fmt(summary.energy_pj), "energy = events x config energy table")
+    con.print(t)
+    e = Table(title="energy by component (pJ)")
+    e.add_column("component")
+    e.add_column("pJ", justify="right")
+    e.add_column("share", justify="right")
+    total = summary.energy_pj or 1.0
+    for k, v in summary.energy.items():
+        e.add_row(k, _fmt(v), f"{100 * v / total:.1f}%")
+    con.print(e)
+    if by_instruction:
+        p = Table(title="per instruction")
+        cols = ("pc", "label", "text", "instructions", "cycles", "macs", "macs_skipped",
+                "energy_pj")
+        for c in cols:
+            p.add_column(c, justify="left" if c in ("label", "text") else "right")
+        for row in per_instruction(m):
+            p.add_row(*(_fmt(row[c]) if not isinstance(row[c], str) else row[c] for c in cols))
+        con.print(p)
