@@ -33,18 +33,88 @@ F32_EXACT_K = 1024  # 1024 * 2**14 = 2**24
 F64_EXACT_K = 1 << 23  # 2**23 * 2**30 = 2**53
 
 
-def gemm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Exact int64 P = A @ B for int8/int16 operand arrays (any strides)."""
-    k = a.shape[1]
+class _Workspace:
+    """Reusable scratch buffers for the BLAS path.
+
+    Fresh multi-megabyte temporaries are mmap'ed and page-faulted on every call, which costs
+    as much as the matmul itself at layer sizes; reusing buffers removes that. Contents never
+    carry over between calls (every buffer is fully overwritten before it is read).
+    """
+
+    def __init__(self) -> None:
+        self._bufs: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
+        size = int(np.prod(shape))
+        buf = self._bufs.get(name)
+        if buf is None or buf.dtype != dtype or buf.size < size:
+            buf = np.empty(max(size, 1), dtype=dtype)
+            self._bufs[name] = buf
+        return buf[:size].reshape(shape)
+
+
+_WS = _Workspace()
+
+
+def _as_float(x: np.ndarray, name: str, ftype: type) -> np.ndarray:
+    out = _WS.get(name, x.shape, ftype)
+    np.copyto(out, x, casting="unsafe")
+    return out
+
+
+def _products(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Exact A @ B in the float workspace (one chunk) or as int64 (several K chunks)."""
+    m, k = a.shape
+    n = b.shape[1]
     wide = a.dtype.itemsize > 1 or b.dtype.itemsize > 1
     ftype, chunk = (np.float64, F64_EXACT_K) if wide else (np.float32, F32_EXACT_K)
-    if k <= chunk:
-        return np.matmul(a.astype(ftype), b.astype(ftype)).astype(np.int64)
-    p = np.zeros((a.shape[0], b.shape[1]), dtype=np.int64)
-    for k0 in range(0, k, chunk):
-        part = np.matmul(a[:, k0 : k0 + chunk].astype(ftype), b[k0 : k0 + chunk].astype(ftype))
-        p += part.astype(np.int64)
-    return p
+    pf = _WS.get("p", (m, n), ftype)
+    total = None
+    for k0 in range(0, max(k, 1), chunk):
+        ac = _as_float(a[:, k0 : k0 + chunk], "a", ftype)
+        bc = _as_float(b[k0 : k0 + chunk], "b", ftype)
+        np.matmul(ac, bc, out=pf)
+        if k <= chunk:
+            return pf
+        total = pf.astype(np.int64) if total is None else total + pf.astype(np.int64)
+    return total
+
+
+def gemm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Exact int64 P = A @ B for int8/int16 operand arrays (any strides)."""
+    return _products(a, b).astype(np.int64)
+
+
+@njit(cache=True)
+def _fit_into(c, p, accumulate, lo, hi, wrap):  # pragma: no cover - compiled
+    """c = fit((c if accumulate else 0) + p) elementwise; returns the overflow count."""
+    novf = 0
+    span = hi - lo + 1
+    rows, cols = c.shape
+    for i in range(rows):
+        for j in range(cols):
+            v = np.int64(p[i, j])
+            if accumulate:
+                v += c[i, j]
+            if v > hi or v < lo:
+                novf += 1
+                if wrap:
+                    v = ((v - lo) % span) + lo
+                else:
+                    v = hi if v > hi else lo
+            c[i, j] = v
+    return novf
+
+
+def gemm_into(
+    c: np.ndarray, a: np.ndarray, b: np.ndarray, accumulate: bool, bits: int, wrap: bool
+) -> int:
+    """C = fit((C if accumulate else 0) + A @ B) in place; returns the overflow count."""
+    if c.size == 0:
+        return 0
+    lo, hi = type_range(bits)
+    p = _products(a, b)
+    return int(_fit_into(c, p, bool(accumulate), np.int64(lo), np.int64(hi), bool(wrap)))
 
 
 def fit_acc(values: np.ndarray, bits: int, wrap: bool) -> tuple[np.ndarray, int]:

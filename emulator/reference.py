@@ -63,6 +63,16 @@ def gemm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return p
 
 
+def gemm_into(
+    c: np.ndarray, a: np.ndarray, b: np.ndarray, accumulate: bool, bits: int, wrap: bool
+) -> int:
+    """C = fit((C if accumulate else 0) + A @ B) in place; returns the overflow count."""
+    total = gemm(a, b) + (c if accumulate else 0)
+    fitted, n = fit_acc(total, bits, wrap)
+    c[...] = fitted
+    return n
+
+
 def gemm_passes(a_bits: int, b_bits: int) -> int:
     return (a_bits // 8) * (b_bits // 8)
 

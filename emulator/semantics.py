@@ -342,10 +342,7 @@ def _gemm(m, o):
     a = _operand(m, r[o["ra"]], mm, kk, ea, bool(o["ta"]))
     b = _operand(m, r[o["rb"]], kk, nn, eb, bool(o["tb"]))
     c = m.acc_range(r[o["rc"]], mm * nn).reshape(mm, nn)
-    p = m.dp.gemm(a, b) if mm and nn else np.zeros((mm, nn), np.int64)
-    total = p + c if o["acc"] else p
-    fitted, nover = m.dp.fit_acc(total, m.acc_bits, m.acc_wrap)
-    c[...] = fitted
+    nover = m.dp.gemm_into(c, a, b, bool(o["acc"]), m.acc_bits, m.acc_wrap)
     skipped = _zero_skips(a, b, bool(o["sa"]), bool(o["sb"]))
     done = mm * kk * nn - skipped
     m.charge(m.cost("gemm", mm, kk, nn, ea, eb, bool(o["acc"])))
