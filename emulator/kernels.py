@@ -17,6 +17,8 @@ import numpy as np
 from numba import njit
 
 from emulator.reference import (
+    EXP_LUT,
+    LOG2E_Q16,
     ROUND_NEAREST,
     ROUND_TRIANGULAR,
     ROUND_TRUNC,
@@ -130,18 +132,27 @@ def fit_acc(values: np.ndarray, bits: int, wrap: bool) -> tuple[np.ndarray, int]
 
 
 @njit(cache=True)
-def _requant(src, out, shift, mode, lo, hi, relu, seed, counter):  # pragma: no cover - compiled
+def _requant(src, out, mul, shift, mode, lo, hi, relu, seed, counter):  # pragma: no cover
+    """Requantizer over int64 ``src * mul``; returns the saturation count.
+
+    Left shifts (shift <= 0) saturate before shifting so nothing overflows int64.
+    """
     nsat = 0
     n = src.shape[0]
     if shift <= 0:
+        sh = -shift
+        top = hi >> sh
+        bottom = -((-lo) >> sh)  # smallest v with v << sh >= lo
         for i in range(n):
-            y = src[i] << -shift
-            if relu and y < 0:
-                y = 0
-            if y > hi:
+            v = src[i] * mul
+            if relu and v < 0:
+                v = 0
+            if v > top:
                 y, nsat = hi, nsat + 1
-            elif y < lo:
+            elif v < bottom:
                 y, nsat = lo, nsat + 1
+            else:
+                y = v << sh
             out[i] = y
         return nsat
     half = np.int64(1) << (shift - 1)
@@ -149,7 +160,7 @@ def _requant(src, out, shift, mode, lo, hi, relu, seed, counter):  # pragma: no 
     ush = np.uint64(shift)
     one = np.int64(1)
     for i in range(n):
-        a = src[i]
+        a = src[i] * mul
         if mode == 0:  # nearest, ties up
             y = (a + half) >> shift
         elif mode == 1:  # truncate (floor)
@@ -175,15 +186,22 @@ def _requant(src, out, shift, mode, lo, hi, relu, seed, counter):  # pragma: no 
 
 
 def requant(
-    acc: np.ndarray, shift: int, mode: int, out_bits: int, relu: bool, seed: int, counter: int
+    acc: np.ndarray,
+    shift: int,
+    mode: int,
+    out_bits: int,
+    relu: bool,
+    seed: int,
+    counter: int,
+    mul: int = 1,
 ) -> tuple[np.ndarray, int]:
     src = np.ascontiguousarray(acc, dtype=np.int64).ravel()
     out = np.empty_like(src)
     lo, hi = type_range(out_bits)
     with np.errstate(over="ignore"):
         nsat = _requant(
-            src, out, np.int64(shift), np.int64(mode), np.int64(lo), np.int64(hi), bool(relu),
-            np.uint64(seed), np.uint64(counter),
+            src, out, np.int64(mul), np.int64(shift), np.int64(mode), np.int64(lo),
+            np.int64(hi), bool(relu), np.uint64(seed), np.uint64(counter),
         )
     return out, int(nsat)
 
@@ -236,6 +254,45 @@ def row_max(x: np.ndarray) -> np.ndarray:
 
 def row_sum(x: np.ndarray) -> np.ndarray:
     return np.asarray(x, dtype=np.int64).sum(axis=1)
+
+
+_EXP_LUT = np.array(EXP_LUT, dtype=np.int64)
+
+
+def exp_q14(x: np.ndarray, e: int) -> np.ndarray:
+    t = np.minimum(np.asarray(x, dtype=np.int64), 0) * LOG2E_Q16
+    sh = 8 - e
+    u = (t + (1 << (sh - 1))) >> sh if sh > 0 else t << -sh
+    n, f = (-u) >> 8, (-u) & 255
+    base = _EXP_LUT[f]
+    nc = np.minimum(n, 31)
+    rounded = (base + np.where(nc > 0, np.left_shift(1, np.maximum(nc - 1, 0)), 0)) >> nc
+    return np.where(n == 0, base, np.where(n < 31, rounded, 0)).astype(np.int64)
+
+
+def norm_rows(p: np.ndarray, sums: np.ndarray, frac_bits: int, out_bits: int):
+    lo, hi = type_range(out_bits)
+    pv = np.asarray(p, dtype=np.int64)
+    s = np.asarray(sums, dtype=np.int64)[:, None]
+    safe = np.where(s > 0, s, 1)
+    y = np.where(s > 0, (pv * (1 << (frac_bits + 1)) + safe) // (2 * safe), 0)
+    c = np.clip(y, lo, hi)
+    return c, int(np.count_nonzero(c != y))
+
+
+def lazy_update(theta: np.ndarray, acc: np.ndarray, s: int) -> tuple[np.ndarray, np.ndarray]:
+    t = np.asarray(theta, dtype=np.int64)
+    a = np.asarray(acc, dtype=np.int64)
+    d = (a + (1 << (s - 1))) >> s if s > 0 else a
+    tn = np.clip(t + d, -128, 127)
+    return tn, a - ((tn - t) << s)
+
+
+def sub_rows(a: np.ndarray, b: np.ndarray, bits: int) -> tuple[np.ndarray, int]:
+    lo, hi = type_range(bits)
+    r = np.asarray(a, dtype=np.int64) - np.asarray(b, dtype=np.int64)[:, None]
+    c = np.clip(r, lo, hi)
+    return c, int(np.count_nonzero(c != r))
 
 
 _ = (ROUND_NEAREST, ROUND_TRUNC, ROUND_UNIFORM, ROUND_TRIANGULAR)

@@ -102,14 +102,21 @@ def uses_rng(mode: int, s: int) -> bool:
 
 
 def requant(
-    acc: np.ndarray, shift: int, mode: int, out_bits: int, relu: bool, seed: int, counter: int
+    acc: np.ndarray,
+    shift: int,
+    mode: int,
+    out_bits: int,
+    relu: bool,
+    seed: int,
+    counter: int,
+    mul: int = 1,
 ) -> tuple[np.ndarray, int]:
-    """Requantize accumulator values; returns (values, number saturated)."""
+    """Requantize (accumulator or scratchpad) values times ``mul``; returns (values, nsat)."""
     out, nsat = [], 0
     draw = uses_rng(mode, shift)
     for i, a in enumerate(np.asarray(acc).ravel().tolist()):
         z = draw_ref(seed, counter + i) if draw else 0
-        y = round_shift(a, shift, mode, z)
+        y = round_shift(a * mul, shift, mode, z)
         if relu and y < 0:
             y = 0
         y, sat = fit_int(y, out_bits, wrap=False)
@@ -174,3 +181,78 @@ def row_max(x: np.ndarray) -> np.ndarray:
 
 def row_sum(x: np.ndarray) -> np.ndarray:
     return np.array([sum(row) for row in np.asarray(x).tolist()], dtype=np.int64)
+
+
+# --------------------------------------------------------------------------- softmax helpers
+LOG2E_Q16 = 94548  # round(log2(e) * 2**16)
+EXP_MIN_E, EXP_MAX_E = -24, 8
+
+
+def _exp_lut() -> tuple[int, ...]:
+    """EXP_LUT[f] = round(2**14 * 2**(-f/256)) computed exactly (40-digit decimal)."""
+    import decimal
+
+    ctx = decimal.Context(prec=40, rounding=decimal.ROUND_HALF_UP)
+    out = []
+    for f in range(256):
+        v = ctx.multiply(ctx.power(decimal.Decimal(2), decimal.Decimal(-f) / 256), 16384)
+        out.append(int(v.quantize(decimal.Decimal(1), context=ctx)))
+    return tuple(out)
+
+
+EXP_LUT = _exp_lut()
+
+
+def exp_q14(x: np.ndarray, e: int) -> np.ndarray:
+    """The vexp unit: round(2**14 * exp(min(x, 0) * 2**e)) by LUT and shifter (Python ints)."""
+    out = []
+    sh = 8 - e
+    for v in np.asarray(x).ravel().tolist():
+        t = min(v, 0) * LOG2E_Q16
+        u = (t + (1 << (sh - 1))) >> sh if sh > 0 else t << -sh
+        n, f = (-u) >> 8, (-u) & 255
+        if n == 0:
+            y = EXP_LUT[f]
+        elif n < 31:
+            y = (EXP_LUT[f] + (1 << (n - 1))) >> n
+        else:
+            y = 0
+        out.append(y)
+    return np.array(out, dtype=np.int64)
+
+
+def norm_rows(p: np.ndarray, sums: np.ndarray, frac_bits: int, out_bits: int):
+    """y = round_half_up(p * 2**f / S) per row (0 where S <= 0), saturated; (values, nsat)."""
+    lo, hi = type_range(out_bits)
+    out, nsat = [], 0
+    for row, s in zip(np.asarray(p).tolist(), np.asarray(sums).tolist(), strict=True):
+        for v in row:
+            y = (v * (1 << (frac_bits + 1)) + s) // (2 * s) if s > 0 else 0
+            c = min(max(y, lo), hi)
+            nsat += c != y
+            out.append(c)
+    return np.array(out, dtype=np.int64).reshape(np.shape(p)), nsat
+
+
+def lazy_update(theta: np.ndarray, acc: np.ndarray, s: int) -> tuple[np.ndarray, np.ndarray]:
+    """Kahan lazy update: (new INT8 parameters, new INT16 residual accumulators)."""
+    th_out, acc_out = [], []
+    for t, a in zip(np.asarray(theta).tolist(), np.asarray(acc).tolist(), strict=True):
+        d = (a + (1 << (s - 1))) >> s if s > 0 else a
+        tn = min(max(t + d, -128), 127)
+        th_out.append(tn)
+        acc_out.append(a - ((tn - t) << s))
+    return np.array(th_out, dtype=np.int64), np.array(acc_out, dtype=np.int64)
+
+
+def sub_rows(a: np.ndarray, b: np.ndarray, bits: int) -> tuple[np.ndarray, int]:
+    """a[i, j] - b[i], saturated to ``bits``; (values, nsat)."""
+    lo, hi = type_range(bits)
+    out, nsat = [], 0
+    for row, bv in zip(np.asarray(a).tolist(), np.asarray(b).tolist(), strict=True):
+        for v in row:
+            r = v - bv
+            c = min(max(r, lo), hi)
+            nsat += c != r
+            out.append(c)
+    return np.array(out, dtype=np.int64).reshape(np.shape(a)), nsat

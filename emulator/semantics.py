@@ -15,9 +15,17 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from emulator.counters import ACC_OVERFLOWS, MAC_OPS, MACS, MACS_SKIPPED, RNG_DRAWS, SATURATIONS
+from emulator.counters import (
+    ACC_OVERFLOWS,
+    MAC_OPS,
+    MACS,
+    MACS_SKIPPED,
+    RNG_DRAWS,
+    SATURATIONS,
+    SPAD_RD,
+)
 from emulator.errors import ExecutionError
-from emulator.reference import uses_rng
+from emulator.reference import EXP_MAX_E, EXP_MIN_E, uses_rng
 from emulator.rng import MASK64
 from isa.spec import DTYPES, RNG_FIELDS, ROUND_MODES
 
@@ -351,30 +359,66 @@ def _gemm(m, o):
 
 
 # ============================================================================ requantize
-@semantics("rq")
-def _rq(m, o):
-    r = m.r
-    n = _count(m, "element count", r[o["rn"]])
-    shift = m.e[o["eout"]] - m.e[o["ein"]]
+def _shift(m: Machine, o: dict[str, int], eout: str = "eout", ein: str = "ein") -> int:
+    shift = m.e[o[eout]] - m.e[o[ein]]
     if not -MAX_RQ_SHIFT <= shift <= MAX_RQ_SHIFT:
         raise ExecutionError(
-            f"requantize shift e{o['eout']} - e{o['ein']} = {shift} outside "
+            f"requantize shift e{o[eout]} - e{o[ein]} = {shift} outside "
             f"[{-MAX_RQ_SHIFT}, {MAX_RQ_SHIFT}]",
             m.pc,
         )
-    elem = ELEM_BYTES[o["dt"]]
-    src = m.acc_range(r[o["racc"]], n)
-    dst = m.sp_elems(r[o["rd"]], n, elem)
+    return shift
+
+
+def _requantize(m: Machine, src: np.ndarray, dst: np.ndarray, o: dict[str, int], shift: int,
+                mul: int, out_bytes: int) -> None:
+    """The requantizer datapath shared by rq, rqm and vcvt: values, RNG, flags, counts."""
     mode = o["rnd"]
     seed, counter = m.rng
-    vals, nsat = m.dp.requant(src, shift, mode, 8 * elem, bool(o["relu"]), seed, counter)
+    vals, nsat = m.dp.requant(src, shift, mode, 8 * out_bytes, bool(o["relu"]), seed, counter,
+                              mul)
     dst[...] = vals
-    draws = n if uses_rng(mode, shift) else 0
+    draws = src.size if uses_rng(mode, shift) else 0
     m.rng[1] = (counter + draws) & MASK64
-    m.charge(m.cost("requant", n, elem))
     m.charge({RNG_DRAWS: draws, SATURATIONS: nsat})
     if nsat:
         m.flags |= FLAG_RQ_SATURATION
+
+
+def _rq_common(m: Machine, o: dict[str, int], mul: int) -> None:
+    r = m.r
+    n = _count(m, "element count", r[o["rn"]])
+    shift = _shift(m, o)
+    elem = ELEM_BYTES[o["dt"]]
+    src = m.acc_range(r[o["racc"]], n)
+    dst = m.sp_elems(r[o["rd"]], n, elem)
+    _requantize(m, src, dst, o, shift, mul, elem)
+    m.charge(m.cost("requant", n, elem))
+
+
+@semantics("rq")
+def _rq(m, o):
+    _rq_common(m, o, 1)
+
+
+@semantics("rqm")
+def _rqm(m, o):
+    mul = m.r[o["rmul"]]
+    if not -(1 << 31) <= mul < (1 << 31):
+        raise ExecutionError(f"rqm multiplier r{o['rmul']} = {mul} does not fit 32 bits", m.pc)
+    _rq_common(m, o, mul)
+
+
+@semantics("vcvt")
+def _vcvt(m, o):
+    r = m.r
+    n = _count(m, "element count", r[o["rn"]])
+    shift = _shift(m, o)
+    sb, db = ELEM_BYTES[o["sdt"]], ELEM_BYTES[o["ddt"]]
+    src = m.sp_elems(r[o["ra"]], n, sb).astype(np.int64)  # read all before writing
+    dst = m.sp_elems(r[o["rd"]], n, db)
+    _requantize(m, src, dst, o, shift, 1, db)
+    m.charge(m.cost("convert", n, sb, db))
 
 
 # ============================================================================ vector ALU
@@ -512,3 +556,68 @@ def _vtoacc(m, o):
 
 
 _ = ROUND_MODES
+
+
+@semantics("accrd")
+def _accrd(m, o):
+    m.set_reg(o["rd"], int(m.acc_range(m.r[o["racc"]], 1)[0]))
+    m.charge(m.cost("scalar_acc"))
+
+
+@semantics("vsubrow")
+def _vsubrow(m, o):
+    rows, cols = _rows_cols(m, o)
+    elem = ELEM_BYTES[o["dt"]]
+    a = m.sp_elems(m.r[o["ra"]], rows * cols, elem).reshape(rows, cols)
+    b = m.sp_elems(m.r[o["rb"]], rows, elem)
+    d = m.sp_elems(m.r[o["rd"]], rows * cols, elem)
+    vals, nsat = m.dp.sub_rows(a, b, 8 * elem)
+    d[...] = vals.ravel()
+    cost = m.cost("alu", rows * cols, elem, 1, False)
+    cost[SPAD_RD] += rows * elem  # the per-row operand
+    m.charge(cost)
+    _alu_sat(m, nsat)
+
+
+@semantics("vexp")
+def _vexp(m, o):
+    n = _count(m, "element count", m.r[o["rn"]])
+    e = m.e[o["ea"]]
+    if not EXP_MIN_E <= e <= EXP_MAX_E:
+        raise ExecutionError(f"vexp input exponent e{o['ea']} = {e} outside "
+                             f"[{EXP_MIN_E}, {EXP_MAX_E}]", m.pc)
+    x = m.sp_elems(m.r[o["ra"]], n, 2)
+    d = m.sp_elems(m.r[o["rd"]], n, 2)
+    d[...] = m.dp.exp_q14(x, e)
+    m.charge(m.cost("exp", n))
+
+
+@semantics("vnormrow")
+def _vnormrow(m, o):
+    rows, cols = _rows_cols(m, o)
+    f = -m.e[o["eout"]]
+    if not 0 <= f <= 30:
+        raise ExecutionError(f"vnormrow output exponent e{o['eout']} = {-f} outside [-30, 0]",
+                             m.pc)
+    elem = ELEM_BYTES[o["dt"]]
+    p = m.sp_elems(m.r[o["ra"]], rows * cols, 2).reshape(rows, cols)
+    sums = m.acc_range(m.r[o["racc"]], rows)
+    d = m.sp_elems(m.r[o["rd"]], rows * cols, elem)
+    vals, nsat = m.dp.norm_rows(p, sums, f, 8 * elem)
+    d[...] = vals.ravel()
+    m.charge(m.cost("divide", rows, cols, elem))
+    _alu_sat(m, nsat)
+
+
+@semantics("vlazy")
+def _vlazy(m, o):
+    n = _count(m, "element count", m.r[o["rn"]])
+    s = m.e[o["et"]] - m.e[o["ea"]]
+    if not 0 <= s <= 15:
+        raise ExecutionError(f"vlazy shift e{o['et']} - e{o['ea']} = {s} outside [0, 15]", m.pc)
+    theta = m.sp_elems(m.r[o["rt"]], n, 1)
+    acc = m.sp_elems(m.r[o["ra"]], n, 2)
+    tn, an = m.dp.lazy_update(theta, acc, s)
+    theta[...] = tn
+    acc[...] = an
+    m.charge(m.cost("lazy", n))

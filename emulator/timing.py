@@ -54,6 +54,11 @@ def scalar_mem(cfg: Config, to_dram: bool) -> Cost:
     return {CYCLES: cfg.dma.latency_cycles + 1, DRAM_WR if to_dram else DRAM_RD: 4}
 
 
+def scalar_acc(cfg: Config) -> Cost:
+    """A scalar read of one accumulator entry."""
+    return {CYCLES: 1, ACC_RD: cfg.acc_bytes_per_entry}
+
+
 def dma(cfg: Config, nbytes: int, to_dram: bool) -> Cost:
     cyc = cfg.dma.latency_cycles + ceil(nbytes / cfg.dma.bytes_per_cycle)
     if to_dram:
@@ -116,6 +121,52 @@ def requant(cfg: Config, n: int, out_bytes: int) -> Cost:
     }
 
 
+def convert(cfg: Config, n: int, src_bytes: int, dst_bytes: int) -> Cost:
+    """Scratchpad-to-scratchpad requantization: the requantizer fed from the scratchpad."""
+    return {
+        CYCLES: cfg.alu.latency_cycles + max(src_bytes, dst_bytes) * ceil(n / cfg.alu.lanes),
+        RQ_ELEMS: n,
+        SPAD_RD: n * src_bytes,
+        SPAD_WR: n * dst_bytes,
+    }
+
+
+def exp(cfg: Config, n: int) -> Cost:
+    """Exponential unit on INT16: a 16 x 16-bit multiply (4 byte-passes), table read, shift."""
+    return {
+        CYCLES: cfg.alu.latency_cycles + 4 * ceil(n / cfg.alu.lanes),
+        ALU_OPS: n,
+        ALU_MUL_PASSES: 4 * n,
+        ALU_PASSES: n,
+        SPAD_RD: 2 * n,
+        SPAD_WR: 2 * n,
+    }
+
+
+def divide(cfg: Config, rows: int, cols: int, out_bytes: int) -> Cost:
+    """Row normalization by a restoring divider: one quotient bit per cycle per lane."""
+    n = rows * cols
+    return {
+        CYCLES: cfg.alu.latency_cycles + 8 * out_bytes * ceil(n / cfg.alu.lanes),
+        ALU_OPS: n,
+        ALU_PASSES: 8 * out_bytes * n,
+        SPAD_RD: 2 * n,
+        ACC_RD: rows * cfg.acc_bytes_per_entry,
+        SPAD_WR: out_bytes * n,
+    }
+
+
+def lazy(cfg: Config, n: int) -> Cost:
+    """Lazy update: INT16 round-shift, INT8 saturating add, INT16 residual subtract (4 passes)."""
+    return {
+        CYCLES: cfg.alu.latency_cycles + 4 * ceil(n / cfg.alu.lanes),
+        ALU_OPS: n,
+        ALU_PASSES: 4 * n,
+        SPAD_RD: 3 * n,
+        SPAD_WR: 3 * n,
+    }
+
+
 def scan(cfg: Config, n: int) -> Cost:
     return {
         CYCLES: cfg.alu.latency_cycles + ceil(n / cfg.alu.lanes),
@@ -142,6 +193,11 @@ HOOKS = {
     "scalar": scalar,
     "branch": branch,
     "scalar_mem": scalar_mem,
+    "scalar_acc": scalar_acc,
+    "convert": convert,
+    "exp": exp,
+    "divide": divide,
+    "lazy": lazy,
     "scan": scan,
     "dma": dma,
     "dma_acc": dma_acc,

@@ -208,6 +208,10 @@ _def(
 )
 _def("clrflags", 0x1A, (), "scalar", "scalar", "Clear the sticky flags.", "flags = 0")
 _def(
+    "accrd", 0x1D, (R("rd"), R("racc")), "scalar", "scalar_acc",
+    "Read one accumulator entry into a scalar register.", "r[rd] = acc[r[racc]]",
+)
+_def(
     "ldw", 0x1B, (R("rd"), R("ra"), SIMM("imm", 24)), "scalar", "scalar_mem",
     "Load a sign-extended 32-bit little-endian word from DRAM into a scalar register.",
     "r[rd] = int32_le(dram, r[ra] + imm)",
@@ -379,6 +383,57 @@ for i in range(r[rn]):
 """,
 )
 
+_def(
+    "rqm", 0x49,
+    (
+        R("rd", "scratchpad destination"),
+        R("racc", "accumulator source"),
+        R("rn", "element count"),
+        R("rmul", "scalar register holding the multiplier (32-bit signed)"),
+        E("eout", "exponent of the result"),
+        E("ein", "exponent of the accumulator"),
+        ENUM("rnd", ROUND_MODES, "rounding mode"),
+        DT,
+        FLAG("relu", "clamp negative results to zero"),
+    ),
+    "vector", "requant",
+    "Requantize with a fixed-point multiplier: like rq applied to acc * r[rmul] (learning-rate "
+    "and batch scaling).",
+    """
+mul = r[rmul]                             # must fit in 32 bits (signed)
+s = e[eout] - e[ein]                      # must lie in [-31, 31]
+for i in range(r[rn]):
+    a = acc[r[racc] + i] * mul            # exact (at most 63 bits)
+    y = round_shift(a, s, rnd)            # exactly as rq, one draw per element for dither, s > 0
+    if relu: y = max(y, 0)
+    sp[r[rd] + i] = saturate(y, dt)
+""",
+)
+_def(
+    "vcvt", 0x4A,
+    (
+        R("rd", "scratchpad destination"),
+        R("ra", "scratchpad source"),
+        R("rn", "element count"),
+        E("eout", "exponent of the result"),
+        E("ein", "exponent of the source"),
+        ENUM("rnd", ROUND_MODES, "rounding mode"),
+        ENUM("sdt", DTYPES, "source element type"),
+        ENUM("ddt", DTYPES, "destination element type"),
+        FLAG("relu", "clamp negative results to zero"),
+    ),
+    "vector", "convert",
+    "Requantize scratchpad elements to another exponent and type (same rounding, dither and "
+    "saturation as rq).",
+    """
+s = e[eout] - e[ein]                      # must lie in [-31, 31]
+for i in range(r[rn]):                    # all sources are read before any result is written
+    y = round_shift(sp[r[ra]][i] as sdt, s, rnd)   # one draw per element for dither, s > 0
+    if relu: y = max(y, 0)
+    sp[r[rd]][i] as ddt = saturate(y, ddt)
+""",
+)
+
 # ---------------------------------------------------------------------------------------------
 # Vector ALU: elementwise INT8/INT16 over scratchpad operands, saturating.
 
@@ -440,8 +495,64 @@ _def(
     "+ sp[r[ra]][i])",
 )
 
+_def(
+    "vsubrow", 0x60, (R("rd"), R("ra"), R("rb"), R("rrows"), R("rcols"), DT), "vector", "alu",
+    "Subtract a per-row value from every element of its row (saturating).",
+    """
+for i in range(r[rrows]), j in range(r[rcols]):
+    sp[r[rd]][i*r[rcols] + j] = sat(sp[r[ra]][i*r[rcols] + j] - sp[r[rb]][i])
+""",
+)
+_def(
+    "vexp", 0x61, (R("rd"), R("ra"), R("rn"), E("ea")), "vector", "exp",
+    "Exponential unit: INT16 x <= 0 at exponent e[ea] -> round(2**14 * exp(x * 2**e[ea])) in "
+    "INT16 (Q14), by a log2(e) multiply, a 256-entry 2**-f table and a shifter.",
+    """
+# EXP_LUT[f] = round(2**14 * 2**(-f/256)), f = 0..255 (exact, see emulator/reference.py)
+# LOG2E_Q16 = 94548 = round(log2(e) * 2**16); e[ea] must lie in [-24, 8]
+for i in range(r[rn]):
+    x = min(sp[r[ra]][i] as i16, 0)
+    t = x * LOG2E_Q16                      # log2 of the result in units of 2**(e[ea]-16)
+    sh = 8 - e[ea]                         # to units of 2**-8 (Q8), rounding half up
+    u = (t + (1 << (sh-1))) >> sh if sh > 0 else t << -sh   # u <= 0
+    n, f = (-u) >> 8, (-u) & 255          # 2**(u/256) = 2**-n * 2**(-f/256)
+    y = EXP_LUT[f] if n == 0 else ((EXP_LUT[f] + (1 << (n-1))) >> n if n < 31 else 0)
+    sp[r[rd]][i] as i16 = y
+""",
+)
+_def(
+    "vnormrow", 0x62,
+    (R("rd"), R("ra"), R("racc"), R("rrows"), R("rcols"), E("eout"), DT),
+    "vector", "divide",
+    "Divide every element of a row by that row's sum held in accumulator memory (softmax "
+    "normalization), rounding to nearest onto the grid 2**e[eout].",
+    """
+f = -e[eout]                              # fraction bits of the result, 0 <= f <= 30
+for i in range(r[rrows]):
+    S = acc[r[racc] + i]
+    for j in range(r[rcols]):
+        p = sp[r[ra]][i*r[rcols] + j] as i16
+        y = floor((p * 2**(f+1) + S) / (2*S)) if S > 0 else 0    # ties round up
+        sp[r[rd]][i*r[rcols] + j] = saturate(y, dt)
+""",
+)
+_def(
+    "vlazy", 0x63, (R("rt"), R("ra"), R("rn"), E("et"), E("ea")), "vector", "lazy",
+    "Lazy update (Kahan summation, Park et al. Alg. 1): move the part of the INT16 update "
+    "accumulator that the INT8 parameter grid can represent into the parameter.",
+    """
+s = e[et] - e[ea]                         # parameter grid over accumulator grid, 0 <= s <= 15
+for i in range(r[rn]):
+    theta, a = sp[r[rt]][i] as i8, sp[r[ra]][i] as i16
+    d = (a + (1 << (s-1))) >> s if s > 0 else a     # round to the parameter grid, ties up
+    tn = saturate(theta + d, i8)
+    sp[r[rt]][i] as i8 = tn
+    sp[r[ra]][i] as i16 = a - ((tn - theta) << s)  # the residual stays in the accumulator
+""",
+)
+
 TABLE: tuple[Instr, ...] = tuple(_ENTRIES)
 BY_MNEMONIC: dict[str, Instr] = {i.mnemonic: i for i in TABLE}
 BY_OPCODE: dict[int, Instr] = {i.opcode: i for i in TABLE}
 UNITS = ("scalar", "dma", "matrix", "vector")
-COST_HOOKS = ("scalar", "scalar_mem", "branch", "scan", "dma", "dma_acc", "gemm", "requant", "alu", "reduce")
+COST_HOOKS = ("scalar", "scalar_mem", "scalar_acc", "branch", "convert", "exp", "divide", "lazy", "scan", "dma", "dma_acc", "gemm", "requant", "alu", "reduce")
