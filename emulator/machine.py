@@ -114,6 +114,8 @@ class Machine:
         """Run until ``halt``; raises BudgetExceeded past the step or cycle budget."""
         max_steps = self.cfg.budget.max_steps if max_steps is None else max_steps
         max_cycles = self.cfg.budget.max_cycles if max_cycles is None else max_cycles
+        step_limit = self.steps + max_steps  # budgets count from the start of this run
+        cycle_limit = self.cycles + max_cycles
         decoded = self.decoded
         n = len(decoded)
         counts = self.counts
@@ -121,11 +123,11 @@ class Machine:
             pc = self.pc
             if not 0 <= pc < n:
                 raise ExecutionError(f"pc {pc} outside the program (0..{n - 1}); missing halt?", pc)
-            if self.steps >= max_steps:
+            if self.steps >= step_limit:
                 raise BudgetExceeded(
                     f"step budget of {max_steps} exhausted", pc, self.steps, self.cycles
                 )
-            if self.cycles >= max_cycles:
+            if self.cycles >= cycle_limit:
                 raise BudgetExceeded(
                     f"cycle budget of {max_cycles} exhausted", pc, self.steps, self.cycles
                 )
@@ -135,6 +137,10 @@ class Machine:
             self.steps += 1
             self.pc = pc + 1 if nxt is None else nxt
         return self.summary()
+
+    def restart(self, pc: int = 0) -> None:
+        """Continue from ``pc`` after a halt (state, counters and RNG are kept)."""
+        self.pc, self.halted = pc, False
 
     def summary(self) -> Summary:
         return summarize(self.counts, self.cfg)

@@ -1,0 +1,481 @@
+"""Compile a model spec into firmware for the lpemu machine.
+
+One program holds two entry paths selected by the host through the PARAMS block in DRAM:
+``mode 0`` trains one epoch (forward, INT16 softmax + cross-entropy gradient, QBP backward,
+update) over the batches the host put in DRAM; ``mode 1`` runs the forward pass over test
+batches and stores the logits. Weights live in DRAM between runs and are resident in the
+scratchpad during one (loaded when PARAMS.load_weights is set, stored back at the end).
+
+Layout conventions (all layers): activations and backward gradients of hidden layers are stored
+transposed, ``[features, batch]``, so every operand tile of a weight matrix ``W[n_in, n_out]``
+is a contiguous row range. The logits, softmax and last-layer gradient are ``[batch, classes]``.
+
+Labels name layer and phase (``train.fwd.l1``, ``train.softmax``, ``train.bwd.l3``,
+``train.upd.l3``, ``eval.fwd.l2`` ...), so counters can be attributed per layer and phase.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from emulator.config import Config
+from emulator.errors import ConfigError
+from programs.model import ModelSpec
+
+# PARAMS block (int32 words at DRAM address 0)
+P_MODE, P_NBATCH, P_MU, P_SEED, P_XBASE, P_TBASE, P_OBASE, P_RBASE, P_LOADW = range(9)
+PARAMS_BYTES = 64
+MODE_TRAIN, MODE_EVAL = 0, 1
+
+# scalar registers
+R_B, R_NB, R_MU, R_MODE, R_XB, R_TB, R_OB, R_RB, R_T0, R_T1 = 20, 21, 22, 23, 24, 25, 26, 27, 28, 29
+TEMPS = tuple(range(1, 12))
+# exponent registers
+E_IN = 1  # e1..e5: activation exponents a_0..a_4
+
+
+def E_ACT(layer: int) -> int:  # noqa: N802 - register name
+    return 1 + layer
+
+
+def E_W(layer: int) -> int:  # noqa: N802
+    return 5 + layer  # layers 1..5 -> e6..e10
+
+
+E_S, E_G, E_DZ, E_T0, E_T1 = 11, 12, 13, 14, 15
+VEXP_MIN_E = -24
+
+
+@dataclass
+class Region:
+    name: str
+    addr: int
+    size: int
+
+
+@dataclass
+class Allocator:
+    """Bump allocator for one memory; every region is recorded for the layout report."""
+
+    memory: str
+    capacity: int
+    align: int = 64
+    top: int = 0
+    regions: list[Region] = field(default_factory=list)
+
+    def take(self, name: str, size: int) -> int:
+        addr = self.top
+        self.top += -(-max(size, 1) // self.align) * self.align
+        self.regions.append(Region(name, addr, size))
+        return addr
+
+    def check(self, hint: str) -> None:
+        if self.top > self.capacity:
+            raise ConfigError(
+                f"the model needs {self.top:,} of {self.capacity:,} available; {hint}",
+                self.memory,
+            )
+
+
+@dataclass
+class Layout:
+    """Where everything lives. Built from the spec and hardware config by :func:`plan`."""
+
+    spec: ModelSpec
+    sp: dict[str, int]
+    acc: dict[str, int]
+    dram: dict[str, int]
+    sizes: dict[str, int]
+    gbytes: int  # bytes of one classifier-gradient element (1 for BW <= 8, else 2)
+    mu_shift: int  # lr/B = mu * 2**-mu_shift
+    weight_exp: list[int]
+
+    @property
+    def batch_x_bytes(self) -> int:
+        return self.spec.layers[0] * self.spec.batch_size
+
+    @property
+    def batch_t_bytes(self) -> int:
+        return self.spec.batch_size * self.spec.classes * self.gbytes
+
+    @property
+    def batch_y_bytes(self) -> int:
+        return self.spec.batch_size * self.spec.classes * self.gbytes
+
+    @property
+    def batch_logit_bytes(self) -> int:
+        return self.spec.batch_size * self.spec.classes * 2
+
+
+def init_bound(n_in: int) -> float:
+    """He-uniform bound for ReLU layers: U(-b, b), b = sqrt(6 / n_in)."""
+    return math.sqrt(6.0 / n_in)
+
+
+def weight_exponents(spec: ModelSpec) -> list[int]:
+    """Fixed INT8 weight exponent per layer: the init bound times the headroom fits in 127."""
+    out = []
+    for n_in in spec.layers[:-1]:
+        top = init_bound(n_in) * spec.weight_headroom
+        out.append(math.ceil(math.log2(top / 127 * 128)) - 7)
+    return out
+
+
+def mu_shift(spec: ModelSpec) -> int:
+    """Shift t with lr/B = mu * 2**-t and mu in [2**12, 2**13) at the initial learning rate."""
+    x = spec.update.lr / spec.batch_size
+    return 12 - math.floor(math.log2(x))
+
+
+def lr_multiplier(spec: ModelSpec, layout: Layout, epoch: int) -> int:
+    return max(1, round(spec.lr_at(epoch) / spec.batch_size * 2**layout.mu_shift))
+
+
+def plan(spec: ModelSpec, cfg: Config) -> Layout:
+    n, b, c = spec.layers, spec.batch_size, spec.classes
+    nl = spec.n_weight_layers
+    bw = spec.bits.classifier
+    gbytes = 1 if bw <= 8 else 2
+    sp = Allocator("memory.scratchpad_bytes", cfg.memory.scratchpad_bytes)
+    acc = Allocator("accumulator.entries", cfg.accumulator.entries, align=16)
+    s: dict[str, int] = {}
+    a: dict[str, int] = {}
+    for l in range(1, nl + 1):
+        s[f"W{l}"] = sp.take(f"W{l}", n[l - 1] * n[l])
+        s[f"LZ{l}"] = sp.take(f"LZ{l}", 2 * n[l - 1] * n[l])
+    s["A0"] = sp.take("A0", n[0] * b)
+    for l in range(1, nl):
+        s[f"A{l}"] = sp.take(f"A{l}", n[l] * b)
+        s[f"DZ{l}"] = sp.take(f"DZ{l}", n[l] * b)
+    s[f"DZ{nl}"] = sp.take(f"DZ{nl}", b * c)
+    hidden = max(n[1:-1], default=1)
+    s["MASK"] = sp.take("MASK", hidden * b)
+    for name in ("S", "XS", "P"):
+        s[name] = sp.take(name, 2 * b * c)
+    s["MX"] = sp.take("MX", 2 * b)
+    for name in ("Y", "NT", "G"):
+        s[name] = sp.take(name, gbytes * b * c)
+    wmax = max(n[i] * n[i + 1] for i in range(nl))
+    s["U"] = sp.take("U", 2 * wmax)
+    sp.check("layers larger than the scratchpad need tiling, which is not implemented yet: "
+             "use a config with a larger scratchpad")
+    a["Z"] = acc.take("Z", max(max(n[1:]) * b, b * c))
+    a["DW"] = acc.take("DW", wmax)
+    a["DA"] = acc.take("DA", max(n[:-1]) * b)
+    a["SUM"] = acc.take("SUM", b)
+    a["RO"] = acc.take("RO", b)
+    a["TMP"] = acc.take("TMP", b * c)
+    acc.check("use a config with more accumulator entries")
+    d: dict[str, int] = {"PARAMS": 0}
+    top = PARAMS_BYTES
+    for l in range(1, nl + 1):
+        d[f"W{l}"] = top
+        top += -(-n[l - 1] * n[l] // 64) * 64
+        d[f"LZ{l}"] = top
+        top += -(-2 * n[l - 1] * n[l] // 64) * 64
+    d["DATA"] = -(-top // 4096) * 4096
+    sizes = {"sp_used": sp.top, "acc_used": acc.top}
+    return Layout(spec, s, a, d, sizes, gbytes, mu_shift(spec), weight_exponents(spec))
+
+
+# ------------------------------------------------------------------------------- emitter
+class Reg(int):
+    """An operand that is already a register number (not a constant to load)."""
+
+
+class Asm:
+    """Assembly text builder that loads constants into temporaries, reusing known values."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.known: dict[int, int] = {}  # temp register -> value it holds
+
+    def label(self, name: str, comment: str = "") -> None:
+        self.known.clear()  # control may arrive from elsewhere
+        self.lines.append(f"{name}:" + (f"    # {comment}" if comment else ""))
+
+    def comment(self, text: str) -> None:
+        self.lines.append(f"    # {text}")
+
+    def raw(self, text: str) -> None:
+        self.lines.append(f"    {text}")
+
+    def const(self, value: int, avoid: set[int]) -> int:
+        for r, v in self.known.items():
+            if v == value and r not in avoid:
+                return r
+        free = [r for r in TEMPS if r not in self.known and r not in avoid]
+        if not free:
+            victims = [r for r in TEMPS if r not in avoid]
+            r = victims[0]
+            del self.known[r]
+            free = [r]
+        r = free[0]
+        self.lines.append(f"    li r{r}, {value}")
+        self.known[r] = value
+        return r
+
+    def op(self, mnemonic: str, *regs: int, **kw: object) -> None:
+        """Emit ``mnemonic`` with register operands; plain ints are constants to load."""
+        chosen: list[int] = []
+        used: set[int] = {int(x) for x in regs if isinstance(x, Reg)}
+        for x in regs:
+            if isinstance(x, Reg):
+                chosen.append(int(x))
+            else:
+                r = self.const(int(x), used)
+                used.add(r)
+                chosen.append(r)
+        ops = [f"r{r}" for r in chosen]
+        ops += [f"{k}={v}" for k, v in kw.items()]
+        self.lines.append(f"    {mnemonic} {', '.join(ops)}".rstrip())
+
+    def text(self) -> str:
+        return "\n".join(self.lines) + "\n"
+
+
+def _dither(spec: ModelSpec) -> str:
+    return {"uniform": "uniform", "triangular": "triangular", "none": "nearest"}[spec.qbp.dither]
+
+
+def _clamp_exp_min(asm: Asm, ereg: int, lo: int, tag: str) -> None:
+    """e[ereg] = max(e[ereg], lo) with scalar code (the vexp unit needs e >= -24)."""
+    asm.raw(f"emv r{R_T0}, e{ereg}")
+    asm.raw(f"li r{R_T1}, {lo}")
+    asm.raw(f"bge r{R_T0}, r{R_T1}, {tag}.ok")
+    asm.raw(f"esetr e{ereg}, r{R_T1}")
+    asm.label(f"{tag}.ok")
+
+
+def _forward(asm: Asm, lay: Layout, prefix: str) -> None:
+    spec = lay.spec
+    n, b, c = spec.layers, spec.batch_size, spec.classes
+    nl = spec.n_weight_layers
+    sp, acc = lay.sp, lay.acc
+    for l in range(1, nl + 1):
+        asm.label(f"{prefix}.fwd.l{l}", f"layer {l}: {n[l - 1]} -> {n[l]}")
+        if l < nl:
+            # z^T [n_l, B] = W^T [n_l, n_in] @ a^T [n_in, B]
+            asm.op("gemm", acc["Z"], sp[f"W{l}"], sp[f"A{l - 1}"], n[l], n[l - 1], b, ta=1)
+            asm.raw(f"eadd e{E_T0}, e{E_W(l)}, e{E_ACT(l - 1)}")
+            asm.lines.append(_efit(E_ACT(l), asm, acc["Z"], n[l] * b, E_T0, "i8"))
+            _rq(asm, sp[f"A{l}"], acc["Z"], n[l] * b, E_ACT(l), E_T0, "nearest", "i8", relu=1)
+        else:
+            # logits s [B, C] = a [B, n] @ W [n, C]; INT16 with a dynamic exponent
+            asm.op("gemm", acc["Z"], sp[f"A{l - 1}"], sp[f"W{l}"], b, n[l - 1], c, ta=1)
+            asm.raw(f"eadd e{E_T0}, e{E_W(l)}, e{E_ACT(l - 1)}")
+            asm.lines.append(_efit(E_S, asm, acc["Z"], b * c, E_T0, "i16"))
+            _clamp_exp_min(asm, E_S, VEXP_MIN_E, f"{prefix}.fwd.l{l}.clamp")
+            _rq(asm, sp["S"], acc["Z"], b * c, E_S, E_T0, "nearest", "i16")
+
+
+def _efit(ed: int, asm: Asm, acc_addr: int, count: int, ein: int, dt: str) -> str:
+    r1 = asm.const(acc_addr, set())
+    r2 = asm.const(count, {r1})
+    return f"    efit e{ed}, r{r1}, r{r2}, e{ein}, dt={dt}"
+
+
+def _rq(asm: Asm, dst: int, src: int, count: int, eout: int, ein: int, rnd: str, dt: str,
+        relu: int = 0, mnemonic: str = "rq", mul: int | None = None) -> None:
+    r1 = asm.const(dst, set())
+    r2 = asm.const(src, {r1})
+    r3 = asm.const(count, {r1, r2})
+    extra = f", r{mul}" if mul is not None else ""
+    kw = f", rnd={rnd}, dt={dt}" + (", relu=1" if relu else "")
+    asm.raw(f"{mnemonic} r{r1}, r{r2}, r{r3}{extra}, e{eout}, e{ein}{kw}")
+
+
+def _vcvt(asm: Asm, dst: int, src: int, count: int, eout: int, ein: int, rnd: str, sdt: str,
+          ddt: str) -> None:
+    r1 = asm.const(dst, set())
+    r2 = asm.const(src, {r1})
+    r3 = asm.const(count, {r1, r2})
+    asm.raw(f"vcvt r{r1}, r{r2}, r{r3}, e{eout}, e{ein}, rnd={rnd}, sdt={sdt}, ddt={ddt}")
+
+
+def _softmax(asm: Asm, lay: Layout) -> None:
+    spec = lay.spec
+    b, c = spec.batch_size, spec.classes
+    sp, acc = lay.sp, lay.acc
+    gdt = "i8" if lay.gbytes == 1 else "i16"
+    asm.label("train.softmax", "INT16 softmax and cross-entropy gradient y - t")
+    asm.op("vrmax", sp["MX"], sp["S"], b, c, dt="i16")
+    asm.op("vsubrow", sp["XS"], sp["S"], sp["MX"], b, c, dt="i16")
+    r1, r2, r3 = asm.const(sp["P"], set()), asm.const(sp["XS"], set()), asm.const(b * c, set())
+    asm.raw(f"vexp r{r1}, r{r2}, r{r3}, e{E_S}")
+    asm.op("vrsum", acc["SUM"], sp["P"], b, c, dt="i16")
+    r = [asm.const(v, set()) for v in (sp["Y"], sp["P"], acc["SUM"], b, c)]
+    asm.raw(f"vnormrow r{r[0]}, r{r[1]}, r{r[2]}, r{r[3]}, r{r[4]}, e{E_G}, dt={gdt}")
+    # g = y + (-t): the host stores the negated one-hot target -2**(BW-1)
+    asm.op("vadd", sp["G"], sp["Y"], sp["NT"], b * c, dt=gdt)
+    # round-off sum of dL/ds per sample (the exact gradient sums to zero)
+    asm.op("vrsum", acc["RO"], sp["G"], b, c, dt=gdt)
+
+
+def _quantize_dz(asm: Asm, lay: Layout, l: int, src_acc: int | None, src_sp: int | None,
+                 ein: int, sdt: str) -> None:
+    """dz~ of layer l to INT8 at exponent e[E_DZ]: QBP fixed step with dither, or dynamic."""
+    spec = lay.spec
+    steps = spec.qbp_steps()
+    dst = lay.sp[f"DZ{l}"]
+    count = (spec.batch_size * spec.classes if l == spec.n_weight_layers
+             else spec.layers[l] * spec.batch_size)
+    if steps is not None:
+        asm.raw(f"eset e{E_DZ}, {steps[l - 1]}")
+        rnd = _dither(spec)
+    else:
+        rnd = "nearest"
+        if src_acc is None:  # bring the INT16 gradient to the accumulator to scan its maximum
+            asm.op("vtoacc", lay.acc["TMP"], src_sp, count, dt=sdt)
+            src_acc = lay.acc["TMP"]
+        asm.lines.append(_efit(E_DZ, asm, src_acc, count, ein, "i8"))
+    if src_acc is not None:
+        _rq(asm, dst, src_acc, count, E_DZ, ein, rnd, "i8")
+    else:
+        _vcvt(asm, dst, src_sp, count, E_DZ, ein, rnd, sdt, "i8")
+
+
+def _update(asm: Asm, lay: Layout, l: int) -> None:
+    """SGD step for W_l from dW (accumulator, exponent e[E_T0]) scaled by lr/B = mu * 2**-t."""
+    spec = lay.spec
+    n = spec.layers
+    nw = n[l - 1] * n[l]
+    sp = lay.sp
+    mode = spec.update.mode
+    asm.label(f"train.upd.l{l}", f"{mode} update of W{l}")
+    asm.raw(f"eaddi e{E_T0}, e{E_T0}, {-lay.mu_shift}")  # exponent of dW * mu
+    asm.raw(f"eaddi e{E_T1}, e{E_W(l)}, {-spec.update.acc_shift}")  # lazy/shadow grid
+    if mode in ("lazy", "shadow"):
+        _rq(asm, sp["U"], lay.acc["DW"], nw, E_T1, E_T0, "nearest", "i16", mnemonic="rqm",
+            mul=R_MU)
+        asm.op("vsub", sp[f"LZ{l}"], sp[f"LZ{l}"], sp["U"], nw, dt="i16")
+        if mode == "lazy":
+            r = [asm.const(v, set()) for v in (sp[f"W{l}"], sp[f"LZ{l}"], nw)]
+            asm.raw(f"vlazy r{r[0]}, r{r[1]}, r{r[2]}, e{E_W(l)}, e{E_T1}")
+        else:
+            _vcvt(asm, sp[f"W{l}"], sp[f"LZ{l}"], nw, E_W(l), E_T1, "nearest", "i16", "i8")
+    else:
+        rnd = "nearest" if mode == "plain" else "uniform"
+        _rq(asm, sp["U"], lay.acc["DW"], nw, E_W(l), E_T0, rnd, "i8", mnemonic="rqm", mul=R_MU)
+        asm.op("vsub", sp[f"W{l}"], sp[f"W{l}"], sp["U"], nw, dt="i8")
+
+
+def _backward(asm: Asm, lay: Layout) -> None:
+    spec = lay.spec
+    n, b, c = spec.layers, spec.batch_size, spec.classes
+    nl = spec.n_weight_layers
+    sp, acc = lay.sp, lay.acc
+    gdt = "i8" if lay.gbytes == 1 else "i16"
+    for l in range(nl, 0, -1):
+        asm.label(f"train.bwd.l{l}", f"QBP backward of layer {l}")
+        if l == nl:
+            _quantize_dz(asm, lay, l, None, sp["G"], E_G, gdt)
+            # dW [n, C] = a^T [n, B] @ dz [B, C]      (zero-skip on dz)
+            asm.op("gemm", acc["DW"], sp[f"A{l - 1}"], sp[f"DZ{l}"], n[l - 1], b, c, sb=1)
+            if l > 1:
+                # da^T [n, B] = W [n, C] @ dz^T         (dz stored [B, C]: tb=1)
+                asm.op("gemm", acc["DA"], sp[f"W{l}"], sp[f"DZ{l}"], n[l - 1], c, b, tb=1, sb=1)
+        else:
+            # dz^T = Q(da^T) * relu'(z): quantize, then mask with a_l > 0
+            asm.raw(f"eadd e{E_T0}, e{E_W(l + 1)}, e{E_DZ}")
+            _quantize_dz(asm, lay, l, acc["DA"], None, E_T0, "i8")
+            asm.op("vrelumask", sp["MASK"], sp[f"A{l}"], n[l] * b, dt="i8")
+            asm.op("vmul", sp[f"DZ{l}"], sp[f"DZ{l}"], sp["MASK"], n[l] * b, dt="i8")
+            # dW [n_in, n_l] = a^T [n_in, B] @ dz [B, n_l]   (dz stored [n_l, B]: tb=1)
+            asm.op("gemm", acc["DW"], sp[f"A{l - 1}"], sp[f"DZ{l}"], n[l - 1], b, n[l], tb=1,
+                   sb=1)
+            if l > 1:
+                # da^T [n_in, B] = W [n_in, n_l] @ dz^T [n_l, B]
+                asm.op("gemm", acc["DA"], sp[f"W{l}"], sp[f"DZ{l}"], n[l - 1], n[l], b, sb=1)
+        asm.raw(f"eadd e{E_T0}, e{E_ACT(l - 1)}, e{E_DZ}")  # exponent of dW
+        _update(asm, lay, l)
+
+
+def _weights_dma(asm: Asm, lay: Layout, store: bool) -> None:
+    spec = lay.spec
+    n = spec.layers
+    for l in range(1, spec.n_weight_layers + 1):
+        for name, size in ((f"W{l}", n[l - 1] * n[l]), (f"LZ{l}", 2 * n[l - 1] * n[l])):
+            if store:
+                asm.op("dmast", lay.dram[name], lay.sp[name], 1, size, size, size)
+            else:
+                asm.op("dmald", lay.sp[name], lay.dram[name], 1, size, size, size)
+
+
+def _batch_addr(asm: Asm, base_reg: int, stride: int) -> None:
+    """r[R_T0] = r[base_reg] + r[R_B] * stride."""
+    asm.raw(f"li r{R_T1}, {stride}")
+    asm.raw(f"mul r{R_T0}, r{R_B}, r{R_T1}")
+    asm.raw(f"add r{R_T0}, r{base_reg}, r{R_T0}")
+
+
+def compile_model(spec: ModelSpec, cfg: Config) -> tuple[str, Layout]:
+    """Assembly text of the training/eval firmware and the memory layout it assumes."""
+    lay = plan(spec, cfg)
+    n, b, c = spec.layers, spec.batch_size, spec.classes
+    nl = spec.n_weight_layers
+    sp, acc = lay.sp, lay.acc
+    asm = Asm()
+    asm.comment(f"lpemu firmware for {spec.name}: layers {n}, batch {b}, "
+                f"update {spec.update.mode}, QBP step {spec.qbp.step_log2} "
+                f"({spec.qbp.dither} dither), classifier INT{spec.bits.classifier}")
+    asm.comment("generated by programs/compiler.py; PARAMS block at DRAM 0 (int32 words): "
+                "mode, n_batches, mu, seed, x_base, t_base, out_base, roundoff_base, load_weights")
+    asm.label("start")
+    for idx, reg in ((P_MODE, R_MODE), (P_NBATCH, R_NB), (P_MU, R_MU), (P_XBASE, R_XB),
+                     (P_TBASE, R_TB), (P_OBASE, R_OB), (P_RBASE, R_RB)):
+        asm.raw(f"ldw r{reg}, r0, {4 * idx}")
+    asm.raw(f"ldw r{R_T0}, r0, {4 * P_SEED}")
+    asm.raw(f"rngseed r{R_T0}")
+    asm.raw(f"eset e{E_IN}, {spec.input_exponent}")
+    for l in range(1, nl + 1):
+        asm.raw(f"eset e{E_W(l)}, {lay.weight_exp[l - 1]}")
+    asm.raw(f"eset e{E_G}, {-(spec.bits.classifier - 1)}")
+    asm.raw(f"ldw r{R_T0}, r0, {4 * P_LOADW}")
+    asm.raw(f"beq r{R_T0}, r0, start.loaded")
+    asm.label("start.load_weights")
+    _weights_dma(asm, lay, store=False)
+    asm.label("start.loaded")
+    asm.raw(f"li r{R_B}, 0")
+    asm.raw(f"li r{R_T0}, {MODE_EVAL}")
+    asm.raw(f"beq r{R_MODE}, r{R_T0}, eval.loop")
+
+    # ---------------------------------------------------------------- training epoch
+    asm.label("train.loop", "one batch per iteration")
+    _batch_addr(asm, R_XB, lay.batch_x_bytes)
+    asm.op("dmald", sp["A0"], Reg(R_T0), 1, lay.batch_x_bytes, lay.batch_x_bytes,
+           lay.batch_x_bytes)
+    _batch_addr(asm, R_TB, lay.batch_t_bytes)
+    asm.op("dmald", sp["NT"], Reg(R_T0), 1, lay.batch_t_bytes, lay.batch_t_bytes,
+           lay.batch_t_bytes)
+    _forward(asm, lay, "train")
+    _softmax(asm, lay)
+    _backward(asm, lay)
+    asm.label("train.stats", "store y and the round-off sums for the host")
+    _batch_addr(asm, R_OB, lay.batch_y_bytes)
+    asm.op("dmast", Reg(R_T0), sp["Y"], 1, lay.batch_y_bytes, lay.batch_y_bytes,
+           lay.batch_y_bytes)
+    _batch_addr(asm, R_RB, 4 * b)
+    asm.op("dmastacc", Reg(R_T0), acc["RO"], 1, b, 4 * b)
+    asm.raw(f"addi r{R_B}, r{R_B}, 1")
+    asm.raw(f"blt r{R_B}, r{R_NB}, train.loop")
+    asm.raw("jmp done")
+
+    # ---------------------------------------------------------------- evaluation
+    asm.label("eval.loop", "forward pass only; store the INT16 logits and their exponent")
+    _batch_addr(asm, R_XB, lay.batch_x_bytes)
+    asm.op("dmald", sp["A0"], Reg(R_T0), 1, lay.batch_x_bytes, lay.batch_x_bytes,
+           lay.batch_x_bytes)
+    _forward(asm, lay, "eval")
+    asm.label("eval.store")
+    _batch_addr(asm, R_OB, lay.batch_logit_bytes)
+    asm.op("dmast", Reg(R_T0), sp["S"], 1, lay.batch_logit_bytes, lay.batch_logit_bytes,
+           lay.batch_logit_bytes)
+    asm.raw(f"addi r{R_B}, r{R_B}, 1")
+    asm.raw(f"blt r{R_B}, r{R_NB}, eval.loop")
+
+    asm.label("done", "weights back to DRAM for the host")
+    _weights_dma(asm, lay, store=True)
+    asm.raw("halt")
+    return asm.text(), lay

@@ -1,0 +1,65 @@
+"""Datasets for on-chip training: scikit-learn's bundled digits and a synthetic many-class task.
+
+Inputs are returned as small non-negative integers (the chip's INT8 input with the model's
+``input_exponent``) plus integer labels. Splits and shuffles are fixed by seeds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    x_train: np.ndarray  # int8 [n, features]
+    y_train: np.ndarray  # int64 [n]
+    x_test: np.ndarray
+    y_test: np.ndarray
+    classes: int
+
+    @property
+    def features(self) -> int:
+        return self.x_train.shape[1]
+
+
+def digits(seed: int = 0) -> Dataset:
+    """8x8 handwritten digits (1,797 images, pixel values 0..16), a fixed 75/25 split."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    x, y = load_digits(return_X_y=True)
+    xtr, xte, ytr, yte = train_test_split(
+        x.astype(np.int8), y.astype(np.int64), test_size=0.25, random_state=seed, stratify=y
+    )
+    return Dataset("digits", xtr, ytr, xte, yte, 10)
+
+
+def synthetic(classes: int = 100, features: int = 64, per_class_train: int = 30,
+              per_class_test: int = 10, seed: int = 0) -> Dataset:
+    """Gaussian clusters, one per class, quantized to integers in [0, 16] like the digits."""
+    rng = np.random.default_rng(seed)
+    centers = rng.uniform(2, 14, size=(classes, features))
+
+    def draw(per_class: int) -> tuple[np.ndarray, np.ndarray]:
+        y = np.repeat(np.arange(classes), per_class)
+        x = centers[y] + rng.normal(0, 2.5, size=(y.size, features))
+        return np.clip(np.rint(x), 0, 16).astype(np.int8), y.astype(np.int64)
+
+    xtr, ytr = draw(per_class_train)
+    xte, yte = draw(per_class_test)
+    return Dataset(f"synthetic-{classes}", xtr, ytr, xte, yte, classes)
+
+
+def load(name: str, classes: int, seed: int = 0) -> Dataset:
+    if name == "digits":
+        return digits(seed)
+    return synthetic(classes=classes, seed=seed)
+
+
+def epoch_order(n: int, batch: int, seed: int, epoch: int) -> np.ndarray:
+    """The sample order of one epoch (whole batches only), shared by chip and float trainers."""
+    perm = np.random.default_rng([seed, epoch]).permutation(n)
+    return perm[: (n // batch) * batch]

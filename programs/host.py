@@ -1,0 +1,276 @@
+"""Host driver: puts data and weights in DRAM, runs the firmware epoch by epoch, reads back
+weights, statistics and counters.
+
+DRAM map (beyond the compiler's PARAMS block and weight homes at the bottom): the shuffled
+training batches (inputs transposed to ``[features, batch]`` per batch, negated one-hot targets),
+the test batches, and output areas for per-batch softmax outputs, round-off sums and test logits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from emulator.config import Config
+from emulator.counters import COUNTERS, IDX, energy_breakdown
+from emulator.machine import Machine
+from isa.asm import assemble
+from programs.compiler import (
+    MODE_EVAL,
+    MODE_TRAIN,
+    P_LOADW,
+    P_MODE,
+    P_MU,
+    P_NBATCH,
+    P_OBASE,
+    P_RBASE,
+    P_SEED,
+    P_TBASE,
+    P_XBASE,
+    Layout,
+    compile_model,
+    init_bound,
+    lr_multiplier,
+)
+from programs.data import Dataset, epoch_order
+from programs.model import ModelSpec
+
+PHASES = {"fwd": "forward", "softmax": "softmax", "bwd": "backward", "upd": "update"}
+
+
+def classifier_bits_bound(classes: int, alpha: float) -> float:
+    """001 eq. 5: bitwidth_classifier > log2(|class| - 1) + log2(2 / alpha)."""
+    return math.log2(max(classes - 1, 1)) + math.log2(2.0 / alpha)
+
+
+def initial_weights(spec: ModelSpec, weight_exp: list[int]) -> list[np.ndarray]:
+    """He-uniform INT8 weights on each layer's fixed grid (the float trainer starts from the
+    same values, dequantized)."""
+    rng = np.random.default_rng([spec.seed, 7])
+    out = []
+    for l, e in enumerate(weight_exp):
+        n_in, n_out = spec.layers[l], spec.layers[l + 1]
+        b = init_bound(n_in)
+        w = rng.uniform(-b, b, size=(n_in, n_out))
+        out.append(np.clip(np.rint(w / 2.0**e), -127, 127).astype(np.int8))
+    return out
+
+
+@dataclass
+class EpochStats:
+    epoch: int
+    lr: float
+    loss: float
+    train_accuracy: float
+    sparsity: list[float]
+    roundoff_mean_abs: float
+    counters: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def mean_sparsity(self) -> float:
+        return float(np.mean(self.sparsity)) if self.sparsity else 0.0
+
+
+def label_key(label: str) -> tuple[str, str]:
+    """(layer, phase) of a firmware label such as ``train.bwd.l2`` or ``train.softmax``."""
+    parts = label.split(".")
+    if len(parts) >= 2 and parts[1] in PHASES:
+        layer = parts[2] if len(parts) > 2 and parts[2].startswith("l") else "classifier"
+        phase = PHASES[parts[1]]
+        if parts[0] == "eval":
+            phase = "eval " + phase
+        return layer, phase
+    return "-", "control/io"
+
+
+class ChipTrainer:
+    """Trains a model spec on the emulated chip."""
+
+    def __init__(self, spec: ModelSpec, cfg: Config, data: Dataset,
+                 datapath: str = "fast") -> None:
+        self.spec, self.cfg, self.data = spec, cfg, data
+        text, lay = compile_model(spec, cfg)
+        self.asm_text, self.layout = text, lay
+        self.program = assemble(text, f"{spec.name}.s")
+        self.m = Machine(cfg, self.program, datapath=datapath)
+        self.weights0 = initial_weights(spec, lay.weight_exp)
+        self._place_weights(self.weights0)
+        self._plan_dram()
+        self.epoch = 0
+        self.loaded = False
+        self.history: list[EpochStats] = []
+        labels = self.program.label_at()
+        self.pc_keys = [label_key(lb) for lb in labels]
+        self.bwd_pcs = {
+            l: np.array([lb == f"train.bwd.l{l}" for lb in labels], dtype=bool)
+            for l in range(1, spec.n_weight_layers + 1)
+        }
+
+    # ------------------------------------------------------------------ DRAM placement
+    def _place_weights(self, weights: list[np.ndarray]) -> None:
+        lay, spec = self.layout, self.spec
+        for l, w in enumerate(weights, start=1):
+            self.m.load_dram(lay.dram[f"W{l}"], w.astype(np.int8))
+            if spec.update.mode == "shadow":
+                lz = w.astype(np.int16) << spec.update.acc_shift
+            else:
+                lz = np.zeros(w.shape, np.int16)
+            self.m.load_dram(lay.dram[f"LZ{l}"], lz.astype("<i2"))
+
+    def _plan_dram(self) -> None:
+        lay, spec, d = self.layout, self.spec, self.data
+        b = spec.batch_size
+        self.nb_train = len(d.x_train) // b
+        self.nb_test = math.ceil(len(d.x_test) / b)
+        top = lay.dram["DATA"]
+
+        def take(nbytes: int) -> int:
+            nonlocal top
+            addr = top
+            top += -(-nbytes // 4096) * 4096
+            return addr
+
+        self.x_train_addr = take(self.nb_train * lay.batch_x_bytes)
+        self.t_train_addr = take(self.nb_train * lay.batch_t_bytes)
+        self.y_addr = take(self.nb_train * lay.batch_y_bytes)
+        self.ro_addr = take(self.nb_train * 4 * b)
+        self.x_test_addr = take(self.nb_test * lay.batch_x_bytes)
+        self.logit_addr = take(self.nb_test * lay.batch_logit_bytes)
+        if top > self.cfg.memory.dram_bytes:
+            from emulator.errors import ConfigError
+
+            raise ConfigError(f"the dataset needs {top:,} bytes of DRAM", "memory.dram_bytes")
+        xte = self._pad(d.x_test, self.nb_test * b)
+        self.m.load_dram(self.x_test_addr, self._batches_x(xte))
+
+    def _pad(self, x: np.ndarray, n: int) -> np.ndarray:
+        if len(x) >= n:
+            return x[:n]
+        return np.concatenate([x, np.zeros((n - len(x),) + x.shape[1:], x.dtype)])
+
+    def _batches_x(self, x: np.ndarray) -> np.ndarray:
+        b = self.spec.batch_size
+        return np.ascontiguousarray(x.reshape(-1, b, x.shape[1]).transpose(0, 2, 1), np.int8)
+
+    def _neg_targets(self, y: np.ndarray) -> np.ndarray:
+        bw = self.spec.bits.classifier
+        t = np.zeros((len(y), self.spec.classes), dtype="<i2" if self.layout.gbytes == 2 else "i1")
+        t[np.arange(len(y)), y] = -(1 << (bw - 1))
+        return t
+
+    def _params(self, mode: int, nb: int, mu: int, seed: int, xb: int, tb: int, ob: int,
+                rb: int) -> None:
+        words = np.zeros(16, dtype="<i4")
+        words[P_MODE], words[P_NBATCH], words[P_MU], words[P_SEED] = mode, nb, mu, seed
+        words[P_XBASE], words[P_TBASE], words[P_OBASE], words[P_RBASE] = xb, tb, ob, rb
+        words[P_LOADW] = 0 if self.loaded else 1
+        self.m.load_dram(0, words)
+        self.loaded = True
+
+    # ------------------------------------------------------------------ running
+    def train_epoch(self) -> EpochStats:
+        spec, lay, d = self.spec, self.layout, self.data
+        b, c, bw = spec.batch_size, spec.classes, spec.bits.classifier
+        order = epoch_order(len(d.x_train), b, spec.seed, self.epoch)
+        x, y = d.x_train[order], d.y_train[order]
+        self.m.load_dram(self.x_train_addr, self._batches_x(x))
+        self.m.load_dram(self.t_train_addr, self._neg_targets(y))
+        mu = lr_multiplier(spec, lay, self.epoch)
+        seed = (spec.seed * 1_000_003 + self.epoch) & 0x7FFFFFFF
+        self._params(MODE_TRAIN, self.nb_train, mu, seed, self.x_train_addr,
+                     self.t_train_addr, self.y_addr, self.ro_addr)
+        before = self.m.counts.copy()
+        self.m.restart()
+        self.m.run()
+        delta = self.m.counts - before
+        gdt = np.dtype("<i2") if lay.gbytes == 2 else np.dtype("i1")
+        yq = np.frombuffer(self.m.read_dram(self.y_addr, len(y) * c * lay.gbytes), gdt)
+        prob = yq.reshape(len(y), c).astype(np.float64) * 2.0 ** -(bw - 1)
+        p_true = np.maximum(prob[np.arange(len(y)), y], 2.0 ** -(bw - 1))
+        ro = np.frombuffer(self.m.read_dram(self.ro_addr, len(y) * 4), "<i4")
+        stats = EpochStats(
+            epoch=self.epoch,
+            lr=spec.lr_at(self.epoch),
+            loss=float(-np.log(p_true).mean()),
+            train_accuracy=float((prob.argmax(axis=1) == y).mean()),
+            sparsity=self._sparsity(delta),
+            roundoff_mean_abs=float(np.abs(ro.astype(np.float64)).mean() * 2.0 ** -(bw - 1)),
+            counters={n: int(delta[:, i].sum()) for i, n in enumerate(COUNTERS)},
+        )
+        self.history.append(stats)
+        self.epoch += 1
+        return stats
+
+    def _sparsity(self, delta: np.ndarray) -> list[float]:
+        """Fraction of zeros in each layer's quantized dz~, exactly, from the skip counters.
+
+        In ``train.bwd.l<l>`` the dW product skips zeros(dz~) x n_in MACs and (for l > 1) the
+        dA product skips as many again; so zeros = skipped / (n_in x products)."""
+        spec = self.spec
+        out = []
+        for l in range(1, spec.n_weight_layers + 1):
+            skipped = int(delta[self.bwd_pcs[l], IDX["macs_skipped"]].sum())
+            n_in = spec.layers[l - 1]
+            products = 2 if l > 1 else 1
+            zeros = skipped / (n_in * products)
+            per_batch = spec.batch_size * spec.layers[l]
+            out.append(zeros / (per_batch * self.nb_train))
+        return out
+
+    def evaluate(self) -> float:
+        spec, lay, d = self.spec, self.layout, self.data
+        b, c = spec.batch_size, spec.classes
+        self._params(MODE_EVAL, self.nb_test, 1, 0, self.x_test_addr, 0, self.logit_addr, 0)
+        self.m.restart()
+        self.m.run()
+        s = np.frombuffer(self.m.read_dram(self.logit_addr, self.nb_test * b * c * 2), "<i2")
+        pred = s.reshape(-1, c)[: len(d.y_test)].argmax(axis=1)
+        return float((pred == d.y_test).mean())
+
+    def weights(self) -> list[np.ndarray]:
+        lay, spec = self.layout, self.spec
+        out = []
+        for l in range(1, spec.n_weight_layers + 1):
+            n_in, n_out = spec.layers[l - 1], spec.layers[l]
+            raw = self.m.read_dram(lay.dram[f"W{l}"], n_in * n_out)
+            out.append(np.frombuffer(raw, np.int8).reshape(n_in, n_out).copy())
+        return out
+
+    def float_init(self) -> list[np.ndarray]:
+        """The initial weights as float32 values (for the float reference trainer)."""
+        return [w.astype(np.float32) * np.float32(2.0**e)
+                for w, e in zip(self.weights0, self.layout.weight_exp, strict=True)]
+
+    # ------------------------------------------------------------------ reports
+    def breakdown(self) -> list[dict[str, Any]]:
+        """Counters and energy per (layer, phase), over everything run so far."""
+        groups: dict[tuple[str, str], np.ndarray] = {}
+        for pc, key in enumerate(self.pc_keys):
+            row = self.m.counts[pc]
+            groups[key] = groups.get(key, 0) + row
+        out = []
+        for (layer, phase), c in sorted(groups.items()):
+            en = energy_breakdown(c, self.cfg)
+            d = {"layer": layer, "phase": phase}
+            d.update({n: int(c[i]) for i, n in enumerate(COUNTERS)})
+            d["energy_pj"] = float(sum(en.values()))
+            out.append(d)
+        return out
+
+
+def train(spec: ModelSpec, cfg: Config, data: Dataset, on_epoch=None,
+          datapath: str = "fast") -> tuple[ChipTrainer, float]:
+    """Train for ``spec.epochs`` epochs; returns the trainer and the final test accuracy."""
+    tr = ChipTrainer(spec, cfg, data, datapath=datapath)
+    for _ in range(spec.epochs):
+        st = tr.train_epoch()
+        if on_epoch is not None:
+            on_epoch(tr, st)
+    return tr, tr.evaluate()
+
+
+_ = dataclasses

@@ -1,0 +1,231 @@
+"""Model specs: what to train on the chip (layers, widths, QBP step, update mode, schedule).
+
+Loaded from YAML with ``yaml.safe_load`` only; unknown keys and bad values raise
+:class:`ConfigError` with the dotted key path. The defaults of :class:`ModelSpec` are the
+default model (``configs/digits_mlp.yaml`` mirrors them key for key; a test keeps them equal).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from emulator.errors import ConfigError
+
+DATASETS = ("digits", "synthetic")
+DITHERS = ("uniform", "triangular", "none")
+UPDATE_MODES = ("lazy", "plain", "stochastic", "shadow")
+SCHEDULES = ("constant", "step")
+
+
+@dataclass(frozen=True)
+class BitsSpec:
+    """Bit widths per tensor. Weights are INT8 (the lazy/shadow copies are INT16)."""
+
+    weights: int = 8
+    activations: int = 8
+    gradients: int = 8
+    classifier: int = 16
+
+
+@dataclass(frozen=True)
+class QbpSpec:
+    """Quantized back propagation: fixed power-of-two step of the per-sample gradient dz.
+
+    ``step_log2`` is one value for all layers or one per weight layer (first to last);
+    ``null`` disables QBP: dz is requantized to INT8 with a dynamic exponent, nearest rounding.
+    """
+
+    step_log2: int | list[int] | None = -6
+    dither: str = "uniform"
+
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    kind: str = "constant"
+    every: int = 10
+    gamma: float = 0.5
+
+
+@dataclass(frozen=True)
+class UpdateSpec:
+    """SGD update. ``acc_shift``: the lazy accumulator / shadow copy grid is 2**acc_shift finer."""
+
+    mode: str = "lazy"
+    lr: float = 0.1
+    schedule: ScheduleSpec = field(default_factory=ScheduleSpec)
+    acc_shift: int = 8
+    momentum: float = 0.0
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str = "digits-mlp"
+    dataset: str = "digits"
+    layers: list[int] = field(default_factory=lambda: [64, 100, 100, 10])
+    batch_size: int = 10
+    epochs: int = 20
+    seed: int = 0
+    input_exponent: int = -4
+    weight_headroom: float = 2.0
+    classifier_alpha: float = 0.5
+    bits: BitsSpec = field(default_factory=BitsSpec)
+    qbp: QbpSpec = field(default_factory=QbpSpec)
+    update: UpdateSpec = field(default_factory=UpdateSpec)
+
+    @property
+    def n_weight_layers(self) -> int:
+        return len(self.layers) - 1
+
+    @property
+    def classes(self) -> int:
+        return self.layers[-1]
+
+    def qbp_steps(self) -> list[int] | None:
+        s = self.qbp.step_log2
+        if s is None:
+            return None
+        return list(s) if isinstance(s, list) else [s] * self.n_weight_layers
+
+    def lr_at(self, epoch: int) -> float:
+        sch = self.update.schedule
+        if sch.kind == "step":
+            return self.update.lr * sch.gamma ** (epoch // sch.every)
+        return self.update.lr
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ------------------------------------------------------------------------------- loading
+_NESTED = {"bits": BitsSpec, "qbp": QbpSpec, "update": UpdateSpec, "schedule": ScheduleSpec}
+
+
+def _build(cls: type, d: Any, prefix: str, file: str) -> Any:
+    if d is None:
+        d = {}
+    if not isinstance(d, dict):
+        raise ConfigError(f"must be a mapping, got {type(d).__name__}", prefix.rstrip("."), file)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in d.items():
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else "valid keys: " + ", ".join(names)
+            raise ConfigError(f"unknown key {str(key)!r}; {hint}", f"{prefix}{key}", file)
+        kwargs[key] = _build(_NESTED[key], value, f"{prefix}{key}.", file) if key in _NESTED else value
+    return cls(**kwargs)
+
+
+def _need(cond: bool, msg: str, key: str, file: str) -> None:
+    if not cond:
+        raise ConfigError(msg, key, file)
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def validate(spec: ModelSpec, file: str = "") -> ModelSpec:
+    """Check every field; raise ConfigError naming the key path of the first problem."""
+    n = spec.layers
+    _need(isinstance(spec.name, str), "must be a string", "name", file)
+    _need(spec.dataset in DATASETS, f"must be one of {DATASETS}", "dataset", file)
+    _need(isinstance(n, list) and len(n) >= 2 and all(_is_int(x) and x >= 1 for x in n),
+          "must be a list of at least two positive integers", "layers", file)
+    _need(len(n) <= 6, "at most 5 weight layers are supported", "layers", file)
+    for key in ("batch_size", "epochs"):
+        v = getattr(spec, key)
+        _need(_is_int(v) and v >= 1, f"must be an integer >= 1, got {v!r}", key, file)
+    _need(_is_int(spec.seed) and 0 <= spec.seed < 2**31, "must be an integer in [0, 2**31)",
+          "seed", file)
+    _need(_is_int(spec.input_exponent) and -16 <= spec.input_exponent <= 16,
+          "must be an integer in [-16, 16]", "input_exponent", file)
+    _need(_is_num(spec.weight_headroom) and spec.weight_headroom >= 1, "must be a number >= 1",
+          "weight_headroom", file)
+    _need(_is_num(spec.classifier_alpha) and 0 < spec.classifier_alpha < 1,
+          "must be a number in (0, 1)", "classifier_alpha", file)
+    b = spec.bits
+    _need(b.weights == 8, "only INT8 weights are supported (lazy/shadow copies are INT16)",
+          "bits.weights", file)
+    _need(b.activations == 8, "only INT8 activations are supported", "bits.activations", file)
+    _need(b.gradients == 8, "only INT8 quantized gradients are supported", "bits.gradients", file)
+    _need(_is_int(b.classifier) and 4 <= b.classifier <= 16, "must be an integer in [4, 16]",
+          "bits.classifier", file)
+    q = spec.qbp
+    steps = q.step_log2
+    if steps is not None:
+        ok = _is_int(steps) or (isinstance(steps, list) and all(_is_int(s) for s in steps))
+        _need(ok, "must be an integer, a list of integers, or null", "qbp.step_log2", file)
+        if isinstance(steps, list):
+            _need(len(steps) == len(n) - 1, f"needs one step per weight layer ({len(n) - 1})",
+                  "qbp.step_log2", file)
+        for s in steps if isinstance(steps, list) else [steps]:
+            _need(-24 <= s <= 8, "steps must lie in [-24, 8]", "qbp.step_log2", file)
+    _need(q.dither in DITHERS, f"must be one of {DITHERS}", "qbp.dither", file)
+    u = spec.update
+    _need(u.mode in UPDATE_MODES, f"must be one of {UPDATE_MODES}", "update.mode", file)
+    _need(_is_num(u.lr) and 0 < u.lr <= 16, "must be a number in (0, 16]", "update.lr", file)
+    _need(_is_int(u.acc_shift) and 1 <= u.acc_shift <= 8, "must be an integer in [1, 8]",
+          "update.acc_shift", file)
+    _need(_is_num(u.momentum) and u.momentum == 0, "momentum is not supported yet (use 0)",
+          "update.momentum", file)
+    s = u.schedule
+    _need(s.kind in SCHEDULES, f"must be one of {SCHEDULES}", "update.schedule.kind", file)
+    _need(_is_int(s.every) and s.every >= 1, "must be an integer >= 1", "update.schedule.every",
+          file)
+    _need(_is_num(s.gamma) and 0 < s.gamma <= 1, "must be a number in (0, 1]",
+          "update.schedule.gamma", file)
+    return spec
+
+
+def spec_from_dict(d: Any, file: str = "") -> ModelSpec:
+    try:
+        spec = _build(ModelSpec, d, "", file)
+    except TypeError as e:  # pragma: no cover - _build passes only known keys
+        raise ConfigError(str(e), "", file) from None
+    if isinstance(spec.layers, tuple):
+        spec = dataclasses.replace(spec, layers=list(spec.layers))
+    return validate(spec, file)
+
+
+def load_model(path: str | Path | None = None) -> ModelSpec:
+    """Load a model spec (``None``: the default digits MLP)."""
+    if path is None:
+        return validate(ModelSpec())
+    file = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot read model spec: {e.strerror or e}", "", file) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        raise ConfigError(f"invalid YAML: {where}{getattr(e, 'problem', e)}", "", file) from None
+    return spec_from_dict(data, file)
+
+
+def with_overrides(spec: ModelSpec, **changes: Any) -> ModelSpec:
+    """A copy with dotted-key overrides, e.g. ``with_overrides(s, **{"update.mode": "plain"})``."""
+    d = spec.to_dict()
+    for key, value in changes.items():
+        node = d
+        *path, last = key.split(".")
+        for p in path:
+            node = node[p]
+        if last not in node:
+            raise ConfigError(f"unknown key {last!r}", key)
+        node[last] = value
+    return spec_from_dict(d)

@@ -1,0 +1,77 @@
+"""Float32 reference trainer: the same MLP, data order, initial weights and hyperparameters as
+the chip's firmware, in plain numpy float32 (no quantization anywhere). It is the baseline the
+on-chip experiments are compared against."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from programs.data import Dataset, epoch_order
+from programs.model import ModelSpec
+
+
+@dataclass
+class FloatResult:
+    test_accuracy: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    weights: list[np.ndarray] = field(default_factory=list)
+
+
+def forward(weights: list[np.ndarray], x: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    acts = [x]
+    h = x
+    for w in weights[:-1]:
+        h = np.maximum(h @ w, 0.0)
+        acts.append(h)
+    return acts, acts[-1] @ weights[-1]
+
+
+def softmax(s: np.ndarray) -> np.ndarray:
+    e = np.exp(s - s.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def accuracy(weights: list[np.ndarray], x: np.ndarray, y: np.ndarray) -> float:
+    _, s = forward(weights, x)
+    return float((s.argmax(axis=1) == y).mean())
+
+
+def train_step(weights: list[np.ndarray], x: np.ndarray, y: np.ndarray, lr: float) -> float:
+    """One SGD step on the mean cross-entropy; updates ``weights`` in place; returns the loss."""
+    acts, s = forward(weights, x)
+    p = softmax(s)
+    b = x.shape[0]
+    t = np.zeros_like(p)
+    t[np.arange(b), y] = 1.0
+    loss = float(-np.log(np.maximum(p[np.arange(b), y], 1e-12)).mean())
+    dz = (p - t) / np.float32(b)
+    for i in range(len(weights) - 1, -1, -1):
+        dw = acts[i].T @ dz
+        if i > 0:
+            dz = (dz @ weights[i].T) * (acts[i] > 0)
+        weights[i] -= np.float32(lr) * dw
+    return loss
+
+
+def train_float(spec: ModelSpec, data: Dataset, init: list[np.ndarray],
+                epochs: int | None = None) -> FloatResult:
+    weights = [w.astype(np.float32).copy() for w in init]
+    scale = np.float32(2.0**spec.input_exponent)
+    xtr = data.x_train.astype(np.float32) * scale
+    xte = data.x_test.astype(np.float32) * scale
+    b = spec.batch_size
+    res = FloatResult(0.0)
+    for epoch in range(spec.epochs if epochs is None else epochs):
+        order = epoch_order(len(xtr), b, spec.seed, epoch)
+        lr = spec.lr_at(epoch)
+        losses = [
+            train_step(weights, xtr[order[i : i + b]], data.y_train[order[i : i + b]], lr)
+            for i in range(0, len(order), b)
+        ]
+        res.history.append({"epoch": epoch, "loss": float(np.mean(losses)),
+                            "test_accuracy": accuracy(weights, xte, data.y_test)})
+    res.test_accuracy = accuracy(weights, xte, data.y_test)
+    res.weights = weights
+    return res
