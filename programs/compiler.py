@@ -413,7 +413,7 @@ def _batch_addr(asm: Asm, base_reg: int, stride: int) -> None:
 def compile_model(spec: ModelSpec, cfg: Config) -> tuple[str, Layout]:
     """Assembly text of the training/eval firmware and the memory layout it assumes."""
     lay = plan(spec, cfg)
-    n, b, c = spec.layers, spec.batch_size, spec.classes
+    n, b, _c = spec.layers, spec.batch_size, spec.classes
     nl = spec.n_weight_layers
     sp, acc = lay.sp, lay.acc
     asm = Asm()

@@ -8,7 +8,6 @@ the test batches, and output areas for per-batch softmax outputs, round-off sums
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +30,6 @@ from programs.compiler import (
     P_SEED,
     P_TBASE,
     P_XBASE,
-    Layout,
     compile_model,
     init_bound,
     lr_multiplier,
@@ -222,7 +220,7 @@ class ChipTrainer:
         return out
 
     def evaluate(self) -> float:
-        spec, lay, d = self.spec, self.layout, self.data
+        spec, _lay, d = self.spec, self.layout, self.data
         b, c = spec.batch_size, spec.classes
         self._params(MODE_EVAL, self.nb_test, 1, 0, self.x_test_addr, 0, self.logit_addr, 0)
         self.m.restart()
@@ -272,5 +270,3 @@ def train(spec: ModelSpec, cfg: Config, data: Dataset, on_epoch=None,
             on_epoch(tr, st)
     return tr, tr.evaluate()
 
-
-_ = dataclasses

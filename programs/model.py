@@ -119,7 +119,9 @@ def _build(cls: type, d: Any, prefix: str, file: str) -> Any:
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f"did you mean {close[0]!r}?" if close else "valid keys: " + ", ".join(names)
             raise ConfigError(f"unknown key {str(key)!r}; {hint}", f"{prefix}{key}", file)
-        kwargs[key] = _build(_NESTED[key], value, f"{prefix}{key}.", file) if key in _NESTED else value
+        if key in _NESTED:
+            value = _build(_NESTED[key], value, f"{prefix}{key}.", file)
+        kwargs[key] = value
     return cls(**kwargs)
 
 
