@@ -167,6 +167,50 @@ def _cmd_run(args) -> int:
     return 0
 
 
+def _cmd_train(args) -> int:
+    import dataclasses
+
+    from emulator.config import load_config
+    from programs.model import load_model, validate
+    from programs.train_cli import run_training
+
+    cfg = load_config(args.config)
+    spec = load_model(args.model)
+    if args.epochs is not None:
+        if args.epochs < 1:
+            raise UsageError("must be >= 1", "--epochs")
+        spec = validate(dataclasses.replace(spec, epochs=args.epochs))
+    run_training(spec, cfg, json_out=args.json, asm_out=args.emit_asm,
+                 compare_float=not args.no_float, quiet=args.quiet)
+    return 0
+
+
+def _cmd_experiment(args) -> int:
+    from emulator.config import load_config
+    from programs.experiments import EXPERIMENTS, run_experiment
+
+    if args.name not in EXPERIMENTS:
+        raise UsageError(f"unknown experiment; choose from {', '.join(EXPERIMENTS)}", args.name)
+    cfg = load_config(args.config)
+    out = Path(args.out)
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    with con.status(f"running experiment {args.name} ..."):
+        rows = run_experiment(args.name, cfg, out, quick=args.quick)
+    t = Table(title=args.name)
+    for c in rows[0]:
+        t.add_column(c, justify="right")
+    for r in rows:
+        t.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in r.values()))
+    con.print(t)
+    con.print(f"wrote {out / (args.name + '.md')}, {out / (args.name + '.csv')}"
+              + (f", {out / (args.name + '.png')}" if (out / (args.name + '.png')).exists()
+                 else " (install lpemu[plot] for a PNG)"))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="lpemu", description="Bit-accurate emulator of a low-precision DNN "
                 "training accelerator: values, cycles and energy from one run.")
@@ -203,6 +247,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also print counters per instruction")
     r.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     r.set_defaults(fn=_cmd_run)
+
+    t = sub.add_parser("train", help="train a model on the emulated chip (default: digits MLP)")
+    t.add_argument("model", nargs="?", help="model spec YAML (default: configs/digits_mlp.yaml)")
+    t.add_argument("--config", help="hardware config YAML (default: built-in defaults)")
+    t.add_argument("--json", metavar="OUT", help="write results and counters as JSON")
+    t.add_argument("--epochs", type=int, help="override the spec's epoch count")
+    t.add_argument("--emit-asm", metavar="FILE", help="write the compiled firmware")
+    t.add_argument("--no-float", action="store_true",
+                   help="skip the float32 reference run")
+    t.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    t.set_defaults(fn=_cmd_train)
+
+    x = sub.add_parser("experiment", help="reproduce a paper's claim on the emulator")
+    x.add_argument("name", help="lazy-update, qbp-sweep, classifier-width, perceptron, "
+                   "update-modes")
+    x.add_argument("--config", help="hardware config YAML (default: built-in defaults)")
+    x.add_argument("--out", default="out/experiments", help="output directory")
+    x.add_argument("--quick", action="store_true", help="a smaller sweep")
+    x.set_defaults(fn=_cmd_experiment)
     return p
 
 

@@ -65,7 +65,10 @@ class EpochStats:
     loss: float
     train_accuracy: float
     sparsity: list[float]
-    roundoff_mean_abs: float
+    roundoff_mean_abs: float  # mean over samples of |sum_j q(dL/ds)_j| (exact sum is 0)
+    roundoff_mean: float  # the same, signed: a bias shows as a non-zero mean
+    roundoff_max_abs: float  # the largest |sum| of any sample
+    y_zero_fraction: float  # wrong-class softmax outputs quantized to 0 (lost components)
     counters: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -190,6 +193,8 @@ class ChipTrainer:
         prob = yq.reshape(len(y), c).astype(np.float64) * 2.0 ** -(bw - 1)
         p_true = np.maximum(prob[np.arange(len(y)), y], 2.0 ** -(bw - 1))
         ro = np.frombuffer(self.m.read_dram(self.ro_addr, len(y) * 4), "<i4")
+        wrong = np.ones_like(prob, dtype=bool)
+        wrong[np.arange(len(y)), y] = False
         stats = EpochStats(
             epoch=self.epoch,
             lr=spec.lr_at(self.epoch),
@@ -197,6 +202,9 @@ class ChipTrainer:
             train_accuracy=float((prob.argmax(axis=1) == y).mean()),
             sparsity=self._sparsity(delta),
             roundoff_mean_abs=float(np.abs(ro.astype(np.float64)).mean() * 2.0 ** -(bw - 1)),
+            roundoff_mean=float(ro.astype(np.float64).mean() * 2.0 ** -(bw - 1)),
+            roundoff_max_abs=float(np.abs(ro.astype(np.float64)).max() * 2.0 ** -(bw - 1)),
+            y_zero_fraction=float(((prob == 0) & wrong).sum() / max(int(wrong.sum()), 1)),
             counters={n: int(delta[:, i].sum()) for i, n in enumerate(COUNTERS)},
         )
         self.history.append(stats)

@@ -42,7 +42,7 @@ class QbpSpec:
     ``null`` disables QBP: dz is requantized to INT8 with a dynamic exponent, nearest rounding.
     """
 
-    step_log2: int | list[int] | None = -6
+    step_log2: int | list[int] | None = -3
     dither: str = "uniform"
 
 

@@ -1,0 +1,106 @@
+"""``lpemu train``: train a model spec on the emulated chip with progress and a counter table."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from emulator.config import Config
+from programs.data import load
+from programs.host import ChipTrainer, EpochStats, classifier_bits_bound
+from programs.model import ModelSpec
+
+
+def classifier_warning(spec: ModelSpec) -> str | None:
+    bound = classifier_bits_bound(spec.classes, spec.classifier_alpha)
+    if spec.bits.classifier <= bound:
+        return (f"classifier width INT{spec.bits.classifier} is below the bound of 001 eq. 5 "
+                f"for {spec.classes} classes (alpha = {spec.classifier_alpha}): need more than "
+                f"{bound:.2f} bits; small gradient components of dL/ds will be lost")
+    return None
+
+
+def run_training(spec: ModelSpec, cfg: Config, json_out: str | None = None,
+                 asm_out: str | None = None, compare_float: bool = True,
+                 quiet: bool = False) -> dict[str, Any]:
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    con = Console(stderr=False, quiet=quiet)
+    warn = classifier_warning(spec)
+    if warn:
+        con.print(f"[yellow]warning:[/yellow] {warn}")
+    data = load(spec.dataset, spec.classes, spec.seed)
+    if data.features != spec.layers[0] or data.classes != spec.classes:
+        from emulator.errors import ConfigError
+
+        raise ConfigError(f"dataset {data.name} has {data.features} features and "
+                          f"{data.classes} classes; layers are {spec.layers}", "layers")
+    t0 = time.perf_counter()
+    tr = ChipTrainer(spec, cfg, data)
+    if asm_out:
+        Path(asm_out).write_text(tr.asm_text)
+    history: list[EpochStats] = []
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} epochs"),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=con,
+        transient=False,
+    ) as prog:
+        task = prog.add_task(f"training {spec.name}", total=spec.epochs, status="")
+        for _ in range(spec.epochs):
+            st = tr.train_epoch()
+            history.append(st)
+            prog.update(task, advance=1, status=(
+                f"loss {st.loss:.3f}  train acc {100 * st.train_accuracy:.1f}%  "
+                f"dz sparsity {100 * st.mean_sparsity:.1f}%"))
+    test_acc = tr.evaluate()
+    wall = time.perf_counter() - t0
+    summary = tr.m.summary()
+    ref = None
+    if compare_float:
+        from programs.reference_trainer import train_float
+
+        ref = train_float(spec, data, tr.float_init()).test_accuracy
+    rows = tr.breakdown()
+    t = Table(title=f"{spec.name} on the chip: test accuracy {100 * test_acc:.2f}%"
+              + (f" (float32 reference {100 * ref:.2f}%)" if ref is not None else ""))
+    for col in ("layer", "phase", "cycles", "macs", "macs_skipped", "skipped %", "energy uJ"):
+        t.add_column(col, justify="left" if col in ("layer", "phase") else "right")
+    for r in rows:
+        total = r["macs"] + r["macs_skipped"]
+        t.add_row(r["layer"], r["phase"], f"{r['cycles']:,}", f"{r['macs']:,}",
+                  f"{r['macs_skipped']:,}",
+                  f"{100 * r['macs_skipped'] / total:.1f}" if total else "-",
+                  f"{r['energy_pj'] / 1e6:,.2f}")
+    tot = summary.totals
+    all_macs = tot["macs"] + tot["macs_skipped"]
+    t.add_row("all", "total", f"{tot['cycles']:,}", f"{tot['macs']:,}", f"{tot['macs_skipped']:,}",
+              f"{100 * tot['macs_skipped'] / all_macs:.1f}" if all_macs else "-",
+              f"{summary.energy_pj / 1e6:,.2f}", style="bold")
+    con.print(t)
+    mean_sparsity = sum(h.mean_sparsity for h in history) / len(history)
+    con.print(f"mean dz~ sparsity {100 * mean_sparsity:.1f}%, mean |round-off sum of dL/ds| "
+              f"{history[-1].roundoff_mean_abs:.2e} (last epoch), wall time {wall:.1f} s")
+    result: dict[str, Any] = {
+        "model": spec.to_dict(),
+        "test_accuracy": test_acc,
+        "float_reference_accuracy": ref,
+        "mean_gradient_sparsity": mean_sparsity,
+        "classifier_bits_bound": classifier_bits_bound(spec.classes, spec.classifier_alpha),
+        "classifier_warning": warn,
+        "wall_seconds": wall,
+        "epochs": [dataclasses.asdict(h) for h in history],
+        "per_layer_phase": rows,
+    }
+    result.update(summary.to_dict())
+    if json_out:
+        Path(json_out).write_text(json.dumps(result, indent=2) + "\n")
+    return result
