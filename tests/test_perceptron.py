@@ -1,0 +1,37 @@
+"""The quantized Perceptron program equals an exact integer Perceptron (000, Theorem 2)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from programs.perceptron import exact_perceptron, run_perceptron
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_perceptron_program_equals_exact_integer_perceptron_after_every_update(seed):
+    rng = np.random.default_rng(seed)
+    d, n = 12, 120
+    w_true = rng.integers(-6, 7, d)
+    x = rng.integers(-20, 21, (n, d))
+    score = x @ w_true
+    keep = score != 0
+    x, y = x[keep], np.where(score[keep] > 0, 1, -1)
+    run = run_perceptron(x, y, epochs=4)
+    exact = np.array(exact_perceptron(x, y, epochs=4), dtype=np.int64)
+    assert len(exact) > 5  # it really learned something
+    assert run.trajectory.shape == exact.shape
+    np.testing.assert_array_equal(run.trajectory, exact)
+    np.testing.assert_array_equal(run.weights, exact[-1])
+    assert run.machine.summary().totals["saturations"] == 0
+
+
+def test_perceptron_saturates_when_the_lattice_is_too_small():
+    """Outside the lattice (INT16 overflow) the quantized add saturates and is counted; the
+    program then differs from the exact Perceptron, as Theorem 2's ball condition predicts."""
+    x = np.array([[20000, 20000], [-20000, 20000]])
+    y = np.array([1, 1])  # exact: w = [20000, 20000], then [0, 40000] > INT16 max
+    run = run_perceptron(x, y, epochs=3)
+    exact = exact_perceptron(x, y, epochs=3)
+    assert run.machine.summary().totals["saturations"] > 0
+    assert run.trajectory.tolist() != exact

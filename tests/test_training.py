@@ -1,0 +1,215 @@
+"""Training on the chip: counters, accuracy claims of the papers, determinism (fixed seeds)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from emulator.config import Config
+from emulator.counters import IDX
+from emulator.errors import ConfigError
+from programs.data import Dataset, digits
+from programs.experiments import chip_run, classifier_spec
+from programs.host import ChipTrainer, classifier_bits_bound
+from programs.model import ModelSpec, load_model, spec_from_dict, with_overrides
+from programs.reference_trainer import train_float
+from programs.train_cli import classifier_warning
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def digits_data() -> Dataset:
+    return digits(0)
+
+
+def tiny(data: Dataset, n: int) -> Dataset:
+    return Dataset("tiny", data.x_train[:n], data.y_train[:n], data.x_test[:20],
+                   data.y_test[:20], data.classes)
+
+
+# ------------------------------------------------------------------------------ model spec
+def test_default_model_yaml_equals_builtin_defaults():
+    assert load_model(ROOT / "configs" / "digits_mlp.yaml") == ModelSpec()
+
+
+@pytest.mark.parametrize(
+    ("d", "key"),
+    [
+        ({"layerz": [1, 2]}, "layerz"),
+        ({"update": {"lr": 0.1, "moment": 0.9}}, "update.moment"),
+        ({"update": {"schedule": {"kind": "cosine"}}}, "update.schedule.kind"),
+        ({"qbp": {"dither": "gaussian"}}, "qbp.dither"),
+        ({"qbp": {"step_log2": [-3, -3]}}, "qbp.step_log2"),
+        ({"bits": {"classifier": 17}}, "bits.classifier"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"layers": [64]}, "layers"),
+    ],
+)
+def test_model_spec_errors_name_the_key(d, key):
+    with pytest.raises(ConfigError) as info:
+        spec_from_dict(d, "m.yaml")
+    assert info.value.key == key and info.value.file == "m.yaml"
+
+
+# ------------------------------------------------------------------------------ counters
+def test_macs_skipped_equals_zeros_of_dz_times_other_dimension(digits_data):
+    """Over one training step, every backward GEMM skips exactly zeros(dz~) x the other
+    dimension of its product; zeros are counted from the values the chip left in memory."""
+    spec = with_overrides(ModelSpec(), **{"epochs": 1, "qbp.step_log2": -2})
+    tr = ChipTrainer(spec, Config(), tiny(digits_data, spec.batch_size))
+    assert tr.nb_train == 1
+    before = tr.m.counts.copy()
+    tr.train_epoch()
+    delta = tr.m.counts - before
+    labels = tr.program.label_at()
+    n = spec.layers
+    total_zero_products = 0
+    for l in range(1, spec.n_weight_layers + 1):
+        count = spec.batch_size * n[l]
+        dz = tr.m.sp_elems(tr.layout.sp[f"DZ{l}"], count, 1)
+        zeros = int(np.count_nonzero(dz == 0))
+        assert 0 < zeros < count  # a real test: some zeros, some not
+        rows = np.array([lb == f"train.bwd.l{l}" for lb in labels])
+        skipped = int(delta[rows, IDX["macs_skipped"]].sum())
+        products = 2 if l > 1 else 1  # dW always, dA except for the first layer
+        assert skipped == zeros * n[l - 1] * products
+        total_zero_products += zeros * n[l - 1] * products
+    # and nothing else in the step skips anything
+    assert int(delta[:, IDX["macs_skipped"]].sum()) == total_zero_products
+
+
+# ------------------------------------------------------------------------------ papers' claims
+def test_lazy_update_matches_float_and_plain_int8_fails(digits_data):
+    """001: at a learning rate where lr*g falls below the INT8 grid, plain INT8 training stalls
+    while the lazy update tracks float32 (digits, 64-100-100-10, batch 10, fixed seeds)."""
+    spec = with_overrides(ModelSpec(), **{"update.lr": 0.01})
+    lazy = chip_run(spec, Config(), digits_data)
+    plain = chip_run(with_overrides(spec, **{"update.mode": "plain"}), Config(), digits_data)
+    ref = train_float(spec, digits_data, lazy["trainer"].float_init()).test_accuracy
+    assert abs(lazy["test_accuracy"] - ref) <= 0.015
+    assert plain["test_accuracy"] <= ref - 0.10
+
+
+def test_qbp_uniform_dither_keeps_accuracy_at_high_sparsity(digits_data):
+    """004: QBP with uniform dither at a step giving >= 90% gradient sparsity stays within
+    1.5 points of training without QBP; the same step without dither is measurably worse."""
+    base = ModelSpec()
+    no_qbp = chip_run(with_overrides(base, **{"qbp.step_log2": None}), Config(), digits_data)
+    uni = chip_run(with_overrides(base, **{"qbp.step_log2": -1}), Config(), digits_data)
+    none = chip_run(with_overrides(base, **{"qbp.step_log2": -1, "qbp.dither": "none"}),
+                    Config(), digits_data)
+    assert uni["mean_sparsity"] >= 0.90
+    assert abs(uni["test_accuracy"] - no_qbp["test_accuracy"]) <= 0.015
+    # "measurably": more than 3 standard errors of a 450-sample accuracy estimate
+    n = len(digits_data.y_test)
+    se = math.sqrt(uni["test_accuracy"] * (1 - uni["test_accuracy"]) / n)
+    assert none["test_accuracy"] < uni["test_accuracy"] - max(3 * se, 0.02)
+
+
+def test_classifier_width_int8_loses_small_components_int16_within_alpha():
+    """001 sec. 3: on a 100-class task an INT8 classifier (below the eq. 5 bound of 8.63 bits)
+    rounds many small softmax outputs to zero and biases the round-off sum of dL/ds; INT16
+    keeps every sample's round-off sum far inside alpha."""
+    from programs.data import synthetic
+
+    data = synthetic(classes=100, features=64, seed=0)
+    int8 = chip_run(classifier_spec(100, 8, epochs=5), Config(), data)
+    int16 = chip_run(classifier_spec(100, 16, epochs=5), Config(), data)
+    tr8 = int8["trainer"]
+    assert int8["y_zero_fraction"] > 0.2
+    assert int16["y_zero_fraction"] < int8["y_zero_fraction"] / 3
+    # bias: the last epoch's per-sample signed round-off sums are negative on average, far
+    # beyond their standard error
+    ro = np.frombuffer(tr8.m.read_dram(tr8.ro_addr, tr8.nb_train * 10 * 4), "<i4") * 2.0**-7
+    assert ro.mean() < -5 * ro.std(ddof=1) / math.sqrt(ro.size)
+    assert int16["roundoff_max_abs"] < 0.5 * 0.05  # far within alpha = 0.5
+    assert classifier_bits_bound(100, 0.5) == pytest.approx(math.log2(99) + 2)
+
+
+def test_classifier_bound_and_warning():
+    assert classifier_bits_bound(1000, 0.5) == pytest.approx(11.964, abs=1e-3)
+    assert classifier_bits_bound(10, 0.5) == pytest.approx(math.log2(9) + 2)
+    assert classifier_warning(classifier_spec(100, 8, 1)) is not None
+    assert classifier_warning(classifier_spec(100, 16, 1)) is None
+    assert classifier_warning(ModelSpec()) is None
+
+
+# ------------------------------------------------------------------------------ exactness
+def test_training_step_fast_equals_reference_datapath(digits_data):
+    """A whole training step on the fast kernels and on the slow reference model: same state
+    digest and the same counters, instruction by instruction."""
+    spec = with_overrides(ModelSpec(), **{"epochs": 1})
+    data = tiny(digits_data, 2 * spec.batch_size)
+    results = []
+    for dp in ("fast", "reference"):
+        tr = ChipTrainer(spec, Config(), data, datapath=dp)
+        tr.train_epoch()
+        results.append((tr.m.digest(), tr.m.counts.copy()))
+    assert results[0][0] == results[1][0]
+    assert np.array_equal(results[0][1], results[1][1])
+
+
+def test_training_same_with_numba_off(tmp_path, digits_data):
+    code = (
+        "from programs.model import ModelSpec, with_overrides\n"
+        "from programs.host import ChipTrainer\nfrom programs.data import digits, Dataset\n"
+        "from emulator.config import Config\n"
+        "d = digits(0)\nd = Dataset('t', d.x_train[:30], d.y_train[:30], d.x_test[:20],"
+        " d.y_test[:20], 10)\n"
+        "tr = ChipTrainer(with_overrides(ModelSpec(), epochs=1), Config(), d)\n"
+        "tr.train_epoch(); print(tr.m.digest(), int(tr.m.counts.sum()))\n"
+    )
+    outs = []
+    for jit in ("0", "1"):
+        env = dict(os.environ, NUMBA_DISABLE_JIT=jit)
+        res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr
+        outs.append(res.stdout.strip())
+    assert outs[0] == outs[1]
+
+
+def test_training_is_reproducible(digits_data):
+    spec = with_overrides(ModelSpec(), epochs=2)
+    data = tiny(digits_data, 60)
+    digests = []
+    for _ in range(2):
+        tr = ChipTrainer(spec, Config(), data)
+        for _ in range(spec.epochs):
+            tr.train_epoch()
+        digests.append((tr.m.digest(), tr.evaluate(), tr.m.counts.sum()))
+    assert digests[0] == digests[1]
+
+
+# ------------------------------------------------------------------------------ CLI
+def test_lpemu_train_cli_json(tmp_path):
+    out = tmp_path / "train.json"
+    res = subprocess.run(
+        [sys.executable, "-m", "programs.cli", "train", "--epochs", "2", "--json", str(out),
+         "--no-float"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    rep = json.loads(out.read_text())
+    for key in ("test_accuracy", "mean_gradient_sparsity", "cycles", "macs", "macs_skipped",
+                "energy_pj"):
+        assert key in rep
+    assert 0.5 < rep["test_accuracy"] <= 1.0
+    assert 0 < rep["mean_gradient_sparsity"] < 1
+    assert rep["macs_skipped"] > 0 and rep["energy_pj"] > 0
+
+
+def test_lpemu_train_bad_model_key(tmp_path):
+    bad = tmp_path / "m.yaml"
+    bad.write_text("update:\n  lr: 0.1\n  mode: lazzy\n")
+    res = subprocess.run([sys.executable, "-m", "programs.cli", "train", str(bad)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == ConfigError.exit_code
+    assert "update.mode" in res.stderr and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
