@@ -44,6 +44,7 @@ def E_W(layer: int) -> int:  # noqa: N802
 
 
 E_S, E_G, E_DZ, E_T0, E_T1 = 11, 12, 13, 14, 15
+E_LZ = E_S  # the logits' exponent is dead during the update: reused for the fine grid
 VEXP_MIN_E = -24
 
 
@@ -90,6 +91,8 @@ class Layout:
     gbytes: int  # bytes of one classifier-gradient element (1 for BW <= 8, else 2)
     mu_shift: int  # lr/B = mu * 2**-mu_shift
     weight_exp: list[int]
+    streamed: bool = False  # weights live in DRAM and pass through the scratchpad in row tiles
+    tiles: dict[int, list[tuple[int, int]]] = field(default_factory=dict)  # layer -> row ranges
 
     @property
     def batch_x_bytes(self) -> int:
@@ -132,7 +135,13 @@ def lr_multiplier(spec: ModelSpec, layout: Layout, epoch: int) -> int:
     return max(1, round(spec.lr_at(epoch) / spec.batch_size * 2**layout.mu_shift))
 
 
+def _row_tiles(rows: int, tile: int) -> list[tuple[int, int]]:
+    return [(k, min(k + tile, rows)) for k in range(0, rows, tile)]
+
+
 def plan(spec: ModelSpec, cfg: Config) -> Layout:
+    """Place every buffer. Weights stay resident in the scratchpad when everything fits;
+    otherwise they are streamed from DRAM in row tiles sized to the space that is left."""
     n, b, c = spec.layers, spec.batch_size, spec.classes
     nl = spec.n_weight_layers
     bw = spec.bits.classifier
@@ -141,9 +150,6 @@ def plan(spec: ModelSpec, cfg: Config) -> Layout:
     acc = Allocator("accumulator.entries", cfg.accumulator.entries, align=16)
     s: dict[str, int] = {}
     a: dict[str, int] = {}
-    for l in range(1, nl + 1):
-        s[f"W{l}"] = sp.take(f"W{l}", n[l - 1] * n[l])
-        s[f"LZ{l}"] = sp.take(f"LZ{l}", 2 * n[l - 1] * n[l])
     s["A0"] = sp.take("A0", n[0] * b)
     for l in range(1, nl):
         s[f"A{l}"] = sp.take(f"A{l}", n[l] * b)
@@ -156,12 +162,37 @@ def plan(spec: ModelSpec, cfg: Config) -> Layout:
     s["MX"] = sp.take("MX", 2 * b)
     for name in ("Y", "NT", "G"):
         s[name] = sp.take(name, gbytes * b * c)
-    wmax = max(n[i] * n[i + 1] for i in range(nl))
-    s["U"] = sp.take("U", 2 * wmax)
-    sp.check("layers larger than the scratchpad need tiling, which is not implemented yet: "
-             "use a config with a larger scratchpad")
+    sp.check("even the activation buffers do not fit: use a smaller batch or a larger "
+             "scratchpad")
+    wsizes = [n[i] * n[i + 1] for i in range(nl)]
+    # resident: W (1 byte) + LZ (2 bytes) per weight, plus one update buffer U (2 bytes)
+    resident_bytes = sum(-(-3 * w // sp.align) * sp.align for w in wsizes) + 2 * max(wsizes)
+    streamed = sp.top + resident_bytes + nl * 2 * sp.align > sp.capacity
+    tiles: dict[int, list[tuple[int, int]]] = {}
+    if not streamed:
+        for l in range(1, nl + 1):
+            s[f"W{l}"] = sp.take(f"W{l}", wsizes[l - 1])
+            s[f"LZ{l}"] = sp.take(f"LZ{l}", 2 * wsizes[l - 1])
+            tiles[l] = [(0, n[l - 1])]
+        s["U"] = sp.take("U", 2 * max(wsizes))
+    else:
+        # one tile of W (1 byte), LZ (2) and U (2) per weight: 5 bytes x rows x n_out
+        room = sp.capacity - sp.top - 3 * sp.align
+        widest = max(n[1:])
+        rows_fit = room // (5 * widest)
+        if rows_fit < 1:
+            sp.top = sp.capacity + 1
+            sp.check("not even one row of the widest weight matrix fits for tiling")
+        for l in range(1, nl + 1):
+            tiles[l] = _row_tiles(n[l - 1], min(rows_fit, n[l - 1]))
+        tmax = max(min(rows_fit, n[l - 1]) * n[l] for l in range(1, nl + 1))
+        s["WT"] = sp.take("WT", tmax)
+        s["LZT"] = sp.take("LZT", 2 * tmax)
+        s["U"] = sp.take("U", 2 * tmax)
+    sp.check("weights do not fit even in tiles")
+    dw_entries = max((k1 - k0) * n[l] for l, ts in tiles.items() for k0, k1 in ts)
     a["Z"] = acc.take("Z", max(max(n[1:]) * b, b * c))
-    a["DW"] = acc.take("DW", wmax)
+    a["DW"] = acc.take("DW", dw_entries)
     a["DA"] = acc.take("DA", max(n[:-1]) * b)
     a["SUM"] = acc.take("SUM", b)
     a["RO"] = acc.take("RO", b)
@@ -176,7 +207,8 @@ def plan(spec: ModelSpec, cfg: Config) -> Layout:
         top += -(-2 * n[l - 1] * n[l] // 64) * 64
     d["DATA"] = -(-top // 4096) * 4096
     sizes = {"sp_used": sp.top, "acc_used": acc.top}
-    return Layout(spec, s, a, d, sizes, gbytes, mu_shift(spec), weight_exponents(spec))
+    return Layout(spec, s, a, d, sizes, gbytes, mu_shift(spec), weight_exponents(spec),
+                  streamed, tiles)
 
 
 # ------------------------------------------------------------------------------- emitter
@@ -248,6 +280,29 @@ def _clamp_exp_min(asm: Asm, ereg: int, lo: int, tag: str) -> None:
     asm.label(f"{tag}.ok")
 
 
+def _tile_in(asm: Asm, lay: Layout, l: int, k0: int, k1: int, with_lz: bool) -> tuple[int, int]:
+    """Scratchpad addresses of rows k0:k1 of W_l (and LZ_l); DMA them in when streamed."""
+    n_out = lay.spec.layers[l]
+    if not lay.streamed:
+        return lay.sp[f"W{l}"] + k0 * n_out, lay.sp[f"LZ{l}"] + 2 * k0 * n_out
+    nb = (k1 - k0) * n_out
+    asm.op("dmald", lay.sp["WT"], lay.dram[f"W{l}"] + k0 * n_out, 1, nb, nb, nb)
+    if with_lz:
+        asm.op("dmald", lay.sp["LZT"], lay.dram[f"LZ{l}"] + 2 * k0 * n_out, 1, 2 * nb, 2 * nb,
+               2 * nb)
+    return lay.sp["WT"], lay.sp["LZT"]
+
+
+def _tile_out(asm: Asm, lay: Layout, l: int, k0: int, k1: int) -> None:
+    if not lay.streamed:
+        return
+    n_out = lay.spec.layers[l]
+    nb = (k1 - k0) * n_out
+    asm.op("dmast", lay.dram[f"W{l}"] + k0 * n_out, lay.sp["WT"], 1, nb, nb, nb)
+    asm.op("dmast", lay.dram[f"LZ{l}"] + 2 * k0 * n_out, lay.sp["LZT"], 1, 2 * nb, 2 * nb,
+           2 * nb)
+
+
 def _forward(asm: Asm, lay: Layout, prefix: str) -> None:
     spec = lay.spec
     n, b, c = spec.layers, spec.batch_size, spec.classes
@@ -255,16 +310,22 @@ def _forward(asm: Asm, lay: Layout, prefix: str) -> None:
     sp, acc = lay.sp, lay.acc
     for l in range(1, nl + 1):
         asm.label(f"{prefix}.fwd.l{l}", f"layer {l}: {n[l - 1]} -> {n[l]}")
+        a_in = sp[f"A{l - 1}"]
+        for k0, k1 in lay.tiles[l]:  # K-chunks (rows of W), accumulated
+            w, _ = _tile_in(asm, lay, l, k0, k1, with_lz=False)
+            kw = {"ta": 1, "acc": 1} if k0 else {"ta": 1}
+            if l < nl:
+                # z^T [n_l, B] += W[k0:k1]^T @ a^T[k0:k1]
+                asm.op("gemm", acc["Z"], w, a_in + k0 * b, n[l], k1 - k0, b, **kw)
+            else:
+                # logits s [B, C] += a[:, k0:k1] @ W[k0:k1]
+                asm.op("gemm", acc["Z"], a_in + k0 * b, w, b, k1 - k0, c, **kw)
+        asm.raw(f"eadd e{E_T0}, e{E_W(l)}, e{E_ACT(l - 1)}")
         if l < nl:
-            # z^T [n_l, B] = W^T [n_l, n_in] @ a^T [n_in, B]
-            asm.op("gemm", acc["Z"], sp[f"W{l}"], sp[f"A{l - 1}"], n[l], n[l - 1], b, ta=1)
-            asm.raw(f"eadd e{E_T0}, e{E_W(l)}, e{E_ACT(l - 1)}")
             asm.lines.append(_efit(E_ACT(l), asm, acc["Z"], n[l] * b, E_T0, "i8"))
             _rq(asm, sp[f"A{l}"], acc["Z"], n[l] * b, E_ACT(l), E_T0, "nearest", "i8", relu=1)
         else:
-            # logits s [B, C] = a [B, n] @ W [n, C]; INT16 with a dynamic exponent
-            asm.op("gemm", acc["Z"], sp[f"A{l - 1}"], sp[f"W{l}"], b, n[l - 1], c, ta=1)
-            asm.raw(f"eadd e{E_T0}, e{E_W(l)}, e{E_ACT(l - 1)}")
+            # INT16 logits with a dynamic exponent
             asm.lines.append(_efit(E_S, asm, acc["Z"], b * c, E_T0, "i16"))
             _clamp_exp_min(asm, E_S, VEXP_MIN_E, f"{prefix}.fwd.l{l}.clamp")
             _rq(asm, sp["S"], acc["Z"], b * c, E_S, E_T0, "nearest", "i16")
@@ -336,29 +397,28 @@ def _quantize_dz(asm: Asm, lay: Layout, l: int, src_acc: int | None, src_sp: int
         _vcvt(asm, dst, src_sp, count, E_DZ, ein, rnd, sdt, "i8")
 
 
-def _update(asm: Asm, lay: Layout, l: int) -> None:
-    """SGD step for W_l from dW (accumulator, exponent e[E_T0]) scaled by lr/B = mu * 2**-t."""
+def _update(asm: Asm, lay: Layout, l: int, w: int, lz: int, nw: int, tag: str) -> None:
+    """SGD step for nw weights at w (INT16 copies at lz) from dW in the accumulator (exponent
+    e[E_T0]) scaled by lr/B = mu * 2**-t."""
     spec = lay.spec
-    n = spec.layers
-    nw = n[l - 1] * n[l]
     sp = lay.sp
     mode = spec.update.mode
-    asm.label(f"train.upd.l{l}", f"{mode} update of W{l}")
-    asm.raw(f"eaddi e{E_T0}, e{E_T0}, {-lay.mu_shift}")  # exponent of dW * mu
-    asm.raw(f"eaddi e{E_T1}, e{E_W(l)}, {-spec.update.acc_shift}")  # lazy/shadow grid
+    asm.label(f"train.upd.l{l}{tag}", f"{mode} update of W{l}{tag}")
+    asm.raw(f"eaddi e{E_T1}, e{E_T0}, {-lay.mu_shift}")  # exponent of dW * mu
     if mode in ("lazy", "shadow"):
-        _rq(asm, sp["U"], lay.acc["DW"], nw, E_T1, E_T0, "nearest", "i16", mnemonic="rqm",
+        asm.raw(f"eaddi e{E_LZ}, e{E_W(l)}, {-spec.update.acc_shift}")  # the fine grid
+        _rq(asm, sp["U"], lay.acc["DW"], nw, E_LZ, E_T1, "nearest", "i16", mnemonic="rqm",
             mul=R_MU)
-        asm.op("vsub", sp[f"LZ{l}"], sp[f"LZ{l}"], sp["U"], nw, dt="i16")
+        asm.op("vsub", lz, lz, sp["U"], nw, dt="i16")
         if mode == "lazy":
-            r = [asm.const(v, set()) for v in (sp[f"W{l}"], sp[f"LZ{l}"], nw)]
-            asm.raw(f"vlazy r{r[0]}, r{r[1]}, r{r[2]}, e{E_W(l)}, e{E_T1}")
+            r = [asm.const(v, set()) for v in (w, lz, nw)]
+            asm.raw(f"vlazy r{r[0]}, r{r[1]}, r{r[2]}, e{E_W(l)}, e{E_LZ}")
         else:
-            _vcvt(asm, sp[f"W{l}"], sp[f"LZ{l}"], nw, E_W(l), E_T1, "nearest", "i16", "i8")
+            _vcvt(asm, w, lz, nw, E_W(l), E_LZ, "nearest", "i16", "i8")
     else:
         rnd = "nearest" if mode == "plain" else "uniform"
-        _rq(asm, sp["U"], lay.acc["DW"], nw, E_W(l), E_T0, rnd, "i8", mnemonic="rqm", mul=R_MU)
-        asm.op("vsub", sp[f"W{l}"], sp[f"W{l}"], sp["U"], nw, dt="i8")
+        _rq(asm, sp["U"], lay.acc["DW"], nw, E_W(l), E_T1, rnd, "i8", mnemonic="rqm", mul=R_MU)
+        asm.op("vsub", w, w, sp["U"], nw, dt="i8")
 
 
 def _backward(asm: Asm, lay: Layout) -> None:
@@ -371,28 +431,40 @@ def _backward(asm: Asm, lay: Layout) -> None:
         asm.label(f"train.bwd.l{l}", f"QBP backward of layer {l}")
         if l == nl:
             _quantize_dz(asm, lay, l, None, sp["G"], E_G, gdt)
-            # dW [n, C] = a^T [n, B] @ dz [B, C]      (zero-skip on dz)
-            asm.op("gemm", acc["DW"], sp[f"A{l - 1}"], sp[f"DZ{l}"], n[l - 1], b, c, sb=1)
-            if l > 1:
-                # da^T [n, B] = W [n, C] @ dz^T         (dz stored [B, C]: tb=1)
-                asm.op("gemm", acc["DA"], sp[f"W{l}"], sp[f"DZ{l}"], n[l - 1], c, b, tb=1, sb=1)
         else:
             # dz^T = Q(da^T) * relu'(z): quantize, then mask with a_l > 0
             asm.raw(f"eadd e{E_T0}, e{E_W(l + 1)}, e{E_DZ}")
             _quantize_dz(asm, lay, l, acc["DA"], None, E_T0, "i8")
             asm.op("vrelumask", sp["MASK"], sp[f"A{l}"], n[l] * b, dt="i8")
             asm.op("vmul", sp[f"DZ{l}"], sp[f"DZ{l}"], sp["MASK"], n[l] * b, dt="i8")
-            # dW [n_in, n_l] = a^T [n_in, B] @ dz [B, n_l]   (dz stored [n_l, B]: tb=1)
-            asm.op("gemm", acc["DW"], sp[f"A{l - 1}"], sp[f"DZ{l}"], n[l - 1], b, n[l], tb=1,
-                   sb=1)
-            if l > 1:
-                # da^T [n_in, B] = W [n_in, n_l] @ dz^T [n_l, B]
-                asm.op("gemm", acc["DA"], sp[f"W{l}"], sp[f"DZ{l}"], n[l - 1], n[l], b, sb=1)
-        asm.raw(f"eadd e{E_T0}, e{E_ACT(l - 1)}, e{E_DZ}")  # exponent of dW
-        _update(asm, lay, l)
+        tiles = lay.tiles[l]
+        for t, (k0, k1) in enumerate(tiles):
+            tag = f".t{t}" if len(tiles) > 1 else ""
+            if t:
+                asm.label(f"train.bwd.l{l}{tag}", f"rows {k0}:{k1} of W{l}")
+            w, lz = _tile_in(asm, lay, l, k0, k1, with_lz=True)
+            a_rows = sp[f"A{l - 1}"] + k0 * b
+            rows = k1 - k0
+            if l == nl:
+                # dW [rows, C] = a^T [rows, B] @ dz [B, C]             (zero-skip on dz)
+                asm.op("gemm", acc["DW"], a_rows, sp[f"DZ{l}"], rows, b, c, sb=1)
+                if l > 1:
+                    # da^T [rows, B] = W [rows, C] @ dz^T   (dz stored [B, C]: tb=1)
+                    asm.op("gemm", acc["DA"] + k0 * b, w, sp[f"DZ{l}"], rows, c, b, tb=1, sb=1)
+            else:
+                # dW [rows, n_l] = a^T [rows, B] @ dz [B, n_l]  (dz stored [n_l, B]: tb=1)
+                asm.op("gemm", acc["DW"], a_rows, sp[f"DZ{l}"], rows, b, n[l], tb=1, sb=1)
+                if l > 1:
+                    # da^T [rows, B] = W [rows, n_l] @ dz^T [n_l, B]
+                    asm.op("gemm", acc["DA"] + k0 * b, w, sp[f"DZ{l}"], rows, n[l], b, sb=1)
+            asm.raw(f"eadd e{E_T0}, e{E_ACT(l - 1)}, e{E_DZ}")  # exponent of dW
+            _update(asm, lay, l, w, lz, rows * n[l], tag)
+            _tile_out(asm, lay, l, k0, k1)
 
 
 def _weights_dma(asm: Asm, lay: Layout, store: bool) -> None:
+    if lay.streamed:
+        return  # streamed weights never stay on chip
     spec = lay.spec
     n = spec.layers
     for l in range(1, spec.n_weight_layers + 1):

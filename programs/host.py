@@ -107,7 +107,7 @@ class ChipTrainer:
         labels = self.program.label_at()
         self.pc_keys = [label_key(lb) for lb in labels]
         self.bwd_pcs = {
-            l: np.array([lb == f"train.bwd.l{l}" for lb in labels], dtype=bool)
+            l: np.array([k == (f"l{l}", "backward") for k in self.pc_keys], dtype=bool)
             for l in range(1, spec.n_weight_layers + 1)
         }
 
