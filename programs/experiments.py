@@ -198,8 +198,14 @@ def plot(name: str, rows: list[Row], path: Path) -> Path | None:
     elif name == "qbp-sweep":
         for dither in sorted({r["dither"] for r in rows}):
             pts = [r for r in rows if r["dither"] == dither]
-            ax.plot([100 * r["mean_sparsity"] for r in pts],
-                    [100 * r["test_accuracy"] for r in pts], marker="o", label=dither)
+            xs = [100 * r["mean_sparsity"] for r in pts]
+            ys = [100 * r["test_accuracy"] for r in pts]
+            ax.plot(xs, ys, marker="o", linestyle=":", linewidth=0.8,
+                    label="no QBP" if dither == "-" else f"{dither} dither")
+            for r, x, y in zip(pts, xs, ys, strict=True):
+                if dither != "-":
+                    ax.annotate(f"2^{r['step_log2']}", (x, y), fontsize=7,
+                                textcoords="offset points", xytext=(3, 3))
         ax.set_xlabel("mean gradient sparsity (%)")
         ax.set_ylabel("test accuracy (%)")
     elif name == "classifier-width":
