@@ -168,35 +168,36 @@ def plan(spec: ModelSpec, cfg: Config) -> Layout:
     # resident: W (1 byte) + LZ (2 bytes) per weight, plus one update buffer U (2 bytes)
     resident_bytes = sum(-(-3 * w // sp.align) * sp.align for w in wsizes) + 2 * max(wsizes)
     streamed = sp.top + resident_bytes + nl * 2 * sp.align > sp.capacity
-    tiles: dict[int, list[tuple[int, int]]] = {}
-    if not streamed:
-        for l in range(1, nl + 1):
-            s[f"W{l}"] = sp.take(f"W{l}", wsizes[l - 1])
-            s[f"LZ{l}"] = sp.take(f"LZ{l}", 2 * wsizes[l - 1])
-            tiles[l] = [(0, n[l - 1])]
-        s["U"] = sp.take("U", 2 * max(wsizes))
-    else:
-        # one tile of W (1 byte), LZ (2) and U (2) per weight: 5 bytes x rows x n_out
-        room = sp.capacity - sp.top - 3 * sp.align
-        widest = max(n[1:])
-        rows_fit = room // (5 * widest)
-        if rows_fit < 1:
-            sp.top = sp.capacity + 1
-            sp.check("not even one row of the widest weight matrix fits for tiling")
-        for l in range(1, nl + 1):
-            tiles[l] = _row_tiles(n[l - 1], min(rows_fit, n[l - 1]))
-        tmax = max(min(rows_fit, n[l - 1]) * n[l] for l in range(1, nl + 1))
-        s["WT"] = sp.take("WT", tmax)
-        s["LZT"] = sp.take("LZT", 2 * tmax)
-        s["U"] = sp.take("U", 2 * tmax)
-    sp.check("weights do not fit even in tiles")
-    dw_entries = max((k1 - k0) * n[l] for l, ts in tiles.items() for k0, k1 in ts)
+    # the accumulator holds dW one row tile at a time: as many rows as fit
     a["Z"] = acc.take("Z", max(max(n[1:]) * b, b * c))
-    a["DW"] = acc.take("DW", dw_entries)
     a["DA"] = acc.take("DA", max(n[:-1]) * b)
     a["SUM"] = acc.take("SUM", b)
     a["RO"] = acc.take("RO", b)
     a["TMP"] = acc.take("TMP", b * c)
+    acc_rows = (acc.capacity - acc.top - acc.align) // max(n[1:])
+    if acc_rows < 1:
+        acc.top = acc.capacity + 1
+    acc.check("not even one row of dW fits: use a config with more accumulator entries")
+    tile_rows = acc_rows
+    if streamed:
+        # one tile of W (1 byte), LZ (2) and U (2) per weight: 5 bytes x rows x n_out
+        room = sp.capacity - sp.top - 3 * sp.align
+        tile_rows = min(tile_rows, room // (5 * max(n[1:])))
+        if tile_rows < 1:
+            sp.top = sp.capacity + 1
+            sp.check("not even one row of the widest weight matrix fits for tiling")
+    tiles = {l: _row_tiles(n[l - 1], min(tile_rows, n[l - 1])) for l in range(1, nl + 1)}
+    tmax = max((k1 - k0) * n[l] for l, ts in tiles.items() for k0, k1 in ts)
+    if not streamed:
+        for l in range(1, nl + 1):
+            s[f"W{l}"] = sp.take(f"W{l}", wsizes[l - 1])
+            s[f"LZ{l}"] = sp.take(f"LZ{l}", 2 * wsizes[l - 1])
+    else:
+        s["WT"] = sp.take("WT", tmax)
+        s["LZT"] = sp.take("LZT", 2 * tmax)
+    s["U"] = sp.take("U", 2 * tmax)
+    sp.check("weights do not fit even in tiles")
+    a["DW"] = acc.take("DW", tmax)
     acc.check("use a config with more accumulator entries")
     d: dict[str, int] = {"PARAMS": 0}
     top = PARAMS_BYTES
@@ -311,7 +312,8 @@ def _forward(asm: Asm, lay: Layout, prefix: str) -> None:
     for l in range(1, nl + 1):
         asm.label(f"{prefix}.fwd.l{l}", f"layer {l}: {n[l - 1]} -> {n[l]}")
         a_in = sp[f"A{l - 1}"]
-        for k0, k1 in lay.tiles[l]:  # K-chunks (rows of W), accumulated
+        chunks = lay.tiles[l] if lay.streamed else [(0, n[l - 1])]
+        for k0, k1 in chunks:  # K-chunks (rows of W), accumulated
             w, _ = _tile_in(asm, lay, l, k0, k1, with_lz=False)
             kw = {"ta": 1, "acc": 1} if k0 else {"ta": 1}
             if l < nl:
