@@ -107,7 +107,10 @@ class ArrayConfig(_Section):
     SECTION: ClassVar[str] = "array"
     rows: int = _int(16, 1, 4096)
     cols: int = _int(16, 1, 4096)
-    dataflow: str = _choice("weight_stationary", "weight_stationary", "output_stationary")
+    dataflow: str = _choice(
+        "weight_stationary", "weight_stationary", "output_stationary", "input_stationary"
+    )
+    skip: str = _choice("none", "none", "element", "row")
 
 
 @dataclass(frozen=True, slots=True)

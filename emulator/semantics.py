@@ -17,16 +17,19 @@ import numpy as np
 
 from emulator.counters import (
     ACC_OVERFLOWS,
+    CYCLES,
     MAC_OPS,
     MACS,
     MACS_SKIPPED,
     RNG_DRAWS,
     SATURATIONS,
+    SKIP_CYCLES_SAVED,
     SPAD_RD,
 )
 from emulator.errors import ExecutionError
 from emulator.reference import EXP_MAX_E, EXP_MIN_E, uses_rng
 from emulator.rng import MASK64
+from emulator.timing import gemm_skip_cycles_saved
 from isa.spec import DTYPES, RNG_FIELDS, ROUND_MODES
 
 if TYPE_CHECKING:
@@ -351,9 +354,16 @@ def _gemm(m, o):
     b = _operand(m, r[o["rb"]], kk, nn, eb, bool(o["tb"]))
     c = m.acc_range(r[o["rc"]], mm * nn).reshape(mm, nn)
     nover = m.dp.gemm_into(c, a, b, bool(o["acc"]), m.acc_bits, m.acc_wrap)
-    skipped = _zero_skips(a, b, bool(o["sa"]), bool(o["sb"]))
+    sa, sb = bool(o["sa"]), bool(o["sb"])
+    skipped = _zero_skips(a, b, sa, sb)
     done = mm * kk * nn - skipped
-    m.charge(m.cost("gemm", mm, kk, nn, ea, eb, bool(o["acc"])))
+    cost = m.cost("gemm", mm, kk, nn, ea, eb, bool(o["acc"]))
+    if skipped and m.cfg.array.skip != "none":
+        saved = ea * eb * gemm_skip_cycles_saved(
+            m.cfg, mm, kk, nn, a != 0 if sa else None, b != 0 if sb else None)
+        cost[CYCLES] -= saved
+        cost[SKIP_CYCLES_SAVED] = saved
+    m.charge(cost)
     m.charge({MACS: done, MACS_SKIPPED: skipped, MAC_OPS: done * ea * eb})
     _overflow(m, nover)
 

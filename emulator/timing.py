@@ -5,23 +5,24 @@ and the config, before the work runs (so a count-only mode is free). Data-depend
 (skipped MACs, overflows, saturations) are added by the semantics. The formulas are documented
 in ``docs/timing.md``; keep the two in step.
 
-Model (first version):
+Model:
 
 * scalar / branch: 1 cycle; scalar DRAM load/store (ldw/stw): DMA latency + 1.
 * DMA: ``latency + ceil(bytes / bytes_per_cycle)``.
 * vector ALU: ``latency + passes * ceil(n / lanes)``; INT16 add-class ops take 2 byte-passes,
   INT16 multiplies 4.
 * requantize / efit / reductions: ``latency + ceil(n / lanes)`` (INT16 output: 2 passes).
-* GEMM, weight-stationary on an R x C array, per byte-pass: the K x N weight matrix is cut into
-  ``ceil(K/R) * ceil(N/C)`` folds; each fold loads its weights (R cycles), then streams the M
-  rows of A through the skewed array: ``M + R + C - 2`` cycles until the last result drains.
-  Zero-skipping does not shorten the schedule in this model (``array`` skip granularity is
-  ``none``); skipped MACs save multiply/accumulate energy only.
+* GEMM: ``P`` byte-passes, each ``folds * (fixed + streamed)`` cycles for the configured
+  dataflow (weight-, output- or input-stationary; ``gemm_mapping``), minus the cycles zero-skipping
+  saves at the configured granularity (``gemm_skip_cycles_saved``). Matches SCALE-Sim's dense
+  compute cycles (benchmarks/scalesim_compare.py).
 """
 
 from __future__ import annotations
 
 from math import ceil
+
+import numpy as np
 
 from emulator.config import Config
 from emulator.counters import (
@@ -75,29 +76,172 @@ def dma_acc(cfg: Config, entries: int, to_dram: bool) -> Cost:
     return {CYCLES: cyc, DRAM_RD: nbytes, ACC_WR: acc_bytes}
 
 
-def gemm_fold_cycles(cfg: Config, m: int, k: int, n: int) -> int:
-    """Cycles of one byte-pass of an M x K x N GEMM, weight-stationary."""
+DATAFLOWS = ("weight_stationary", "output_stationary", "input_stationary")
+
+
+def gemm_mapping(cfg: Config, m: int, k: int, n: int) -> tuple[int, int, int, int]:
+    """How one byte-pass of ``C[M,N] = A[M,K] @ B[K,N]`` maps onto the ``R x C`` array.
+
+    Returns ``(row_dim, col_dim, stream_len, overhead)``: the GEMM dimensions held spatially by
+    the array rows and columns (cut into ``ceil(row_dim/R) * ceil(col_dim/C)`` folds), the number
+    of vectors streamed through the array per fold, and the fixed cycles per fold.
+
+    * weight-stationary: rows <- K, cols <- N, stream M rows of A; per fold ``R`` cycles to load
+      the weights, then ``R - 1`` skew and ``C - 1`` drain: overhead ``2R + C - 2``.
+    * input-stationary: rows <- K, cols <- M, stream N columns of B; overhead ``2R + C - 2``.
+    * output-stationary: rows <- M, cols <- N, stream K; nothing to preload, the outputs shift out
+      behind the next fold: overhead ``R + C - 2``.
+    """
     r, c = cfg.array.rows, cfg.array.cols
+    df = cfg.array.dataflow
+    if df == "weight_stationary":
+        return k, n, m, 2 * r + c - 2
+    if df == "input_stationary":
+        return k, m, n, 2 * r + c - 2
+    return m, n, k, r + c - 2
+
+
+def gemm_folds(cfg: Config, m: int, k: int, n: int) -> tuple[int, int]:
+    """(row folds, column folds) of one byte-pass."""
+    rd, cd, _, _ = gemm_mapping(cfg, m, k, n)
+    return ceil(rd / cfg.array.rows), ceil(cd / cfg.array.cols)
+
+
+def gemm_fold_cycles(cfg: Config, m: int, k: int, n: int) -> int:
+    """Dense cycles of one byte-pass of an M x K x N GEMM: ``folds * (overhead + stream)``."""
     if m == 0 or k == 0 or n == 0:
         return 0
-    folds = ceil(k / r) * ceil(n / c)
-    return folds * (r + m + r + c - 2)
+    rf, cf = gemm_folds(cfg, m, k, n)
+    _, _, stream, overhead = gemm_mapping(cfg, m, k, n)
+    return rf * cf * (overhead + stream)
 
 
 def gemm(
     cfg: Config, m: int, k: int, n: int, a_bytes: int, b_bytes: int, accumulate: bool
 ) -> Cost:
+    """Dense cycles and the operand traffic of each dataflow (see docs/timing.md).
+
+    Each of the ``P = a_bytes * b_bytes`` byte-passes streams one byte plane of each operand,
+    so a pass moves ``M K`` bytes of A and ``K N`` bytes of B per full read. The stationary
+    operand is read once per pass; the streamed one once per fold of the other spatial
+    dimension. Partial sums of successive K-folds (weight- and input-stationary) and of the
+    byte-passes are accumulated in the accumulator memory (read-modify-write); output-stationary
+    keeps the K reduction inside the PEs.
+    """
     passes = a_bytes * b_bytes
+    if m == 0 or k == 0 or n == 0:
+        return {CYCLES: 0, MAC_PASSES: passes}
     acc_entry = cfg.acc_bytes_per_entry
-    col_folds = ceil(n / cfg.array.cols) if n else 0
+    r, c = cfg.array.rows, cfg.array.cols
+    df = cfg.array.dataflow
+    if df == "weight_stationary":
+        a_rd, b_rd, writes = m * k * ceil(n / c), k * n, m * n * ceil(k / r)
+    elif df == "input_stationary":
+        a_rd, b_rd, writes = m * k, k * n * ceil(m / c), m * n * ceil(k / r)
+    else:
+        a_rd, b_rd, writes = m * k * ceil(n / c), k * n * ceil(m / r), m * n
+    writes *= passes
     return {
         CYCLES: passes * gemm_fold_cycles(cfg, m, k, n),
         MAC_PASSES: passes,
-        # A is streamed once per column fold; B (the stationary weights) is read once.
-        SPAD_RD: m * k * a_bytes * col_folds + k * n * b_bytes,
-        ACC_RD: m * n * acc_entry if accumulate else 0,
-        ACC_WR: m * n * acc_entry,
+        SPAD_RD: passes * (a_rd + b_rd),
+        ACC_RD: (writes - m * n + (m * n if accumulate else 0)) * acc_entry,
+        ACC_WR: writes * acc_entry,
     }
+
+
+def _ceil_to(x: int, q: int) -> int:
+    return -(-x // q) * q
+
+
+def _fold_max(w: np.ndarray, r: int, c: int) -> np.ndarray:
+    """Max of ``w[row_dim, col_dim]`` over each ``r x c`` fold: shape (row folds, col folds)."""
+    rd, cd = w.shape
+    p = np.zeros((_ceil_to(rd, r), _ceil_to(cd, c)), dtype=w.dtype)
+    p[:rd, :cd] = w
+    return p.reshape(p.shape[0] // r, r, p.shape[1] // c, c).max(axis=(1, 3))
+
+
+def _fold_any(x: np.ndarray, axis_len: int, q: int) -> np.ndarray:
+    """``any`` over groups of ``q`` along axis 0 of a 2-D bool array: (ceil(len/q), cols)."""
+    p = np.zeros((_ceil_to(axis_len, q), x.shape[1]), dtype=bool)
+    p[:axis_len] = x
+    return p.reshape(-1, q, x.shape[1]).any(axis=1)
+
+
+def _stream_ws(m: int, k: int, n: int, az: np.ndarray | None, bz: np.ndarray | None,
+               r: int, c: int, gran: str) -> np.ndarray:
+    """Weight-stationary stream time per fold (K folds x N folds) under zero-skipping."""
+    kf, nf = ceil(k / r), ceil(n / c)
+    n_a = az.sum(axis=0, dtype=np.int64) if az is not None else np.full(k, m, np.int64)
+    if gran == "element":
+        if bz is None:  # every PE of a fold row k sees the same work n_a[k]
+            return np.repeat(_fold_max(n_a[:, None], r, 1), nf, axis=1)
+        return _fold_max(n_a[:, None] * bz, r, c)
+    # row: vector i (row i of A) is needed in fold (kb, nb) iff some k in kb has
+    # A[i,k] != 0 (or no A skipping) and B[k, nb] has a nonzero (or no B skipping).
+    bany = (_fold_any(bz.T, n, c).T if bz is not None else np.ones((k, nf), dtype=bool))
+    if az is None:
+        any_k = _fold_any(bany, k, r)  # (kf, nf): fold has any work -> all M rows stream
+        return np.where(any_k, m, 0).astype(np.int64)
+    ap = np.zeros((m, kf * r), dtype=np.float32)
+    ap[:, :k] = az
+    bp = np.zeros((kf * r, nf), dtype=np.float32)
+    bp[:k] = bany
+    hits = np.matmul(ap.reshape(m, kf, r).transpose(1, 0, 2), bp.reshape(kf, r, nf))
+    return (hits > 0).sum(axis=1, dtype=np.int64)
+
+
+def _stream_os(m: int, k: int, n: int, az: np.ndarray | None, bz: np.ndarray | None,
+               r: int, c: int, gran: str) -> np.ndarray:
+    """Output-stationary stream time per fold (M folds x N folds) under zero-skipping."""
+    mf, nf = ceil(m / r), ceil(n / c)
+    if gran == "element":
+        if az is not None and bz is not None:
+            work = np.rint(az.astype(np.float32) @ bz.astype(np.float32)).astype(np.int64)
+            return _fold_max(work, r, c)
+        if az is not None:
+            rows = _fold_max(az.sum(axis=1, dtype=np.int64)[:, None], r, 1)
+            return np.repeat(rows, nf, axis=1)
+        cols = _fold_max(bz.sum(axis=0, dtype=np.int64)[None, :], 1, c)  # type: ignore[union-attr]
+        return np.repeat(cols, mf, axis=0)
+    aany = _fold_any(az, m, r) if az is not None else np.ones((mf, k), dtype=bool)
+    bany = _fold_any(bz.T, n, c).T if bz is not None else np.ones((k, nf), dtype=bool)
+    return np.rint(aany.astype(np.float32) @ bany.astype(np.float32)).astype(np.int64)
+
+
+def gemm_skip_cycles_saved(cfg: Config, m: int, k: int, n: int, az: np.ndarray | None,
+                           bz: np.ndarray | None) -> int:
+    """Cycles one byte-pass saves by zero-skipping, given the skip-enabled operands' masks.
+
+    ``az`` (M x K) / ``bz`` (K x N) are ``operand != 0`` for a skip-enabled operand and ``None``
+    otherwise. A product (i, k, j) is skippable when a skip-enabled operand element is zero.
+    In a fold each PE's work is its number of non-skippable products along the streamed
+    dimension:
+
+    * ``element``: PEs skip independently and wait for the slowest at the end of the fold (load
+      imbalance): stream time = max over the fold's PEs of their work;
+    * ``row``: a streamed vector is skipped when every product it carries in the fold is
+      skippable: stream time = number of vectors with any work;
+    * a fold with no work at all is skipped whole, overhead included; ``none`` saves nothing.
+
+    Saved = sum over folds of (dense fold time - actual fold time).
+    """
+    gran = cfg.array.skip
+    if gran == "none" or (az is None and bz is None) or m == 0 or k == 0 or n == 0:
+        return 0
+    r, c = cfg.array.rows, cfg.array.cols
+    df = cfg.array.dataflow
+    if df == "weight_stationary":
+        stream = _stream_ws(m, k, n, az, bz, r, c, gran)
+    elif df == "input_stationary":  # = weight-stationary on C^T = B^T A^T
+        stream = _stream_ws(n, k, m, None if bz is None else bz.T,
+                            None if az is None else az.T, r, c, gran)
+    else:
+        stream = _stream_os(m, k, n, az, bz, r, c, gran)
+    _, _, dense_stream, overhead = gemm_mapping(cfg, m, k, n)
+    actual = np.where(stream > 0, overhead + stream, 0)
+    return int(stream.size * (overhead + dense_stream) - actual.sum())
 
 
 def alu(cfg: Config, n: int, elem_bytes: int, n_inputs: int, multiply: bool) -> Cost:
