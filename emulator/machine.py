@@ -58,6 +58,8 @@ class Machine:
         self.steps = 0
         self.cycles = 0
         self.halted = False
+        # optional timeline recorder: any object with record(pc, start_cycle, end_cycle)
+        self.tracer = None
         self.acc_wrap = cfg.accumulator.overflow == "wrap"
         self.acc_bits = cfg.accumulator.bits
         # decode once: (handler, operands, static cost) per pc
@@ -119,6 +121,7 @@ class Machine:
         decoded = self.decoded
         n = len(decoded)
         counts = self.counts
+        tracer = self.tracer
         while not self.halted:
             pc = self.pc
             if not 0 <= pc < n:
@@ -132,7 +135,10 @@ class Machine:
                     f"cycle budget of {max_cycles} exhausted", pc, self.steps, self.cycles
                 )
             handler, ops, _ = decoded[pc]
+            c0 = self.cycles
             nxt = handler(self, ops)
+            if tracer is not None:
+                tracer.record(pc, c0, self.cycles)
             counts[pc, INSTRUCTIONS] += 1
             self.steps += 1
             self.pc = pc + 1 if nxt is None else nxt

@@ -134,10 +134,10 @@ def _cmd_isa(args) -> int:
     return 0
 
 
-def _cmd_run(args) -> int:
+def _prepare(args):
+    """Config, program and a machine with every --load applied (shared by run and profile)."""
     from emulator.config import load_config
     from emulator.machine import Machine
-    from programs.report import print_summary, run_report
 
     cfg = load_config(args.config)
     prog = load_program(args.program)
@@ -150,6 +150,13 @@ def _cmd_run(args) -> int:
             m.load_dram(addr, data)
         except LpemuError as e:
             raise UsageError(f"{e.message}", f"--load {spec}") from None
+    return m
+
+
+def _cmd_run(args) -> int:
+    from programs.report import print_summary, run_report
+
+    m = _prepare(args)
     dumps = [parse_dump(s) for s in args.dump or []]
     summary = m.run(max_steps=args.max_steps, max_cycles=args.max_cycles)
     for (addr, shape, dtype, file), spec in zip(dumps, args.dump or [], strict=True):
@@ -167,6 +174,40 @@ def _cmd_run(args) -> int:
     return 0
 
 
+def _cmd_profile(args) -> int:
+    from programs import profile
+
+    m = _prepare(args)
+    if args.trace_limit < 1:
+        raise UsageError("must be >= 1", "--trace-limit")
+    tracer = profile.Tracer(args.trace_limit) if args.trace else None
+    m.tracer = tracer
+    m.run(max_steps=args.max_steps, max_cycles=args.max_cycles)
+    rows = profile.by_instruction(m) if args.by == "instruction" else profile.by_label(m)
+    tot = profile.total(m)
+    if args.json:
+        Path(args.json).write_text(json.dumps(
+            {"program": m.program.name, "by": args.by, "rows": rows, "total": tot,
+             "config": m.cfg.to_dict()}, indent=2) + "\n")
+    if args.csv:
+        Path(args.csv).write_text(profile.to_csv(rows))
+    if tracer is not None:
+        profile.write_trace(args.trace, m, tracer)
+    plotted = None
+    if args.plot:
+        groups = rows if args.by == "label" else profile.by_label(m)
+        plotted = profile.plot_groups(groups, "label", args.plot,
+                                      f"{m.program.name}: cycles and energy by label")
+    if not args.quiet:
+        profile.print_profile(rows, tot, args.by, f"{m.program.name}: profile by {args.by}")
+        if tracer is not None and tracer.dropped:
+            print(f"trace: kept the first {len(tracer):,} events, dropped {tracer.dropped:,}")
+    if plotted is False:
+        print("lpemu: --plot needs matplotlib (pip install 'lpemu[plot]'); no plot written",
+              file=sys.stderr)
+    return 0
+
+
 def _cmd_train(args) -> int:
     import dataclasses
 
@@ -180,8 +221,11 @@ def _cmd_train(args) -> int:
         if args.epochs < 1:
             raise UsageError("must be >= 1", "--epochs")
         spec = validate(dataclasses.replace(spec, epochs=args.epochs))
+    if args.trace_limit < 1:
+        raise UsageError("must be >= 1", "--trace-limit")
     run_training(spec, cfg, json_out=args.json, asm_out=args.emit_asm,
-                 compare_float=not args.no_float, quiet=args.quiet)
+                 compare_float=not args.no_float, quiet=args.quiet, trace_out=args.trace,
+                 plot_out=args.plot, trace_limit=args.trace_limit)
     return 0
 
 
@@ -248,6 +292,28 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     r.set_defaults(fn=_cmd_run)
 
+    pr = sub.add_parser("profile", help="run a program and profile cycles and energy")
+    pr.add_argument("program", help="assembly (.s) or binary program")
+    pr.add_argument("--config", help="hardware config YAML (default: built-in defaults)")
+    pr.add_argument("--load", action="append", metavar="FILE.npy@ADDR",
+                    help="copy an array's bytes into DRAM before running (repeatable)")
+    pr.add_argument("--by", choices=("instruction", "label"), default="label",
+                    help="rows of the table: per instruction (pc) or per label (default)")
+    pr.add_argument("--json", metavar="OUT", help="write the rows and totals as JSON")
+    pr.add_argument("--csv", metavar="OUT", help="write the rows as CSV")
+    pr.add_argument("--trace", metavar="OUT.json",
+                    help="write a Chrome trace-event timeline (Perfetto, chrome://tracing)")
+    pr.add_argument("--trace-limit", type=int, default=1_000_000, metavar="N",
+                    help="keep at most N trace events (default 1,000,000)")
+    pr.add_argument("--plot", metavar="OUT.png",
+                    help="plot cycles and energy by label (needs lpemu[plot])")
+    pr.add_argument("--datapath", choices=("fast", "reference"), default="fast",
+                    help="fast kernels (default) or the slow reference model")
+    pr.add_argument("--max-steps", type=int, default=None, help="step budget (config default)")
+    pr.add_argument("--max-cycles", type=int, default=None, help="cycle budget (config default)")
+    pr.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    pr.set_defaults(fn=_cmd_profile)
+
     t = sub.add_parser("train", help="train a model on the emulated chip (default: digits MLP)")
     t.add_argument("model", nargs="?", help="model spec YAML (default: configs/digits_mlp.yaml)")
     t.add_argument("--config", help="hardware config YAML (default: built-in defaults)")
@@ -256,6 +322,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--emit-asm", metavar="FILE", help="write the compiled firmware")
     t.add_argument("--no-float", action="store_true",
                    help="skip the float32 reference run")
+    t.add_argument("--trace", metavar="OUT.json",
+                   help="write a Chrome trace-event timeline of the run (first --trace-limit "
+                   "instructions)")
+    t.add_argument("--trace-limit", type=int, default=1_000_000, metavar="N",
+                   help="keep at most N trace events (default 1,000,000)")
+    t.add_argument("--plot", metavar="OUT.png",
+                   help="plot cycles and energy by layer and phase (needs lpemu[plot])")
     t.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     t.set_defaults(fn=_cmd_train)
 

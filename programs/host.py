@@ -264,6 +264,7 @@ class ChipTrainer:
             d = {"layer": layer, "phase": phase}
             d.update({n: int(c[i]) for i, n in enumerate(COUNTERS)})
             d["energy_pj"] = float(sum(en.values()))
+            d.update({f"energy_{k}_pj": v for k, v in en.items()})
             out.append(d)
         return out
 

@@ -25,7 +25,9 @@ def classifier_warning(spec: ModelSpec) -> str | None:
 
 def run_training(spec: ModelSpec, cfg: Config, json_out: str | None = None,
                  asm_out: str | None = None, compare_float: bool = True,
-                 quiet: bool = False) -> dict[str, Any]:
+                 quiet: bool = False, trace_out: str | None = None,
+                 plot_out: str | None = None,
+                 trace_limit: int = 1_000_000) -> dict[str, Any]:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
@@ -44,6 +46,11 @@ def run_training(spec: ModelSpec, cfg: Config, json_out: str | None = None,
     tr = ChipTrainer(spec, cfg, data)
     if asm_out:
         Path(asm_out).write_text(tr.asm_text)
+    tracer = None
+    if trace_out:
+        from programs.profile import Tracer
+
+        tracer = tr.m.tracer = Tracer(trace_limit)
     history: list[EpochStats] = []
     with Progress(
         TextColumn("[bold]{task.description}"),
@@ -101,6 +108,23 @@ def run_training(spec: ModelSpec, cfg: Config, json_out: str | None = None,
         "per_layer_phase": rows,
     }
     result.update(summary.to_dict())
+    if tracer is not None and trace_out:
+        from programs.profile import write_trace
+
+        write_trace(trace_out, tr.m, tracer)
+        con.print(f"trace: {len(tracer):,} events written to {trace_out}"
+                  + (f" ({tracer.dropped:,} later events dropped; see --trace-limit)"
+                     if tracer.dropped else ""))
+    if plot_out:
+        from programs.profile import plot_groups
+
+        groups = [dict(r, group=f"{r['layer']} {r['phase']}") for r in rows]
+        if plot_groups(groups, "group", plot_out,
+                       f"{spec.name}: cycles and energy by layer and phase"):
+            con.print(f"plot written to {plot_out}")
+        else:
+            con.print("[yellow]warning:[/yellow] --plot needs matplotlib "
+                      "(pip install 'lpemu[plot]'); no plot written")
     if json_out:
         Path(json_out).write_text(json.dumps(result, indent=2) + "\n")
     return result

@@ -1,0 +1,212 @@
+"""Profiles of a run: counter tables per instruction, per label and in total; a Chrome
+trace-event timeline (Perfetto / chrome://tracing); a PNG of cycles and energy by label and
+energy component.
+
+The timeline is recorded by a :class:`Tracer` attached to ``Machine.tracer``: one complete event
+(``ph: "X"``) per executed instruction, on the track (``tid``) of the unit that runs it, with
+``ts`` and ``dur`` in cycles (the viewer shows them as microseconds: 1 us = 1 cycle).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from emulator.config import Config
+from emulator.counters import COUNTERS, ENERGY_COMPONENTS, INSTRUCTIONS, energy_breakdown
+from emulator.machine import Machine
+from isa.asm import format_instruction
+from isa.spec import TABLE
+
+UNITS: tuple[str, ...] = tuple(sorted({ins.unit for ins in TABLE}))
+DEFAULT_TRACE_LIMIT = 1_000_000
+
+
+class Tracer:
+    """Records (pc, start cycle, end cycle) of executed instructions, up to ``limit`` events."""
+
+    def __init__(self, limit: int = DEFAULT_TRACE_LIMIT) -> None:
+        self.limit = limit
+        self.pcs: list[int] = []
+        self.starts: list[int] = []
+        self.ends: list[int] = []
+        self.dropped = 0
+
+    def record(self, pc: int, start: int, end: int) -> None:
+        if len(self.pcs) < self.limit:
+            self.pcs.append(pc)
+            self.starts.append(start)
+            self.ends.append(end)
+        else:
+            self.dropped += 1
+
+    def __len__(self) -> int:
+        return len(self.pcs)
+
+
+def chrome_trace(m: Machine, tracer: Tracer, cycle_offset: int = 0) -> dict[str, Any]:
+    """The recorded timeline as a Chrome trace-event JSON object (``traceEvents`` + metadata)."""
+    labels = m.program.label_at()
+    names = {pc: name for name, pc in m.program.labels.items()}
+    texts: dict[int, str] = {}
+    tid = {u: i + 1 for i, u in enumerate(UNITS)}
+    events: list[dict[str, Any]] = [
+        {"name": "process_name", "ph": "M", "pid": 1, "tid": 0,
+         "args": {"name": f"lpemu: {m.program.name}"}},
+    ]
+    for u, t in tid.items():
+        events.append({"name": "thread_name", "ph": "M", "pid": 1, "tid": t,
+                       "args": {"name": f"{u} unit"}})
+        events.append({"name": "thread_sort_index", "ph": "M", "pid": 1, "tid": t,
+                       "args": {"sort_index": t}})
+    for pc, start, end in zip(tracer.pcs, tracer.starts, tracer.ends, strict=True):
+        _, ops, ins = m.decoded[pc]
+        if pc not in texts:
+            texts[pc] = format_instruction(ins, ops, names)
+        events.append({
+            "name": ins.mnemonic, "cat": labels[pc] or "<start>", "ph": "X",
+            "ts": start - cycle_offset, "dur": end - start, "pid": 1, "tid": tid[ins.unit],
+            "args": {"pc": pc, "label": labels[pc], "text": texts[pc]},
+        })
+    return {
+        "traceEvents": events,
+        "displayTimeUnit": "ns",
+        "otherData": {"program": m.program.name, "time_unit": "1 us in the viewer = 1 cycle",
+                      "events": len(tracer), "dropped_events": tracer.dropped},
+    }
+
+
+def write_trace(path: str | Path, m: Machine, tracer: Tracer) -> None:
+    Path(path).write_text(json.dumps(chrome_trace(m, tracer)) + "\n")
+
+
+# ---------------------------------------------------------------------------- tables
+def _row(c: np.ndarray, cfg: Config) -> dict[str, Any]:
+    en = energy_breakdown(c, cfg)
+    d: dict[str, Any] = {n: int(c[i]) for i, n in enumerate(COUNTERS)}
+    d["energy_pj"] = float(sum(en.values()))
+    d.update({f"energy_{k}_pj": v for k, v in en.items()})
+    return d
+
+
+def by_instruction(m: Machine) -> list[dict[str, Any]]:
+    labels = m.program.label_at()
+    names = {pc: name for name, pc in m.program.labels.items()}
+    out = []
+    for pc, (_, ops, ins) in enumerate(m.decoded):
+        c = m.counts[pc]
+        if c[INSTRUCTIONS] == 0:
+            continue
+        d: dict[str, Any] = {"pc": pc, "label": labels[pc],
+                             "text": format_instruction(ins, ops, names), "unit": ins.unit}
+        d.update(_row(c, m.cfg))
+        out.append(d)
+    return out
+
+
+def by_label(m: Machine) -> list[dict[str, Any]]:
+    labels = m.program.label_at()
+    order = list(dict.fromkeys(labels))
+    idx = np.array([order.index(lb) for lb in labels], dtype=np.int64)
+    sums = np.zeros((len(order), len(COUNTERS)), dtype=np.int64)
+    np.add.at(sums, idx, m.counts[: len(labels)])
+    out = []
+    for i, name in enumerate(order):
+        if sums[i, INSTRUCTIONS] == 0:
+            continue
+        d: dict[str, Any] = {"label": name or "<start>"}
+        d.update(_row(sums[i], m.cfg))
+        out.append(d)
+    return out
+
+
+def total(m: Machine) -> dict[str, Any]:
+    return _row(m.counts.sum(axis=0), m.cfg)
+
+
+def to_csv(rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    if rows:
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    return buf.getvalue()
+
+
+def print_profile(rows: list[dict[str, Any]], tot: dict[str, Any], by: str,
+                  title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    if not con.is_terminal:  # files and pipes get the whole table, unwrapped
+        con = Console(width=200)
+    key_cols = ["pc", "label", "text"] if by == "instruction" else ["label"]
+    # (header, row -> cell)
+    cyc, en = tot["cycles"] or 1, tot["energy_pj"] or 1.0
+    cells = [
+        ("instrs", lambda r: f"{r['instructions']:,}"),
+        ("cycles", lambda r: f"{r['cycles']:,}"),
+        ("cyc %", lambda r: f"{100 * r['cycles'] / cyc:.1f}"),
+        ("MACs", lambda r: f"{r['macs']:,}"),
+        ("skipped", lambda r: f"{r['macs_skipped']:,}"),
+        ("cyc saved", lambda r: f"{r['skip_cycles_saved']:,}"),
+        ("DRAM B", lambda r: f"{r['dram_rd_bytes'] + r['dram_wr_bytes']:,}"),
+        ("uJ", lambda r: f"{r['energy_pj'] / 1e6:,.3f}"),
+        ("E %", lambda r: f"{100 * r['energy_pj'] / en:.1f}"),
+    ]
+    t = Table(title=title)
+    for c in key_cols:
+        t.add_column(c, justify="left" if c != "pc" else "right", overflow="fold")
+    for h, _ in cells:
+        t.add_column(h, justify="right", no_wrap=True)
+    for r in rows:
+        t.add_row(*([str(r[c]) for c in key_cols] + [f(r) for _, f in cells]))
+    t.add_row(*(["total"] + [""] * (len(key_cols) - 1) + [f(tot) for _, f in cells]),
+              style="bold")
+    con.print(t)
+    e = Table(title="energy by component")
+    e.add_column("component")
+    e.add_column("pJ", justify="right")
+    e.add_column("share", justify="right")
+    for k in ENERGY_COMPONENTS:
+        v = tot[f"energy_{k}_pj"]
+        e.add_row(k, f"{v:,.1f}", f"{100 * v / en:.1f}%")
+    con.print(e)
+
+
+def plot_groups(groups: list[dict[str, Any]], key: str, path: str | Path, title: str) -> bool:
+    """Bar charts of cycles and stacked energy components per group. False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    names = [str(g[key]) for g in groups]
+    x = np.arange(len(names))
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(6.0, 0.45 * len(names) + 2), 7),
+                                   sharex=True)
+    ax1.bar(x, [g["cycles"] for g in groups], color="tab:blue")
+    ax1.set_ylabel("cycles")
+    ax1.set_title(title)
+    bottom = np.zeros(len(names))
+    for comp in ENERGY_COMPONENTS:
+        vals = np.array([g[f"energy_{comp}_pj"] for g in groups]) / 1e6
+        if vals.any():
+            ax2.bar(x, vals, bottom=bottom, label=comp)
+            bottom += vals
+    ax2.set_ylabel("energy (uJ)")
+    ax2.legend(fontsize=8, ncol=4)
+    ax2.set_xticks(x)
+    ax2.set_xticklabels(names, rotation=60, ha="right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
