@@ -48,6 +48,11 @@ def _float(default: float, lo: float = 0.0) -> Any:
     return field(default=default, metadata={"kind": float, "lo": lo, "hi": None})
 
 
+def _bool(default: bool) -> Any:
+    """A boolean field (YAML true/false; integers rejected)."""
+    return field(default=default, metadata={"kind": bool})
+
+
 def _choice(default: str, *choices: str) -> Any:
     """A str field restricted to ``choices``."""
     return field(default=default, metadata={"kind": str, "choices": choices})
@@ -60,6 +65,10 @@ def _type_name(value: object) -> str:
 def _check_value(key: str, value: object, meta: dict[str, Any]) -> object:
     """Check one value against its field metadata; return it normalised (int -> float)."""
     kind = meta["kind"]
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"must be true or false, got {_type_name(value)} {value!r}", key)
+        return value
     if kind is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"must be an integer, got {_type_name(value)} {value!r}", key)
@@ -134,11 +143,13 @@ class MemoryConfig(_Section):
 
 @dataclass(frozen=True, slots=True)
 class DmaConfig(_Section):
-    """DMA engine: sustained bandwidth and fixed start-up latency per transfer."""
+    """DMA engine: sustained bandwidth, fixed start-up latency per transfer, and whether
+    transfers overlap with compute (double buffering)."""
 
     SECTION: ClassVar[str] = "dma"
     bytes_per_cycle: int = _int(16, 1)
     latency_cycles: int = _int(64, 0)
+    overlap: bool = _bool(False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,7 @@ COUNTER_DOCS: dict[str, str] = {
     "acc_overflows": "accumulator results that saturated or wrapped",
     "saturations": "requantizer and ALU results that saturated",
     "skip_cycles_saved": "matrix cycles removed from the schedule by zero-skipping (array.skip)",
+    "dma_stall_cycles": "cycles waiting for the DMA engine (dma.overlap: engine busy or hazard)",
 }
 COUNTERS: tuple[str, ...] = tuple(COUNTER_DOCS)
 N_COUNTERS = len(COUNTERS)
@@ -43,7 +44,7 @@ IDX: dict[str, int] = {n: i for i, n in enumerate(COUNTERS)}
 (
     INSTRUCTIONS, CYCLES, MACS, MACS_SKIPPED, MAC_OPS, MAC_PASSES, SPAD_RD, SPAD_WR, ACC_RD,
     ACC_WR, DRAM_RD, DRAM_WR, ALU_OPS, ALU_PASSES, ALU_MUL_PASSES, RQ_ELEMS, RNG_DRAWS,
-    ACC_OVERFLOWS, SATURATIONS, SKIP_CYCLES_SAVED,
+    ACC_OVERFLOWS, SATURATIONS, SKIP_CYCLES_SAVED, DMA_STALL_CYCLES,
 ) = range(N_COUNTERS)
 
 ENERGY_COMPONENTS = (

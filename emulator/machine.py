@@ -19,7 +19,14 @@ import numpy as np
 
 from emulator import kernels, reference
 from emulator.config import Config
-from emulator.counters import CYCLES, INSTRUCTIONS, N_COUNTERS, Summary, summarize
+from emulator.counters import (
+    CYCLES,
+    DMA_STALL_CYCLES,
+    INSTRUCTIONS,
+    N_COUNTERS,
+    Summary,
+    summarize,
+)
 from emulator.errors import BudgetExceeded, ExecutionError, MemoryAccessError
 from emulator.semantics import SEMANTICS
 from emulator.timing import HOOKS
@@ -60,6 +67,12 @@ class Machine:
         self.halted = False
         # optional timeline recorder: any object with record(pc, start_cycle, end_cycle)
         self.tracer = None
+        # DMA overlap (dma.overlap): the engine's timeline and its in-flight transfers
+        self.overlap = cfg.dma.overlap
+        self._touch: list[tuple[str, int, int]] | None = [] if self.overlap else None
+        self.dma_free = 0
+        self.inflight: list[tuple[str, int, int, int]] = []  # (memory, lo, hi, end cycle)
+        self._dma_span: tuple[int, int] | None = None
         self.acc_wrap = cfg.accumulator.overflow == "wrap"
         self.acc_bits = cfg.accumulator.bits
         # decode once: (handler, operands, static cost) per pc
@@ -83,6 +96,8 @@ class Machine:
                 memory,
                 bad,
             )
+        if self._touch is not None:
+            self._touch.append((memory, start, start + length))
 
     def sp_elems(self, addr: int, count: int, elem_bytes: int) -> np.ndarray:
         """A typed view of ``count`` INT8/INT16 elements of the scratchpad at byte ``addr``."""
@@ -104,6 +119,44 @@ class Machine:
             row[k] += v
         self.cycles += cost.get(CYCLES, 0)
 
+    def charge_dma(self, cost: dict[int, int], ranges: list[tuple[str, int, int]]) -> None:
+        """Charge a DMA transfer. Without ``dma.overlap`` the core waits for it; with it, the
+        transfer occupies the DMA engine from when the engine is free and the core only spends
+        one issue cycle (plus any wait for the busy engine)."""
+        if not self.overlap:
+            self.charge(cost)
+            return
+        t = self.cycles
+        start = max(t, self.dma_free)
+        end = start + cost.get(CYCLES, 0)
+        self.dma_free = end
+        self.inflight.extend((mem, lo, hi, end) for mem, lo, hi in ranges if hi > lo)
+        self._dma_span = (start, end)
+        cost = dict(cost)
+        cost[CYCLES] = start - t + 1
+        cost[DMA_STALL_CYCLES] = start - t
+        self.charge(cost)
+
+    def _overlap_step(self, pc: int, c0: int) -> int:
+        """After a non-DMA instruction that started at ``c0``: stall it until the in-flight
+        transfers it conflicts with (same memory, overlapping bytes) are done; ``halt`` waits
+        for the engine to drain. Returns the instruction's actual start cycle."""
+        self.inflight = [x for x in self.inflight if x[3] > c0]
+        until = c0
+        if self.inflight:
+            for mem, lo, hi in self._touch:  # type: ignore[union-attr]
+                for mem2, lo2, hi2, end in self.inflight:
+                    if end > until and mem == mem2 and lo < hi2 and lo2 < hi:
+                        until = end
+        if self.halted and self.dma_free > until:
+            until = self.dma_free
+        stall = until - c0
+        if stall > 0:
+            self.cycles += stall
+            self.counts[pc, CYCLES] += stall
+            self.counts[pc, DMA_STALL_CYCLES] += stall
+        return until
+
     def cost(self, hook: str, *args) -> dict[int, int]:
         return HOOKS[hook](self.cfg, *args)
 
@@ -122,6 +175,7 @@ class Machine:
         n = len(decoded)
         counts = self.counts
         tracer = self.tracer
+        overlap = self.overlap
         while not self.halted:
             pc = self.pc
             if not 0 <= pc < n:
@@ -136,9 +190,18 @@ class Machine:
                 )
             handler, ops, _ = decoded[pc]
             c0 = self.cycles
+            if overlap:
+                self._touch.clear()  # type: ignore[union-attr]
+                self._dma_span = None
             nxt = handler(self, ops)
+            if overlap:
+                if self._dma_span is None:
+                    c0 = self._overlap_step(pc, c0)
+                elif tracer is not None:
+                    c0 = self._dma_span[0]
             if tracer is not None:
-                tracer.record(pc, c0, self.cycles)
+                tracer.record(pc, c0, self.cycles if self._dma_span is None
+                              else self._dma_span[1])
             counts[pc, INSTRUCTIONS] += 1
             self.steps += 1
             self.pc = pc + 1 if nxt is None else nxt

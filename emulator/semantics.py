@@ -272,7 +272,10 @@ def _dma(m: Machine, o: dict[str, int], to_dram: bool) -> None:
             d[...] = s
         else:
             s[...] = d
-    m.charge(m.cost("dma", rows * nbytes, to_dram))
+    m.charge_dma(m.cost("dma", rows * nbytes, to_dram), [
+        ("dram", dram_a, dram_a + (rows - 1) * dstride + nbytes if rows and nbytes else dram_a),
+        ("scratchpad", sp_a, sp_a + (rows - 1) * sstride + nbytes if rows and nbytes else sp_a),
+    ])
 
 
 @semantics("dmald")
@@ -303,7 +306,10 @@ def _dma_acc(m: Machine, o: dict[str, int], to_dram: bool) -> None:
             fitted, nover = m.dp.fit_acc(vals, m.acc_bits, m.acc_wrap)
             block[...] = fitted.reshape(rows, cols)
             _overflow(m, nover)
-    m.charge(m.cost("dma_acc", rows * cols, to_dram))
+    m.charge_dma(m.cost("dma_acc", rows * cols, to_dram), [
+        ("dram", dram_a, dram_a + (rows - 1) * dstride + 4 * cols if rows and cols else dram_a),
+        ("accumulator", acc_a, acc_a + rows * cols),
+    ])
 
 
 @semantics("dmaldacc")

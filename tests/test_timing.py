@@ -263,3 +263,90 @@ def test_skipping_never_changes_values():
     want = a.astype(np.int64) @ b.astype(np.int64)
     for o in outs:
         assert o.tolist() == want.ravel().tolist()
+
+
+# ------------------------------------------------------------------------------ DMA overlap
+OVERLAP_SRC = """
+    li r1, 0            ; scratchpad A (4x4 int8)
+    li r2, 0            ; DRAM A
+    li r3, 1            ; rows
+    li r4, 16           ; bytes
+    li r7, 1024         ; scratchpad B
+    li r8, 4
+    li r9, {gemm_a}     ; gemm's A operand
+    li r10, 2048        ; DRAM / scratchpad address of a second block
+    dmald r1, r2, r3, r4, r4, r4
+    gemm r0, r9, r7, r8, r8, r8
+    dmald r10, r10, r3, r4, r4, r4
+    halt
+"""
+
+
+def overlap_cfg(overlap: bool):
+    return config_from_dict({
+        "array": {"rows": 4, "cols": 4},
+        "dma": {"bytes_per_cycle": 4, "latency_cycles": 10, "overlap": overlap},
+        "memory": {"dram_bytes": 1 << 14, "scratchpad_bytes": 1 << 14},
+        "accumulator": {"entries": 1024},
+    })
+
+
+@pytest.mark.parametrize("hazard", [False, True])
+def test_dma_overlap_hides_transfers_and_respects_hazards(hazard):
+    # DMA: 10 + ceil(16/4) = 14 cycles. gemm 4x4x4 on 4x4 WS: 1 fold x (2*4+4-2 + 4) = 14.
+    src = OVERLAP_SRC.format(gemm_a=0 if hazard else 512)
+    seq = Machine(overlap_cfg(False), assemble(src, "o.s"))
+    seq.run()
+    ov = Machine(overlap_cfg(True), assemble(src, "o.s"))
+    ov.run()
+    assert ov.digest() == seq.digest()  # timing never changes values
+    cyc = IDX["cycles"]
+    stall = IDX["dma_stall_cycles"]
+    # sequential: 8 li + 14 + 14 + 14 + halt 1
+    assert int(seq.counts[:, cyc].sum()) == 8 + 14 + 14 + 14 + 1
+    assert int(seq.counts[:, stall].sum()) == 0
+    # overlapped: the first dmald issues at cycle 8 (1 cycle), the engine is busy 8..22.
+    assert ov.counts[8, cyc] == 1
+    if hazard:
+        # gemm reads the bytes being loaded: it waits until 22, then runs 14 -> 36
+        assert ov.counts[9, stall] == 22 - 9 and ov.counts[9, cyc] == 13 + 14
+        # the second dmald issues at 36 (engine free), engine 36..50, core at 37; halt at 37
+        # drains to 50 and ends at 51
+        assert ov.counts[10, cyc] == 1 and ov.counts[11, stall] == 50 - 37
+        assert ov.counts[11, cyc] == 1 + 13 and int(ov.counts[:, cyc].sum()) == 51
+    else:
+        # gemm runs 9..23 alongside the transfer; the second dmald issues at 23 (engine free
+        # since 22), engine 23..37, core at 24; halt at 24 waits to 37 and ends at 38
+        assert ov.counts[9, cyc] == 14 and ov.counts[9, stall] == 0
+        assert ov.counts[11, stall] == 37 - 24 and int(ov.counts[:, cyc].sum()) == 38
+
+
+def test_back_to_back_transfers_wait_for_the_engine():
+    src = """
+        li r3, 1
+        li r4, 16
+        li r10, 2048
+        dmald r0, r0, r3, r4, r4, r4
+        dmald r10, r10, r3, r4, r4, r4
+        halt
+    """
+    m = Machine(overlap_cfg(True), assemble(src, "b.s"))
+    m.run()
+    stall = IDX["dma_stall_cycles"]
+    # first: issue at 3, engine 3..17; second: issue at 4, waits 13 to 17, engine 17..31;
+    # halt at 18 drains to 31 and ends at 32
+    assert m.counts[3, stall] == 0 and m.counts[4, stall] == 13
+    assert int(m.counts[:, IDX["cycles"]].sum()) == 32 and m.cycles == 32
+
+
+def test_overlap_trace_puts_transfers_on_their_own_track():
+    from programs.profile import Tracer, chrome_trace
+
+    m = Machine(overlap_cfg(True), assemble(OVERLAP_SRC.format(gemm_a=512), "o.s"))
+    tracer = m.tracer = Tracer()
+    m.run()
+    xs = [e for e in chrome_trace(m, tracer)["traceEvents"] if e["ph"] == "X"]
+    dma = [e for e in xs if e["name"] == "dmald"]
+    gemm = [e for e in xs if e["name"] == "gemm"][0]
+    assert [(e["ts"], e["dur"]) for e in dma] == [(8, 14), (23, 14)]
+    assert (gemm["ts"], gemm["dur"]) == (9, 14)  # concurrent with the first transfer
