@@ -340,12 +340,12 @@ def _zero_skips(a: np.ndarray, b: np.ndarray, sa: bool, sb: bool) -> int:
     mdim, ndim = a.shape[0], b.shape[1]
     if not (sa or sb):
         return 0
-    za = (a == 0).sum(axis=0, dtype=np.int64) if sa else None  # zeros per k in A's column
-    zb = (b == 0).sum(axis=1, dtype=np.int64) if sb else None  # zeros per k in B's row
-    if za is not None and zb is None:
-        return int(za.sum()) * ndim
-    if zb is not None and za is None:
-        return int(zb.sum()) * mdim
+    if not sb:  # every zero of A skips N MACs
+        return (a.size - int(np.count_nonzero(a))) * ndim
+    if not sa:  # every zero of B skips M MACs
+        return (b.size - int(np.count_nonzero(b))) * mdim
+    za = (a == 0).sum(axis=0, dtype=np.int64)  # zeros per k in A's column
+    zb = (b == 0).sum(axis=1, dtype=np.int64)  # zeros per k in B's row
     return int((za * ndim + zb * mdim - za * zb).sum())
 
 

@@ -255,6 +255,16 @@ def _cmd_experiment(args) -> int:
     return 0
 
 
+def _cmd_bench(args) -> int:
+    from benchmarks.suite import print_suite, run_suite
+
+    res = run_suite(args.quick)
+    print_suite(res)
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="lpemu", description="Bit-accurate emulator of a low-precision DNN "
                 "training accelerator: values, cycles and energy from one run.")
@@ -331,6 +341,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="plot cycles and energy by layer and phase (needs lpemu[plot])")
     t.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     t.set_defaults(fn=_cmd_train)
+
+    b = sub.add_parser("bench", help="the speed suite: ratios against same-run baselines")
+    b.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
+    b.add_argument("--json", metavar="OUT", help="write the results as JSON")
+    b.set_defaults(fn=_cmd_bench)
 
     x = sub.add_parser("experiment", help="reproduce a paper's claim on the emulator")
     x.add_argument("name", help="lazy-update, qbp-sweep, classifier-width, perceptron, "
