@@ -59,6 +59,12 @@ _WS = _Workspace()
 
 
 def _as_float(x: np.ndarray, name: str, ftype: type) -> np.ndarray:
+    """``x`` converted into a reused float buffer. A transposed operand is converted in its
+    stored (contiguous) order and handed to BLAS as a transposed view: no strided copy."""
+    if x.ndim == 2 and not x.flags.c_contiguous and x.T.flags.c_contiguous:
+        out = _WS.get(name, x.T.shape, ftype)
+        np.copyto(out, x.T, casting="unsafe")
+        return out.T
     out = _WS.get(name, x.shape, ftype)
     np.copyto(out, x, casting="unsafe")
     return out
@@ -296,3 +302,128 @@ def sub_rows(a: np.ndarray, b: np.ndarray, bits: int) -> tuple[np.ndarray, int]:
 
 
 _ = (ROUND_NEAREST, ROUND_TRUNC, ROUND_UNIFORM, ROUND_TRIANGULAR)
+
+
+# ---------------------------------------------------------------------------- in-place forms
+# Fused single-pass kernels writing straight into scratchpad views (no int64 temporaries).
+# An elementwise loop is exact when each output aliases nothing or exactly its own inputs;
+# any other overlap takes the two-phase path (read everything, then write).
+ALU_CODES = {"vadd": 0, "vsub": 1, "vmul": 2, "vmin": 3, "vmax": 4, "vcmpgt": 5, "vsra": 6,
+             "vsll": 7, "vrelu": 8, "vrelumask": 9}
+
+
+def _addr(x: np.ndarray) -> int:
+    return x.__array_interface__["data"][0]
+
+
+def _safe_alias(d: np.ndarray, x: np.ndarray) -> bool:
+    """True when ``d`` and ``x`` are disjoint or the very same elements."""
+    if not np.may_share_memory(d, x):
+        return True
+    return _addr(d) == _addr(x) and d.dtype == x.dtype and d.shape == x.shape
+
+
+@njit(cache=True, inline="always")
+def _sat(r, lo, hi):  # pragma: no cover - compiled
+    return min(max(r, lo), hi)
+
+
+@njit(cache=True)
+def _alu_kernel(code, d, a, b, lo, hi, shift):  # pragma: no cover - compiled
+    """One loop per operation (no branch inside the loop, so it vectorizes); returns the
+    saturation count."""
+    n = d.shape[0]
+    nsat = 0
+    if code == 0:
+        for i in range(n):
+            r = np.int64(a[i]) + np.int64(b[i])
+            c = _sat(r, lo, hi)
+            nsat += r != c
+            d[i] = c
+    elif code == 1:
+        for i in range(n):
+            r = np.int64(a[i]) - np.int64(b[i])
+            c = _sat(r, lo, hi)
+            nsat += r != c
+            d[i] = c
+    elif code == 2:
+        for i in range(n):
+            r = np.int64(a[i]) * np.int64(b[i])
+            c = _sat(r, lo, hi)
+            nsat += r != c
+            d[i] = c
+    elif code == 3:
+        for i in range(n):
+            d[i] = min(np.int64(a[i]), np.int64(b[i]))
+    elif code == 4:
+        for i in range(n):
+            d[i] = max(np.int64(a[i]), np.int64(b[i]))
+    elif code == 5:
+        for i in range(n):
+            d[i] = 1 if a[i] > b[i] else 0
+    elif code == 6:
+        s = min(shift, 15)
+        for i in range(n):
+            d[i] = np.int64(a[i]) >> s
+    elif code == 7:
+        s = min(shift, 16)
+        for i in range(n):
+            r = np.int64(a[i]) << s
+            c = _sat(r, lo, hi)
+            nsat += r != c
+            d[i] = c
+    elif code == 8:
+        for i in range(n):
+            d[i] = max(np.int64(a[i]), 0)
+    else:
+        for i in range(n):
+            d[i] = 1 if a[i] > 0 else 0
+    return nsat
+
+
+def alu_into(op: str, d: np.ndarray, a: np.ndarray, b: np.ndarray | None, bits: int,
+             shift: int = 0) -> int:
+    bb = a if b is None else b
+    if not (_safe_alias(d, a) and _safe_alias(d, bb)) or d.dtype != a.dtype:
+        vals, nsat = alu(op, a, b, bits, shift)
+        d[...] = vals
+        return nsat
+    lo, hi = type_range(bits)
+    return int(_alu_kernel(ALU_CODES[op], d, a, bb, np.int64(lo), np.int64(hi),
+                           np.int64(shift)))
+
+
+@njit(cache=True)
+def _lazy_kernel(theta, acc, s):  # pragma: no cover - compiled
+    half = (np.int64(1) << (s - 1)) if s > 0 else np.int64(0)
+    for i in range(theta.shape[0]):
+        t = np.int64(theta[i])
+        a = np.int64(acc[i])
+        d = (a + half) >> s if s > 0 else a
+        tn = min(max(t + d, np.int64(-128)), np.int64(127))
+        theta[i] = tn
+        acc[i] = a - ((tn - t) << s)
+
+
+def lazy_update_into(theta: np.ndarray, acc: np.ndarray, s: int) -> None:
+    if np.may_share_memory(theta, acc):
+        tn, an = lazy_update(theta, acc, s)
+        theta[...] = tn
+        acc[...] = an
+        return
+    _lazy_kernel(theta, acc, np.int64(s))
+
+
+def requant_into(dst: np.ndarray, src: np.ndarray, shift: int, mode: int, out_bits: int,
+                 relu: bool, seed: int, counter: int, mul: int = 1) -> int:
+    if src.ndim != 1 or dst.ndim != 1 or not src.flags.c_contiguous or src.dtype != np.int64 \
+            or np.may_share_memory(dst, src):
+        vals, nsat = requant(src, shift, mode, out_bits, relu, seed, counter, mul)
+        dst[...] = vals
+        return nsat
+    lo, hi = type_range(out_bits)
+    with np.errstate(over="ignore"):
+        return int(_requant(
+            src, dst, np.int64(mul), np.int64(shift), np.int64(mode), np.int64(lo),
+            np.int64(hi), bool(relu), np.uint64(seed), np.uint64(counter),
+        ))

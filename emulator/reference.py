@@ -256,3 +256,26 @@ def sub_rows(a: np.ndarray, b: np.ndarray, bits: int) -> tuple[np.ndarray, int]:
             nsat += c != r
             out.append(c)
     return np.array(out, dtype=np.int64).reshape(np.shape(a)), nsat
+
+
+# ---------------------------------------------------------------------------- in-place forms
+# The semantics call these; the fast datapath overrides them with fused kernels. Inputs are
+# read completely before any output is written, whatever the aliasing.
+def alu_into(op: str, d: np.ndarray, a: np.ndarray, b: np.ndarray | None, bits: int,
+             shift: int = 0) -> int:
+    vals, nsat = alu(op, a, b, bits, shift)
+    d[...] = vals
+    return nsat
+
+
+def lazy_update_into(theta: np.ndarray, acc: np.ndarray, s: int) -> None:
+    tn, an = lazy_update(theta, acc, s)
+    theta[...] = tn
+    acc[...] = an
+
+
+def requant_into(dst: np.ndarray, src: np.ndarray, shift: int, mode: int, out_bits: int,
+                 relu: bool, seed: int, counter: int, mul: int = 1) -> int:
+    vals, nsat = requant(src, shift, mode, out_bits, relu, seed, counter, mul)
+    dst[...] = vals
+    return nsat

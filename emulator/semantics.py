@@ -391,9 +391,8 @@ def _requantize(m: Machine, src: np.ndarray, dst: np.ndarray, o: dict[str, int],
     """The requantizer datapath shared by rq, rqm and vcvt: values, RNG, flags, counts."""
     mode = o["rnd"]
     seed, counter = m.rng
-    vals, nsat = m.dp.requant(src, shift, mode, 8 * out_bytes, bool(o["relu"]), seed, counter,
-                              mul)
-    dst[...] = vals
+    nsat = m.dp.requant_into(dst, src, shift, mode, 8 * out_bytes, bool(o["relu"]), seed,
+                             counter, mul)
     draws = src.size if uses_rng(mode, shift) else 0
     m.rng[1] = (counter + draws) & MASK64
     m.charge({RNG_DRAWS: draws, SATURATIONS: nsat})
@@ -454,8 +453,7 @@ def _make_vec3(op: str) -> Handler:
         a = m.sp_elems(r[o["ra"]], n, elem)
         b = m.sp_elems(r[o["rb"]], n, elem)
         d = m.sp_elems(r[o["rd"]], n, elem)
-        vals, nsat = m.dp.alu(op, a, b, 8 * elem)
-        d[...] = vals
+        nsat = m.dp.alu_into(op, d, a, b, 8 * elem)
         m.charge(m.cost("alu", n, elem, 2, multiply))
         _alu_sat(m, nsat)
 
@@ -476,8 +474,7 @@ def _make_shift(op: str) -> Handler:
         elem = ELEM_BYTES[o["dt"]]
         a = m.sp_elems(r[o["ra"]], n, elem)
         d = m.sp_elems(r[o["rd"]], n, elem)
-        vals, nsat = m.dp.alu(op, a, None, 8 * elem, shift=sh)
-        d[...] = vals
+        nsat = m.dp.alu_into(op, d, a, None, 8 * elem, shift=sh)
         m.charge(m.cost("alu", n, elem, 1, False))
         _alu_sat(m, nsat)
 
@@ -495,8 +492,7 @@ def _make_unary(op: str) -> Handler:
         elem = ELEM_BYTES[o["dt"]]
         a = m.sp_elems(r[o["ra"]], n, elem)
         d = m.sp_elems(r[o["rd"]], n, elem)
-        vals, nsat = m.dp.alu(op, a, None, 8 * elem)
-        d[...] = vals
+        nsat = m.dp.alu_into(op, d, a, None, 8 * elem)
         m.charge(m.cost("alu", n, elem, 1, False))
         _alu_sat(m, nsat)
 
@@ -633,7 +629,5 @@ def _vlazy(m, o):
         raise ExecutionError(f"vlazy shift e{o['et']} - e{o['ea']} = {s} outside [0, 15]", m.pc)
     theta = m.sp_elems(m.r[o["rt"]], n, 1)
     acc = m.sp_elems(m.r[o["ra"]], n, 2)
-    tn, an = m.dp.lazy_update(theta, acc, s)
-    theta[...] = tn
-    acc[...] = an
+    m.dp.lazy_update_into(theta, acc, s)
     m.charge(m.cost("lazy", n))

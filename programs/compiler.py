@@ -17,6 +17,7 @@ Labels name layer and phase (``train.fwd.l1``, ``train.softmax``, ``train.bwd.l3
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 
 from emulator.config import Config
@@ -220,12 +221,14 @@ class Reg(int):
 class Asm:
     """Assembly text builder that loads constants into temporaries, reusing known values."""
 
-    def __init__(self) -> None:
+    def __init__(self, targets: set[str] | None = None) -> None:
         self.lines: list[str] = []
         self.known: dict[int, int] = {}  # temp register -> value it holds
+        self.targets = targets  # labels some branch jumps to; None: assume every label
 
     def label(self, name: str, comment: str = "") -> None:
-        self.known.clear()  # control may arrive from elsewhere
+        if self.targets is None or name in self.targets:
+            self.known.clear()  # control may arrive from elsewhere
         self.lines.append(f"{name}:" + (f"    # {comment}" if comment else ""))
 
     def comment(self, text: str) -> None:
@@ -235,16 +238,19 @@ class Asm:
         self.lines.append(f"    {text}")
 
     def const(self, value: int, avoid: set[int]) -> int:
+        """A temporary holding ``value``: reused if one does, else loaded into a free or the
+        least recently used temporary (``known`` is kept in use order)."""
         for r, v in self.known.items():
-            if v == value and r not in avoid:
+            if v == value:  # reading one register for several operands is fine
+                del self.known[r]
+                self.known[r] = v  # most recently used
                 return r
         free = [r for r in TEMPS if r not in self.known and r not in avoid]
-        if not free:
-            victims = [r for r in TEMPS if r not in avoid]
-            r = victims[0]
+        if free:
+            r = free[0]
+        else:
+            r = next(r for r in self.known if r not in avoid)
             del self.known[r]
-            free = [r]
-        r = free[0]
         self.lines.append(f"    li r{r}, {value}")
         self.known[r] = value
         return r
@@ -484,13 +490,29 @@ def _batch_addr(asm: Asm, base_reg: int, stride: int) -> None:
     asm.raw(f"add r{R_T0}, r{base_reg}, r{R_T0}")
 
 
+_BRANCH = re.compile(r"^\s*(?:beq|bne|blt|bge|jmp)\b.*?([A-Za-z_][\w.]*)\s*$")
+
+
+def branch_targets(text: str) -> set[str]:
+    """Labels named as the target of a branch or jump in assembly text."""
+    return {m.group(1) for line in text.splitlines() if (m := _BRANCH.match(line))}
+
+
 def compile_model(spec: ModelSpec, cfg: Config) -> tuple[str, Layout]:
-    """Assembly text of the training/eval firmware and the memory layout it assumes."""
+    """Assembly text of the training/eval firmware and the memory layout it assumes.
+
+    Two passes: the first finds which labels are branch targets, the second keeps constants
+    in temporaries across every other label (control only falls through those)."""
+    first, _ = _compile(spec, cfg, None)
+    return _compile(spec, cfg, branch_targets(first))
+
+
+def _compile(spec: ModelSpec, cfg: Config, targets: set[str] | None) -> tuple[str, Layout]:
     lay = plan(spec, cfg)
     n, b, _c = spec.layers, spec.batch_size, spec.classes
     nl = spec.n_weight_layers
     sp, acc = lay.sp, lay.acc
-    asm = Asm()
+    asm = Asm(targets)
     asm.comment(f"lpemu firmware for {spec.name}: layers {n}, batch {b}, "
                 f"update {spec.update.mode}, QBP step {spec.qbp.step_log2} "
                 f"({spec.qbp.dither} dither), classifier INT{spec.bits.classifier}")
