@@ -36,6 +36,8 @@ COUNTER_DOCS: dict[str, str] = {
     "saturations": "requantizer and ALU results that saturated",
     "skip_cycles_saved": "matrix cycles removed from the schedule by zero-skipping (array.skip)",
     "dma_stall_cycles": "cycles waiting for the DMA engine (dma.overlap: engine busy or hazard)",
+    "gemm_a_rd_bytes": "scratchpad bytes the matrix unit read for operand A (in spad_rd_bytes)",
+    "gemm_b_rd_bytes": "scratchpad bytes the matrix unit read for operand B (in spad_rd_bytes)",
 }
 COUNTERS: tuple[str, ...] = tuple(COUNTER_DOCS)
 N_COUNTERS = len(COUNTERS)
@@ -44,7 +46,7 @@ IDX: dict[str, int] = {n: i for i, n in enumerate(COUNTERS)}
 (
     INSTRUCTIONS, CYCLES, MACS, MACS_SKIPPED, MAC_OPS, MAC_PASSES, SPAD_RD, SPAD_WR, ACC_RD,
     ACC_WR, DRAM_RD, DRAM_WR, ALU_OPS, ALU_PASSES, ALU_MUL_PASSES, RQ_ELEMS, RNG_DRAWS,
-    ACC_OVERFLOWS, SATURATIONS, SKIP_CYCLES_SAVED, DMA_STALL_CYCLES,
+    ACC_OVERFLOWS, SATURATIONS, SKIP_CYCLES_SAVED, DMA_STALL_CYCLES, GEMM_A_RD, GEMM_B_RD,
 ) = range(N_COUNTERS)
 
 ENERGY_COMPONENTS = (

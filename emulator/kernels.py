@@ -305,92 +305,65 @@ _ = (ROUND_NEAREST, ROUND_TRUNC, ROUND_UNIFORM, ROUND_TRIANGULAR)
 
 
 # ---------------------------------------------------------------------------- in-place forms
-# Fused single-pass kernels writing straight into scratchpad views (no int64 temporaries).
-# An elementwise loop is exact when each output aliases nothing or exactly its own inputs;
-# any other overlap takes the two-phase path (read everything, then write).
+# Fused kernels writing straight into scratchpad views. Where an output may overlap an input
+# other than element for element, the inputs are read completely before anything is written.
 ALU_CODES = {"vadd": 0, "vsub": 1, "vmul": 2, "vmin": 3, "vmax": 4, "vcmpgt": 5, "vsra": 6,
              "vsll": 7, "vrelu": 8, "vrelumask": 9}
 
 
-def _addr(x: np.ndarray) -> int:
-    return x.__array_interface__["data"][0]
-
-
-def _safe_alias(d: np.ndarray, x: np.ndarray) -> bool:
-    """True when ``d`` and ``x`` are disjoint or the very same elements."""
-    if not np.may_share_memory(d, x):
-        return True
-    return _addr(d) == _addr(x) and d.dtype == x.dtype and d.shape == x.shape
-
-
-@njit(cache=True, inline="always")
-def _sat(r, lo, hi):  # pragma: no cover - compiled
-    return min(max(r, lo), hi)
-
-
 @njit(cache=True)
 def _alu_kernel(code, d, a, b, lo, hi, shift):  # pragma: no cover - compiled
-    """One loop per operation (no branch inside the loop, so it vectorizes); returns the
-    saturation count."""
+    """Two passes: every result into a fresh temporary, then saturate, count and store. Reading
+    all inputs before writing makes any aliasing of ``d`` with ``a``/``b`` exact, and both
+    loops are free of possible aliasing, so they vectorize. Returns the saturation count."""
     n = d.shape[0]
-    nsat = 0
+    t = np.empty(n, np.int64)
     if code == 0:
         for i in range(n):
-            r = np.int64(a[i]) + np.int64(b[i])
-            c = _sat(r, lo, hi)
-            nsat += r != c
-            d[i] = c
+            t[i] = np.int64(a[i]) + np.int64(b[i])
     elif code == 1:
         for i in range(n):
-            r = np.int64(a[i]) - np.int64(b[i])
-            c = _sat(r, lo, hi)
-            nsat += r != c
-            d[i] = c
+            t[i] = np.int64(a[i]) - np.int64(b[i])
     elif code == 2:
         for i in range(n):
-            r = np.int64(a[i]) * np.int64(b[i])
-            c = _sat(r, lo, hi)
-            nsat += r != c
-            d[i] = c
+            t[i] = np.int64(a[i]) * np.int64(b[i])
     elif code == 3:
         for i in range(n):
-            d[i] = min(np.int64(a[i]), np.int64(b[i]))
+            t[i] = min(np.int64(a[i]), np.int64(b[i]))
     elif code == 4:
         for i in range(n):
-            d[i] = max(np.int64(a[i]), np.int64(b[i]))
+            t[i] = max(np.int64(a[i]), np.int64(b[i]))
     elif code == 5:
         for i in range(n):
-            d[i] = 1 if a[i] > b[i] else 0
+            t[i] = 1 if a[i] > b[i] else 0
     elif code == 6:
         s = min(shift, 15)
         for i in range(n):
-            d[i] = np.int64(a[i]) >> s
+            t[i] = np.int64(a[i]) >> s
     elif code == 7:
         s = min(shift, 16)
         for i in range(n):
-            r = np.int64(a[i]) << s
-            c = _sat(r, lo, hi)
-            nsat += r != c
-            d[i] = c
+            t[i] = np.int64(a[i]) << s
     elif code == 8:
         for i in range(n):
-            d[i] = max(np.int64(a[i]), 0)
+            t[i] = max(np.int64(a[i]), 0)
     else:
         for i in range(n):
-            d[i] = 1 if a[i] > 0 else 0
+            t[i] = 1 if a[i] > 0 else 0
+    nsat = 0
+    for i in range(n):
+        r = t[i]
+        c = min(max(r, lo), hi)
+        nsat += c != r
+        d[i] = c
     return nsat
 
 
 def alu_into(op: str, d: np.ndarray, a: np.ndarray, b: np.ndarray | None, bits: int,
              shift: int = 0) -> int:
-    bb = a if b is None else b
-    if not (_safe_alias(d, a) and _safe_alias(d, bb)) or d.dtype != a.dtype:
-        vals, nsat = alu(op, a, b, bits, shift)
-        d[...] = vals
-        return nsat
     lo, hi = type_range(bits)
-    return int(_alu_kernel(ALU_CODES[op], d, a, bb, np.int64(lo), np.int64(hi),
-                           np.int64(shift)))
+    return int(_alu_kernel(ALU_CODES[op], d, a, a if b is None else b, np.int64(lo),
+                           np.int64(hi), np.int64(shift)))
 
 
 @njit(cache=True)

@@ -34,6 +34,8 @@ from emulator.counters import (
     CYCLES,
     DRAM_RD,
     DRAM_WR,
+    GEMM_A_RD,
+    GEMM_B_RD,
     MAC_PASSES,
     RQ_ELEMS,
     SPAD_RD,
@@ -145,6 +147,8 @@ def gemm(
         CYCLES: passes * gemm_fold_cycles(cfg, m, k, n),
         MAC_PASSES: passes,
         SPAD_RD: passes * (a_rd + b_rd),
+        GEMM_A_RD: passes * a_rd,
+        GEMM_B_RD: passes * b_rd,
         ACC_RD: (writes - m * n + (m * n if accumulate else 0)) * acc_entry,
         ACC_WR: writes * acc_entry,
     }

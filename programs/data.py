@@ -48,8 +48,15 @@ def synthetic(classes: int = 100, features: int = 64, per_class_train: int = 30,
 
     def draw(per_class: int) -> tuple[np.ndarray, np.ndarray]:
         y = np.repeat(np.arange(classes), per_class)
-        x = centers[y] + rng.normal(0, noise, size=(y.size, features))
-        return np.clip(np.rint(x), 0, 16).astype(np.int8), y.astype(np.int64)
+        x = np.empty((y.size, features), dtype=np.int8)
+        # in row chunks, so large sets never hold float64 copies of the whole array (the
+        # generator's stream is the same as one call for the whole shape)
+        step = max(1, (1 << 20) // max(features, 1))
+        for i in range(0, y.size, step):
+            j = min(i + step, y.size)
+            v = centers[y[i:j]] + rng.normal(0, noise, size=(j - i, features))
+            x[i:j] = np.clip(np.rint(v), 0, 16)
+        return x, y.astype(np.int64)
 
     xtr, ytr = draw(per_class_train)
     xte, yte = draw(per_class_test)

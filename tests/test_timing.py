@@ -350,3 +350,14 @@ def test_overlap_trace_puts_transfers_on_their_own_track():
     gemm = [e for e in xs if e["name"] == "gemm"][0]
     assert [(e["ts"], e["dur"]) for e in dma] == [(8, 14), (23, 14)]
     assert (gemm["ts"], gemm["dur"]) == (9, 14)  # concurrent with the first transfer
+
+
+@pytest.mark.parametrize("df", ["ws", "os", "is"])
+def test_operand_reads_are_a_breakdown_of_scratchpad_reads(df):
+    # 4x4 array, A[6,9] int16 x B[9,5] int8: P = 2 passes
+    row = run_gemm(cfg_for(df, 4, 4), np.ones((6, 9), np.int16), np.ones((9, 5), np.int8),
+                   da="i16").counts[GEMM_PC]
+    a_rd = {"ws": 6 * 9 * 2, "is": 6 * 9, "os": 6 * 9 * 2}[df]  # x column folds (N=5: 2)
+    b_rd = {"ws": 9 * 5, "is": 9 * 5 * 2, "os": 9 * 5 * 2}[df]  # x M folds (M=6: 2)
+    assert row[IDX["gemm_a_rd_bytes"]] == 2 * a_rd and row[IDX["gemm_b_rd_bytes"]] == 2 * b_rd
+    assert row[IDX["spad_rd_bytes"]] == 2 * (a_rd + b_rd)

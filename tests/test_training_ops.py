@@ -258,3 +258,25 @@ def test_vlazy_instruction_and_shift_check():
     assert tn.tolist() == [11, -128, 127, -1] and an.tolist() == [44, -200, 500, 127]
     with pytest.raises(ExecutionError):
         run("li r3, 1\neset e1, 0\neset e2, 1\nvlazy r0, r0, r3, e1, e2\nhalt")
+
+
+@pytest.mark.parametrize("op", ["vadd", "vsub", "vmul", "vmin", "vmax", "vcmpgt", "vsra",
+                                "vsll", "vrelu", "vrelumask"])
+@pytest.mark.parametrize("elem", [1, 2])
+@pytest.mark.parametrize("d_off,a_off,b_off", [(0, 0, 0), (3, 0, 8), (0, 5, 5), (7, 2, 0)])
+def test_alu_into_fast_equals_reference_under_any_aliasing(op, elem, d_off, a_off, b_off):
+    from emulator import kernels, reference
+
+    rng = np.random.default_rng(elem * 100 + d_off * 10 + a_off)
+    n = 61
+    raw = rng.integers(0, 256, 2 * n * elem + 64, dtype=np.uint8)
+    raw[:8] = [0x80, 0x7F, 0xFF, 0x00, 0x01, 0x80, 0x7F, 0xFF]  # edge bytes
+    dt = np.int8 if elem == 1 else np.dtype("<i2")
+    outs = []
+    for dp in (kernels, reference):
+        buf = raw.copy()
+        view = (lambda off, b=buf: b[off * elem : off * elem + n * elem].view(dt))  # noqa: B023
+        d, a, b = view(d_off), view(a_off), view(b_off)
+        nsat = dp.alu_into(op, d, a, b, 8 * elem, shift=3)
+        outs.append((buf.tobytes(), nsat))
+    assert outs[0] == outs[1]
