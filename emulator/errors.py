@@ -4,6 +4,7 @@ from isa.errors import (  # noqa: F401
     AsmError,
     BinaryFormatError,
     BudgetExceeded,
+    CheckpointError,
     ConfigError,
     ExecutionError,
     LpemuError,

@@ -181,8 +181,13 @@ class Machine:
             self.r[rd] = wrap64(value)
 
     # ----------------------------------------------------------------- running
-    def run(self, max_steps: int | None = None, max_cycles: int | None = None) -> Summary:
-        """Run until ``halt``; raises BudgetExceeded past the step or cycle budget."""
+    def run(self, max_steps: int | None = None, max_cycles: int | None = None,
+            break_pc: int | None = None, break_after: int = 1) -> Summary:
+        """Run until ``halt``; raises BudgetExceeded past the step or cycle budget.
+
+        With ``break_pc``, also return (not halted) on arriving at ``break_pc`` for the
+        ``break_after``-th time in this call, before executing it: a host uses this to stop at
+        a loop head (e.g. to checkpoint) and then calls ``run`` again to continue."""
         max_steps = self.cfg.budget.max_steps if max_steps is None else max_steps
         max_cycles = self.cfg.budget.max_cycles if max_cycles is None else max_cycles
         step_limit = self.steps + max_steps  # budgets count from the start of this run
@@ -192,6 +197,7 @@ class Machine:
         cmv = self._cmv
         tracer = self.tracer
         overlap = self.overlap
+        hits = 0
         while not self.halted:
             pc = self.pc
             if not 0 <= pc < n:
@@ -221,6 +227,10 @@ class Machine:
             cmv[pc * N_COUNTERS + INSTRUCTIONS] += 1
             self.steps += 1
             self.pc = pc + 1 if nxt is None else nxt
+            if self.pc == break_pc:
+                hits += 1
+                if hits >= break_after:
+                    break
         return self.summary()
 
     def restart(self, pc: int = 0) -> None:

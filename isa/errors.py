@@ -122,3 +122,18 @@ class BudgetExceeded(ExecutionError):
 
     def location(self) -> str:
         return f"pc {self.pc} after {self.steps} steps, {self.cycles} cycles"
+
+
+class CheckpointError(LpemuError):
+    """A checkpoint file that cannot be used: truncated, corrupted, wrong format version, or
+    taken from a different program or config. Names the file and the byte offset."""
+
+    exit_code = 10
+    kind = "checkpoint error"
+
+    def __init__(self, message: str, file: str, offset: int | None = None) -> None:
+        super().__init__(message)
+        self.file, self.offset = file, offset
+
+    def location(self) -> str:
+        return self.file if self.offset is None else f"{self.file}@byte {self.offset}"

@@ -211,12 +211,30 @@ def _cmd_profile(args) -> int:
 def _cmd_train(args) -> int:
     import dataclasses
 
-    from emulator.config import load_config
-    from programs.model import load_model, validate
+    from emulator.config import config_from_dict, load_config
+    from programs.model import load_model, spec_from_dict, validate
     from programs.train_cli import run_training
 
-    cfg = load_config(args.config)
-    spec = load_model(args.model)
+    if args.checkpoint_every < 0:
+        raise UsageError("must be >= 0", "--checkpoint-every")
+    if args.checkpoint_every and not args.checkpoint:
+        raise UsageError("needs --checkpoint FILE", "--checkpoint-every")
+    if args.checkpoint and not args.checkpoint_every:
+        raise UsageError("needs --checkpoint-every N", "--checkpoint")
+    if args.resume:
+        from emulator.checkpoint import load
+
+        _, extra = load(args.resume)
+        if extra.get("kind") != "lpemu-train":
+            raise UsageError("not a training checkpoint", f"--resume {args.resume}")
+        if args.model or args.config or args.epochs is not None:
+            raise UsageError("a resumed run takes its model, config and epochs from the "
+                             "checkpoint; do not pass them", f"--resume {args.resume}")
+        spec = spec_from_dict(extra["model"], args.resume)
+        cfg = config_from_dict(extra["config"], args.resume)
+    else:
+        cfg = load_config(args.config)
+        spec = load_model(args.model)
     if args.epochs is not None:
         if args.epochs < 1:
             raise UsageError("must be >= 1", "--epochs")
@@ -225,7 +243,9 @@ def _cmd_train(args) -> int:
         raise UsageError("must be >= 1", "--trace-limit")
     run_training(spec, cfg, json_out=args.json, asm_out=args.emit_asm,
                  compare_float=not args.no_float, quiet=args.quiet, trace_out=args.trace,
-                 plot_out=args.plot, trace_limit=args.trace_limit)
+                 plot_out=args.plot, trace_limit=args.trace_limit,
+                 checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
+                 resume=args.resume)
     return 0
 
 
@@ -339,6 +359,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep at most N trace events (default 1,000,000)")
     t.add_argument("--plot", metavar="OUT.png",
                    help="plot cycles and energy by layer and phase (needs lpemu[plot])")
+    t.add_argument("--checkpoint", metavar="FILE",
+                   help="checkpoint file, rewritten atomically every --checkpoint-every steps")
+    t.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
+                   help="save a checkpoint every N training steps (batches)")
+    t.add_argument("--resume", metavar="FILE",
+                   help="continue a run from a checkpoint (model and config come from it)")
     t.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     t.set_defaults(fn=_cmd_train)
 

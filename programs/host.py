@@ -8,7 +8,10 @@ the test batches, and output areas for per-batch softmax outputs, round-off sums
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +33,7 @@ from programs.compiler import (
     P_SEED,
     P_TBASE,
     P_XBASE,
+    R_B,
     compile_model,
     init_bound,
     lr_multiplier,
@@ -103,6 +107,8 @@ class ChipTrainer:
         self._plan_dram()
         self.epoch = 0
         self.loaded = False
+        self.in_epoch = False
+        self.epoch_start_counts = self.m.counts.copy()
         self.history: list[EpochStats] = []
         labels = self.program.label_at()
         self.pc_keys = [label_key(lb) for lb in labels]
@@ -173,10 +179,17 @@ class ChipTrainer:
         self.loaded = True
 
     # ------------------------------------------------------------------ running
-    def train_epoch(self) -> EpochStats:
+    def train_epoch(self, checkpoint_every: int = 0,
+                    on_checkpoint: Callable[[ChipTrainer], None] | None = None) -> EpochStats:
+        """Train one epoch. With ``checkpoint_every`` = N > 0, the firmware is stopped at its
+        batch-loop head every N training steps and ``on_checkpoint(self)`` is called there
+        (e.g. to save a checkpoint); the results are identical either way."""
+        self._begin_epoch()
+        return self.continue_epoch(checkpoint_every, on_checkpoint)
+
+    def _begin_epoch(self) -> None:
         spec, lay, d = self.spec, self.layout, self.data
-        b, c, bw = spec.batch_size, spec.classes, spec.bits.classifier
-        order = epoch_order(len(d.x_train), b, spec.seed, self.epoch)
+        order = epoch_order(len(d.x_train), spec.batch_size, spec.seed, self.epoch)
         x, y = d.x_train[order], d.y_train[order]
         self.m.load_dram(self.x_train_addr, self._batches_x(x))
         self.m.load_dram(self.t_train_addr, self._neg_targets(y))
@@ -184,10 +197,49 @@ class ChipTrainer:
         seed = (spec.seed * 1_000_003 + self.epoch) & 0x7FFFFFFF
         self._params(MODE_TRAIN, self.nb_train, mu, seed, self.x_train_addr,
                      self.t_train_addr, self.y_addr, self.ro_addr)
-        before = self.m.counts.copy()
+        self.epoch_start_counts = self.m.counts.copy()
+        self.in_epoch = True
         self.m.restart()
-        self.m.run()
-        delta = self.m.counts - before
+
+    def global_step(self) -> int:
+        """Training steps (batches) completed since the start, counted at the loop head."""
+        done = int(self.m.r[R_B]) if self.m.pc == self.program.labels["train.loop"] else 0
+        return self.epoch * self.nb_train + done
+
+    def continue_epoch(self, checkpoint_every: int = 0,
+                       on_checkpoint: Callable[[ChipTrainer], None] | None = None
+                       ) -> EpochStats:
+        """Run the current epoch's firmware to its end (after ``_begin_epoch`` or a resume),
+        stopping at the batch-loop head whenever the global step count reaches a multiple of
+        ``checkpoint_every`` to call ``on_checkpoint``."""
+        loop_pc = self.program.labels["train.loop"]
+        n = checkpoint_every
+        while True:
+            if n > 0:
+                at_head = self.m.pc == loop_pc
+                s0 = self.global_step()
+                if at_head:  # stopped (or resumed) here: the next multiple of n
+                    target = (s0 // n + 1) * n
+                    arrivals = target - s0
+                else:  # the first arrival is batch 0 of this epoch, step s0
+                    target = s0 if s0 > 0 and s0 % n == 0 else (s0 // n + 1) * n
+                    arrivals = target - s0 + 1
+                self.m.run(break_pc=loop_pc, break_after=arrivals)
+            else:
+                self.m.run()
+            if self.m.halted:
+                break
+            if on_checkpoint is not None:
+                on_checkpoint(self)
+        self.in_epoch = False
+        return self._finish_epoch()
+
+    def _finish_epoch(self) -> EpochStats:
+        spec, lay, d = self.spec, self.layout, self.data
+        b, c, bw = spec.batch_size, spec.classes, spec.bits.classifier
+        order = epoch_order(len(d.x_train), b, spec.seed, self.epoch)
+        y = d.y_train[order]
+        delta = self.m.counts - self.epoch_start_counts
         gdt = np.dtype("<i2") if lay.gbytes == 2 else np.dtype("i1")
         yq = np.frombuffer(self.m.read_dram(self.y_addr, len(y) * c * lay.gbytes), gdt)
         prob = yq.reshape(len(y), c).astype(np.float64) * 2.0 ** -(bw - 1)
@@ -246,10 +298,41 @@ class ChipTrainer:
             out.append(np.frombuffer(raw, np.int8).reshape(n_in, n_out).copy())
         return out
 
+    def weights_digest(self) -> str:
+        """SHA-256 of every weight matrix (INT8, row-major) and lazy-update residual."""
+        h = hashlib.sha256()
+        for w in self.weights():
+            h.update(w.tobytes())
+        for l in range(1, self.spec.n_weight_layers + 1):
+            n_in, n_out = self.spec.layers[l - 1], self.spec.layers[l]
+            h.update(self.m.read_dram(self.layout.dram[f"LZ{l}"], 2 * n_in * n_out))
+        return h.hexdigest()
+
     def float_init(self) -> list[np.ndarray]:
         """The initial weights as float32 values (for the float reference trainer)."""
         return [w.astype(np.float32) * np.float32(2.0**e)
                 for w, e in zip(self.weights0, self.layout.weight_exp, strict=True)]
+
+    # ------------------------------------------------------------------ checkpoints
+    def host_state(self) -> dict[str, Any]:
+        """The driver's own state (JSON-ready): with the machine state it is everything a
+        resumed run needs."""
+        return {
+            "epoch": self.epoch,
+            "loaded": self.loaded,
+            "in_epoch": self.in_epoch,
+            "epoch_start_counts": self.epoch_start_counts.tolist()
+            if self.in_epoch else None,
+            "history": [dataclasses.asdict(h) for h in self.history],
+        }
+
+    def set_host_state(self, st: dict[str, Any]) -> None:
+        self.epoch = int(st["epoch"])
+        self.loaded = bool(st["loaded"])
+        self.in_epoch = bool(st["in_epoch"])
+        if self.in_epoch:
+            self.epoch_start_counts = np.array(st["epoch_start_counts"], dtype=np.int64)
+        self.history = [EpochStats(**h) for h in st["history"]]
 
     # ------------------------------------------------------------------ reports
     def breakdown(self) -> list[dict[str, Any]]:

@@ -27,7 +27,12 @@ def run_training(spec: ModelSpec, cfg: Config, json_out: str | None = None,
                  asm_out: str | None = None, compare_float: bool = True,
                  quiet: bool = False, trace_out: str | None = None,
                  plot_out: str | None = None,
-                 trace_limit: int = 1_000_000) -> dict[str, Any]:
+                 trace_limit: int = 1_000_000, checkpoint: str | None = None,
+                 checkpoint_every: int = 0, resume: str | None = None) -> dict[str, Any]:
+    """Train ``spec`` on the chip with progress and tables. With ``checkpoint`` and
+    ``checkpoint_every`` = N, the run is saved every N training steps (a resumable point at
+    the firmware's batch-loop head); ``resume`` continues from such a file with the model and
+    config stored in it, ending bit-identical to an uninterrupted run."""
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
@@ -44,6 +49,20 @@ def run_training(spec: ModelSpec, cfg: Config, json_out: str | None = None,
                           f"{data.classes} classes; layers are {spec.layers}", "layers")
     t0 = time.perf_counter()
     tr = ChipTrainer(spec, cfg, data)
+    if resume:
+        from emulator import checkpoint as ckpt
+
+        extra = ckpt.restore(resume, tr.m)
+        tr.set_host_state(extra["host"])
+        con.print(f"resumed from {resume}: epoch {tr.epoch}"
+                  + (f", step {tr.global_step()}" if tr.in_epoch else ""))
+    on_ckpt = None
+    if checkpoint and checkpoint_every > 0:
+        from emulator import checkpoint as ckpt
+
+        def on_ckpt(t: ChipTrainer) -> None:
+            ckpt.save(checkpoint, t.m, {"kind": "lpemu-train", "model": spec.to_dict(),
+                                        "config": cfg.to_dict(), "host": t.host_state()})
     if asm_out:
         Path(asm_out).write_text(tr.asm_text)
     tracer = None
@@ -51,7 +70,6 @@ def run_training(spec: ModelSpec, cfg: Config, json_out: str | None = None,
         from programs.profile import Tracer
 
         tracer = tr.m.tracer = Tracer(trace_limit)
-    history: list[EpochStats] = []
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -61,13 +79,17 @@ def run_training(spec: ModelSpec, cfg: Config, json_out: str | None = None,
         console=con,
         transient=False,
     ) as prog:
-        task = prog.add_task(f"training {spec.name}", total=spec.epochs, status="")
-        for _ in range(spec.epochs):
-            st = tr.train_epoch()
-            history.append(st)
+        task = prog.add_task(f"training {spec.name}", total=spec.epochs, status="",
+                             completed=tr.epoch)
+        while tr.epoch < spec.epochs:
+            if tr.in_epoch:
+                st = tr.continue_epoch(checkpoint_every, on_ckpt)
+            else:
+                st = tr.train_epoch(checkpoint_every, on_ckpt)
             prog.update(task, advance=1, status=(
                 f"loss {st.loss:.3f}  train acc {100 * st.train_accuracy:.1f}%  "
                 f"dz sparsity {100 * st.mean_sparsity:.1f}%"))
+    history: list[EpochStats] = tr.history
     test_acc = tr.evaluate()
     wall = time.perf_counter() - t0
     summary = tr.m.summary()
@@ -104,6 +126,7 @@ def run_training(spec: ModelSpec, cfg: Config, json_out: str | None = None,
         "classifier_bits_bound": classifier_bits_bound(spec.classes, spec.classifier_alpha),
         "classifier_warning": warn,
         "wall_seconds": wall,
+        "weights_sha256": tr.weights_digest(),
         "epochs": [dataclasses.asdict(h) for h in history],
         "per_layer_phase": rows,
     }
