@@ -1,0 +1,601 @@
+"""Differential testing: random valid programs run on the reference model, the fast datapath,
+and the fast datapath with ``NUMBA_DISABLE_JIT=1`` (in a child process); the final state digest,
+every counter and any fault must agree.
+
+    python -m programs.difftest [--count N] [--seed S] [--no-jit-leg] [--out DIR]
+
+A mismatch is reported with its seed and the first diverging instruction (found by stepping
+both machines one instruction at a time), then shrunk by dropping program chunks while the
+mismatch persists; the small case is written to ``tests/regressions/<seed>.s`` (``--out``),
+where ``tests/test_differential.py`` replays it on every datapath.
+
+Programs are built from one generator per mnemonic (``GENERATORS``; a test checks every
+instruction of the table has one) with edge operands (-128, -1, 0, 1, 127, accumulator limits,
+shift 0 and maximum), aliased source and destination ranges, bounded loops and forward branches,
+over randomly drawn small hardware configs (array shape and dataflow, skip granularity,
+accumulator width and overflow mode, DMA overlap).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from emulator.config import Config, config_from_dict
+from emulator.machine import Machine
+from isa import assemble
+from isa.errors import LpemuError
+
+DRAM = 1 << 16
+SPAD = 1 << 14
+ACC = 4096
+EDGE8 = [-128, -127, -1, 0, 1, 126, 127]
+EDGE16 = [-32768, -32767, -257, -256, -128, -1, 0, 1, 127, 255, 256, 32767]
+EDGE64 = [0, 1, -1, 2**31 - 1, -(2**31), 2**62, -(2**63), 2**63 - 1, 12345, -7]
+ROUND = ["nearest", "trunc", "uniform", "triangular"]
+
+
+@dataclass
+class Gen:
+    """Builds one program: a list of chunks, each a list of assembly lines."""
+
+    rng: random.Random
+    chunks: list[list[str]] = field(default_factory=list)
+    labels: int = 0
+
+    # ---------------------------------------------------------------- operand helpers
+    def li(self, reg: int, value: int) -> list[str]:
+        value = ((value + (1 << 63)) % (1 << 64)) - (1 << 63)
+        lo = value & 0xFFFFFFFF
+        lo_s = lo - (1 << 32) if lo >> 31 else lo
+        hi = (value >> 32) & 0xFFFFFFFF
+        out = [f"li r{reg}, {lo_s}"]
+        if ((lo_s & ((1 << 64) - 1)) >> 32) != hi:
+            out.append(f"lih r{reg}, {hi}")
+        return out
+
+    def pick(self, *opts):
+        return self.rng.choice(opts)
+
+    def n_elems(self) -> int:
+        return self.pick(0, 1, 2, 3, 4, 5, 7, 8, 16, 17, 31, 64)
+
+    def addr(self, nbytes: int, align: int = 1) -> int:
+        a = self.rng.randrange(0, SPAD - max(nbytes, 1) - 64)
+        return a - a % align
+
+    def region_pair(self, nbytes: int, elem: int) -> tuple[int, int]:
+        """Two scratchpad ranges: disjoint, identical, or overlapping at an offset."""
+        a = self.addr(2 * nbytes + 64, elem)
+        kind = self.rng.random()
+        if kind < 0.2:
+            return a, a
+        if kind < 0.35:
+            return a, a + elem * self.rng.randrange(1, 4)
+        return a, self.addr(nbytes, elem)
+
+    def dt(self) -> tuple[str, int]:
+        return self.pick(("i8", 1), ("i16", 2))
+
+    def emit(self, *lines: str) -> None:
+        self.chunks.append(list(lines))
+
+    def label(self, stem: str) -> str:
+        self.labels += 1
+        return f"{stem}{self.labels}"
+
+
+# ---------------------------------------------------------------- generators per mnemonic
+def _scalar3(op: str) -> Callable[[Gen], None]:
+    def g(x: Gen) -> None:
+        a, b = x.rng.choice(EDGE64), x.rng.choice(EDGE64 + [3, 63, 64, 65])
+        x.emit(*x.li(10, a), *x.li(11, b), f"{op} r12, r10, r11")
+    return g
+
+
+def _branch(op: str) -> Callable[[Gen], None]:
+    def g(x: Gen) -> None:
+        lab = x.label("fwd")
+        a = x.rng.choice([-1, 0, 1, 5])
+        b = x.rng.choice([-1, 0, 1, 5])
+        x.emit(*x.li(10, a), *x.li(11, b), f"{op} r10, r11, {lab}", "addi r13, r13, 1",
+               f"{lab}:")
+    return g
+
+
+def _vec3(op: str) -> Callable[[Gen], None]:
+    def g(x: Gen) -> None:
+        dt, b = x.dt()
+        n = x.n_elems()
+        a, d = x.region_pair(n * b, b)
+        bb = x.pick(a, x.addr(n * b, b))
+        x.emit(*x.li(1, d), *x.li(2, a), *x.li(3, bb), *x.li(4, n),
+               f"{op} r1, r2, r3, r4, dt={dt}")
+    return g
+
+
+def _vshift(op: str) -> Callable[[Gen], None]:
+    def g(x: Gen) -> None:
+        dt, b = x.dt()
+        n = x.n_elems()
+        a, d = x.region_pair(n * b, b)
+        s = x.pick(0, 1, 3, 7, 8, 15, 16, 17, 40)
+        x.emit(*x.li(1, d), *x.li(2, a), *x.li(3, s), *x.li(4, n),
+               f"{op} r1, r2, r3, r4, dt={dt}")
+    return g
+
+
+def _vunary(op: str) -> Callable[[Gen], None]:
+    def g(x: Gen) -> None:
+        dt, b = x.dt()
+        n = x.n_elems()
+        a, d = x.region_pair(n * b, b)
+        x.emit(*x.li(1, d), *x.li(2, a), *x.li(4, n), f"{op} r1, r2, r4, dt={dt}")
+    return g
+
+
+def g_gemm(x: Gen) -> None:
+    m, k, n = (x.pick(0, 1, 2, 3, 5, 8, 9, 13) for _ in range(3))
+    da, ea = x.dt()
+    db, eb = x.dt()
+    a = x.addr(m * k * ea, 1)
+    b = x.addr(k * n * eb, 1)
+    c = x.rng.randrange(0, ACC - m * n)
+    flags = ", ".join(f"{f}={x.rng.randrange(2)}" for f in ("acc", "ta", "tb", "sa", "sb"))
+    x.emit(*x.li(1, c), *x.li(2, a), *x.li(3, b), *x.li(4, m), *x.li(5, k), *x.li(6, n),
+           f"gemm r1, r2, r3, r4, r5, r6, {flags}, da={da}, db={db}")
+
+
+def _exps(x: Gen, lo: int, hi: int) -> tuple[list[str], int]:
+    """eset e1 (input) and e2 (output) with e2 - e1 in [lo, hi]."""
+    e1 = x.rng.randrange(-10, 11)
+    s = x.pick(lo, hi, x.rng.randrange(lo, hi + 1))
+    return [f"eset e1, {e1}", f"eset e2, {e1 + s}"], s
+
+
+def g_rq(x: Gen, mul: bool = False) -> None:
+    n = x.n_elems()
+    dt, b = x.dt()
+    racc = x.rng.randrange(0, ACC - n)
+    lines, _ = _exps(x, -31, 31) if x.rng.random() < 0.3 else _exps(x, 0, 16)
+    rnd = x.pick(*ROUND)
+    relu = x.rng.randrange(2)
+    d = x.addr(n * b, b)
+    if mul:
+        m = x.pick(-32768, -3, -1, 0, 1, 2, 77, 32767)
+        x.emit(*lines, *x.li(1, d), *x.li(2, racc), *x.li(3, n), *x.li(5, m),
+               f"rqm r1, r2, r3, r5, e2, e1, rnd={rnd}, dt={dt}, relu={relu}")
+    else:
+        x.emit(*lines, *x.li(1, d), *x.li(2, racc), *x.li(3, n),
+               f"rq r1, r2, r3, e2, e1, rnd={rnd}, dt={dt}, relu={relu}")
+
+
+def g_vcvt(x: Gen) -> None:
+    n = x.n_elems()
+    sdt, sb = x.dt()
+    ddt, db = x.dt()
+    a = x.addr(n * sb, sb)
+    d = x.pick(a, x.addr(n * db, db))
+    lines, _ = _exps(x, -8, 16)
+    x.emit(*lines, *x.li(1, d), *x.li(2, a), *x.li(3, n),
+           f"vcvt r1, r2, r3, e2, e1, rnd={x.pick(*ROUND)}, sdt={sdt}, ddt={ddt}, "
+           f"relu={x.rng.randrange(2)}")
+
+
+def g_vsel(x: Gen) -> None:
+    dt, b = x.dt()
+    n = x.n_elems()
+    m, a, bb, d = (x.addr(n * b, b) for _ in range(4))
+    d = x.pick(d, a, m)
+    x.emit(*x.li(1, d), *x.li(2, m), *x.li(3, a), *x.li(5, bb), *x.li(4, n),
+           f"vsel r1, r2, r3, r5, r4, dt={dt}")
+
+
+def _rows_cols(x: Gen) -> tuple[int, int]:
+    return x.pick(0, 1, 2, 3, 5), x.pick(0, 1, 2, 4, 7, 16)
+
+
+def g_vrmax(x: Gen) -> None:
+    dt, b = x.dt()
+    r, c = _rows_cols(x)
+    a, d = x.region_pair(r * c * b, b)
+    x.emit(*x.li(1, d), *x.li(2, a), *x.li(3, r), *x.li(4, c), f"vrmax r1, r2, r3, r4, dt={dt}")
+
+
+def g_vrsum(x: Gen) -> None:
+    dt, b = x.dt()
+    r, c = _rows_cols(x)
+    a = x.addr(r * c * b, b)
+    racc = x.rng.randrange(0, ACC - r)
+    x.emit(*x.li(1, racc), *x.li(2, a), *x.li(3, r), *x.li(4, c),
+           f"vrsum r1, r2, r3, r4, dt={dt}")
+
+
+def g_vtoacc(x: Gen) -> None:
+    dt, b = x.dt()
+    n = x.n_elems()
+    racc = x.rng.randrange(0, ACC - n)
+    x.emit(*x.li(1, racc), *x.li(2, x.addr(n * b, b)), *x.li(3, n),
+           f"vtoacc r1, r2, r3, dt={dt}, acc={x.rng.randrange(2)}")
+
+
+def g_vsubrow(x: Gen) -> None:
+    dt, b = x.dt()
+    r, c = _rows_cols(x)
+    a, d = x.region_pair(r * c * b, b)
+    rb = x.addr(r * b, b)
+    x.emit(*x.li(1, d), *x.li(2, a), *x.li(3, rb), *x.li(4, r), *x.li(5, c),
+           f"vsubrow r1, r2, r3, r4, r5, dt={dt}")
+
+
+def g_vexp(x: Gen) -> None:
+    n = x.n_elems()
+    a, d = x.region_pair(2 * n, 2)
+    e = x.pick(-24, -16, -8, -3, 0, 5, 8)
+    x.emit(f"eset e3, {e}", *x.li(1, d), *x.li(2, a), *x.li(3, n), "vexp r1, r2, r3, e3")
+
+
+def g_vnormrow(x: Gen) -> None:
+    dt, b = x.dt()
+    r, c = _rows_cols(x)
+    a = x.addr(2 * r * c, 2)
+    d = x.pick(a, x.addr(r * c * b, b))
+    racc = x.rng.randrange(0, ACC - r)
+    f = x.pick(0, 7, 14, 15, 30)
+    x.emit(f"eset e4, {-f}", *x.li(1, d), *x.li(2, a), *x.li(3, racc), *x.li(4, r), *x.li(5, c),
+           f"vnormrow r1, r2, r3, r4, r5, e4, dt={dt}")
+
+
+def g_vlazy(x: Gen) -> None:
+    n = x.n_elems()
+    t = x.addr(n, 1)
+    a = x.pick(x.addr(2 * n, 2), t)
+    s = x.pick(0, 1, 7, 8, 15)
+    e = x.rng.randrange(-8, 8)
+    x.emit(f"eset e5, {e}", f"eset e6, {e - s}", *x.li(1, t), *x.li(2, a), *x.li(3, n),
+           "vlazy r1, r2, r3, e5, e6")
+
+
+def g_efit(x: Gen) -> None:
+    n = x.n_elems()
+    racc = x.rng.randrange(0, ACC - n)
+    dt, _ = x.dt()
+    x.emit("eset e1, 0", *x.li(2, racc), *x.li(3, n), f"efit e7, r2, r3, e1, dt={dt}")
+
+
+def _dma(op: str) -> Callable[[Gen], None]:
+    def g(x: Gen) -> None:
+        rows, nbytes = x.pick(0, 1, 2, 3, 5), x.pick(0, 1, 3, 8, 16, 33)
+        dstride = nbytes + x.pick(0, 0, 1, 7)
+        sstride = nbytes + x.pick(0, 0, 2, 5)
+        dram = x.rng.randrange(0, DRAM - rows * dstride - 64)
+        sp = x.addr(rows * sstride + 64)
+        regs = (1, 2) if op == "dmald" else (2, 1)
+        x.emit(*x.li(1, sp), *x.li(2, dram), *x.li(3, rows), *x.li(4, nbytes),
+               *x.li(5, dstride), *x.li(6, sstride),
+               f"{op} r{regs[0]}, r{regs[1]}, r3, r4, r5, r6")
+    return g
+
+
+def _dma_acc(op: str) -> Callable[[Gen], None]:
+    def g(x: Gen) -> None:
+        rows, cols = x.pick(0, 1, 2, 3), x.pick(0, 1, 2, 5)
+        stride = 4 * cols + x.pick(0, 4, 12)
+        dram = x.rng.randrange(0, DRAM - rows * stride - 64)
+        racc = x.rng.randrange(0, ACC - rows * cols)
+        regs = (1, 2) if op == "dmaldacc" else (2, 1)
+        x.emit(*x.li(1, racc), *x.li(2, dram), *x.li(3, rows), *x.li(4, cols), *x.li(5, stride),
+               f"{op} r{regs[0]}, r{regs[1]}, r3, r4, r5")
+    return g
+
+
+def g_loop(x: Gen) -> None:
+    """A short counted loop around one or two random (non-control) instructions."""
+    lab = x.label("loop")
+    body: list[str] = []
+    for _ in range(x.rng.randrange(1, 3)):
+        sub = Gen(x.rng, labels=x.labels)
+        name = x.rng.choice(BODY_OPS)
+        GENERATORS[name](sub)
+        x.labels = sub.labels
+        for ch in sub.chunks:
+            body += ch
+    x.emit(*x.li(20, x.rng.randrange(1, 4)), f"{lab}:", *body, "addi r20, r20, -1",
+           f"bne r20, r0, {lab}")
+
+
+GENERATORS: dict[str, Callable[[Gen], None]] = {
+    "nop": lambda x: x.emit("nop"),
+    "halt": lambda x: None,  # every program ends with one
+    "li": lambda x: x.emit(*x.li(12, x.rng.choice(EDGE64))),
+    "lih": lambda x: x.emit(f"li r12, {x.rng.choice([-1, 0, 5])}",
+                            f"lih r12, {x.rng.choice([0, 1, 2**31, 2**32 - 1])}"),
+    "addi": lambda x: x.emit(*x.li(10, x.rng.choice(EDGE64)),
+                             f"addi r12, r10, {x.rng.choice([-(2**31), -1, 0, 1, 2**31 - 1])}"),
+    **{op: _scalar3(op) for op in ("add", "sub", "mul", "and", "or", "xor", "sll", "sra", "srl",
+                                   "slt")},
+    **{op: _branch(op) for op in ("beq", "bne", "blt", "bge")},
+    "jmp": lambda x: (lambda lab: x.emit(f"jmp {lab}", "addi r13, r13, 1", f"{lab}:"))(
+        x.label("j")),
+    "flags": lambda x: x.emit("flags r14"),
+    "clrflags": lambda x: x.emit("clrflags"),
+    "accrd": lambda x: x.emit(*x.li(2, x.rng.randrange(ACC)), "accrd r14, r2"),
+    "ldw": lambda x: x.emit(*x.li(2, x.rng.randrange(0, DRAM - 8)), "ldw r14, r2, 0"),
+    "stw": lambda x: x.emit(*x.li(2, x.rng.randrange(0, DRAM - 8)), *x.li(14, x.rng.choice(
+        EDGE64)), "stw r14, r2, 4"),
+    "eset": lambda x: x.emit(f"eset e8, {x.rng.randrange(-40, 40)}"),
+    "eadd": lambda x: x.emit("eset e9, 3", "eset e10, -5", "eadd e8, e9, e10"),
+    "eaddi": lambda x: x.emit("eset e9, 3", f"eaddi e8, e9, {x.rng.randrange(-20, 20)}"),
+    "emv": lambda x: x.emit("emv r14, e8"),
+    "esetr": lambda x: x.emit(*x.li(2, x.rng.randrange(-30, 30)), "esetr e8, r2"),
+    "efit": g_efit,
+    "rngseed": lambda x: x.emit(*x.li(2, x.rng.choice(EDGE64)), "rngseed r2"),
+    "rngctr": lambda x: x.emit(*x.li(2, x.rng.choice(EDGE64)), "rngctr r2"),
+    "rngrd": lambda x: x.emit(f"rngrd r14, sel={x.pick('seed', 'counter')}"),
+    "dmald": _dma("dmald"),
+    "dmast": _dma("dmast"),
+    "dmaldacc": _dma_acc("dmaldacc"),
+    "dmastacc": _dma_acc("dmastacc"),
+    "gemm": g_gemm,
+    "rq": g_rq,
+    "rqm": lambda x: g_rq(x, mul=True),
+    "vcvt": g_vcvt,
+    **{op: _vec3(op) for op in ("vadd", "vsub", "vmul", "vmin", "vmax", "vcmpgt")},
+    **{op: _vshift(op) for op in ("vsra", "vsll")},
+    **{op: _vunary(op) for op in ("vrelu", "vrelumask")},
+    "vsel": g_vsel,
+    "vrmax": g_vrmax,
+    "vrsum": g_vrsum,
+    "vtoacc": g_vtoacc,
+    "vsubrow": g_vsubrow,
+    "vexp": g_vexp,
+    "vnormrow": g_vnormrow,
+    "vlazy": g_vlazy,
+}
+BODY_OPS = [m for m in GENERATORS if m not in ("halt", "beq", "bne", "blt", "bge", "jmp")]
+
+
+def random_config(rng: random.Random) -> dict[str, Any]:
+    r, c = rng.choice([(4, 4), (8, 8), (4, 8), (2, 3)])
+    return {
+        "array": {"rows": r, "cols": c,
+                  "dataflow": rng.choice(["weight_stationary", "output_stationary",
+                                          "input_stationary"]),
+                  "skip": rng.choice(["none", "element", "row"])},
+        "accumulator": {"bits": rng.choice([16, 24, 32]),
+                        "overflow": rng.choice(["saturate", "wrap"]), "entries": ACC},
+        "memory": {"dram_bytes": DRAM, "scratchpad_bytes": SPAD},
+        "dma": {"bytes_per_cycle": rng.choice([4, 16]), "latency_cycles": rng.choice([0, 5]),
+                "overlap": rng.random() < 0.3},
+        "alu": {"lanes": rng.choice([4, 16]), "latency_cycles": 1},
+        "budget": {"max_steps": 20000},
+    }
+
+
+@dataclass
+class Case:
+    seed: int
+    config: dict[str, Any]
+    chunks: list[list[str]]
+    init_seed: int
+
+    def source(self, chunks: list[list[str]] | None = None) -> str:
+        lines = [ln for ch in (self.chunks if chunks is None else chunks) for ln in ch]
+        return "\n".join(lines + ["halt"]) + "\n"
+
+
+def make_case(seed: int, length: int | None = None) -> Case:
+    rng = random.Random(seed)
+    g = Gen(rng)
+    names = [m for m in GENERATORS if m != "halt"]
+    for _ in range(length or rng.randrange(8, 30)):
+        if rng.random() < 0.08:
+            g_loop(g)
+        else:
+            GENERATORS[rng.choice(names)](g)
+    return Case(seed, random_config(rng), g.chunks, rng.randrange(2**32))
+
+
+def initial_memory(m: Machine, init_seed: int) -> None:
+    """Random memory contents, rich in zeros and edge values."""
+    r = np.random.default_rng(init_seed)
+    spad = r.integers(0, 256, m.spad.size, dtype=np.uint8)
+    spad[r.random(m.spad.size) < 0.3] = 0
+    edges = np.array([0x80, 0x7F, 0xFF, 0x00, 0x01], dtype=np.uint8)
+    pick = r.random(m.spad.size) < 0.1
+    spad[pick] = r.choice(edges, int(pick.sum()))
+    m.spad[:] = spad
+    m.dram[:8192] = r.integers(0, 256, 8192, dtype=np.uint8)
+    lo, hi = m.cfg.acc_min, m.cfg.acc_max
+    acc = r.integers(lo, hi + 1, m.acc.size, dtype=np.int64)
+    acc[r.random(m.acc.size) < 0.3] = 0
+    acc[r.random(m.acc.size) < 0.05] = hi
+    acc[r.random(m.acc.size) < 0.05] = lo
+    m.acc[:] = acc
+
+
+def execute(case: Case, datapath: str, chunks: list[list[str]] | None = None,
+            cfg: Config | None = None) -> dict[str, Any]:
+    """Run a case; the outcome is the state digest, a hash of all counters, and any fault."""
+    cfg = cfg or config_from_dict(case.config)
+    m = Machine(cfg, assemble(case.source(chunks), f"diff{case.seed}.s"), datapath=datapath)
+    initial_memory(m, case.init_seed)
+    fault = None
+    try:
+        m.run()
+    except LpemuError as e:
+        fault = [type(e).__name__, getattr(e, "pc", None), str(e)]
+    return {"digest": m.digest(), "counts": hashlib.sha256(m.counts.tobytes()).hexdigest(),
+            "fault": fault}
+
+
+def first_divergence(case: Case, chunks: list[list[str]] | None = None) -> dict[str, Any]:
+    """Step reference and fast machines together; the first step after which they differ."""
+    from isa.asm import format_instruction
+
+    cfg = config_from_dict(case.config)
+    prog = assemble(case.source(chunks), "diff.s")
+    ms = [Machine(cfg, prog, datapath=d) for d in ("reference", "fast")]
+    for m in ms:
+        initial_memory(m, case.init_seed)
+    names = {pc: n for n, pc in prog.labels.items()}
+    for step in range(cfg.budget.max_steps):
+        pcs = [m.pc for m in ms]
+        outs = []
+        for m in ms:
+            try:
+                m.run(max_steps=1)
+                outs.append(None)
+            except LpemuError as e:
+                outs.append((type(e).__name__, str(e)))
+        if outs[0] is not None and outs[0][0] == "BudgetExceeded":
+            outs[0] = None
+        if outs[1] is not None and outs[1][0] == "BudgetExceeded":
+            outs[1] = None
+        same = (ms[0].digest() == ms[1].digest() and np.array_equal(ms[0].counts, ms[1].counts)
+                and outs[0] == outs[1])
+        if not same:
+            _, ops, ins = ms[0].decoded[pcs[0]]
+            return {"step": step, "pc": pcs[0], "text": format_instruction(ins, ops, names),
+                    "reference_fault": outs[0], "fast_fault": outs[1]}
+        if ms[0].halted or outs[0] is not None:
+            break
+    return {"step": None}
+
+
+def mismatch(case: Case, chunks: list[list[str]] | None = None) -> bool:
+    return execute(case, "reference", chunks) != execute(case, "fast", chunks)
+
+
+def shrink(case: Case) -> list[list[str]]:
+    """Greedily drop chunks (and loop bodies' chunks) while reference and fast still differ."""
+    chunks = list(case.chunks)
+    changed = True
+    while changed:
+        changed = False
+        for i in range(len(chunks) - 1, -1, -1):
+            trial = chunks[:i] + chunks[i + 1 :]
+            try:
+                bad = mismatch(case, trial)
+            except LpemuError:  # e.g. a label lost with its chunk
+                bad = False
+            if bad:
+                chunks = trial
+                changed = True
+    return chunks
+
+
+def regression_text(case: Case, chunks: list[list[str]], note: str) -> str:
+    head = [f"; lpemu differential regression, seed {case.seed}: {note}",
+            f"; config: {json.dumps(case.config, sort_keys=True)}",
+            f"; init_seed: {case.init_seed}"]
+    return "\n".join(head) + "\n" + case.source(chunks)
+
+
+def parse_regression(text: str) -> Case:
+    cfg, init, seed = None, None, 0
+    for line in text.splitlines():
+        if line.startswith("; config: "):
+            cfg = json.loads(line[len("; config: "):])
+        elif line.startswith("; init_seed: "):
+            init = int(line[len("; init_seed: "):])
+        elif line.startswith("; lpemu differential regression, seed "):
+            seed = int(line.split("seed ")[1].split(":")[0])
+    if cfg is None or init is None:
+        raise ValueError("not a differential regression file")
+    body = [ln for ln in text.splitlines() if not ln.startswith(";")]
+    if body and body[-1].strip() == "halt":
+        body = body[:-1]
+    return Case(seed, cfg, [body], init)
+
+
+# ---------------------------------------------------------------- driver
+def jit_off_outcomes(seeds: list[int]) -> dict[int, dict[str, Any]]:
+    """The fast datapath with NUMBA_DISABLE_JIT=1, in a child process."""
+    env = dict(os.environ, NUMBA_DISABLE_JIT="1")
+    res = subprocess.run([sys.executable, "-m", "programs.difftest", "--worker",
+                          ",".join(map(str, seeds))], env=env, capture_output=True, text=True,
+                         check=False)
+    if res.returncode != 0:
+        raise RuntimeError("JIT-off worker failed:\n" + res.stderr[-3000:])
+    out = {}
+    for line in res.stdout.splitlines():
+        d = json.loads(line)
+        out[d.pop("seed")] = d
+    return out
+
+
+def campaign(count: int, seed0: int = 0, jit_leg: bool = True, out: Path | None = None,
+             progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Run ``count`` programs (seeds ``seed0 ..``); returns counts and any mismatches."""
+    seeds = list(range(seed0, seed0 + count))
+    fast: dict[int, dict[str, Any]] = {}
+    mismatches: list[dict[str, Any]] = []
+    covered: set[str] = set()
+    t0 = time.perf_counter()
+    for i, s in enumerate(seeds):
+        case = make_case(s)
+        for ln in case.source().splitlines():
+            word = ln.strip().split(" ")[0]
+            if word and not word.endswith(":"):
+                covered.add(word)
+        ref = execute(case, "reference")
+        fast[s] = execute(case, "fast")
+        if ref != fast[s]:
+            div = first_divergence(case)
+            small = shrink(case)
+            rec = {"seed": s, "leg": "fast", "first_divergence": div,
+                   "shrunk_instructions": sum(len(c) for c in small)}
+            if out is not None:
+                out.mkdir(parents=True, exist_ok=True)
+                (out / f"{s}.s").write_text(regression_text(
+                    case, small, f"fast differs from reference at {div}"))
+            mismatches.append(rec)
+        if progress:
+            progress(i + 1)
+    if jit_leg:
+        for s, res in jit_off_outcomes(seeds).items():
+            if res != fast[s]:
+                mismatches.append({"seed": s, "leg": "jit-off"})
+    return {"programs": count, "mismatches": mismatches, "seconds": time.perf_counter() - t0,
+            "covered": sorted(covered)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m programs.difftest",
+                                 description=__doc__.split("\n\n")[0])
+    ap.add_argument("--count", type=int, default=200)
+    ap.add_argument("--seed", type=int, default=0, help="first seed")
+    ap.add_argument("--no-jit-leg", action="store_true", help="skip the NUMBA_DISABLE_JIT leg")
+    ap.add_argument("--out", type=Path, default=Path("tests/regressions"),
+                    help="where shrunk mismatches are written")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        for s in (int(v) for v in args.worker.split(",")):
+            print(json.dumps({"seed": s, **execute(make_case(s), "fast")}), flush=True)
+        return 0
+    from rich.progress import Progress
+
+    with Progress() as prog:
+        task = prog.add_task("differential programs", total=args.count)
+        res = campaign(args.count, args.seed, not args.no_jit_leg, args.out,
+                       lambda i: prog.update(task, completed=i))
+    print(json.dumps({k: v for k, v in res.items() if k != "covered"}, indent=1))
+    return 1 if res["mismatches"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
