@@ -27,6 +27,7 @@ from programs.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 FUZZ = int(os.environ.get("LPEMU_FUZZ_EXAMPLES", "150"))
+DERANDOMIZE = os.environ.get("LPEMU_FUZZ_RANDOM") != "1"
 
 LOOP = """
     li r1, 0
@@ -147,7 +148,7 @@ def test_crash_during_write_leaves_the_previous_checkpoint_usable(tmp_path, monk
     ckpt.restore(path, fresh())  # and still loads
 
 
-@settings(max_examples=FUZZ, derandomize=True, deadline=None,
+@settings(max_examples=FUZZ, derandomize=DERANDOMIZE, deadline=None, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.binary(max_size=200))
 def test_fuzz_random_bytes(blob):
@@ -168,7 +169,7 @@ def _good_bytes() -> bytes:
     return GOOD_BYTES[0]
 
 
-@settings(max_examples=FUZZ, derandomize=True, deadline=None)
+@settings(max_examples=FUZZ, derandomize=DERANDOMIZE, deadline=None, database=None)
 @given(st.data())
 def test_fuzz_mutated_checkpoints(data):
     good = bytearray(_good_bytes())
