@@ -31,7 +31,7 @@ MODE_TRAIN, MODE_EVAL = 0, 1
 
 # scalar registers
 R_B, R_NB, R_MU, R_MODE, R_XB, R_TB, R_OB, R_RB, R_T0, R_T1 = 20, 21, 22, 23, 24, 25, 26, 27, 28, 29
-TEMPS = tuple(range(1, 12))
+TEMPS = tuple(range(1, 20))  # r1..r19: constants and addresses, reused across ops
 # exponent registers
 E_IN = 1  # e1..e5: activation exponents a_0..a_4
 
