@@ -61,8 +61,11 @@ def rerun(mach: Machine) -> None:
     mach.run()
 
 
-def median_time(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up (numba compile, BLAS threads, page faults)
+def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    """Median wall time of ``repeats`` calls after ``warmup`` untimed ones (numba compile,
+    BLAS threads, page faults)."""
+    for _ in range(warmup):
+        fn()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()

@@ -47,14 +47,9 @@ TINY_PROGRAM = """; 10 instructions: scalar work, one small GEMM, a requantize, 
 
 
 def _median(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    from benchmarks.gemm import median_time
+
+    return median_time(fn, repeats, warmup)
 
 
 # ----------------------------------------------------------------------------- 1. gemm

@@ -285,6 +285,28 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+def _machine_args(p: argparse.ArgumentParser) -> None:
+    """Arguments shared by ``run`` and ``profile``: program, config, inputs, budgets."""
+    p.add_argument("program", help="assembly (.s) or binary program")
+    p.add_argument("--config", help="hardware config YAML (default: built-in defaults)")
+    p.add_argument("--load", action="append", metavar="FILE.npy@ADDR",
+                   help="copy an array's bytes into DRAM before running (repeatable)")
+    p.add_argument("--datapath", choices=("fast", "reference"), default="fast",
+                   help="fast kernels (default) or the slow reference model")
+    p.add_argument("--max-steps", type=int, default=None, help="step budget (config default)")
+    p.add_argument("--max-cycles", type=int, default=None, help="cycle budget (config default)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+
+
+def _trace_args(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--trace", metavar="OUT.json",
+                   help="write a Chrome trace-event timeline (Perfetto, chrome://tracing)")
+    p.add_argument("--trace-limit", type=int, default=1_000_000, metavar="N",
+                   help="keep at most N trace events (default 1,000,000)")
+    p.add_argument("--plot", metavar="OUT.png",
+                   help=f"plot cycles and energy by {what} (needs lpemu[plot])")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="lpemu", description="Bit-accurate emulator of a low-precision DNN "
                 "training accelerator: values, cycles and energy from one run.")
@@ -306,42 +328,21 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(fn=_cmd_isa)
 
     r = sub.add_parser("run", help="run a program and report its counters")
-    r.add_argument("program", help="assembly (.s) or binary program")
-    r.add_argument("--config", help="hardware config YAML (default: built-in defaults)")
-    r.add_argument("--load", action="append", metavar="FILE.npy@ADDR",
-                   help="copy an array's bytes into DRAM before running (repeatable)")
+    _machine_args(r)
     r.add_argument("--dump", action="append", metavar="ADDR:LEN:DTYPE:FILE.npy",
                    help="save DRAM contents after the run; LEN is a count or a shape like 64x50")
     r.add_argument("--json", metavar="OUT", help="write counters and energy as JSON")
-    r.add_argument("--datapath", choices=("fast", "reference"), default="fast",
-                   help="fast kernels (default) or the slow reference model")
-    r.add_argument("--max-steps", type=int, default=None, help="step budget (config default)")
-    r.add_argument("--max-cycles", type=int, default=None, help="cycle budget (config default)")
     r.add_argument("--per-instruction", action="store_true",
                    help="also print counters per instruction")
-    r.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     r.set_defaults(fn=_cmd_run)
 
     pr = sub.add_parser("profile", help="run a program and profile cycles and energy")
-    pr.add_argument("program", help="assembly (.s) or binary program")
-    pr.add_argument("--config", help="hardware config YAML (default: built-in defaults)")
-    pr.add_argument("--load", action="append", metavar="FILE.npy@ADDR",
-                    help="copy an array's bytes into DRAM before running (repeatable)")
+    _machine_args(pr)
     pr.add_argument("--by", choices=("instruction", "label"), default="label",
                     help="rows of the table: per instruction (pc) or per label (default)")
     pr.add_argument("--json", metavar="OUT", help="write the rows and totals as JSON")
     pr.add_argument("--csv", metavar="OUT", help="write the rows as CSV")
-    pr.add_argument("--trace", metavar="OUT.json",
-                    help="write a Chrome trace-event timeline (Perfetto, chrome://tracing)")
-    pr.add_argument("--trace-limit", type=int, default=1_000_000, metavar="N",
-                    help="keep at most N trace events (default 1,000,000)")
-    pr.add_argument("--plot", metavar="OUT.png",
-                    help="plot cycles and energy by label (needs lpemu[plot])")
-    pr.add_argument("--datapath", choices=("fast", "reference"), default="fast",
-                    help="fast kernels (default) or the slow reference model")
-    pr.add_argument("--max-steps", type=int, default=None, help="step budget (config default)")
-    pr.add_argument("--max-cycles", type=int, default=None, help="cycle budget (config default)")
-    pr.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    _trace_args(pr, "label")
     pr.set_defaults(fn=_cmd_profile)
 
     t = sub.add_parser("train", help="train a model on the emulated chip (default: digits MLP)")
@@ -352,13 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--emit-asm", metavar="FILE", help="write the compiled firmware")
     t.add_argument("--no-float", action="store_true",
                    help="skip the float32 reference run")
-    t.add_argument("--trace", metavar="OUT.json",
-                   help="write a Chrome trace-event timeline of the run (first --trace-limit "
-                   "instructions)")
-    t.add_argument("--trace-limit", type=int, default=1_000_000, metavar="N",
-                   help="keep at most N trace events (default 1,000,000)")
-    t.add_argument("--plot", metavar="OUT.png",
-                   help="plot cycles and energy by layer and phase (needs lpemu[plot])")
+    _trace_args(t, "layer and phase")
     t.add_argument("--checkpoint", metavar="FILE",
                    help="checkpoint file, rewritten atomically every --checkpoint-every steps")
     t.add_argument("--checkpoint-every", type=int, default=0, metavar="N",

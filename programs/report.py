@@ -4,43 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
-from emulator.counters import COUNTER_DOCS, COUNTERS, INSTRUCTIONS, Summary, energy_pj
+from emulator.counters import COUNTER_DOCS, COUNTERS, Summary
 from emulator.machine import Machine
-from isa.asm import format_instruction
 
 
 def per_instruction(m: Machine) -> list[dict[str, Any]]:
-    """One row per executed pc: its text, label and every counter, plus energy."""
-    labels = m.program.label_at()
-    names = {pc: name for name, pc in m.program.labels.items()}
-    out = []
-    for pc, (_, ops, ins) in enumerate(m.decoded):
-        row = m.counts[pc]
-        if row[INSTRUCTIONS] == 0:
-            continue
-        d: dict[str, Any] = {
-            "pc": pc,
-            "label": labels[pc],
-            "text": format_instruction(ins, ops, names),
-        }
-        d.update({n: int(row[i]) for i, n in enumerate(COUNTERS)})
-        d["energy_pj"] = energy_pj(row, m.cfg)
-        out.append(d)
-    return out
+    """One row per executed pc: its text, label, unit, every counter and energy."""
+    from programs.profile import by_instruction
+
+    return by_instruction(m)
 
 
 def per_label(m: Machine) -> dict[str, dict[str, Any]]:
-    labels = m.program.label_at()
-    out: dict[str, dict[str, Any]] = {}
-    for name in dict.fromkeys(labels):
-        rows = np.array([lb == name for lb in labels], dtype=bool)
-        c = m.counts[: len(labels)][rows].sum(axis=0)
-        d: dict[str, Any] = {n: int(c[i]) for i, n in enumerate(COUNTERS)}
-        d["energy_pj"] = energy_pj(c, m.cfg)
-        out[name or "<start>"] = d
-    return out
+    """Counters and energy summed per label (``<start>`` before the first label)."""
+    from programs.profile import by_label
+
+    return {r["label"]: {k: v for k, v in r.items() if k != "label"} for r in by_label(m)}
 
 
 def run_report(m: Machine, summary: Summary) -> dict[str, Any]:
