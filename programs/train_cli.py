@@ -38,6 +38,8 @@ def run_training(spec: ModelSpec, cfg: Config, json_out: str | None = None,
     from rich.table import Table
 
     con = Console(stderr=False, quiet=quiet)
+    if not con.is_terminal:  # files and pipes get the whole table, unwrapped
+        con = Console(stderr=False, quiet=quiet, width=160)
     warn = classifier_warning(spec)
     if warn:
         con.print(f"[yellow]warning:[/yellow] {warn}")
