@@ -19,12 +19,14 @@ accumulator width and overflow mode, DMA overlap).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
 import random
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,8 +36,10 @@ from typing import Any
 import numpy as np
 
 from emulator.config import Config, config_from_dict
+from emulator.errors import BudgetExceeded
 from emulator.machine import Machine
 from isa import assemble
+from isa.encoding import decode
 from isa.errors import LpemuError
 
 DRAM = 1 << 16
@@ -441,46 +445,133 @@ def execute(case: Case, datapath: str, chunks: list[list[str]] | None = None,
             "fault": fault}
 
 
-def first_divergence(case: Case, chunks: list[list[str]] | None = None) -> dict[str, Any]:
-    """Step reference and fast machines together; the first step after which they differ."""
+def trace(case: Case, datapath: str, chunks: list[list[str]] | None = None) -> list[list[Any]]:
+    """Run a case one instruction at a time: per step ``[pc, state digest, counter hash,
+    fault]`` (the fault, if any, ends the trace)."""
+    cfg = config_from_dict(case.config)
+    m = Machine(cfg, assemble(case.source(chunks), "diff.s"), datapath=datapath)
+    initial_memory(m, case.init_seed)
+    out: list[list[Any]] = []
+    while True:
+        pc, before = m.pc, m.steps
+        fault = None
+        try:  # one instruction, within what is left of the whole run's budgets
+            m.run(max_steps=min(1, cfg.budget.max_steps - m.steps),
+                  max_cycles=cfg.budget.max_cycles - m.cycles)
+        except LpemuError as e:
+            # the one-step budget stops every call that executed its instruction: not a fault
+            if not (isinstance(e, BudgetExceeded) and m.steps == before + 1):
+                fault = [type(e).__name__, str(e)]
+        out.append([pc, m.digest(), hashlib.sha256(m.counts.tobytes()).hexdigest(), fault])
+        if m.halted or fault is not None:
+            return out
+
+
+class JitOff:
+    """The fast datapath with ``NUMBA_DISABLE_JIT=1``: numba reads the flag at import, so this
+    leg runs in a child process of its own, answering one JSON request line with one JSON line.
+    Use as a context manager."""
+
+    def __init__(self) -> None:
+        env = dict(os.environ, NUMBA_DISABLE_JIT="1")
+        self._err = tempfile.TemporaryFile(mode="w+")  # a file, so the child never blocks on it
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "programs.difftest", "--serve"], env=env,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err, text=True)
+
+    def _ask(self, op: str, case: Case, chunks: list[list[str]] | None) -> Any:
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        req = {"op": op, "case": dataclasses.asdict(case), "chunks": chunks}
+        try:
+            self._proc.stdin.write(json.dumps(req) + "\n")
+            self._proc.stdin.flush()
+            line = self._proc.stdout.readline()
+        except BrokenPipeError:
+            line = ""
+        if not line:
+            self._err.seek(0)
+            raise RuntimeError("JIT-off worker died:\n" + self._err.read()[-3000:])
+        ans = json.loads(line)
+        if not ans["jit_disabled"]:
+            raise RuntimeError("the JIT-off worker is running with numba's JIT enabled")
+        return ans["result"]
+
+    def execute(self, case: Case, chunks: list[list[str]] | None = None) -> dict[str, Any]:
+        return self._ask("execute", case, chunks)
+
+    def trace(self, case: Case, chunks: list[list[str]] | None = None) -> list[list[Any]]:
+        return self._ask("trace", case, chunks)
+
+    def close(self) -> None:
+        if self._proc.stdin:
+            self._proc.stdin.close()
+        self._proc.wait()
+        self._err.close()
+
+    def __enter__(self) -> JitOff:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def serve() -> None:
+    """The JIT-off child: answer requests from :class:`JitOff` until stdin closes."""
+    import numba
+
+    for line in sys.stdin:
+        req = json.loads(line)
+        case = Case(**req["case"])
+        fn = execute if req["op"] == "execute" else trace
+        res = fn(case, "fast", req["chunks"])
+        print(json.dumps({"jit_disabled": bool(numba.config.DISABLE_JIT), "result": res}),
+              flush=True)
+
+
+LEGS = ("reference", "fast", "jit-off")
+
+
+def outcome(case: Case, leg: str, chunks: list[list[str]] | None = None,
+            jit: JitOff | None = None) -> dict[str, Any]:
+    """The outcome of a case on one leg (``jit-off`` needs a running :class:`JitOff`)."""
+    if leg == "jit-off":
+        assert jit is not None, "the jit-off leg needs a JitOff worker"
+        return jit.execute(case, chunks)
+    return execute(case, leg, chunks)
+
+
+def first_divergence(case: Case, chunks: list[list[str]] | None = None,
+                     legs: tuple[str, str] = ("reference", "fast"),
+                     jit: JitOff | None = None) -> dict[str, Any]:
+    """Run both legs one instruction at a time; the first step after which they differ (state
+    digest, counters or fault), with its pc and instruction text."""
     from isa.asm import format_instruction
 
-    cfg = config_from_dict(case.config)
+    traces = [jit.trace(case, chunks) if leg == "jit-off" and jit is not None
+              else trace(case, leg, chunks) for leg in legs]
     prog = assemble(case.source(chunks), "diff.s")
-    ms = [Machine(cfg, prog, datapath=d) for d in ("reference", "fast")]
-    for m in ms:
-        initial_memory(m, case.init_seed)
     names = {pc: n for n, pc in prog.labels.items()}
-    for step in range(cfg.budget.max_steps):
-        pcs = [m.pc for m in ms]
-        outs = []
-        for m in ms:
-            try:
-                m.run(max_steps=1)
-                outs.append(None)
-            except LpemuError as e:
-                outs.append((type(e).__name__, str(e)))
-        if outs[0] is not None and outs[0][0] == "BudgetExceeded":
-            outs[0] = None
-        if outs[1] is not None and outs[1][0] == "BudgetExceeded":
-            outs[1] = None
-        same = (ms[0].digest() == ms[1].digest() and np.array_equal(ms[0].counts, ms[1].counts)
-                and outs[0] == outs[1])
-        if not same:
-            _, ops, ins = ms[0].decoded[pcs[0]]
-            return {"step": step, "pc": pcs[0], "text": format_instruction(ins, ops, names),
-                    "reference_fault": outs[0], "fast_fault": outs[1]}
-        if ms[0].halted or outs[0] is not None:
-            break
+    a, b = traces
+    for step in range(max(len(a), len(b))):
+        x = a[step] if step < len(a) else None
+        y = b[step] if step < len(b) else None
+        if x != y:
+            pc = (x or y)[0]  # type: ignore[index]
+            ins, ops = decode(prog.words[pc])
+            return {"step": step, "pc": pc, "text": format_instruction(ins, ops, names),
+                    f"{legs[0]}_fault": x[3] if x else None,
+                    f"{legs[1]}_fault": y[3] if y else None}
     return {"step": None}
 
 
-def mismatch(case: Case, chunks: list[list[str]] | None = None) -> bool:
-    return execute(case, "reference", chunks) != execute(case, "fast", chunks)
+def mismatch(case: Case, chunks: list[list[str]] | None = None,
+             legs: tuple[str, str] = ("reference", "fast"), jit: JitOff | None = None) -> bool:
+    return outcome(case, legs[0], chunks, jit) != outcome(case, legs[1], chunks, jit)
 
 
-def shrink(case: Case) -> list[list[str]]:
-    """Greedily drop chunks (and loop bodies' chunks) while reference and fast still differ."""
+def shrink(case: Case, legs: tuple[str, str] = ("reference", "fast"),
+           jit: JitOff | None = None) -> list[list[str]]:
+    """Greedily drop chunks (and loop bodies' chunks) while the two legs still differ."""
     chunks = list(case.chunks)
     changed = True
     while changed:
@@ -488,7 +579,7 @@ def shrink(case: Case) -> list[list[str]]:
         for i in range(len(chunks) - 1, -1, -1):
             trial = chunks[:i] + chunks[i + 1 :]
             try:
-                bad = mismatch(case, trial)
+                bad = mismatch(case, trial, legs, jit)
             except LpemuError:  # e.g. a label lost with its chunk
                 bad = False
             if bad:
@@ -522,54 +613,50 @@ def parse_regression(text: str) -> Case:
 
 
 # ---------------------------------------------------------------- driver
-def jit_off_outcomes(seeds: list[int]) -> dict[int, dict[str, Any]]:
-    """The fast datapath with NUMBA_DISABLE_JIT=1, in a child process."""
-    env = dict(os.environ, NUMBA_DISABLE_JIT="1")
-    res = subprocess.run([sys.executable, "-m", "programs.difftest", "--worker",
-                          ",".join(map(str, seeds))], env=env, capture_output=True, text=True,
-                         check=False)
-    if res.returncode != 0:
-        raise RuntimeError("JIT-off worker failed:\n" + res.stderr[-3000:])
-    out = {}
-    for line in res.stdout.splitlines():
-        d = json.loads(line)
-        out[d.pop("seed")] = d
-    return out
+def _report(case: Case, legs: tuple[str, str], jit: JitOff | None,
+            out: Path | None) -> dict[str, Any]:
+    """A mismatch between two legs: its first diverging instruction, shrunk to a small case
+    that is written to ``out/<seed>.s`` as a regression test."""
+    div = first_divergence(case, legs=legs, jit=jit)
+    small = shrink(case, legs, jit)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{case.seed}.s").write_text(regression_text(
+            case, small, f"{legs[1]} differs from {legs[0]} at {div}"))
+    return {"seed": case.seed, "legs": list(legs), "first_divergence": div,
+            "shrunk_instructions": sum(len(c) for c in small)}
 
 
 def campaign(count: int, seed0: int = 0, jit_leg: bool = True, out: Path | None = None,
              progress: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Run ``count`` programs (seeds ``seed0 ..``); returns counts and any mismatches."""
-    seeds = list(range(seed0, seed0 + count))
+    """Run ``count`` programs (seeds ``seed0 ..``) on the reference and fast legs, then on the
+    JIT-off leg; returns counts and any mismatches. ``progress`` is called with the number of
+    programs done (counting up to ``2 * count`` with the JIT-off leg)."""
     fast: dict[int, dict[str, Any]] = {}
     mismatches: list[dict[str, Any]] = []
     covered: set[str] = set()
     t0 = time.perf_counter()
-    for i, s in enumerate(seeds):
+    for i, s in enumerate(range(seed0, seed0 + count)):
         case = make_case(s)
         for ln in case.source().splitlines():
             word = ln.strip().split(" ")[0]
             if word and not word.endswith(":"):
                 covered.add(word)
-        ref = execute(case, "reference")
         fast[s] = execute(case, "fast")
-        if ref != fast[s]:
-            div = first_divergence(case)
-            small = shrink(case)
-            rec = {"seed": s, "leg": "fast", "first_divergence": div,
-                   "shrunk_instructions": sum(len(c) for c in small)}
-            if out is not None:
-                out.mkdir(parents=True, exist_ok=True)
-                (out / f"{s}.s").write_text(regression_text(
-                    case, small, f"fast differs from reference at {div}"))
-            mismatches.append(rec)
+        if execute(case, "reference") != fast[s]:
+            mismatches.append(_report(case, ("reference", "fast"), None, out))
         if progress:
             progress(i + 1)
     if jit_leg:
-        for s, res in jit_off_outcomes(seeds).items():
-            if res != fast[s]:
-                mismatches.append({"seed": s, "leg": "jit-off"})
-    return {"programs": count, "mismatches": mismatches, "seconds": time.perf_counter() - t0,
+        with JitOff() as jit:
+            for i, s in enumerate(range(seed0, seed0 + count)):
+                case = make_case(s)
+                if jit.execute(case) != fast[s]:
+                    mismatches.append(_report(case, ("fast", "jit-off"), jit, out))
+                if progress:
+                    progress(count + i + 1)
+    return {"programs": count, "legs": list(LEGS if jit_leg else LEGS[:2]),
+            "mismatches": mismatches, "seconds": time.perf_counter() - t0,
             "covered": sorted(covered)}
 
 
@@ -581,16 +668,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-jit-leg", action="store_true", help="skip the NUMBA_DISABLE_JIT leg")
     ap.add_argument("--out", type=Path, default=Path("tests/regressions"),
                     help="where shrunk mismatches are written")
-    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.worker:
-        for s in (int(v) for v in args.worker.split(",")):
-            print(json.dumps({"seed": s, **execute(make_case(s), "fast")}), flush=True)
+    if args.serve:
+        serve()
         return 0
     from rich.progress import Progress
 
     with Progress() as prog:
-        task = prog.add_task("differential programs", total=args.count)
+        legs = "reference/fast" + ("" if args.no_jit_leg else ", then JIT off")
+        task = prog.add_task(f"differential programs ({legs})",
+                             total=args.count * (1 if args.no_jit_leg else 2))
         res = campaign(args.count, args.seed, not args.no_jit_leg, args.out,
                        lambda i: prog.update(task, completed=i))
     print(json.dumps({k: v for k, v in res.items() if k != "covered"}, indent=1))

@@ -36,7 +36,14 @@ def test_programs_are_reproducible_from_their_seed():
     assert difftest.execute(a, "fast") == difftest.execute(b, "fast")
 
 
-def test_detector_reports_the_first_diverging_instruction_and_shrinks(monkeypatch, tmp_path):
+@pytest.fixture(scope="module")
+def jit():
+    with difftest.JitOff() as worker:
+        yield worker
+
+
+def test_detector_reports_the_first_diverging_instruction_and_shrinks(monkeypatch, tmp_path,
+                                                                     jit):
     real = kernels.alu_into
 
     def planted(op, d, a, b, bits, shift=0):  # a rare off-by-one in the fast path
@@ -64,15 +71,25 @@ def test_detector_reports_the_first_diverging_instruction_and_shrinks(monkeypatc
     (tmp_path / "r.s").write_text(text)
     again = difftest.parse_regression((tmp_path / "r.s").read_text())
     assert difftest.mismatch(again)
+    # the same bug seen from the JIT-off leg (a child process the patch does not reach)
+    legs = ("fast", "jit-off")
+    assert difftest.mismatch(found, legs=legs, jit=jit)
+    div_jit = difftest.first_divergence(found, legs=legs, jit=jit)
+    assert (div_jit["step"], div_jit["pc"], div_jit["text"]) == (div["step"], div["pc"],
+                                                                 div["text"])
+    small_jit = difftest.shrink(found, legs, jit)
+    assert difftest.mismatch(found, small_jit, legs, jit)
+    assert len([ln for ch in small_jit for ln in ch]) <= 12
     monkeypatch.undo()
     assert not difftest.mismatch(again)
+    assert not difftest.mismatch(again, legs=legs, jit=jit)
 
 
 @pytest.mark.parametrize("path", REGRESSIONS, ids=lambda p: p.name)
-def test_regressions_replay_identically(path):
+def test_regressions_replay_identically(path, jit):
     text = path.read_text()
     case = difftest.parse_regression(text)
-    outs = {d: difftest.execute(case, d) for d in ("reference", "fast")}
+    outs = [difftest.outcome(case, leg, jit=jit) for leg in difftest.LEGS]
     if text.splitlines()[0].startswith("; xfail:"):
         pytest.xfail(text.splitlines()[0])
-    assert outs["reference"] == outs["fast"]
+    assert outs[0] == outs[1] == outs[2]
