@@ -283,22 +283,30 @@ def config_from_dict(d: dict, file: str = "") -> Config:
     return Config(**sections)  # type: ignore[arg-type]
 
 
-def load_config(path: str | Path | None = None) -> Config:
-    """Load a YAML config file (``None``: the built-in defaults; an empty file: defaults)."""
-    if path is None:
-        return Config()
+def read_yaml(path: str | Path, what: str) -> Any:
+    """Read a YAML file with ``yaml.safe_load``; an unreadable file, text that is not UTF-8 or
+    invalid YAML raises ConfigError naming the file (and the line and column)."""
     file = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"cannot read config file: {err}", "", file) from None
+    except OSError as err:
+        raise ConfigError(f"cannot read {what}: {err.strerror or err}", "", file) from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{what} is not UTF-8 text (byte {err.start})", "", file) from None
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         problem = getattr(err, "problem", None) or str(err)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
         raise ConfigError(f"invalid YAML: {where}{problem}", "", file) from None
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Load a YAML config file (``None``: the built-in defaults; an empty file: defaults)."""
+    if path is None:
+        return Config()
+    data = read_yaml(path, "config file")
     if data is None:
         return Config()
-    return config_from_dict(data, file)
+    return config_from_dict(data, str(path))

@@ -79,7 +79,9 @@ class ConfigError(LpemuError):
         self.key, self.file = key, file
 
     def location(self) -> str:
-        return f"{self.file}:{self.key}" if self.file else self.key
+        if self.file and self.key:
+            return f"{self.file}:{self.key}"
+        return self.file or self.key
 
 
 class ExecutionError(LpemuError):

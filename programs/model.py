@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from emulator.config import read_yaml
 from emulator.errors import ConfigError
 
 DATASETS = ("digits", "synthetic")
@@ -205,18 +204,7 @@ def load_model(path: str | Path | None = None) -> ModelSpec:
     """Load a model spec (``None``: the default digits MLP)."""
     if path is None:
         return validate(ModelSpec())
-    file = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConfigError(f"cannot read model spec: {e.strerror or e}", "", file) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        raise ConfigError(f"invalid YAML: {where}{getattr(e, 'problem', e)}", "", file) from None
-    return spec_from_dict(data, file)
+    return spec_from_dict(read_yaml(path, "model spec"), str(path))
 
 
 def with_overrides(spec: ModelSpec, **changes: Any) -> ModelSpec:

@@ -335,10 +335,29 @@ def test_missing_file(tmp_path: Path) -> None:
     assert info.value.file == str(p)
 
 
+@pytest.mark.parametrize("loader", ["config", "model"])
+def test_non_utf8_file_names_file_and_byte(tmp_path: Path, loader: str) -> None:
+    from programs.model import load_model
+
+    p = tmp_path / "latin1.yaml"
+    p.write_bytes(b"# caf\xe9\narray: {}\n")
+    with pytest.raises(ConfigError) as info:
+        (load_config if loader == "config" else load_model)(p)
+    err = info.value
+    assert err.file == str(p) and err.key == "" and "byte 5" in err.message
+    assert str(err).startswith(f"{p}: config error: ")  # no empty key after the file
+
+
 def test_only_safe_load_used() -> None:
-    src = Path(config_module.__file__).read_text(encoding="utf-8")
-    assert "yaml.load(" not in src
-    assert "yaml.safe_load(" in src
+    """No unsafe YAML loading anywhere in the package; all YAML goes through one reader."""
+    root = Path(config_module.__file__).resolve().parents[1]
+    sources = [p for pkg in ("isa", "emulator", "programs", "benchmarks")
+               for p in (root / pkg).rglob("*.py")]
+    assert len(sources) > 20
+    for p in sources:
+        src = p.read_text(encoding="utf-8")
+        assert not re.search(r"yaml\.(load|unsafe_load|full_load|load_all)\(", src), p
+    assert "yaml.safe_load(" in Path(config_module.__file__).read_text(encoding="utf-8")
 
 
 # --- property test ---------------------------------------------------------------------------

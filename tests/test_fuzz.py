@@ -175,6 +175,21 @@ def test_yaml_text_into_both_loaders(text):
                 assert e.file == str(p)
 
 
+@settings(max_examples=max(N // 2, 20), derandomize=DERANDOMIZE, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=120))
+def test_yaml_bytes_into_both_loaders(blob):
+    """Raw bytes (not always UTF-8) in a file given to either YAML loader."""
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "x.yaml"
+        p.write_bytes(blob)
+        for loader in (load_config, load_model):
+            try:
+                loader(p)
+            except ConfigError as e:
+                assert e.file == str(p)
+
+
 def test_python_tags_are_never_constructed(tmp_path):
     p = tmp_path / "evil.yaml"
     p.write_text("array: !!python/object/apply:os.system ['echo pwned']\n")
