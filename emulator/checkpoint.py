@@ -116,8 +116,28 @@ def restore_machine(m: Machine, st: dict[str, np.ndarray], file: str) -> None:
     rng = need("rng", (2,), "uint64")
     sc = need("scalars", (6,), "int64")
     infl = st["inflight"]
-    if infl.ndim != 2 or infl.shape[1] != 4:
+    if infl.ndim != 2 or infl.shape[1] != 4 or infl.dtype != np.int64:
         raise CheckpointError("DMA in-flight table is malformed", file)
+    # values a running machine can hold (the SHA-256 only proves the file is as written)
+    flags, pc, halted, steps, cycles, dma_free = (int(v) for v in sc)
+    mem_sizes = (m.dram.size, m.spad.size, m.acc.size)
+    checks = [
+        (r[0] == 0, "r0 is not zero"),
+        (-(1 << 31) <= e.min() and e.max() < 1 << 31, "an exponent is outside 32 bits"),
+        (acc.size == 0 or m.cfg.acc_min <= acc.min() and acc.max() <= m.cfg.acc_max,
+         "an accumulator entry is outside the accumulator width"),
+        (counts.size == 0 or counts.min() >= 0, "a counter is negative"),
+        (0 <= flags < 8, "flags has bits other than 0..2"),
+        (0 <= pc <= len(m.decoded), f"pc {pc} is outside the program"),
+        (halted in (0, 1), "halted is not 0 or 1"),
+        (min(steps, cycles, dma_free) >= 0, "a step, cycle or DMA-engine count is negative"),
+        (all(0 <= k < 3 and 0 <= lo <= hi <= mem_sizes[k] and end >= 0
+             for k, lo, hi, end in infl.tolist()),
+         "a DMA in-flight entry names no memory or an impossible range"),
+    ]
+    for ok, what in checks:
+        if not ok:
+            raise CheckpointError(f"machine state is impossible: {what}", file)
     m.dram[:] = 0
     for i, p in enumerate(pages.tolist()):
         lo = p * PAGE
@@ -129,7 +149,7 @@ def restore_machine(m: Machine, st: dict[str, np.ndarray], file: str) -> None:
     m.r = [int(v) for v in r]
     m.e = [int(v) for v in e]
     m.rng = [int(v) for v in rng]
-    m.flags, m.pc, halted, m.steps, m.cycles, m.dma_free = (int(v) for v in sc)
+    m.flags, m.pc, m.steps, m.cycles, m.dma_free = flags, pc, steps, cycles, dma_free
     m.halted = bool(halted)
     names = ("dram", "scratchpad", "accumulator")
     m.inflight = [(names[int(k)], int(lo), int(hi), int(end)) for k, lo, hi, end in infl]
@@ -141,8 +161,13 @@ def encode(m: Machine, extra: dict[str, Any] | None = None) -> bytes:
     st["program_sha256"] = np.frombuffer(program_digest(m.program.words).encode(), np.uint8)
     st["config_sha256"] = np.frombuffer(config_digest(m.cfg).encode(), np.uint8)
     st["extra"] = np.frombuffer(json.dumps(extra or {}, sort_keys=True).encode(), np.uint8)
+    return pack(st)
+
+
+def pack(arrays: dict[str, np.ndarray]) -> bytes:
+    """Header, SHA-256 and compressed payload around named arrays (the file format only)."""
     buf = io.BytesIO()
-    np.savez(buf, **st)
+    np.savez(buf, **arrays)
     payload = zlib.compress(buf.getvalue(), 1)
     return HEADER.pack(MAGIC, VERSION, 0, len(payload), hashlib.sha256(payload).digest()) \
         + payload

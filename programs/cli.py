@@ -223,6 +223,7 @@ def _cmd_train(args) -> int:
         raise UsageError("needs --checkpoint-every N", "--checkpoint")
     if args.resume:
         from emulator.checkpoint import load
+        from emulator.errors import CheckpointError
 
         _, extra = load(args.resume)
         if extra.get("kind") != "lpemu-train":
@@ -230,6 +231,9 @@ def _cmd_train(args) -> int:
         if args.model or args.config or args.epochs is not None:
             raise UsageError("a resumed run takes its model, config and epochs from the "
                              "checkpoint; do not pass them", f"--resume {args.resume}")
+        if not all(isinstance(extra.get(k), dict) for k in ("model", "config", "host")):
+            raise CheckpointError("the training checkpoint lacks its model, config or driver "
+                                  "state", args.resume)
         spec = spec_from_dict(extra["model"], args.resume)
         cfg = config_from_dict(extra["config"], args.resume)
     else:

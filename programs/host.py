@@ -19,6 +19,7 @@ import numpy as np
 
 from emulator.config import Config
 from emulator.counters import COUNTERS, IDX, energy_breakdown
+from emulator.errors import CheckpointError
 from emulator.machine import Machine
 from isa.asm import assemble
 from programs.compiler import (
@@ -326,13 +327,22 @@ class ChipTrainer:
             "history": [dataclasses.asdict(h) for h in self.history],
         }
 
-    def set_host_state(self, st: dict[str, Any]) -> None:
-        self.epoch = int(st["epoch"])
-        self.loaded = bool(st["loaded"])
-        self.in_epoch = bool(st["in_epoch"])
-        if self.in_epoch:
-            self.epoch_start_counts = np.array(st["epoch_start_counts"], dtype=np.int64)
-        self.history = [EpochStats(**h) for h in st["history"]]
+    def set_host_state(self, st: Any, file: str = "<checkpoint>") -> None:
+        """Restore :meth:`host_state`; a malformed document raises CheckpointError."""
+        try:
+            epoch, loaded, in_epoch = int(st["epoch"]), bool(st["loaded"]), bool(st["in_epoch"])
+            start = (np.array(st["epoch_start_counts"], dtype=np.int64) if in_epoch
+                     else self.epoch_start_counts)
+            history = [EpochStats(**h) for h in st["history"]]
+            if in_epoch and start.shape != self.m.counts.shape:
+                raise ValueError(f"epoch_start_counts has shape {start.shape}")
+            if not 0 <= epoch <= self.spec.epochs:
+                raise ValueError(f"epoch {epoch} outside 0..{self.spec.epochs}")
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
+            raise CheckpointError(f"training driver state is malformed: {e!r}", file) from None
+        self.epoch, self.loaded, self.in_epoch = epoch, loaded, in_epoch
+        self.epoch_start_counts = start
+        self.history = history
 
     # ------------------------------------------------------------------ reports
     def breakdown(self) -> list[dict[str, Any]]:

@@ -55,7 +55,7 @@ def run_training(spec: ModelSpec, cfg: Config, json_out: str | None = None,
         from emulator import checkpoint as ckpt
 
         extra = ckpt.restore(resume, tr.m)
-        tr.set_host_state(extra["host"])
+        tr.set_host_state(extra.get("host"), resume)
         con.print(f"resumed from {resume}: epoch {tr.epoch}"
                   + (f", step {tr.global_step()}" if tr.in_epoch else ""))
     on_ckpt = None

@@ -22,7 +22,7 @@ from emulator import checkpoint as ckpt
 from emulator.config import Config, config_from_dict
 from emulator.machine import Machine
 from isa import assemble
-from isa.errors import CheckpointError
+from isa.errors import CheckpointError, ExecutionError
 from programs.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -189,6 +189,87 @@ def test_fuzz_mutated_checkpoints(data):
     except CheckpointError:
         return
     assert isinstance(extra, dict)
+
+
+# Files with a valid SHA-256 but impossible contents (written by a bug or by hand): the
+# checksum cannot catch these, so restoring must check every value a machine could not hold.
+def _state_and_extra() -> tuple[dict[str, np.ndarray], dict]:
+    st, extra = ckpt.decode(_good_bytes(), "g.ckpt")
+    return st, extra
+
+
+IMPOSSIBLE = {
+    "r0": ("r", 0, 5), "exponent": ("e", 3, 1 << 40), "acc": ("acc", 0, 1 << 40),
+    "counter": ("counts", 0, -1), "flags": ("scalars", 0, 9), "pc": ("scalars", 1, 10_000),
+    "halted": ("scalars", 2, 2), "steps": ("scalars", 3, -1), "dma_free": ("scalars", 5, -4),
+}
+
+
+@pytest.mark.parametrize("what", sorted(IMPOSSIBLE))
+def test_resealed_impossible_values_are_refused(what):
+    st, extra = _state_and_extra()
+    name, idx, value = IMPOSSIBLE[what]
+    arr = st[name].copy()
+    arr.reshape(-1)[idx] = value
+    st[name] = arr
+    st["extra"] = np.frombuffer(json.dumps(extra).encode(), np.uint8)
+    m = fresh()
+    before = m.digest()
+    with pytest.raises(CheckpointError, match="impossible"):
+        ckpt.restore_machine(m, ckpt.decode(ckpt.pack(st), "r.ckpt")[0], "r.ckpt")
+    assert m.digest() == before  # nothing was half-restored
+
+
+@pytest.mark.parametrize("row", [[3, 0, 1, 5], [-1, 0, 1, 5], [0, 5, 4, 5], [1, 0, 1 << 20, 5],
+                                 [0, 0, 1, -1]])
+def test_resealed_impossible_dma_inflight_entries_are_refused(row):
+    st, _ = _state_and_extra()
+    st["inflight"] = np.array([row], dtype=np.int64)
+    with pytest.raises(CheckpointError, match="in-flight"):
+        ckpt.restore_machine(fresh(), st, "r.ckpt")
+
+
+@settings(max_examples=FUZZ, derandomize=DERANDOMIZE, deadline=None, database=None)
+@given(st.data())
+def test_fuzz_resealed_state_arrays(data):
+    """Replace one state array by a random one (any shape, dtype, values) behind a valid
+    SHA-256: restoring either succeeds with a machine that runs, or raises CheckpointError."""
+    st_, extra = _state_and_extra()
+    name = data.draw(st.sampled_from(sorted(k for k in st_ if k not in (
+        "program_sha256", "config_sha256"))))
+    dtype = data.draw(st.sampled_from(["int64", "uint64", "uint8", "int32", "float64"]))
+    shape = data.draw(st.sampled_from([st_[name].shape, (), (0,), (1,), (2, 4), (6,), (32,),
+                                       (16,), (1, 4)]))
+    size = int(np.prod(shape))
+    values = data.draw(st.lists(st.integers(-(2**63), 2**63 - 1), min_size=size,
+                                max_size=size))
+    st_[name] = np.array(values, dtype=np.int64).astype(dtype).reshape(shape)  # ints wrap
+    st_["extra"] = np.frombuffer(json.dumps(extra).encode(), np.uint8)
+    m = fresh()
+    try:
+        restored, _ = ckpt.decode(ckpt.pack(st_), "z.ckpt")
+        ckpt.restore_machine(m, restored, "z.ckpt")
+    except CheckpointError:
+        return
+    try:  # a state that was accepted must be one the machine can run from
+        m.run(max_steps=200)
+    except ExecutionError:
+        pass
+
+
+def test_training_checkpoint_with_broken_driver_state_is_a_checkpoint_error(tmp_path, capsys):
+    path = tmp_path / "t.ckpt"
+    assert main(["train", "--epochs", "1", "--no-float", "-q", "--checkpoint", str(path),
+                 "--checkpoint-every", "50"]) == 0
+    st, extra = ckpt.load(path)
+    for broken in ({"epoch": "x"}, None, {**extra["host"], "epoch_start_counts": [[1, 2]],
+                                          "in_epoch": True}):
+        bad = dict(extra, host=broken)
+        st["extra"] = np.frombuffer(json.dumps(bad).encode(), np.uint8)
+        path.write_bytes(ckpt.pack(st))
+        assert main(["train", "--resume", str(path)]) == CheckpointError.exit_code
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and str(path) in err and "Traceback" not in err
 
 
 def test_resume_cli_errors_are_one_line(tmp_path, capsys):
