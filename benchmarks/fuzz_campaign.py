@@ -30,8 +30,9 @@ def targets() -> dict[str, object]:
 
     out = {name: getattr(test_fuzz, name) for name in dir(test_fuzz)
            if name.startswith("test_") and hasattr(getattr(test_fuzz, name), "hypothesis")}
-    for name in ("test_fuzz_random_bytes", "test_fuzz_mutated_checkpoints"):
-        out[f"checkpoint:{name}"] = getattr(test_checkpoint, name)
+    for name in dir(test_checkpoint):
+        if name.startswith("test_fuzz") and hasattr(getattr(test_checkpoint, name), "hypothesis"):
+            out[f"checkpoint:{name}"] = getattr(test_checkpoint, name)
     return out
 
 

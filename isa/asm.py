@@ -82,8 +82,10 @@ def assemble(text: str, file: str = "<asm>") -> Program:
     def err(msg: str, lineno: int, col: int) -> AsmError:
         return AsmError(msg, file, lineno, col)
 
-    for lineno, raw in enumerate(text.splitlines(), start=1):
-        line = _strip_comment(raw)
+    # lines end at "\n" only (an optional "\r" before it is dropped), as editors and
+    # compilers count them; str.splitlines would also split at \f, \v, \x1c-\x1e, \x85, ...
+    for lineno, raw in enumerate(text.split("\n"), start=1):
+        line = _strip_comment(raw.removesuffix("\r"))
         col0 = len(line) - len(line.lstrip())
         rest = line.strip()
         # labels (possibly several) at the start of the line

@@ -48,6 +48,15 @@ def markdown() -> str:
         "before any state changes; a bad access raises a memory access error naming pc and "
         "address.",
         "",
+        "Assembly: one instruction per line; lines end at `\\n` (a `\\r` before it is "
+        "dropped; no other character breaks a line). `#` or `;` starts a comment. `name:` "
+        "defines a label (several may precede an instruction) and `.equ NAME, value` a "
+        "constant, usable wherever an integer is. Positional operands come in the order shown, "
+        "separated by commas; enum and flag operands are optional `name=value` keywords "
+        "(defaults: the first choice, 0). Integers are decimal, `0x` hex, `0o` octal or `0b` "
+        "binary, with optional `_` separators. Errors name `file:line:col` (1-based; columns "
+        "count characters).",
+        "",
         "| opcode | mnemonic | operands | unit | cost | description |",
         "|---|---|---|---|---|---|",
     ]

@@ -48,6 +48,10 @@ HEADER = 24  # "<4sHHIIII": magic, version, reserved, words, labels, payload byt
         ("rq r1, r2, r3, e1, e2, rnd=sideways\n", 1, 24, "rnd"),
         ("gemm r1, r2, r3, r4, r5, r6, acc=2\n", 1, 30, "must be 0 or 1"),
         (".equ 9x, 3\n", 1, 6, "bad constant name"),
+        # lines end at \n (CRLF too); a form feed, \x1d or U+2028 is not a line break
+        ("nop\r\nnop\r\n  frob\r\n", 3, 3, "unknown mnemonic"),
+        ("; page\x0c two\nnop\x1dx\n", 2, 5, "too many operands"),
+        ("nop \u2028 ; x\n\tbad r1\n", 2, 2, "unknown mnemonic"),
     ],
 )
 def test_asm_errors_have_file_line_col(src, line, col, fragment):

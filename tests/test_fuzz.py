@@ -10,10 +10,12 @@ import string
 import tempfile
 from pathlib import Path
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from benchmarks import atheris_fuzz
 from emulator.config import config_from_dict, load_config
 from isa import assemble, to_bytes
 from isa.encoding import decode, encode, from_bytes
@@ -126,6 +128,7 @@ def test_assembler_arbitrary_unicode(text):
         assemble(text, "u.s")
     except AsmError as e:
         assert e.line >= 1 and e.col >= 1
+        assert e.line <= text.count("\n") + 1  # lines are counted at "\n" only
 
 
 # ------------------------------------------------------------------------------ YAML loaders
@@ -201,3 +204,21 @@ def test_python_tags_are_never_constructed(tmp_path):
         else:
             raise AssertionError("a python tag was accepted")
     assert yaml.safe_load("a: 1") == {"a": 1}
+
+
+# ------------------------------------------------------------------------------ atheris
+# benchmarks/atheris_fuzz.py fuzzes the same readers coverage-guided (an optional extra); the
+# inputs it found crashing are kept under tests/fuzz_regressions/<target>/ and replayed here,
+# without atheris, together with the seed corpora it starts from.
+@pytest.mark.parametrize(("target", "path"), atheris_fuzz.regression_inputs(),
+                         ids=lambda v: v.name if isinstance(v, Path) else v)
+def test_atheris_crashes_stay_fixed(target, path):
+    atheris_fuzz.TARGETS[target](path.read_bytes())
+
+
+@pytest.mark.parametrize("target", sorted(atheris_fuzz.TARGETS))
+def test_atheris_targets_hold_on_their_seeds(target):
+    seeds = atheris_fuzz.seeds(target)
+    assert seeds
+    for s in seeds:
+        atheris_fuzz.TARGETS[target](s)
