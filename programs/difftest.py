@@ -540,6 +540,15 @@ def outcome(case: Case, leg: str, chunks: list[list[str]] | None = None,
     return execute(case, leg, chunks)
 
 
+def trace_on(case: Case, leg: str, chunks: list[list[str]] | None = None,
+             jit: JitOff | None = None) -> list[list[Any]]:
+    """:func:`trace` on one leg (``jit-off`` needs a running :class:`JitOff`)."""
+    if leg == "jit-off":
+        assert jit is not None, "the jit-off leg needs a JitOff worker"
+        return jit.trace(case, chunks)
+    return trace(case, leg, chunks)
+
+
 def first_divergence(case: Case, chunks: list[list[str]] | None = None,
                      legs: tuple[str, str] = ("reference", "fast"),
                      jit: JitOff | None = None) -> dict[str, Any]:
@@ -547,8 +556,7 @@ def first_divergence(case: Case, chunks: list[list[str]] | None = None,
     digest, counters or fault), with its pc and instruction text."""
     from isa.asm import format_instruction
 
-    traces = [jit.trace(case, chunks) if leg == "jit-off" and jit is not None
-              else trace(case, leg, chunks) for leg in legs]
+    traces = [trace_on(case, leg, chunks, jit) for leg in legs]
     prog = assemble(case.source(chunks), "diff.s")
     names = {pc: n for n, pc in prog.labels.items()}
     a, b = traces
