@@ -132,6 +132,17 @@ def mu_shift(spec: ModelSpec) -> int:
     return 12 - math.floor(math.log2(x))
 
 
+MOMENTUM_FRAC_BITS = 15  # the momentum factor is a Q15 multiplier: beta_q = round(beta 2**15)
+
+
+def has_momentum(spec: ModelSpec) -> bool:
+    return spec.update.momentum != 0
+
+
+def momentum_q15(spec: ModelSpec) -> int:
+    return round(spec.update.momentum * 2**MOMENTUM_FRAC_BITS)
+
+
 def lr_multiplier(spec: ModelSpec, layout: Layout, epoch: int) -> int:
     return max(1, round(spec.lr_at(epoch) / spec.batch_size * 2**layout.mu_shift))
 
@@ -166,8 +177,11 @@ def plan(spec: ModelSpec, cfg: Config) -> Layout:
     sp.check("even the activation buffers do not fit: use a smaller batch or a larger "
              "scratchpad")
     wsizes = [n[i] * n[i + 1] for i in range(nl)]
-    # resident: W (1 byte) + LZ (2 bytes) per weight, plus one update buffer U (2 bytes)
-    resident_bytes = sum(-(-3 * w // sp.align) * sp.align for w in wsizes) + 2 * max(wsizes)
+    mom = has_momentum(spec)
+    # bytes per weight on chip: W (1) + LZ (2) [+ velocity VL (2)]; one update buffer U (2)
+    per_weight = 5 if mom else 3
+    resident_bytes = (sum(-(-per_weight * w // sp.align) * sp.align for w in wsizes)
+                      + 2 * max(wsizes))
     streamed = sp.top + resident_bytes + nl * 2 * sp.align > sp.capacity
     # the accumulator holds dW one row tile at a time: as many rows as fit
     a["Z"] = acc.take("Z", max(max(n[1:]) * b, b * c))
@@ -181,9 +195,9 @@ def plan(spec: ModelSpec, cfg: Config) -> Layout:
     acc.check("not even one row of dW fits: use a config with more accumulator entries")
     tile_rows = acc_rows
     if streamed:
-        # one tile of W (1 byte), LZ (2) and U (2) per weight: 5 bytes x rows x n_out
-        room = sp.capacity - sp.top - 3 * sp.align
-        tile_rows = min(tile_rows, room // (5 * max(n[1:])))
+        # one tile of W (1 byte), LZ (2), U (2) [and VL (2)] per weight, x rows x n_out
+        room = sp.capacity - sp.top - (4 if mom else 3) * sp.align
+        tile_rows = min(tile_rows, room // ((per_weight + 2) * max(n[1:])))
         if tile_rows < 1:
             sp.top = sp.capacity + 1
             sp.check("not even one row of the widest weight matrix fits for tiling")
@@ -193,9 +207,13 @@ def plan(spec: ModelSpec, cfg: Config) -> Layout:
         for l in range(1, nl + 1):
             s[f"W{l}"] = sp.take(f"W{l}", wsizes[l - 1])
             s[f"LZ{l}"] = sp.take(f"LZ{l}", 2 * wsizes[l - 1])
+            if mom:
+                s[f"VL{l}"] = sp.take(f"VL{l}", 2 * wsizes[l - 1])
     else:
         s["WT"] = sp.take("WT", tmax)
         s["LZT"] = sp.take("LZT", 2 * tmax)
+        if mom:
+            s["VLT"] = sp.take("VLT", 2 * tmax)
     s["U"] = sp.take("U", 2 * tmax)
     sp.check("weights do not fit even in tiles")
     a["DW"] = acc.take("DW", tmax)
@@ -207,6 +225,9 @@ def plan(spec: ModelSpec, cfg: Config) -> Layout:
         top += -(-n[l - 1] * n[l] // 64) * 64
         d[f"LZ{l}"] = top
         top += -(-2 * n[l - 1] * n[l] // 64) * 64
+        if mom:
+            d[f"VL{l}"] = top
+            top += -(-2 * n[l - 1] * n[l] // 64) * 64
     d["DATA"] = -(-top // 4096) * 4096
     sizes = {"sp_used": sp.top, "acc_used": acc.top}
     return Layout(spec, s, a, d, sizes, gbytes, mu_shift(spec), weight_exponents(spec),
@@ -287,17 +308,26 @@ def _clamp_exp_min(asm: Asm, ereg: int, lo: int, tag: str) -> None:
     asm.label(f"{tag}.ok")
 
 
-def _tile_in(asm: Asm, lay: Layout, l: int, k0: int, k1: int, with_lz: bool) -> tuple[int, int]:
-    """Scratchpad addresses of rows k0:k1 of W_l (and LZ_l); DMA them in when streamed."""
+def _update_state(lay: Layout) -> list[str]:
+    """The per-weight INT16 update state next to W: LZ (lazy residual or shadow copy) and, with
+    momentum, the velocity VL."""
+    return ["LZ", "VL"] if has_momentum(lay.spec) else ["LZ"]
+
+
+def _tile_in(asm: Asm, lay: Layout, l: int, k0: int, k1: int,
+             with_state: bool) -> dict[str, int]:
+    """Scratchpad addresses of rows k0:k1 of W_l (and its update state, ``LZ`` [``VL``]);
+    DMA them in when streamed."""
     n_out = lay.spec.layers[l]
+    names = ["W"] + (_update_state(lay) if with_state else [])
     if not lay.streamed:
-        return lay.sp[f"W{l}"] + k0 * n_out, lay.sp[f"LZ{l}"] + 2 * k0 * n_out
+        return {x: lay.sp[f"{x}{l}"] + (1 if x == "W" else 2) * k0 * n_out for x in names}
     nb = (k1 - k0) * n_out
-    asm.op("dmald", lay.sp["WT"], lay.dram[f"W{l}"] + k0 * n_out, 1, nb, nb, nb)
-    if with_lz:
-        asm.op("dmald", lay.sp["LZT"], lay.dram[f"LZ{l}"] + 2 * k0 * n_out, 1, 2 * nb, 2 * nb,
-               2 * nb)
-    return lay.sp["WT"], lay.sp["LZT"]
+    for x in names:
+        size = nb if x == "W" else 2 * nb
+        base = lay.dram[f"{x}{l}"] + (1 if x == "W" else 2) * k0 * n_out
+        asm.op("dmald", lay.sp[f"{x}T"], base, 1, size, size, size)
+    return {x: lay.sp[f"{x}T"] for x in names}
 
 
 def _tile_out(asm: Asm, lay: Layout, l: int, k0: int, k1: int) -> None:
@@ -305,9 +335,10 @@ def _tile_out(asm: Asm, lay: Layout, l: int, k0: int, k1: int) -> None:
         return
     n_out = lay.spec.layers[l]
     nb = (k1 - k0) * n_out
-    asm.op("dmast", lay.dram[f"W{l}"] + k0 * n_out, lay.sp["WT"], 1, nb, nb, nb)
-    asm.op("dmast", lay.dram[f"LZ{l}"] + 2 * k0 * n_out, lay.sp["LZT"], 1, 2 * nb, 2 * nb,
-           2 * nb)
+    for x in ["W"] + _update_state(lay):
+        size = nb if x == "W" else 2 * nb
+        base = lay.dram[f"{x}{l}"] + (1 if x == "W" else 2) * k0 * n_out
+        asm.op("dmast", base, lay.sp[f"{x}T"], 1, size, size, size)
 
 
 def _forward(asm: Asm, lay: Layout, prefix: str) -> None:
@@ -320,7 +351,7 @@ def _forward(asm: Asm, lay: Layout, prefix: str) -> None:
         a_in = sp[f"A{l - 1}"]
         chunks = lay.tiles[l] if lay.streamed else [(0, n[l - 1])]
         for k0, k1 in chunks:  # K-chunks (rows of W), accumulated
-            w, _ = _tile_in(asm, lay, l, k0, k1, with_lz=False)
+            w = _tile_in(asm, lay, l, k0, k1, with_state=False)["W"]
             kw = {"ta": 1, "acc": 1} if k0 else {"ta": 1}
             if l < nl:
                 # z^T [n_l, B] += W[k0:k1]^T @ a^T[k0:k1]
@@ -347,9 +378,10 @@ def _efit(ed: int, asm: Asm, acc_addr: int, count: int, ein: int, dt: str) -> st
 
 def _rq(asm: Asm, dst: int, src: int, count: int, eout: int, ein: int, rnd: str, dt: str,
         relu: int = 0, mnemonic: str = "rq", mul: int | None = None) -> None:
-    r1 = asm.const(dst, set())
-    r2 = asm.const(src, {r1})
-    r3 = asm.const(count, {r1, r2})
+    keep = set() if mul is None else {mul}  # the multiplier's register stays loaded
+    r1 = asm.const(dst, keep)
+    r2 = asm.const(src, keep | {r1})
+    r3 = asm.const(count, keep | {r1, r2})
     extra = f", r{mul}" if mul is not None else ""
     kw = f", rnd={rnd}, dt={dt}" + (", relu=1" if relu else "")
     asm.raw(f"{mnemonic} r{r1}, r{r2}, r{r3}{extra}, e{eout}, e{ein}{kw}")
@@ -405,19 +437,36 @@ def _quantize_dz(asm: Asm, lay: Layout, l: int, src_acc: int | None, src_sp: int
         _vcvt(asm, dst, src_sp, count, E_DZ, ein, rnd, sdt, "i8")
 
 
-def _update(asm: Asm, lay: Layout, l: int, w: int, lz: int, nw: int, tag: str) -> None:
-    """SGD step for nw weights at w (INT16 copies at lz) from dW in the accumulator (exponent
-    e[E_T0]) scaled by lr/B = mu * 2**-t."""
+def _update(asm: Asm, lay: Layout, l: int, at: dict[str, int], nw: int, tag: str) -> None:
+    """SGD step for nw weights at ``at["W"]`` (INT16 state at ``at["LZ"]``, velocity at
+    ``at["VL"]``) from dW in the accumulator (exponent e[E_T0]) scaled by lr/B = mu * 2**-t."""
     spec = lay.spec
     sp = lay.sp
     mode = spec.update.mode
-    asm.label(f"train.upd.l{l}{tag}", f"{mode} update of W{l}{tag}")
+    w = at["W"]
+    asm.label(f"train.upd.l{l}{tag}", f"{mode} update of W{l}{tag}"
+              + (f", momentum {spec.update.momentum}" if has_momentum(spec) else ""))
     asm.raw(f"eaddi e{E_T1}, e{E_T0}, {-lay.mu_shift}")  # exponent of dW * mu
     if mode in ("lazy", "shadow"):
+        lz = at["LZ"]
         asm.raw(f"eaddi e{E_LZ}, e{E_W(l)}, {-spec.update.acc_shift}")  # the fine grid
+        # U = round(lr g) on the fine grid
         _rq(asm, sp["U"], lay.acc["DW"], nw, E_LZ, E_T1, "nearest", "i16", mnemonic="rqm",
             mul=R_MU)
-        asm.op("vsub", lz, lz, sp["U"], nw, dt="i16")
+        step = sp["U"]
+        if has_momentum(spec):
+            # VL = round_dither(beta VL) + U on the fine grid. dW in the accumulator is dead:
+            # VL passes through it for the Q15 multiply. Dithered rounding lets small
+            # velocities decay to zero (round-to-nearest would hold +-1 forever).
+            vl = at["VL"]
+            asm.op("vtoacc", lay.acc["DW"], vl, nw, dt="i16")
+            asm.raw(f"eaddi e{E_T1}, e{E_LZ}, {MOMENTUM_FRAC_BITS}")
+            beta = asm.const(momentum_q15(spec), set())
+            _rq(asm, vl, lay.acc["DW"], nw, E_T1, E_LZ, "uniform", "i16", mnemonic="rqm",
+                mul=beta)
+            asm.op("vadd", vl, vl, sp["U"], nw, dt="i16")
+            step = vl
+        asm.op("vsub", lz, lz, step, nw, dt="i16")
         if mode == "lazy":
             r = [asm.const(v, set()) for v in (w, lz, nw)]
             asm.raw(f"vlazy r{r[0]}, r{r[1]}, r{r[2]}, e{E_W(l)}, e{E_LZ}")
@@ -450,7 +499,8 @@ def _backward(asm: Asm, lay: Layout) -> None:
             tag = f".t{t}" if len(tiles) > 1 else ""
             if t:
                 asm.label(f"train.bwd.l{l}{tag}", f"rows {k0}:{k1} of W{l}")
-            w, lz = _tile_in(asm, lay, l, k0, k1, with_lz=True)
+            at = _tile_in(asm, lay, l, k0, k1, with_state=True)
+            w = at["W"]
             a_rows = sp[f"A{l - 1}"] + k0 * b
             rows = k1 - k0
             if l == nl:
@@ -466,7 +516,7 @@ def _backward(asm: Asm, lay: Layout) -> None:
                     # da^T [rows, B] = W [rows, n_l] @ dz^T [n_l, B]
                     asm.op("gemm", acc["DA"] + k0 * b, w, sp[f"DZ{l}"], rows, n[l], b, sb=1)
             asm.raw(f"eadd e{E_T0}, e{E_ACT(l - 1)}, e{E_DZ}")  # exponent of dW
-            _update(asm, lay, l, w, lz, rows * n[l], tag)
+            _update(asm, lay, l, at, rows * n[l], tag)
             _tile_out(asm, lay, l, k0, k1)
 
 
@@ -476,7 +526,8 @@ def _weights_dma(asm: Asm, lay: Layout, store: bool) -> None:
     spec = lay.spec
     n = spec.layers
     for l in range(1, spec.n_weight_layers + 1):
-        for name, size in ((f"W{l}", n[l - 1] * n[l]), (f"LZ{l}", 2 * n[l - 1] * n[l])):
+        for x in ["W"] + _update_state(lay):
+            name, size = f"{x}{l}", (1 if x == "W" else 2) * n[l - 1] * n[l]
             if store:
                 asm.op("dmast", lay.dram[name], lay.sp[name], 1, size, size, size)
             else:

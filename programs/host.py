@@ -128,6 +128,8 @@ class ChipTrainer:
             else:
                 lz = np.zeros(w.shape, np.int16)
             self.m.load_dram(lay.dram[f"LZ{l}"], lz.astype("<i2"))
+            if f"VL{l}" in lay.dram:  # momentum: the velocity starts at zero
+                self.m.load_dram(lay.dram[f"VL{l}"], np.zeros(w.shape, "<i2"))
 
     def _plan_dram(self) -> None:
         lay, spec, d = self.layout, self.spec, self.data
@@ -300,13 +302,16 @@ class ChipTrainer:
         return out
 
     def weights_digest(self) -> str:
-        """SHA-256 of every weight matrix (INT8, row-major) and lazy-update residual."""
+        """SHA-256 of every weight matrix (INT8, row-major) and its INT16 update state (lazy
+        residual or shadow copy, and the momentum velocity)."""
         h = hashlib.sha256()
         for w in self.weights():
             h.update(w.tobytes())
         for l in range(1, self.spec.n_weight_layers + 1):
             n_in, n_out = self.spec.layers[l - 1], self.spec.layers[l]
-            h.update(self.m.read_dram(self.layout.dram[f"LZ{l}"], 2 * n_in * n_out))
+            for x in ("LZ", "VL"):
+                if f"{x}{l}" in self.layout.dram:
+                    h.update(self.m.read_dram(self.layout.dram[f"{x}{l}"], 2 * n_in * n_out))
         return h.hexdigest()
 
     def float_init(self) -> list[np.ndarray]:

@@ -179,8 +179,11 @@ def validate(spec: ModelSpec, file: str = "") -> ModelSpec:
     _need(_is_num(u.lr) and 0 < u.lr <= 16, "must be a number in (0, 16]", "update.lr", file)
     _need(_is_int(u.acc_shift) and 1 <= u.acc_shift <= 8, "must be an integer in [1, 8]",
           "update.acc_shift", file)
-    _need(_is_num(u.momentum) and u.momentum == 0, "momentum is not supported yet (use 0)",
+    _need(_is_num(u.momentum) and 0 <= u.momentum < 1, "must be a number in [0, 1)",
           "update.momentum", file)
+    _need(u.momentum == 0 or u.mode in ("lazy", "shadow"),
+          "momentum needs the INT16 fine grid of update.mode lazy or shadow", "update.momentum",
+          file)
     s = u.schedule
     _need(s.kind in SCHEDULES, f"must be one of {SCHEDULES}", "update.schedule.kind", file)
     _need(_is_int(s.every) and s.every >= 1, "must be an integer >= 1", "update.schedule.every",

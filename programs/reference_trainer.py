@@ -38,8 +38,11 @@ def accuracy(weights: list[np.ndarray], x: np.ndarray, y: np.ndarray) -> float:
     return float((s.argmax(axis=1) == y).mean())
 
 
-def train_step(weights: list[np.ndarray], x: np.ndarray, y: np.ndarray, lr: float) -> float:
-    """One SGD step on the mean cross-entropy; updates ``weights`` in place; returns the loss."""
+def train_step(weights: list[np.ndarray], x: np.ndarray, y: np.ndarray, lr: float,
+               momentum: float = 0.0, velocity: list[np.ndarray] | None = None) -> float:
+    """One SGD step on the mean cross-entropy; updates ``weights`` in place; returns the loss.
+    With ``momentum`` beta (heavy ball, as the chip does it): ``v = beta v + lr g``,
+    ``w -= v``, with ``velocity`` updated in place."""
     acts, s = forward(weights, x)
     p = softmax(s)
     b = x.shape[0]
@@ -51,7 +54,13 @@ def train_step(weights: list[np.ndarray], x: np.ndarray, y: np.ndarray, lr: floa
         dw = acts[i].T @ dz
         if i > 0:
             dz = (dz @ weights[i].T) * (acts[i] > 0)
-        weights[i] -= np.float32(lr) * dw
+        step = np.float32(lr) * dw
+        if momentum:
+            assert velocity is not None
+            velocity[i] *= np.float32(momentum)
+            velocity[i] += step
+            step = velocity[i]
+        weights[i] -= step
     return loss
 
 
@@ -62,12 +71,15 @@ def train_float(spec: ModelSpec, data: Dataset, init: list[np.ndarray],
     xtr = data.x_train.astype(np.float32) * scale
     xte = data.x_test.astype(np.float32) * scale
     b = spec.batch_size
+    beta = spec.update.momentum
+    velocity = [np.zeros_like(w) for w in weights]
     res = FloatResult(0.0)
     for epoch in range(spec.epochs if epochs is None else epochs):
         order = epoch_order(len(xtr), b, spec.seed, epoch)
         lr = spec.lr_at(epoch)
         losses = [
-            train_step(weights, xtr[order[i : i + b]], data.y_train[order[i : i + b]], lr)
+            train_step(weights, xtr[order[i : i + b]], data.y_train[order[i : i + b]], lr,
+                       beta, velocity)
             for i in range(0, len(order), b)
         ]
         res.history.append({"epoch": epoch, "loss": float(np.mean(losses)),

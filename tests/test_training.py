@@ -237,3 +237,90 @@ def test_layers_larger_than_the_scratchpad_are_tiled_with_identical_values(digit
         assert runs[0][2][key] == runs[1][2][key]
     assert runs[1][2]["dram_rd_bytes"] > runs[0][2]["dram_rd_bytes"]
     assert runs[1][2]["cycles"] > runs[0][2]["cycles"]
+
+
+# ------------------------------------------------------------------------------ momentum
+def test_momentum_update_is_the_documented_integer_algorithm(digits_data):
+    """Stop the firmware at the last layer's update in the third step and compute that update
+    independently in int64 from the documented semantics: U = round(dW mu 2^-s) on the fine
+    grid, VL = sat16(floor((VL beta_q + u) / 2^15) + U) with u the low 15 bits of one dither
+    draw per element, LZ -= VL, then the lazy move into the INT8 weights."""
+    from emulator.rng import draw_ref
+    from programs.compiler import E_T0, E_W, R_MU, momentum_q15
+
+    spec = with_overrides(ModelSpec(), **{"epochs": 1, "update.momentum": 0.875,
+                                          "update.lr": 0.05})
+    tr = ChipTrainer(spec, Config(), tiny(digits_data, 4 * spec.batch_size))
+    lay, m, l = tr.layout, tr.m, spec.n_weight_layers
+    nw = spec.layers[l - 1] * spec.layers[l]
+    tr._begin_epoch()
+    m.run(break_pc=tr.program.labels[f"train.upd.l{l}"], break_after=3)
+
+    def sp16(name: str) -> np.ndarray:
+        return m.sp_elems(lay.sp[name], nw, 2).astype(np.int64)
+
+    dw = m.acc[lay.acc["DW"] : lay.acc["DW"] + nw].copy()
+    w0 = m.sp_elems(lay.sp[f"W{l}"], nw, 1).astype(np.int64)
+    lz0, vl0 = sp16(f"LZ{l}"), sp16(f"VL{l}")
+    assert np.count_nonzero(vl0) > nw // 4  # the velocity carries earlier steps
+    e_w, e_dw, mu = m.e[E_W(l)], m.e[E_T0], m.r[R_MU]
+    seed, counter = m.rng
+    m.run(break_pc=tr.program.labels[f"train.bwd.l{l - 1}"])
+
+    k = spec.update.acc_shift
+    s = (e_w - k) - (e_dw - lay.mu_shift)  # shift from dW * mu to the fine grid
+    assert s > 0
+    u_step = np.clip((dw * mu + (1 << (s - 1))) >> s, -32768, 32767)
+    beta = momentum_q15(spec)
+    assert beta == 28672  # 0.875 * 2**15
+    u = np.array([draw_ref(seed, counter + i) & 0x7FFF for i in range(nw)], dtype=np.int64)
+    vl = np.clip(np.clip((vl0 * beta + u) >> 15, -32768, 32767) + u_step, -32768, 32767)
+    lz = np.clip(lz0 - vl, -32768, 32767)
+    d = (lz + (1 << (k - 1))) >> k
+    w = np.clip(w0 + d, -128, 127)
+    lz = lz - ((w - w0) << k)
+    np.testing.assert_array_equal(sp16(f"VL{l}"), vl)
+    np.testing.assert_array_equal(sp16(f"LZ{l}"), lz)
+    np.testing.assert_array_equal(m.sp_elems(lay.sp[f"W{l}"], nw, 1), w)
+    assert m.rng == [seed, counter + nw] and np.any(w != w0)
+
+
+def test_momentum_tracks_the_float32_heavy_ball_reference(digits_data):
+    """lr 0.01, momentum 0.9 (lazy and shadow): the chip stays within 1.5 points of float32
+    SGD with the same heavy-ball momentum, and the momentum changes the trained weights."""
+    for mode in ("lazy", "shadow"):
+        spec = with_overrides(ModelSpec(), **{"update.lr": 0.01, "update.momentum": 0.9,
+                                              "update.mode": mode, "epochs": 10})
+        chip = chip_run(spec, Config(), digits_data)
+        ref = train_float(spec, digits_data, chip["trainer"].float_init()).test_accuracy
+        assert abs(chip["test_accuracy"] - ref) <= 0.015, (mode, chip["test_accuracy"], ref)
+        plain = chip_run(with_overrides(spec, **{"update.momentum": 0.0}), Config(),
+                         digits_data)["trainer"]
+        assert plain.weights_digest() != chip["trainer"].weights_digest()
+
+
+def test_momentum_with_streamed_weights_is_bit_identical(digits_data):
+    import dataclasses
+
+    spec = with_overrides(ModelSpec(), **{"epochs": 1, "update.momentum": 0.9})
+    base = Config()
+    small = dataclasses.replace(
+        base, memory=dataclasses.replace(base.memory, scratchpad_bytes=14000))
+    digests = []
+    for cfg in (base, small):
+        tr = ChipTrainer(spec, cfg, tiny(digits_data, 60))
+        tr.train_epoch()
+        digests.append((tr.layout.streamed, tr.weights_digest(), tr.m.summary().totals["macs"]))
+    assert digests[1][0] and not digests[0][0]
+    assert digests[0][1:] == digests[1][1:]
+
+
+@pytest.mark.parametrize(("d", "fragment"), [
+    ({"update": {"momentum": 0.9, "mode": "plain"}}, "lazy or shadow"),
+    ({"update": {"momentum": 1.0}}, "[0, 1)"),
+    ({"update": {"momentum": -0.1}}, "[0, 1)"),
+])
+def test_momentum_spec_errors(d, fragment):
+    with pytest.raises(ConfigError) as info:
+        spec_from_dict(d, "m.yaml")
+    assert info.value.key == "update.momentum" and fragment in info.value.message
