@@ -15,6 +15,7 @@ on every test run (atheris is not needed for that).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import re
 import shutil
@@ -65,6 +66,22 @@ def target_binary(data: bytes) -> None:
         assert to_bytes(prog) == data
 
 
+def target_binary_sealed(data: bytes) -> None:
+    """A program binary whose header is made consistent first (magic, version, payload length
+    and CRC32 recomputed; word and label counts kept), so mutations reach the instruction
+    decoder and the label table instead of stopping at the CRC."""
+    import zlib
+
+    from isa.encoding import HEADER, MAGIC, VERSION
+
+    if len(data) >= HEADER.size:
+        _, _, _, n_words, n_labels, _, _ = HEADER.unpack_from(data)
+        body = data[HEADER.size :]
+        data = HEADER.pack(MAGIC, VERSION, 0, n_words, n_labels, len(body),
+                           zlib.crc32(body)) + body
+    target_binary(data)
+
+
 def _yaml_target(loader_name: str) -> Callable[[bytes], None]:
     def target(data: bytes) -> None:
         from emulator.config import load_config
@@ -97,6 +114,19 @@ def target_checkpoint(data: bytes) -> None:
         assert e.offset is None or 0 <= e.offset <= len(data), e
 
 
+def target_checkpoint_sealed(data: bytes) -> None:
+    """The uncompressed archive inside a checkpoint, compressed and sealed behind a valid
+    header and SHA-256 by the harness, so mutations reach the archive reader and the state
+    checks instead of stopping at the checksum."""
+    import zlib
+
+    from emulator import checkpoint as ckpt
+
+    payload = zlib.compress(data, 1)
+    target_checkpoint(ckpt.HEADER.pack(ckpt.MAGIC, ckpt.VERSION, 0, len(payload),
+                                       hashlib.sha256(payload).digest()) + payload)
+
+
 _MACHINE: list = []
 
 
@@ -116,9 +146,11 @@ def _machine():
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "asm": target_asm,
     "binary": target_binary,
+    "binary-sealed": target_binary_sealed,
     "config": _yaml_target("config"),
     "model": _yaml_target("model"),
     "checkpoint": target_checkpoint,
+    "checkpoint-sealed": target_checkpoint_sealed,
 }
 
 
@@ -144,7 +176,7 @@ def seeds(target: str) -> list[bytes]:
     if target == "asm":
         return [SEED_ASM.encode()] + [p.read_bytes() for p in sorted(
             (ROOT / "programs" / "asm").glob("*.s"))]
-    if target == "binary":
+    if target in ("binary", "binary-sealed"):
         from isa import assemble, to_bytes
 
         return [to_bytes(assemble(SEED_ASM, "seed.s"))]
@@ -152,12 +184,17 @@ def seeds(target: str) -> list[bytes]:
         return [(ROOT / "configs" / "default.yaml").read_bytes(), b"array: {rows: 8}\n"]
     if target == "model":
         return [(ROOT / "configs" / "digits_mlp.yaml").read_bytes(), b"layers: [64, 10]\n"]
-    if target == "checkpoint":
+    if target in ("checkpoint", "checkpoint-sealed"):
+        import zlib
+
         from emulator import checkpoint as ckpt
 
         m = _machine()
         m.run(break_pc=m.program.labels["loop"], break_after=2)  # mid-run, state non-trivial
-        return [ckpt.encode(m, {"kind": "seed"})]
+        good = ckpt.encode(m, {"kind": "seed"})
+        if target == "checkpoint":
+            return [good]
+        return [zlib.decompress(good[ckpt.HEADER.size :])]
     raise KeyError(target)
 
 

@@ -31,7 +31,6 @@ import json
 import os
 import struct
 import tempfile
-import zipfile
 import zlib
 from pathlib import Path
 from typing import Any
@@ -197,10 +196,15 @@ def decode(data: bytes, file: str = "<checkpoint>") -> tuple[dict[str, np.ndarra
         raw = zlib.decompress(payload)
         with np.load(io.BytesIO(raw), allow_pickle=False) as z:
             st = {k: z[k] for k in z.files}
-    except (zlib.error, ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError) as e:
-        raise CheckpointError(f"payload does not unpack: {e}", file, HEADER.size) from None
+    except Exception as e:  # noqa: BLE001 - zlib/zipfile/numpy on damaged bytes raise many types
+        raise CheckpointError(f"payload does not unpack: {type(e).__name__}: {e}", file,
+                              HEADER.size) from None
     required = {"dram_size", "dram_pages", "dram_page_data", "spad", "acc", "counts", "r", "e",
                 "rng", "scalars", "inflight", "program_sha256", "config_sha256", "extra"}
+    not_arrays = sorted(k for k, v in st.items() if not isinstance(v, np.ndarray))
+    if not_arrays:  # an archive member that is not a .npy array comes back as raw bytes
+        raise CheckpointError(f"payload members {not_arrays} are not arrays", file,
+                              HEADER.size)
     missing = required - st.keys()
     if missing:
         raise CheckpointError(f"payload lacks {sorted(missing)}", file, HEADER.size)

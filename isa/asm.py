@@ -24,9 +24,10 @@ from dataclasses import dataclass
 
 from isa.encoding import Program, decode, encode, field_value_to_bits
 from isa.errors import AsmError
-from isa.spec import BY_MNEMONIC, N_EXP_REGS, N_SCALAR_REGS, Field, Instr
+from isa.spec import BY_MNEMONIC, N_EXP_REGS, N_SCALAR_REGS, NAME_PATTERN, Field, Instr
 
-_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*\Z")
+_IDENT = re.compile(NAME_PATTERN + r"\Z")
+_LABEL = re.compile(f"({NAME_PATTERN})\\s*:")
 _TOKEN = re.compile(r"\s*([^,]+?)\s*(?:,|$)")
 
 
@@ -90,7 +91,7 @@ def assemble(text: str, file: str = "<asm>") -> Program:
         rest = line.strip()
         # labels (possibly several) at the start of the line
         while True:
-            m = re.match(r"([A-Za-z_][A-Za-z0-9_.]*)\s*:", rest)
+            m = _LABEL.match(rest)
             if not m:
                 break
             name = m.group(1)

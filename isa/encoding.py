@@ -11,7 +11,8 @@ Program file layout (little-endian)::
     16      4     payload_bytes: length of everything after this 24-byte header
     20      4     crc32 of the payload
     24      8*n   instruction words
-    ...           n_labels x (u32 pc, u16 name length, utf-8 name)
+    ...           n_labels x (u32 pc, u16 name length, utf-8 name), sorted by (pc, name);
+                  names are unique assembly label names (not mnemonics), pc <= n_words
 
 Every field is checked on load; a failure raises :class:`BinaryFormatError` with the byte
 offset of the first bad byte.
@@ -19,17 +20,19 @@ offset of the first bad byte.
 
 from __future__ import annotations
 
+import re
 import struct
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from isa.errors import BinaryFormatError
-from isa.spec import BY_OPCODE, OPCODE_BITS, OPCODE_LO, Field, Instr
+from isa.spec import BY_MNEMONIC, BY_OPCODE, NAME_PATTERN, OPCODE_BITS, OPCODE_LO, Field, Instr
 
 MAGIC = b"LPEM"
 VERSION = 1
 HEADER = struct.Struct("<4sHHIIII")
+_LABEL_NAME = re.compile(NAME_PATTERN)
 
 
 @dataclass
@@ -159,6 +162,7 @@ def from_bytes(data: bytes, file: str = "<bytes>") -> Program:
             raise BinaryFormatError(f"instruction {i}: {e}", file, off) from None
         words.append(w)
     labels: dict[str, int] = {}
+    prev = (0, "")
     off = HEADER.size + 8 * n_words
     for _ in range(n_labels):
         if off + 6 > len(data):
@@ -170,8 +174,15 @@ def from_bytes(data: bytes, file: str = "<bytes>") -> Program:
             name = data[off + 6 : off + 6 + n].decode("utf-8")
         except UnicodeDecodeError:
             raise BinaryFormatError("label name is not utf-8", file, off + 6) from None
+        if not _LABEL_NAME.fullmatch(name) or name in BY_MNEMONIC:
+            raise BinaryFormatError(f"{name!r} is not a valid label name", file, off + 6)
         if pc > n_words:
             raise BinaryFormatError(f"label {name!r} points past the program ({pc})", file, off)
+        if name in labels:
+            raise BinaryFormatError(f"label {name!r} appears twice", file, off)
+        if labels and (pc, name) < prev:
+            raise BinaryFormatError("label table is not sorted by pc, then name", file, off)
+        prev = (pc, name)
         labels[name] = pc
         off += 6 + n
     if off != len(data):

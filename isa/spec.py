@@ -33,6 +33,9 @@ KIND_WIDTH = {"reg": 5, "ereg": 4}
 POSITIONAL_KINDS = ("reg", "ereg", "simm", "uimm", "target")
 KEYWORD_KINDS = ("enum", "flag")
 
+# names of labels and .equ constants in assembly (and of labels in program files)
+NAME_PATTERN = r"[A-Za-z_][A-Za-z0-9_.]*"
+
 DTYPES = ("i8", "i16")
 ROUND_MODES = ("nearest", "trunc", "uniform", "triangular")
 RNG_FIELDS = ("seed", "counter")

@@ -131,6 +131,29 @@ def test_label_table_errors_and_trailing_bytes():
     with pytest.raises(BinaryFormatError) as info:
         from_bytes(_recrc(bad), "p.bin")
     assert info.value.offset == labels_at
+    # names must be assembly label names (not mnemonics), unique, sorted by (pc, name)
+    second = labels_at + 6 + len("start")
+    for where, patch, fragment, offset in [
+        (labels_at + 6, b"st rt", "not a valid label name", labels_at + 6),
+        (second + 6, b"halt", "not a valid label name", second + 6),
+        (second + 6, b"\xff\xfeop", "not utf-8", second + 6),
+    ]:
+        bad = bytearray(data)
+        bad[where : where + len(patch)] = patch
+        with pytest.raises(BinaryFormatError) as info:
+            from_bytes(_recrc(bad), "p.bin")
+        assert (info.value.offset, fragment in info.value.message) == (offset, True), info.value
+    ab = to_bytes(assemble("a:\n nop\nb:\n halt\n", "ab.s"))
+    at_a, at_b = HEADER + 16, HEADER + 16 + 6 + 1  # label entries: (u32 pc, u16 len, name)
+    twice = bytearray(ab)
+    twice[at_b + 6] = ord("a")  # (0, "a"), (1, "a")
+    unsorted = bytearray(ab)
+    unsorted[at_a + 6] = ord("c")
+    struct.pack_into("<I", unsorted, at_b, 0)  # (0, "c"), (0, "b")
+    for bad, fragment in [(twice, "appears twice"), (unsorted, "not sorted")]:
+        with pytest.raises(BinaryFormatError) as info:
+            from_bytes(_recrc(bad), "ab.bin")
+        assert info.value.offset == at_b and fragment in info.value.message, info.value
     # trailing garbage (payload length and CRC updated so only the structure is wrong)
     bad = bytearray(data + b"\x00\x00")
     struct.pack_into("<I", bad, 16, len(bad) - HEADER)

@@ -133,15 +133,18 @@ def test_assembler_arbitrary_unicode(text):
 
 
 # ------------------------------------------------------------------------------ YAML loaders
+# leaves include the empty containers, so the recursive containers below are never empty
 SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70),
-                    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=8))
+                    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=8),
+                    st.just([]), st.just({}))
 KEYS = st.one_of(st.sampled_from(["array", "rows", "cols", "accumulator", "bits", "overflow",
                                   "memory", "dma", "alu", "budget", "energy", "mult_int8",
                                   "layers", "bits", "qbp", "update", "lr", "epochs", "skip",
                                   "dataflow", "overlap", "step_log2", "dither", "mode"]),
                  st.text(max_size=5), st.integers(-3, 3))
 DOCS = st.recursive(SCALARS, lambda inner: st.one_of(
-    st.lists(inner, max_size=4), st.dictionaries(KEYS, inner, max_size=4)), max_leaves=12)
+    st.lists(inner, min_size=1, max_size=4), st.dictionaries(KEYS, inner, min_size=1,
+                                                             max_size=4)), max_leaves=12)
 
 
 @SETTINGS
