@@ -265,8 +265,15 @@ def _cmd_experiment(args) -> int:
     from rich.table import Table
 
     con = Console()
-    with con.status(f"running experiment {args.name} ..."):
-        rows = run_experiment(args.name, cfg, out, quick=args.quick)
+    with con.status(f"running experiment {args.name} ...") as status:
+        runs = 0
+
+        def note(what: str) -> None:
+            nonlocal runs
+            runs += 1
+            status.update(f"running experiment {args.name}: {what} (part {runs})")
+
+        rows = run_experiment(args.name, cfg, out, quick=args.quick, note=note)
     t = Table(title=args.name)
     for c in rows[0]:
         t.add_column(c, justify="right")

@@ -43,13 +43,21 @@ def float_run(spec: ModelSpec, data: Dataset, tr: ChipTrainer) -> float:
 
 
 # ------------------------------------------------------------------------------ experiments
-def lazy_update(cfg: Config, quick: bool) -> list[Row]:
+Note = Callable[[str], None]
+
+
+def _silent(_: str) -> None:
+    pass
+
+
+def lazy_update(cfg: Config, quick: bool, note: Note = _silent) -> list[Row]:
     """Float32 reference vs INT8 plain vs INT8 lazy on digits, over learning rates (001 sec. 2)."""
     base = ModelSpec()
     data = digits(base.seed)
     rows = []
     for lr in (0.01, 0.02) if quick else (0.01, 0.02, 0.05, 0.1):
         spec = with_overrides(base, **{"update.lr": lr})
+        note(f"lr {lr}: INT8 lazy, INT8 plain, float32")
         lazy = chip_run(spec, cfg, data)
         plain = chip_run(with_overrides(spec, **{"update.mode": "plain"}), cfg, data)
         ref = float_run(spec, data, lazy["trainer"])
@@ -60,10 +68,11 @@ def lazy_update(cfg: Config, quick: bool) -> list[Row]:
     return rows
 
 
-def qbp_sweep(cfg: Config, quick: bool) -> list[Row]:
+def qbp_sweep(cfg: Config, quick: bool, note: Note = _silent) -> list[Row]:
     """Accuracy vs gradient sparsity over QBP steps and dither modes (004 Fig. 6.3, Table 6.1)."""
     base = ModelSpec()
     data = digits(base.seed)
+    note("no QBP")
     no_qbp = chip_run(with_overrides(base, **{"qbp.step_log2": None}), cfg, data)
     rows = [{"step_log2": "none (dynamic)", "dither": "-", "test_accuracy":
              no_qbp["test_accuracy"], "mean_sparsity": no_qbp["mean_sparsity"],
@@ -72,6 +81,7 @@ def qbp_sweep(cfg: Config, quick: bool) -> list[Row]:
     dithers = ("uniform", "none") if quick else ("uniform", "triangular", "none")
     for step in steps:
         for dither in dithers:
+            note(f"step 2^{step}, {dither} dither")
             r = chip_run(with_overrides(base, **{"qbp.step_log2": step, "qbp.dither": dither}),
                          cfg, data)
             rows.append({"step_log2": step, "dither": dither,
@@ -86,13 +96,14 @@ def classifier_spec(classes: int, bits: int, epochs: int) -> ModelSpec:
         "bits.classifier": bits, "epochs": epochs, "update.lr": 0.05, "qbp.step_log2": None})
 
 
-def classifier_width(cfg: Config, quick: bool) -> list[Row]:
+def classifier_width(cfg: Config, quick: bool, note: Note = _silent) -> list[Row]:
     """Round-off of dL/ds vs classifier width and class count on a synthetic task (001 sec. 3)."""
     rows = []
     for classes in (10, 100) if quick else (10, 30, 100):
         data = synthetic(classes=classes, features=64, seed=0)
         for bits in (8, 16) if quick else (6, 8, 10, 12, 16):
             spec = classifier_spec(classes, bits, epochs=5 if quick else 10)
+            note(f"{classes} classes, INT{bits} classifier")
             r = chip_run(spec, cfg, data)
             rows.append({
                 "classes": classes, "classifier_bits": bits,
@@ -107,12 +118,13 @@ def classifier_width(cfg: Config, quick: bool) -> list[Row]:
     return rows
 
 
-def perceptron(cfg: Config, quick: bool) -> list[Row]:
+def perceptron(cfg: Config, quick: bool, note: Note = _silent) -> list[Row]:
     """The Perceptron program vs an exact integer Perceptron on integer data (000 Theorem 2)."""
     from programs.perceptron import exact_perceptron, run_perceptron
 
     rows = []
     for seed in range(2 if quick else 5):
+        note(f"seed {seed}")
         rng = np.random.default_rng(seed)
         d, n = 16, 200
         w_true = rng.integers(-8, 9, d)
@@ -130,13 +142,14 @@ def perceptron(cfg: Config, quick: bool) -> list[Row]:
     return rows
 
 
-def update_modes(cfg: Config, quick: bool) -> list[Row]:
+def update_modes(cfg: Config, quick: bool, note: Note = _silent) -> list[Row]:
     """Stochastic rounding vs shadow copy vs lazy vs plain at a small learning rate (002)."""
     base = with_overrides(ModelSpec(), **{"update.lr": 0.01})
     data = digits(base.seed)
     rows = []
     ref = None
     for mode in ("lazy", "shadow", "stochastic", "plain"):
+        note(f"{mode} update")
         r = chip_run(with_overrides(base, **{"update.mode": mode}), cfg, data)
         if ref is None:
             ref = float_run(base, data, r["trainer"])
@@ -145,7 +158,7 @@ def update_modes(cfg: Config, quick: bool) -> list[Row]:
     return rows
 
 
-EXPERIMENTS: dict[str, Callable[[Config, bool], list[Row]]] = {
+EXPERIMENTS: dict[str, Callable[[Config, bool, Note], list[Row]]] = {
     "lazy-update": lazy_update,
     "qbp-sweep": qbp_sweep,
     "classifier-width": classifier_width,
@@ -230,8 +243,10 @@ def plot(name: str, rows: list[Row], path: Path) -> Path | None:
     return path
 
 
-def run_experiment(name: str, cfg: Config, out: Path, quick: bool = False) -> list[Row]:
-    rows = EXPERIMENTS[name](cfg, quick)
+def run_experiment(name: str, cfg: Config, out: Path, quick: bool = False,
+                   note: Note = _silent) -> list[Row]:
+    """Run one experiment; ``note`` is told what each run is before it starts."""
+    rows = EXPERIMENTS[name](cfg, quick, note)
     write_outputs(name, rows, out)
     return rows
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from emulator.config import Config
 from programs.perceptron import exact_perceptron, run_perceptron
 
 
@@ -35,3 +36,23 @@ def test_perceptron_saturates_when_the_lattice_is_too_small():
     exact = exact_perceptron(x, y, epochs=3)
     assert run.machine.summary().totals["saturations"] > 0
     assert run.trajectory.tolist() != exact
+
+
+def test_experiment_cli_writes_tables_and_reports_progress(tmp_path, capsys):
+    from programs.cli import main
+    from programs.experiments import run_experiment
+
+    notes: list[str] = []
+    rows = run_experiment("perceptron", Config(), tmp_path / "api", quick=True,
+                          note=notes.append)
+    assert notes == ["seed 0", "seed 1"] and len(rows) == 2
+    assert all(r["equal_after_every_update"] for r in rows)
+    assert main(["experiment", "perceptron", "--quick", "--out", str(tmp_path / "cli")]) == 0
+    md = (tmp_path / "cli" / "perceptron.md").read_text()
+    csv_lines = (tmp_path / "cli" / "perceptron.csv").read_text().splitlines()
+    assert md.startswith("# perceptron") and "| seed |" in md
+    assert len(csv_lines) == 3 and csv_lines[0].startswith("seed,")
+    capsys.readouterr()
+    assert main(["experiment", "no-such-thing"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "lazy-update" in err
