@@ -300,6 +300,8 @@ def read_yaml(path: str | Path, what: str) -> Any:
         problem = getattr(err, "problem", None) or str(err)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
         raise ConfigError(f"invalid YAML: {where}{problem}", "", file) from None
+    except RecursionError:  # PyYAML parses nested collections recursively
+        raise ConfigError("invalid YAML: collections nested too deeply", "", file) from None
 
 
 def load_config(path: str | Path | None = None) -> Config:

@@ -336,6 +336,16 @@ def test_missing_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("loader", ["config", "model"])
+def test_deeply_nested_yaml_is_a_config_error(tmp_path: Path, loader: str) -> None:
+    from programs.model import load_model
+
+    p = write(tmp_path, "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ConfigError) as info:
+        (load_config if loader == "config" else load_model)(p)
+    assert info.value.file == str(p) and "nested too deeply" in info.value.message
+
+
+@pytest.mark.parametrize("loader", ["config", "model"])
 def test_non_utf8_file_names_file_and_byte(tmp_path: Path, loader: str) -> None:
     from programs.model import load_model
 
