@@ -210,8 +210,9 @@ def decode(data: bytes, file: str = "<checkpoint>") -> tuple[dict[str, np.ndarra
         raise CheckpointError(f"payload lacks {sorted(missing)}", file, HEADER.size)
     try:
         extra = json.loads(st.pop("extra").tobytes().decode())
-    except (UnicodeDecodeError, ValueError) as e:
-        raise CheckpointError(f"extra document is not JSON: {e}", file, HEADER.size) from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise CheckpointError(f"extra document is not JSON: {type(e).__name__}: {e}", file,
+                              HEADER.size) from None
     if not isinstance(extra, dict):
         raise CheckpointError("extra document is not a JSON object", file, HEADER.size)
     return st, extra

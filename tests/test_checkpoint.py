@@ -220,6 +220,15 @@ def test_resealed_impossible_values_are_refused(what):
     assert m.digest() == before  # nothing was half-restored
 
 
+@pytest.mark.parametrize("extra", [b"[" * 100_000 + b"]" * 100_000, b"\xff{}", b"[1, 2]"])
+def test_resealed_bad_extra_document_is_refused(extra):
+    st, _ = _state_and_extra()
+    st["extra"] = np.frombuffer(extra, np.uint8)
+    with pytest.raises(CheckpointError, match="extra document") as info:
+        ckpt.decode(ckpt.pack(st), "x.ckpt")
+    assert info.value.offset == ckpt.HEADER.size
+
+
 @pytest.mark.parametrize("row", [[3, 0, 1, 5], [-1, 0, 1, 5], [0, 5, 4, 5], [1, 0, 1 << 20, 5],
                                  [0, 0, 1, -1]])
 def test_resealed_impossible_dma_inflight_entries_are_refused(row):
