@@ -144,7 +144,14 @@ def _prepare(args):
     m = Machine(cfg, prog, datapath=args.datapath)
     for spec in args.load or []:
         file, addr = parse_load(spec)
-        arr = np.load(file, allow_pickle=False)
+        try:
+            arr = np.load(file, allow_pickle=False)
+        except (ValueError, EOFError) as e:  # not .npy, truncated, or an object array
+            raise UsageError(f"not a readable .npy array: {e}", f"--load {spec}") from None
+        if not isinstance(arr, np.ndarray):
+            arr.close()
+            raise UsageError("an .npz archive; give one array saved with numpy.save",
+                             f"--load {spec}")
         data = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
         try:
             m.load_dram(addr, data)
@@ -400,9 +407,6 @@ def main(argv: list[str] | None = None) -> int:
         where = e.filename if e.filename is not None else ""
         print(f"lpemu: {where}: file error: {e.strerror or e}", file=sys.stderr)
         return EXIT_IO
-    except ValueError as e:  # e.g. a malformed .npy given to --load
-        print(f"lpemu: usage error: {e}", file=sys.stderr)
-        return UsageError.exit_code
     except KeyboardInterrupt:
         print("lpemu: interrupted", file=sys.stderr)
         return 130

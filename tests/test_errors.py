@@ -276,6 +276,19 @@ def test_cli_maps_each_error_to_one_line_and_its_exit_code(tmp_path, capsys):
     assert rc == UsageError.exit_code
     assert err == "lpemu: --load nofile-without-address: usage error: expected FILE.npy@ADDR\n"
 
+    for name, content in [("text.npy", b"not an array"), ("empty.npy", b""),
+                          ("objects.npy", None), ("two.npz", None)]:
+        path = tmp_path / name
+        if name == "objects.npy":
+            np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+        elif name == "two.npz":
+            np.savez(path, a=np.zeros(2), b=np.ones(2))
+        else:
+            path.write_bytes(content)
+        rc, err = _cli(capsys, "run", str(good), "--load", f"{path}@0")
+        assert rc == UsageError.exit_code and err.count("\n") == 1, (name, err)
+        assert err.startswith(f"lpemu: --load {path}@0: usage error: "), err
+
     rc, err = _cli(capsys, "run", str(good), "--dump", "0x10:zz:int8:x.npy")
     assert rc == UsageError.exit_code and err.count("\n") == 1
     assert err.startswith("lpemu: --dump 0x10:zz:int8:x.npy: usage error: LEN 'zz'")
