@@ -3,8 +3,8 @@ random seeds (the CI runs them with fixed seeds and a bounded example count).
 
     python benchmarks/fuzz_campaign.py [--minutes 10] [--targets NAME,...] [--json OUT]
 
-Prints, per target, the examples run, the seconds spent and the failures found (each failure
-is hypothesis' shrunk, reproducible counterexample).
+Prints each failure as it is found (hypothesis' shrunk, reproducible counterexample), then per
+target the examples run, the seconds spent and the number of failures.
 """
 
 from __future__ import annotations
@@ -42,8 +42,10 @@ def run_target(fn: object, seconds: float) -> dict[str, object]:
     while time.perf_counter() - t0 < seconds:
         try:
             fn()  # type: ignore[operator]
-        except Exception as e:  # a counterexample: report it, keep going
-            failures.append(f"{type(e).__name__}: {e}"[:2000])
+        except Exception as e:  # a counterexample: report it at once, keep going
+            notes = "\n".join(getattr(e, "__notes__", []))  # hypothesis' falsifying example
+            failures.append(f"{type(e).__name__}: {e}\n{notes}"[:2000])
+            print(f"  failure {len(failures)}: {failures[-1]}", flush=True)
         examples += BATCH
     return {"examples": examples, "seconds": time.perf_counter() - t0, "failures": failures}
 

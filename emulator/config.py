@@ -302,6 +302,39 @@ def read_yaml(path: str | Path, what: str) -> Any:
         raise ConfigError(f"invalid YAML: {where}{problem}", "", file) from None
     except RecursionError:  # PyYAML parses nested collections recursively
         raise ConfigError("invalid YAML: collections nested too deeply", "", file) from None
+    except (ValueError, KeyError, IndexError, AttributeError) as err:
+        # a scalar resolved to a type whose constructor then rejects it (0b_, 2001-02-30,
+        # !!bool maybe, ...): PyYAML raises these bare, without a position
+        raise ConfigError(f"invalid YAML: {_unconstructible(text)}({type(err).__name__}: "
+                          f"{err})", "", file) from None
+
+
+def _unconstructible(text: str) -> str:
+    """``"line L, column C: cannot construct 'value' "`` for the first scalar ``yaml.safe_load``
+    cannot construct (composing the node tree constructs nothing)."""
+    what = "cannot construct a value "
+    try:
+        stack = [yaml.compose(text, Loader=yaml.SafeLoader)]
+    except (yaml.YAMLError, RecursionError):
+        return what
+    constructor = yaml.constructor.SafeConstructor()
+    seen: set[int] = set()  # anchors and aliases can make the node graph cyclic
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.ScalarNode):
+            try:
+                constructor.construct_object(node, deep=True)
+            except Exception:  # noqa: BLE001 - the failure being located
+                m = node.start_mark
+                return f"line {m.line + 1}, column {m.column + 1}: cannot construct {node.value!r} "
+        elif isinstance(node, yaml.MappingNode):
+            stack.extend(x for kv in reversed(node.value) for x in reversed(kv))
+        else:
+            stack.extend(reversed(node.value))
+    return what
 
 
 def load_config(path: str | Path | None = None) -> Config:

@@ -345,6 +345,33 @@ def test_deeply_nested_yaml_is_a_config_error(tmp_path: Path, loader: str) -> No
     assert info.value.file == str(p) and "nested too deeply" in info.value.message
 
 
+# scalars YAML resolves to int/float/bool/timestamp whose constructors then fail; PyYAML raises
+# these as bare ValueError/KeyError/IndexError/AttributeError (found by the hypothesis fuzz)
+UNCONSTRUCTIBLE = [
+    ("0b_\n", 1, 1, "'0b_'"),
+    ("array:\n  rows: 0x_\n", 2, 9, "'0x_'"),
+    ("seed: 2001-02-30\n", 1, 7, "'2001-02-30'"),
+    ("a: !!timestamp 2001-1-1T99:00:00\n", 1, 4, "'2001-1-1T99:00:00'"),
+    ("- 1\n- !!bool maybe\n", 2, 3, "'maybe'"),
+    ("x: [1, !!int '-']\n", 1, 8, "'-'"),
+    ("&a [*a, !!timestamp x]\n", 1, 9, "'x'"),
+]
+
+
+@pytest.mark.parametrize("loader", ["config", "model"])
+@pytest.mark.parametrize(("text", "line", "col", "value"), UNCONSTRUCTIBLE)
+def test_unconstructible_scalar_is_a_config_error_with_its_position(
+        tmp_path: Path, loader: str, text: str, line: int, col: int, value: str) -> None:
+    from programs.model import load_model
+
+    p = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        (load_config if loader == "config" else load_model)(p)
+    err = info.value
+    assert err.file == str(p) and err.key == ""
+    assert f"line {line}, column {col}: cannot construct {value}" in err.message, err.message
+
+
 @pytest.mark.parametrize("loader", ["config", "model"])
 def test_non_utf8_file_names_file_and_byte(tmp_path: Path, loader: str) -> None:
     from programs.model import load_model
