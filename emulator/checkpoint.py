@@ -104,8 +104,9 @@ def restore_machine(m: Machine, st: dict[str, np.ndarray], file: str) -> None:
     pages = st["dram_pages"]
     data = st["dram_page_data"]
     npages = -(-m.dram.size // PAGE)
-    if pages.ndim != 1 or data.shape != (pages.size, PAGE) or data.dtype != np.uint8 or (
-            pages.size and (pages.min() < 0 or pages.max() >= npages)):
+    if (pages.ndim != 1 or pages.dtype != np.int64 or data.shape != (pages.size, PAGE)
+            or data.dtype != np.uint8 or np.unique(pages).size != pages.size
+            or (pages.size and (pages.min() < 0 or pages.max() >= npages))):
         raise CheckpointError("DRAM page table is malformed", file)
     spad = need("spad", m.spad.shape, "uint8")
     acc = need("acc", m.acc.shape, "int64")

@@ -238,6 +238,30 @@ def test_resealed_impossible_dma_inflight_entries_are_refused(row):
         ckpt.restore_machine(fresh(), st, "r.ckpt")
 
 
+# the test machine has 64 KiB of DRAM: pages 0..15 of 4 KiB; its state stores page 0
+BAD_PAGE_TABLES = {
+    "float pages": (np.array([0.0]), np.zeros((1, 4096), np.uint8)),  # found by the fuzz
+    "uint64 pages": (np.array([0], np.uint64), np.zeros((1, 4096), np.uint8)),
+    "page repeated": (np.array([3, 3], np.int64), np.zeros((2, 4096), np.uint8)),
+    "page past DRAM": (np.array([16], np.int64), np.zeros((1, 4096), np.uint8)),
+    "negative page": (np.array([-1], np.int64), np.zeros((1, 4096), np.uint8)),
+    "data not bytes": (np.array([0], np.int64), np.zeros((1, 4096), np.int16)),
+    "data short": (np.array([0], np.int64), np.zeros((1, 4095), np.uint8)),
+    "data rows differ": (np.array([0, 1], np.int64), np.zeros((1, 4096), np.uint8)),
+}
+
+
+@pytest.mark.parametrize("what", sorted(BAD_PAGE_TABLES))
+def test_resealed_malformed_dram_page_table_is_refused(what):
+    st, _ = _state_and_extra()
+    st["dram_pages"], st["dram_page_data"] = BAD_PAGE_TABLES[what]
+    m = fresh()
+    before = m.digest()
+    with pytest.raises(CheckpointError, match="page table"):
+        ckpt.restore_machine(m, st, "r.ckpt")
+    assert m.digest() == before
+
+
 @settings(max_examples=FUZZ, derandomize=DERANDOMIZE, deadline=None, database=None)
 @given(st.data())
 def test_fuzz_resealed_state_arrays(data):
