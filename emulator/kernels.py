@@ -13,6 +13,8 @@ the passes are only counted.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit
 
@@ -47,7 +49,7 @@ class _Workspace:
         self._bufs: dict[str, np.ndarray] = {}
 
     def get(self, name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
-        size = int(np.prod(shape))
+        size = math.prod(shape)
         buf = self._bufs.get(name)
         if buf is None or buf.dtype != dtype or buf.size < size:
             buf = np.empty(max(size, 1), dtype=dtype)
@@ -162,25 +164,29 @@ def _requant(src, out, mul, shift, mode, lo, hi, relu, seed, counter):  # pragma
             out[i] = y
         return nsat
     half = np.int64(1) << (shift - 1)
+    if mode <= 1:  # nearest (ties up) or truncate (floor): a loop of its own, which vectorizes
+        add = half if mode == 0 else np.int64(0)
+        for i in range(n):
+            y = (src[i] * mul + add) >> shift
+            if relu:
+                y = max(y, np.int64(0))
+            c = min(max(y, lo), hi)
+            nsat += c != y
+            out[i] = c
+        return nsat
     mask = (np.uint64(1) << np.uint64(shift)) - np.uint64(1)
     ush = np.uint64(shift)
     one = np.int64(1)
-    for i in range(n):
-        a = src[i] * mul
-        if mode == 0:  # nearest, ties up
-            y = (a + half) >> shift
-        elif mode == 1:  # truncate (floor)
-            y = a >> shift
+    for i in range(n):  # uniform (mode 2) or triangular (mode 3) dither
+        z = mix(seed, counter + np.uint64(i))
+        u = np.int64(z & mask)
+        if mode == 2:
+            d = u - half
         else:
-            z = mix(seed, counter + np.uint64(i))
-            u = np.int64(z & mask)
-            if mode == 2:
-                d = u - half
-            else:
-                v = np.int64((z >> ush) & mask)
-                bit = np.int64((z >> (ush + ush)) & np.uint64(1))
-                d = u + v - (one << shift) + bit
-            y = (a + d + half) >> shift
+            v = np.int64((z >> ush) & mask)
+            bit = np.int64((z >> (ush + ush)) & np.uint64(1))
+            d = u + v - (one << shift) + bit
+        y = (src[i] * mul + d + half) >> shift
         if relu and y < 0:
             y = 0
         if y > hi:

@@ -75,6 +75,7 @@ class Machine:
         self._dma_span: tuple[int, int] | None = None
         self.acc_wrap = cfg.accumulator.overflow == "wrap"
         self.acc_bits = cfg.accumulator.bits
+        self._costs: dict[tuple, dict[int, int]] = {}  # see cost()
         # decode once: (handler, operands, static cost) per pc
         self.decoded = []
         for w in program.words:
@@ -174,7 +175,16 @@ class Machine:
         return until
 
     def cost(self, hook: str, *args) -> dict[int, int]:
-        return HOOKS[hook](self.cfg, *args)
+        """The closed-form cost of ``hook`` (emulator/timing.py) for these arguments: a fresh
+        dict the caller may change. Costs are pure functions of the config and the arguments,
+        so each is computed once per machine (a loop repeats the same few)."""
+        key = (hook, *args)
+        c = self._costs.get(key)
+        if c is None:
+            if len(self._costs) >= 4096:  # programs with ever-new sizes: stay bounded
+                self._costs.clear()
+            c = self._costs[key] = HOOKS[hook](self.cfg, *args)
+        return dict(c)
 
     def set_reg(self, rd: int, value: int) -> None:
         if rd:

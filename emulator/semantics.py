@@ -266,8 +266,12 @@ def _dma(m: Machine, o: dict[str, int], to_dram: bool) -> None:
     if rows > 1 and 0 < dst_stride < nbytes or (rows > 1 and dst_stride == 0 and nbytes):
         raise ExecutionError("destination rows overlap (stride < row bytes)", m.pc)
     if rows and nbytes:
-        d = _strided(m.dram, dram_a, rows, nbytes, dstride)
-        s = _strided(m.spad, sp_a, rows, nbytes, sstride)
+        if rows == 1 or dstride == sstride == nbytes:  # one contiguous block: plain slices
+            d = m.dram[dram_a : dram_a + rows * nbytes]
+            s = m.spad[sp_a : sp_a + rows * nbytes]
+        else:
+            d = _strided(m.dram, dram_a, rows, nbytes, dstride)
+            s = _strided(m.spad, sp_a, rows, nbytes, sstride)
         if to_dram:
             d[...] = s
         else:
