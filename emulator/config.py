@@ -298,7 +298,7 @@ def read_yaml(path: str | Path, what: str) -> Any:
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         problem = getattr(err, "problem", None) or str(err)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        where = _position(mark) if mark is not None else ""
         raise ConfigError(f"invalid YAML: {where}{problem}", "", file) from None
     except RecursionError:  # PyYAML parses nested collections recursively
         raise ConfigError("invalid YAML: collections nested too deeply", "", file) from None
@@ -307,6 +307,10 @@ def read_yaml(path: str | Path, what: str) -> Any:
         # !!bool maybe, ...): PyYAML raises these bare, without a position
         raise ConfigError(f"invalid YAML: {_unconstructible(text)}({type(err).__name__}: "
                           f"{err})", "", file) from None
+
+
+def _position(mark: yaml.Mark) -> str:
+    return f"line {mark.line + 1}, column {mark.column + 1}: "
 
 
 def _unconstructible(text: str) -> str:
@@ -328,8 +332,7 @@ def _unconstructible(text: str) -> str:
             try:
                 constructor.construct_object(node, deep=True)
             except Exception:  # noqa: BLE001 - the failure being located
-                m = node.start_mark
-                return f"line {m.line + 1}, column {m.column + 1}: cannot construct {node.value!r} "
+                return f"{_position(node.start_mark)}cannot construct {node.value!r} "
         elif isinstance(node, yaml.MappingNode):
             stack.extend(x for kv in reversed(node.value) for x in reversed(kv))
         else:

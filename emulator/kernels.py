@@ -101,20 +101,15 @@ def _fit_into(c, p, accumulate, lo, hi, wrap):  # pragma: no cover - compiled
     novf = 0
     span = hi - lo + 1
     rows, cols = c.shape
-    if not wrap:  # saturate: branch-free loops, which vectorize
+    if not wrap:  # saturate: a branch-free clamp, which vectorizes
         for i in range(rows):
-            if accumulate:
-                for j in range(cols):
-                    v = np.int64(p[i, j]) + c[i, j]
-                    r = min(max(v, lo), hi)
-                    novf += r != v
-                    c[i, j] = r
-            else:
-                for j in range(cols):
-                    v = np.int64(p[i, j])
-                    r = min(max(v, lo), hi)
-                    novf += r != v
-                    c[i, j] = r
+            for j in range(cols):
+                v = np.int64(p[i, j])
+                if accumulate:
+                    v += c[i, j]
+                r = min(max(v, lo), hi)
+                novf += r != v
+                c[i, j] = r
         return novf
     for i in range(rows):
         for j in range(cols):
