@@ -80,7 +80,7 @@ def machine_state(m: Machine) -> dict[str, np.ndarray]:
         "dram_pages": nz.astype(np.int64),
         "dram_page_data": np.ascontiguousarray(page_data, dtype=np.uint8),
         "spad": m.spad,
-        "acc": m.acc,
+        "acc": m.acc.astype(np.int64),  # the file format keeps int64 words
         "counts": m.counts,
         "r": np.array(m.r, dtype=np.int64),
         "e": np.array(m.e, dtype=np.int64),

@@ -153,7 +153,9 @@ def fit_acc(values: np.ndarray, bits: int, wrap: bool) -> tuple[np.ndarray, int]
 def _requant(src, out, mul, shift, mode, lo, hi, relu, seed, counter):  # pragma: no cover
     """Requantizer over int64 ``src * mul``; returns the saturation count.
 
-    Left shifts (shift <= 0) saturate before shifting so nothing overflows int64.
+    Nothing overflows int64 (so no errstate is needed with the JIT off): sources are
+    accumulator (<= 32-bit) or scratchpad values and ``|mul| < 2**31``; left shifts
+    (shift <= 0) saturate before shifting.
     """
     nsat = 0
     n = src.shape[0]
@@ -220,11 +222,8 @@ def requant(
     src = np.ascontiguousarray(acc, dtype=np.int64).ravel()
     out = np.empty_like(src)
     lo, hi = type_range(out_bits)
-    with np.errstate(over="ignore"):
-        nsat = _requant(
-            src, out, np.int64(mul), np.int64(shift), np.int64(mode), np.int64(lo),
-            np.int64(hi), bool(relu), np.uint64(seed), np.uint64(counter),
-        )
+    nsat = _requant(src, out, np.int64(mul), np.int64(shift), np.int64(mode), np.int64(lo),
+                    np.int64(hi), bool(relu), np.uint64(seed), np.uint64(counter))
     return out, int(nsat)
 
 
@@ -405,14 +404,11 @@ def lazy_update_into(theta: np.ndarray, acc: np.ndarray, s: int) -> None:
 
 def requant_into(dst: np.ndarray, src: np.ndarray, shift: int, mode: int, out_bits: int,
                  relu: bool, seed: int, counter: int, mul: int = 1) -> int:
-    if src.ndim != 1 or dst.ndim != 1 or not src.flags.c_contiguous or src.dtype != np.int64 \
-            or np.may_share_memory(dst, src):
+    if src.ndim != 1 or dst.ndim != 1 or not src.flags.c_contiguous \
+            or src.dtype not in (np.int64, np.int32) or np.may_share_memory(dst, src):
         vals, nsat = requant(src, shift, mode, out_bits, relu, seed, counter, mul)
         dst[...] = vals
         return nsat
     lo, hi = type_range(out_bits)
-    with np.errstate(over="ignore"):
-        return int(_requant(
-            src, dst, np.int64(mul), np.int64(shift), np.int64(mode), np.int64(lo),
-            np.int64(hi), bool(relu), np.uint64(seed), np.uint64(counter),
-        ))
+    return int(_requant(src, dst, np.int64(mul), np.int64(shift), np.int64(mode), np.int64(lo),
+                        np.int64(hi), bool(relu), np.uint64(seed), np.uint64(counter)))

@@ -3,7 +3,8 @@
 State
 -----
 ``dram`` (uint8, byte-addressed), ``spad`` scratchpad (uint8; INT8/INT16 little-endian
-elements), ``acc`` accumulator memory (int64 entries holding ``accumulator.bits``-wide values),
+elements), ``acc`` accumulator memory (int32 entries holding ``accumulator.bits``-wide values,
+bits <= 32; every write is fitted to the width first),
 ``r`` 32 scalar registers (64-bit, r0 = 0), ``e`` 16 exponent registers (32-bit signed),
 ``rng`` = [seed, counter] (64-bit each), ``flags`` (sticky bits), ``pc``.
 
@@ -56,7 +57,7 @@ class Machine:
         self.dp = DATAPATHS[datapath]
         self.dram = np.zeros(cfg.memory.dram_bytes, dtype=np.uint8)
         self.spad = np.zeros(cfg.memory.scratchpad_bytes, dtype=np.uint8)
-        self.acc = np.zeros(cfg.accumulator.entries, dtype=np.int64)
+        self.acc = np.zeros(cfg.accumulator.entries, dtype=np.int32)
         self.r = [0] * 32
         self.e = [0] * 16
         self.rng = [0, 0]
@@ -133,8 +134,10 @@ class Machine:
         mv = self._cmv
         base = self.pc * N_COUNTERS
         for k, v in cost.items():
-            mv[base + k] += v
-        self.cycles += cost.get(CYCLES, 0)
+            if v:
+                mv[base + k] += v
+                if k == CYCLES:
+                    self.cycles += v
 
     def charge_dma(self, cost: dict[int, int], ranges: list[tuple[str, int, int]]) -> None:
         """Charge a DMA transfer. Without ``dma.overlap`` the core waits for it; with it, the
@@ -174,17 +177,31 @@ class Machine:
             self.counts[pc, DMA_STALL_CYCLES] += stall
         return until
 
-    def cost(self, hook: str, *args) -> dict[int, int]:
-        """The closed-form cost of ``hook`` (emulator/timing.py) for these arguments: a fresh
-        dict the caller may change. Costs are pure functions of the config and the arguments,
-        so each is computed once per machine (a loop repeats the same few)."""
-        key = (hook, *args)
+    def _cached_cost(self, key: tuple) -> tuple[dict[int, int], tuple[tuple[int, int], ...]]:
+        """(cost dict, its nonzero items) of ``key`` = (hook, *args). Costs are pure functions
+        of the config and the arguments, so each is computed once per machine (a loop repeats
+        the same few)."""
         c = self._costs.get(key)
         if c is None:
             if len(self._costs) >= 4096:  # programs with ever-new sizes: stay bounded
                 self._costs.clear()
-            c = self._costs[key] = HOOKS[hook](self.cfg, *args)
-        return dict(c)
+            d = HOOKS[key[0]](self.cfg, *key[1:])
+            c = self._costs[key] = (d, tuple((k, v) for k, v in d.items() if v))
+        return c
+
+    def cost(self, hook: str, *args) -> dict[int, int]:
+        """The closed-form cost of ``hook`` (emulator/timing.py) for these arguments: a fresh
+        dict the caller may change."""
+        return dict(self._cached_cost((hook, *args))[0])
+
+    def charge_cost(self, hook: str, *args) -> None:
+        """``charge(cost(hook, *args))`` without building a dict."""
+        mv = self._cmv
+        base = self.pc * N_COUNTERS
+        for k, v in self._cached_cost((hook, *args))[1]:
+            mv[base + k] += v
+            if k == CYCLES:
+                self.cycles += v
 
     def set_reg(self, rd: int, value: int) -> None:
         if rd:
@@ -263,7 +280,7 @@ class Machine:
     def digest(self) -> str:
         """SHA-256 over every piece of architectural state (not counters)."""
         h = hashlib.sha256()
-        for arr in (self.dram, self.spad, self.acc):
+        for arr in (self.dram, self.spad, self.acc.astype(np.int64)):  # acc as int64 words
             h.update(np.ascontiguousarray(arr).tobytes())
         h.update(np.array(self.r + self.e, dtype=np.int64).tobytes())
         h.update(np.array(self.rng, dtype=np.uint64).tobytes())

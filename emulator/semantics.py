@@ -70,12 +70,12 @@ def _set_exp(m: Machine, ed: int, v: int) -> None:
 # ============================================================================ scalar / control
 @semantics("nop")
 def _nop(m, o):
-    m.charge(m.cost("scalar"))
+    m.charge_cost("scalar")
 
 
 @semantics("halt")
 def _halt(m, o):
-    m.charge(m.cost("scalar"))
+    m.charge_cost("scalar")
     m.halted = True
     return m.pc  # stay on the halt
 
@@ -83,19 +83,19 @@ def _halt(m, o):
 @semantics("li")
 def _li(m, o):
     m.set_reg(o["rd"], o["imm"])
-    m.charge(m.cost("scalar"))
+    m.charge_cost("scalar")
 
 
 @semantics("lih")
 def _lih(m, o):
     m.set_reg(o["rd"], (o["imm"] << 32) | (m.r[o["rd"]] & 0xFFFFFFFF))
-    m.charge(m.cost("scalar"))
+    m.charge_cost("scalar")
 
 
 @semantics("addi")
 def _addi(m, o):
     m.set_reg(o["rd"], m.r[o["ra"]] + o["imm"])
-    m.charge(m.cost("scalar"))
+    m.charge_cost("scalar")
 
 
 _BINOPS: dict[str, Callable[[int, int], int]] = {
@@ -115,7 +115,7 @@ _BINOPS: dict[str, Callable[[int, int], int]] = {
 def _make_binop(fn: Callable[[int, int], int]) -> Handler:
     def h(m, o):
         m.set_reg(o["rd"], fn(m.r[o["ra"]], m.r[o["rb"]]))
-        m.charge(m.cost("scalar"))
+        m.charge_cost("scalar")
 
     return h
 
@@ -133,7 +133,7 @@ _CONDS: dict[str, Callable[[int, int], bool]] = {
 
 def _make_branch(cond: Callable[[int, int], bool]) -> Handler:
     def h(m, o):
-        m.charge(m.cost("branch"))
+        m.charge_cost("branch")
         return o["target"] if cond(m.r[o["ra"]], m.r[o["rb"]]) else None
 
     return h
@@ -145,20 +145,20 @@ for _mn, _c in _CONDS.items():
 
 @semantics("jmp")
 def _jmp(m, o):
-    m.charge(m.cost("branch"))
+    m.charge_cost("branch")
     return o["target"]
 
 
 @semantics("flags")
 def _flags(m, o):
     m.set_reg(o["rd"], m.flags)
-    m.charge(m.cost("scalar"))
+    m.charge_cost("scalar")
 
 
 @semantics("clrflags")
 def _clrflags(m, o):
     m.flags = 0
-    m.charge(m.cost("scalar"))
+    m.charge_cost("scalar")
 
 
 @semantics("ldw")
@@ -166,7 +166,7 @@ def _ldw(m, o):
     addr = m.r[o["ra"]] + o["imm"]
     m.check_dram(addr, 4)
     m.set_reg(o["rd"], int(m.dram[addr : addr + 4].view("<i4")[0]))
-    m.charge(m.cost("scalar_mem", False))
+    m.charge_cost("scalar_mem", False)
 
 
 @semantics("stw")
@@ -174,38 +174,38 @@ def _stw(m, o):
     addr = m.r[o["ra"]] + o["imm"]
     m.check_dram(addr, 4)
     m.dram[addr : addr + 4] = np.array([m.r[o["rs"]] & 0xFFFFFFFF], "<u4").view(np.uint8)
-    m.charge(m.cost("scalar_mem", True))
+    m.charge_cost("scalar_mem", True)
 
 
 # ============================================================================ exponents
 @semantics("eset")
 def _eset(m, o):
     _set_exp(m, o["ed"], o["imm"])
-    m.charge(m.cost("scalar"))
+    m.charge_cost("scalar")
 
 
 @semantics("eadd")
 def _eadd(m, o):
     _set_exp(m, o["ed"], m.e[o["ea"]] + m.e[o["eb"]])
-    m.charge(m.cost("scalar"))
+    m.charge_cost("scalar")
 
 
 @semantics("eaddi")
 def _eaddi(m, o):
     _set_exp(m, o["ed"], m.e[o["ea"]] + o["imm"])
-    m.charge(m.cost("scalar"))
+    m.charge_cost("scalar")
 
 
 @semantics("emv")
 def _emv(m, o):
     m.set_reg(o["rd"], m.e[o["ea"]])
-    m.charge(m.cost("scalar"))
+    m.charge_cost("scalar")
 
 
 @semantics("esetr")
 def _esetr(m, o):
     _set_exp(m, o["ed"], m.r[o["ra"]])
-    m.charge(m.cost("scalar"))
+    m.charge_cost("scalar")
 
 
 @semantics("efit")
@@ -215,26 +215,26 @@ def _efit(m, o):
     bits = 8 * ELEM_BYTES[o["dt"]]
     need = m.dp.sign_bits_needed(block)
     _set_exp(m, o["ed"], m.e[o["ein"]] + need - (bits - 1))
-    m.charge(m.cost("scan", n))
+    m.charge_cost("scan", n)
 
 
 # ============================================================================ dither RNG
 @semantics("rngseed")
 def _rngseed(m, o):
     m.rng = [m.r[o["ra"]] & MASK64, 0]
-    m.charge(m.cost("scalar"))
+    m.charge_cost("scalar")
 
 
 @semantics("rngctr")
 def _rngctr(m, o):
     m.rng[1] = m.r[o["ra"]] & MASK64
-    m.charge(m.cost("scalar"))
+    m.charge_cost("scalar")
 
 
 @semantics("rngrd")
 def _rngrd(m, o):
     m.set_reg(o["rd"], m.rng[RNG_FIELDS.index(RNG_FIELDS[o["sel"]])])
-    m.charge(m.cost("scalar"))
+    m.charge_cost("scalar")
 
 
 # ============================================================================ DMA
@@ -373,8 +373,10 @@ def _gemm(m, o):
             m.cfg, mm, kk, nn, a != 0 if sa else None, b != 0 if sb else None)
         cost[CYCLES] -= saved
         cost[SKIP_CYCLES_SAVED] = saved
+    cost[MACS] = done
+    cost[MACS_SKIPPED] = skipped
+    cost[MAC_OPS] = done * ea * eb
     m.charge(cost)
-    m.charge({MACS: done, MACS_SKIPPED: skipped, MAC_OPS: done * ea * eb})
     _overflow(m, nover)
 
 
@@ -399,7 +401,8 @@ def _requantize(m: Machine, src: np.ndarray, dst: np.ndarray, o: dict[str, int],
                              counter, mul)
     draws = src.size if uses_rng(mode, shift) else 0
     m.rng[1] = (counter + draws) & MASK64
-    m.charge({RNG_DRAWS: draws, SATURATIONS: nsat})
+    if draws or nsat:
+        m.charge({RNG_DRAWS: draws, SATURATIONS: nsat})
     if nsat:
         m.flags |= FLAG_RQ_SATURATION
 
@@ -412,7 +415,7 @@ def _rq_common(m: Machine, o: dict[str, int], mul: int) -> None:
     src = m.acc_range(r[o["racc"]], n)
     dst = m.sp_elems(r[o["rd"]], n, elem)
     _requantize(m, src, dst, o, shift, mul, elem)
-    m.charge(m.cost("requant", n, elem))
+    m.charge_cost("requant", n, elem)
 
 
 @semantics("rq")
@@ -437,7 +440,7 @@ def _vcvt(m, o):
     src = m.sp_elems(r[o["ra"]], n, sb).astype(np.int64)  # read all before writing
     dst = m.sp_elems(r[o["rd"]], n, db)
     _requantize(m, src, dst, o, shift, 1, db)
-    m.charge(m.cost("convert", n, sb, db))
+    m.charge_cost("convert", n, sb, db)
 
 
 # ============================================================================ vector ALU
@@ -458,7 +461,7 @@ def _make_vec3(op: str) -> Handler:
         b = m.sp_elems(r[o["rb"]], n, elem)
         d = m.sp_elems(r[o["rd"]], n, elem)
         nsat = m.dp.alu_into(op, d, a, b, 8 * elem)
-        m.charge(m.cost("alu", n, elem, 2, multiply))
+        m.charge_cost("alu", n, elem, 2, multiply)
         _alu_sat(m, nsat)
 
     return h
@@ -479,7 +482,7 @@ def _make_shift(op: str) -> Handler:
         a = m.sp_elems(r[o["ra"]], n, elem)
         d = m.sp_elems(r[o["rd"]], n, elem)
         nsat = m.dp.alu_into(op, d, a, None, 8 * elem, shift=sh)
-        m.charge(m.cost("alu", n, elem, 1, False))
+        m.charge_cost("alu", n, elem, 1, False)
         _alu_sat(m, nsat)
 
     return h
@@ -497,7 +500,7 @@ def _make_unary(op: str) -> Handler:
         a = m.sp_elems(r[o["ra"]], n, elem)
         d = m.sp_elems(r[o["rd"]], n, elem)
         nsat = m.dp.alu_into(op, d, a, None, 8 * elem)
-        m.charge(m.cost("alu", n, elem, 1, False))
+        m.charge_cost("alu", n, elem, 1, False)
         _alu_sat(m, nsat)
 
     return h
@@ -517,7 +520,7 @@ def _vsel(m, o):
     b = m.sp_elems(r[o["rb"]], n, elem)
     d = m.sp_elems(r[o["rd"]], n, elem)
     d[...] = m.dp.select(mask, a, b)
-    m.charge(m.cost("alu", n, elem, 3, False))
+    m.charge_cost("alu", n, elem, 3, False)
 
 
 def _rows_cols(m: Machine, o: dict[str, int]) -> tuple[int, int]:
@@ -535,7 +538,7 @@ def _vrmax(m, o):
     x = m.sp_elems(m.r[o["ra"]], rows * cols, elem).reshape(rows, cols)
     d = m.sp_elems(m.r[o["rd"]], rows, elem)
     d[...] = m.dp.row_max(x) if rows else d
-    m.charge(m.cost("reduce", rows, cols, elem, False))
+    m.charge_cost("reduce", rows, cols, elem, False)
 
 
 @semantics("vrsum")
@@ -546,7 +549,7 @@ def _vrsum(m, o):
     d = m.acc_range(m.r[o["racc"]], rows)
     fitted, nover = m.dp.fit_acc(m.dp.row_sum(x), m.acc_bits, m.acc_wrap)
     d[...] = fitted
-    m.charge(m.cost("reduce", rows, cols, elem, True))
+    m.charge_cost("reduce", rows, cols, elem, True)
     _overflow(m, nover)
 
 
@@ -577,7 +580,7 @@ _ = ROUND_MODES
 @semantics("accrd")
 def _accrd(m, o):
     m.set_reg(o["rd"], int(m.acc_range(m.r[o["racc"]], 1)[0]))
-    m.charge(m.cost("scalar_acc"))
+    m.charge_cost("scalar_acc")
 
 
 @semantics("vsubrow")
@@ -605,7 +608,7 @@ def _vexp(m, o):
     x = m.sp_elems(m.r[o["ra"]], n, 2)
     d = m.sp_elems(m.r[o["rd"]], n, 2)
     d[...] = m.dp.exp_q14(x, e)
-    m.charge(m.cost("exp", n))
+    m.charge_cost("exp", n)
 
 
 @semantics("vnormrow")
@@ -621,7 +624,7 @@ def _vnormrow(m, o):
     d = m.sp_elems(m.r[o["rd"]], rows * cols, elem)
     vals, nsat = m.dp.norm_rows(p, sums, f, 8 * elem)
     d[...] = vals.ravel()
-    m.charge(m.cost("divide", rows, cols, elem))
+    m.charge_cost("divide", rows, cols, elem)
     _alu_sat(m, nsat)
 
 
@@ -634,4 +637,4 @@ def _vlazy(m, o):
     theta = m.sp_elems(m.r[o["rt"]], n, 1)
     acc = m.sp_elems(m.r[o["ra"]], n, 2)
     m.dp.lazy_update_into(theta, acc, s)
-    m.charge(m.cost("lazy", n))
+    m.charge_cost("lazy", n)
