@@ -59,6 +59,44 @@ class _Workspace:
 
 _WS = _Workspace()
 
+# Products with a short inner dimension are bound by writing the output: OpenBLAS splitting
+# them across its threads was measured 1.5-5x slower than one thread on 2-core machines (the
+# threads contend for the output's cache lines), so those run single-threaded.
+SERIAL_K = 64
+SERIAL_MIN_OUTPUT = 4096
+
+
+class _BlasThreads:
+    """Temporarily run numpy's OpenBLAS on one thread (via threadpoolctl; a no-op where the
+    BLAS is not OpenBLAS or threadpoolctl finds none)."""
+
+    def __init__(self) -> None:
+        self._libs: list | None = None
+
+    def libs(self) -> list:
+        if self._libs is None:
+            try:
+                from threadpoolctl import ThreadpoolController
+
+                self._libs = ThreadpoolController().select(internal_api="openblas").lib_controllers
+            except Exception:  # noqa: BLE001 - any failure just means "cannot control"
+                self._libs = []
+        return self._libs
+
+    def matmul_serial(self, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+        libs = self.libs()
+        before = [lib.get_num_threads() for lib in libs]
+        for lib in libs:
+            lib.set_num_threads(1)
+        try:
+            np.matmul(a, b, out=out)
+        finally:
+            for lib, n in zip(libs, before, strict=True):
+                lib.set_num_threads(n)
+
+
+_BLAS = _BlasThreads()
+
 
 def _as_float(x: np.ndarray, name: str, ftype: type) -> np.ndarray:
     """``x`` converted into a reused float buffer. A transposed operand is converted in its
@@ -83,7 +121,10 @@ def _products(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     for k0 in range(0, max(k, 1), chunk):
         ac = _as_float(a[:, k0 : k0 + chunk], "a", ftype)
         bc = _as_float(b[k0 : k0 + chunk], "b", ftype)
-        np.matmul(ac, bc, out=pf)
+        if k < SERIAL_K and m * n >= SERIAL_MIN_OUTPUT:
+            _BLAS.matmul_serial(ac, bc, pf)
+        else:
+            np.matmul(ac, bc, out=pf)
         if k <= chunk:
             return pf
         total = pf.astype(np.int64) if total is None else total + pf.astype(np.int64)

@@ -113,6 +113,28 @@ def test_int16_long_k_beyond_int32():
     assert reference.gemm(a, b).tolist() == want
 
 
+def test_short_k_products_on_one_blas_thread_are_exact_and_restore_threads(monkeypatch):
+    """Short-K, large-output products take the single-thread BLAS path; it is exact (edge
+    values included) and leaves the BLAS thread count as it found it."""
+    calls = []
+    serial = kernels._BLAS.matmul_serial
+    monkeypatch.setattr(kernels._BLAS, "matmul_serial",
+                        lambda a, b, out: (calls.append(a.shape), serial(a, b, out)))
+    before = [lib.get_num_threads() for lib in kernels._BLAS.libs()]
+    rng = np.random.default_rng(7)
+    m, k, n = 300, 10, 400
+    a = rng.integers(-128, 128, (m, k)).astype(np.int8)
+    b = rng.integers(-128, 128, (n, k)).astype(np.int8).T  # a transposed operand, as tb=1
+    a[0], b[:, 0] = -128, -128  # the largest products
+    want = a.astype(np.int64) @ b.astype(np.int64)
+    assert np.array_equal(kernels.gemm(a, b), want)
+    c = np.full((m, n), 5, dtype=np.int32)
+    assert kernels.gemm_into(c, a, b, True, 32, False) == 0
+    assert np.array_equal(c, want + 5)
+    assert calls == [(m, k), (m, k)]
+    assert [lib.get_num_threads() for lib in kernels._BLAS.libs()] == before
+
+
 # ------------------------------------------------------------------------------ accumulator
 @pytest.mark.parametrize("bits", [8, 16, 24, 32])
 @pytest.mark.parametrize("wrap", [False, True])
