@@ -453,3 +453,39 @@ def requant_into(dst: np.ndarray, src: np.ndarray, shift: int, mode: int, out_bi
     lo, hi = type_range(out_bits)
     return int(_requant(src, dst, np.int64(mul), np.int64(shift), np.int64(mode), np.int64(lo),
                         np.int64(hi), bool(relu), np.uint64(seed), np.uint64(counter)))
+
+
+@njit(cache=True)
+def _update_kernel(src, dst, res, theta, mul, shift, mode, relu, s):  # pragma: no cover
+    """``rqm dst <- src`` (INT16, nearest or truncate, shift > 0), ``vsub res <- res - dst``
+    (INT16) and ``vlazy theta, res`` (shift ``s``) in one pass. Exact when ``dst``, ``res`` and
+    ``theta`` are pairwise disjoint (every element then depends only on the same element of the
+    earlier steps). Returns the two saturation counts (requantizer, subtract)."""
+    add = (np.int64(1) << (shift - 1)) if mode == 0 else np.int64(0)
+    half = (np.int64(1) << (s - 1)) if s > 0 else np.int64(0)
+    lo, hi = np.int64(-32768), np.int64(32767)
+    n_rq = 0
+    n_sub = 0
+    for i in range(dst.shape[0]):
+        y = (np.int64(src[i]) * mul + add) >> shift
+        if relu:
+            y = max(y, np.int64(0))
+        q = min(max(y, lo), hi)
+        n_rq += q != y
+        dst[i] = q
+        r = np.int64(res[i]) - q
+        a = min(max(r, lo), hi)
+        n_sub += a != r
+        t = np.int64(theta[i])
+        tn = min(max(t + ((a + half) >> s), np.int64(-128)), np.int64(127))
+        theta[i] = tn
+        res[i] = a - ((tn - t) << s)
+    return n_rq, n_sub
+
+
+def update_into(dst: np.ndarray, src: np.ndarray, res: np.ndarray, theta: np.ndarray, mul: int,
+                shift: int, mode: int, relu: bool, s: int) -> tuple[int, int]:
+    """The fused lazy-update sequence (see :mod:`emulator.fusion`); arrays must be disjoint."""
+    n_rq, n_sub = _update_kernel(src, dst, res, theta, np.int64(mul), np.int64(shift),
+                                 np.int64(mode), bool(relu), np.int64(s))
+    return int(n_rq), int(n_sub)

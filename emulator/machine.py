@@ -18,7 +18,7 @@ from types import ModuleType
 
 import numpy as np
 
-from emulator import kernels, reference
+from emulator import fusion, kernels, reference
 from emulator.config import Config
 from emulator.counters import (
     CYCLES,
@@ -49,7 +49,8 @@ def wrap64(v: int) -> int:
 class Machine:
     """One emulated accelerator running one program."""
 
-    def __init__(self, cfg: Config, program: Program, datapath: str = "fast") -> None:
+    def __init__(self, cfg: Config, program: Program, datapath: str = "fast",
+                 fuse: bool = True) -> None:
         if datapath not in DATAPATHS:
             raise ValueError(f"datapath must be one of {sorted(DATAPATHS)}")
         self.cfg = cfg
@@ -85,6 +86,17 @@ class Machine:
             self.decoded.append((handler, ops, ins))
         n = len(program.words)
         self.counts = np.zeros((max(n, 1), N_COUNTERS), dtype=np.int64)
+        # the same program with hot sequences fused (emulator/fusion.py), for plain runs on
+        # the fast datapath; (step budget, cycle budget, break pc) of the current run
+        self.decoded_fused = list(self.decoded)
+        if fuse and datapath == "fast":
+            for pc in range(n):
+                if fusion.match_update(self.decoded, pc):
+                    handler, ops, ins = self.decoded[pc]
+                    ops3 = tuple(self.decoded[pc + i][1] for i in range(3))
+                    self.decoded_fused[pc] = (fusion.make_update_handler(handler, ops3), ops,
+                                              ins)
+        self.limits: tuple[int, int, int | None] = (0, 0, None)
 
     @property
     def counts(self) -> np.ndarray:
@@ -225,6 +237,32 @@ class Machine:
         tracer = self.tracer
         overlap = self.overlap
         hits = 0
+        if tracer is None and not overlap:  # the common case, with less per-step work
+            decoded = self.decoded_fused
+            self.limits = (step_limit, cycle_limit, break_pc)
+            while not self.halted:
+                pc = self.pc
+                if not 0 <= pc < n:
+                    raise ExecutionError(
+                        f"pc {pc} outside the program (0..{n - 1}); missing halt?", pc)
+                if self.steps >= step_limit:
+                    raise BudgetExceeded(
+                        f"step budget of {max_steps} exhausted", pc, self.steps, self.cycles
+                    )
+                if self.cycles >= cycle_limit:
+                    raise BudgetExceeded(
+                        f"cycle budget of {max_cycles} exhausted", pc, self.steps, self.cycles
+                    )
+                handler, ops, _ = decoded[pc]
+                nxt = handler(self, ops)
+                cmv[pc * N_COUNTERS + INSTRUCTIONS] += 1
+                self.steps += 1
+                self.pc = pc = pc + 1 if nxt is None else nxt
+                if pc == break_pc:
+                    hits += 1
+                    if hits >= break_after:
+                        break
+            return self.summary()
         while not self.halted:
             pc = self.pc
             if not 0 <= pc < n:

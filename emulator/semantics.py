@@ -82,7 +82,9 @@ def _halt(m, o):
 
 @semantics("li")
 def _li(m, o):
-    m.set_reg(o["rd"], o["imm"])
+    rd = o["rd"]
+    if rd:
+        m.r[rd] = o["imm"]  # a sign-extended 32-bit immediate always fits: no wrap
     m.charge_cost("scalar")
 
 

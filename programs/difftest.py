@@ -272,6 +272,29 @@ def g_vlazy(x: Gen) -> None:
            "vlazy r1, r2, r3, e5, e6")
 
 
+def g_update(x: Gen) -> None:
+    """The compiler's lazy-update tail (``rqm``; ``vsub``; ``vlazy``), which the fast machine
+    runs fused (emulator/fusion.py): its wiring, with aliased and out-of-range operands, edge
+    shifts and rounding modes that must make the fused handler fall back."""
+    def rare(good, *bad):  # a bad or edge operand one time in ten
+        return x.pick(*bad) if x.rng.random() < 0.1 else good
+
+    n = x.n_elems()
+    lines, _ = _exps(x, rare(1, -2, 0), 20)
+    rnd = rare(x.pick("nearest", "trunc"), "uniform")
+    u = x.addr(2 * n, 2)
+    res = rare(x.addr(2 * n, 2), u, u + 2 * x.rng.randrange(1, 3))
+    t = rare(x.addr(n, 1), res, res + 1, u + 1, SPAD - n // 2)
+    racc = rare(x.rng.randrange(0, ACC - n), ACC - n // 2)
+    mul = x.pick(-32768, -3, -1, 1, 2, 77, 32767, 2**31 - 1)
+    s = rare(x.pick(0, 1, 7, 8, 15), 16)
+    e = x.rng.randrange(-8, 8)
+    x.emit(*lines, f"eset e5, {e}", f"eset e6, {e - s}", *x.li(1, u), *x.li(2, racc),
+           *x.li(3, n), *x.li(5, mul), *x.li(6, res), *x.li(7, t),
+           f"rqm r1, r2, r3, r5, e2, e1, rnd={rnd}, dt=i16, relu={x.rng.randrange(2)}",
+           "vsub r6, r6, r1, r3, dt=i16", "vlazy r7, r6, r3, e5, e6")
+
+
 def g_efit(x: Gen) -> None:
     n = x.n_elems()
     racc = x.rng.randrange(0, ACC - n)
@@ -405,8 +428,11 @@ def make_case(seed: int, length: int | None = None) -> Case:
     g = Gen(rng)
     names = [m for m in GENERATORS if m != "halt"]
     for _ in range(length or rng.randrange(8, 30)):
-        if rng.random() < 0.08:
+        pick = rng.random()
+        if pick < 0.08:
             g_loop(g)
+        elif pick < 0.16:
+            g_update(g)
         else:
             GENERATORS[rng.choice(names)](g)
     return Case(seed, random_config(rng), g.chunks, rng.randrange(2**32))
