@@ -175,6 +175,11 @@ def gemm_into(
         return 0
     lo, hi = type_range(bits)
     p = _products(a, b)
+    if not accumulate and a.shape[1] << (8 * (a.itemsize + b.itemsize) - 2) <= hi:
+        # |each product| <= 2**(8*(bytes_a+bytes_b)-2), so no sum of K of them can leave the
+        # accumulator's range: a plain conversion, with no overflow to fit or count
+        np.copyto(c, p, casting="unsafe")
+        return 0
     return int(_fit_into(c, p, bool(accumulate), np.int64(lo), np.int64(hi), bool(wrap)))
 
 

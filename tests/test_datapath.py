@@ -135,6 +135,22 @@ def test_short_k_products_on_one_blas_thread_are_exact_and_restore_threads(monke
     assert [lib.get_num_threads() for lib in kernels._BLAS.libs()] == before
 
 
+@pytest.mark.parametrize("k", [511, 512])
+@pytest.mark.parametrize("sign", [1, -1])
+def test_non_accumulating_gemm_at_the_no_overflow_bound(k, sign):
+    """At 24 bits, K = 511 products of 2**14 always fit (the fast path skips the fit) and
+    K = 512 can reach 2**23, one past the top (the fit saturates and counts it)."""
+    lo, hi = -(1 << 23), (1 << 23) - 1
+    a = np.full((2, k), -128, dtype=np.int8)
+    b = np.full((k, 3), -128 if sign > 0 else 127, dtype=np.int8)
+    exact = k * 128 * (128 if sign > 0 else -127)
+    want, n_over = min(max(exact, lo), hi), int(not lo <= exact <= hi)
+    for dp in (kernels, reference):
+        c = np.zeros((2, 3), dtype=np.int32)
+        assert dp.gemm_into(c, a, b, False, 24, False) == 6 * n_over
+        assert c.tolist() == [[want] * 3] * 2
+
+
 # ------------------------------------------------------------------------------ accumulator
 @pytest.mark.parametrize("bits", [8, 16, 24, 32])
 @pytest.mark.parametrize("wrap", [False, True])
