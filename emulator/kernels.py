@@ -13,8 +13,10 @@ the passes are only counted.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
+import numba
 import numpy as np
 from numba import njit
 
@@ -58,6 +60,13 @@ class _Workspace:
 
 
 _WS = _Workspace()
+
+
+def _wrapping():
+    """The dither RNG's uint64 arithmetic wraps on purpose. Compiled kernels never check; with
+    ``NUMBA_DISABLE_JIT=1`` they run on numpy scalars, which warn, so only then is the warning
+    switched off (an ``errstate`` costs microseconds per call)."""
+    return np.errstate(over="ignore") if numba.config.DISABLE_JIT else contextlib.nullcontext()
 
 # Products with a short inner dimension are bound by writing the output: OpenBLAS splitting
 # them across its threads was measured 1.5-5x slower than one thread on 2-core machines (the
@@ -199,9 +208,9 @@ def fit_acc(values: np.ndarray, bits: int, wrap: bool) -> tuple[np.ndarray, int]
 def _requant(src, out, mul, shift, mode, lo, hi, relu, seed, counter):  # pragma: no cover
     """Requantizer over int64 ``src * mul``; returns the saturation count.
 
-    Nothing overflows int64 (so no errstate is needed with the JIT off): sources are
-    accumulator (<= 32-bit) or scratchpad values and ``|mul| < 2**31``; left shifts
-    (shift <= 0) saturate before shifting.
+    Nothing overflows int64: sources are accumulator (<= 32-bit) or scratchpad values and
+    ``|mul| < 2**31``; left shifts (shift <= 0) saturate before shifting. Only the dither
+    RNG wraps (uint64, on purpose; see :func:`_wrapping`).
     """
     nsat = 0
     n = src.shape[0]
@@ -268,8 +277,9 @@ def requant(
     src = np.ascontiguousarray(acc, dtype=np.int64).ravel()
     out = np.empty_like(src)
     lo, hi = type_range(out_bits)
-    nsat = _requant(src, out, np.int64(mul), np.int64(shift), np.int64(mode), np.int64(lo),
-                    np.int64(hi), bool(relu), np.uint64(seed), np.uint64(counter))
+    with _wrapping():
+        nsat = _requant(src, out, np.int64(mul), np.int64(shift), np.int64(mode), np.int64(lo),
+                        np.int64(hi), bool(relu), np.uint64(seed), np.uint64(counter))
     return out, int(nsat)
 
 
@@ -456,8 +466,10 @@ def requant_into(dst: np.ndarray, src: np.ndarray, shift: int, mode: int, out_bi
         dst[...] = vals
         return nsat
     lo, hi = type_range(out_bits)
-    return int(_requant(src, dst, np.int64(mul), np.int64(shift), np.int64(mode), np.int64(lo),
-                        np.int64(hi), bool(relu), np.uint64(seed), np.uint64(counter)))
+    with _wrapping():
+        return int(_requant(src, dst, np.int64(mul), np.int64(shift), np.int64(mode),
+                            np.int64(lo), np.int64(hi), bool(relu), np.uint64(seed),
+                            np.uint64(counter)))
 
 
 @njit(cache=True)
