@@ -49,17 +49,32 @@ class _Workspace:
 
     def __init__(self) -> None:
         self._bufs: dict[str, np.ndarray] = {}
+        self._views: dict[tuple, np.ndarray] = {}  # (name, shape, dtype) -> view of the buffer
 
     def get(self, name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
+        key = (name, shape, dtype)
+        v = self._views.get(key)
+        if v is not None:
+            return v
         size = math.prod(shape)
         buf = self._bufs.get(name)
         if buf is None or buf.dtype != dtype or buf.size < size:
             buf = np.empty(max(size, 1), dtype=dtype)
             self._bufs[name] = buf
-        return buf[:size].reshape(shape)
+            self._views = {k: w for k, w in self._views.items() if k[0] != name}
+        if len(self._views) >= 1024:  # programs with ever-new shapes: stay bounded
+            self._views.clear()
+        v = self._views[key] = buf[:size].reshape(shape)
+        return v
 
 
 _WS = _Workspace()
+
+
+# Scalar arguments of compiled kernels: numba types a Python int as int64 exactly like an
+# np.int64 (the same compiled code), at half the dispatch cost. With the JIT off the kernels
+# run as Python on numpy scalars, where np.int64 keeps the arithmetic 64-bit.
+_I64 = np.int64 if numba.config.DISABLE_JIT else int
 
 
 def _wrapping():
@@ -189,7 +204,7 @@ def gemm_into(
         # accumulator's range: a plain conversion, with no overflow to fit or count
         np.copyto(c, p, casting="unsafe")
         return 0
-    return int(_fit_into(c, p, bool(accumulate), np.int64(lo), np.int64(hi), bool(wrap)))
+    return int(_fit_into(c, p, bool(accumulate), _I64(lo), _I64(hi), bool(wrap)))
 
 
 def fit_acc(values: np.ndarray, bits: int, wrap: bool) -> tuple[np.ndarray, int]:
@@ -278,8 +293,8 @@ def requant(
     out = np.empty_like(src)
     lo, hi = type_range(out_bits)
     with _wrapping():
-        nsat = _requant(src, out, np.int64(mul), np.int64(shift), np.int64(mode), np.int64(lo),
-                        np.int64(hi), bool(relu), np.uint64(seed), np.uint64(counter))
+        nsat = _requant(src, out, _I64(mul), _I64(shift), _I64(mode), _I64(lo), _I64(hi),
+                        bool(relu), np.uint64(seed), np.uint64(counter))
     return out, int(nsat)
 
 
@@ -433,8 +448,8 @@ def _alu_kernel(code, d, a, b, lo, hi, shift):  # pragma: no cover - compiled
 def alu_into(op: str, d: np.ndarray, a: np.ndarray, b: np.ndarray | None, bits: int,
              shift: int = 0) -> int:
     lo, hi = type_range(bits)
-    return int(_alu_kernel(ALU_CODES[op], d, a, a if b is None else b, np.int64(lo),
-                           np.int64(hi), np.int64(shift)))
+    return int(_alu_kernel(ALU_CODES[op], d, a, a if b is None else b, _I64(lo), _I64(hi),
+                           _I64(shift)))
 
 
 @njit(cache=True)
@@ -455,7 +470,7 @@ def lazy_update_into(theta: np.ndarray, acc: np.ndarray, s: int) -> None:
         theta[...] = tn
         acc[...] = an
         return
-    _lazy_kernel(theta, acc, np.int64(s))
+    _lazy_kernel(theta, acc, _I64(s))
 
 
 def requant_into(dst: np.ndarray, src: np.ndarray, shift: int, mode: int, out_bits: int,
@@ -467,9 +482,8 @@ def requant_into(dst: np.ndarray, src: np.ndarray, shift: int, mode: int, out_bi
         return nsat
     lo, hi = type_range(out_bits)
     with _wrapping():
-        return int(_requant(src, dst, np.int64(mul), np.int64(shift), np.int64(mode),
-                            np.int64(lo), np.int64(hi), bool(relu), np.uint64(seed),
-                            np.uint64(counter)))
+        return int(_requant(src, dst, _I64(mul), _I64(shift), _I64(mode), _I64(lo),
+                            _I64(hi), bool(relu), np.uint64(seed), np.uint64(counter)))
 
 
 @njit(cache=True)
@@ -503,6 +517,6 @@ def _update_kernel(src, dst, res, theta, mul, shift, mode, relu, s):  # pragma: 
 def update_into(dst: np.ndarray, src: np.ndarray, res: np.ndarray, theta: np.ndarray, mul: int,
                 shift: int, mode: int, relu: bool, s: int) -> tuple[int, int]:
     """The fused lazy-update sequence (see :mod:`emulator.fusion`); arrays must be disjoint."""
-    n_rq, n_sub = _update_kernel(src, dst, res, theta, np.int64(mul), np.int64(shift),
-                                 np.int64(mode), bool(relu), np.int64(s))
+    n_rq, n_sub = _update_kernel(src, dst, res, theta, _I64(mul), _I64(shift), _I64(mode),
+                                 bool(relu), _I64(s))
     return int(n_rq), int(n_sub)

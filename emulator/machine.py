@@ -39,6 +39,7 @@ FLAG_RQ_SATURATION = 2
 FLAG_ALU_SATURATION = 4
 
 DATAPATHS: dict[str, ModuleType] = {"fast": kernels, "reference": reference}
+_I8, _I16 = np.dtype(np.int8), np.dtype("<i2")
 
 
 def wrap64(v: int) -> int:
@@ -130,13 +131,16 @@ class Machine:
 
     def sp_elems(self, addr: int, count: int, elem_bytes: int) -> np.ndarray:
         """A typed view of ``count`` INT8/INT16 elements of the scratchpad at byte ``addr``."""
-        self._check("scratchpad", self.spad.size, addr, count * elem_bytes)
-        raw = self.spad[addr : addr + count * elem_bytes]
-        return raw.view(np.int8) if elem_bytes == 1 else raw.view("<i2")
+        end = addr + count * elem_bytes
+        if addr < 0 or count < 0 or end > self.spad.size or self._touch is not None:
+            self._check("scratchpad", self.spad.size, addr, count * elem_bytes)
+        return self.spad[addr:end].view(_I8 if elem_bytes == 1 else _I16)
 
     def acc_range(self, addr: int, count: int) -> np.ndarray:
-        self._check("accumulator", self.acc.size, addr, count)
-        return self.acc[addr : addr + count]
+        end = addr + count
+        if addr < 0 or count < 0 or end > self.acc.size or self._touch is not None:
+            self._check("accumulator", self.acc.size, addr, count)
+        return self.acc[addr:end]
 
     def check_dram(self, addr: int, nbytes: int) -> None:
         self._check("dram", self.dram.size, addr, nbytes)
@@ -150,6 +154,13 @@ class Machine:
                 mv[base + k] += v
                 if k == CYCLES:
                     self.cycles += v
+
+    def charge_counts(self, *pairs: int) -> None:
+        """Add event counts (no cycles) to the current pc: ``counter, n, counter, n, ...``."""
+        mv = self._cmv
+        base = self.pc * N_COUNTERS
+        for i in range(0, len(pairs), 2):
+            mv[base + pairs[i]] += pairs[i + 1]
 
     def charge_dma(self, cost: dict[int, int], ranges: list[tuple[str, int, int]]) -> None:
         """Charge a DMA transfer. Without ``dma.overlap`` the core waits for it; with it, the

@@ -278,6 +278,9 @@ def _dma(m: Machine, o: dict[str, int], to_dram: bool) -> None:
             d[...] = s
         else:
             s[...] = d
+    if not m.overlap:
+        m.charge_cost("dma", rows * nbytes, to_dram)
+        return
     m.charge_dma(m.cost("dma", rows * nbytes, to_dram), [
         ("dram", dram_a, dram_a + (rows - 1) * dstride + nbytes if rows and nbytes else dram_a),
         ("scratchpad", sp_a, sp_a + (rows - 1) * sstride + nbytes if rows and nbytes else sp_a),
@@ -369,16 +372,16 @@ def _gemm(m, o):
     sa, sb = bool(o["sa"]), bool(o["sb"])
     skipped = _zero_skips(a, b, sa, sb)
     done = mm * kk * nn - skipped
-    cost = m.cost("gemm", mm, kk, nn, ea, eb, bool(o["acc"]))
     if skipped and m.cfg.array.skip != "none":
+        cost = m.cost("gemm", mm, kk, nn, ea, eb, bool(o["acc"]))
         saved = ea * eb * gemm_skip_cycles_saved(
             m.cfg, mm, kk, nn, a != 0 if sa else None, b != 0 if sb else None)
         cost[CYCLES] -= saved
         cost[SKIP_CYCLES_SAVED] = saved
-    cost[MACS] = done
-    cost[MACS_SKIPPED] = skipped
-    cost[MAC_OPS] = done * ea * eb
-    m.charge(cost)
+        m.charge(cost)
+    else:
+        m.charge_cost("gemm", mm, kk, nn, ea, eb, bool(o["acc"]))
+    m.charge_counts(MACS, done, MACS_SKIPPED, skipped, MAC_OPS, done * ea * eb)
     _overflow(m, nover)
 
 
