@@ -299,11 +299,10 @@ def requant(
 
 
 def sign_bits_needed(acc: np.ndarray) -> int:
-    v = np.asarray(acc, dtype=np.int64)
+    v = np.asarray(acc)
     if v.size == 0:
         return 0
-    m = int(max(int(v.max()), ~int(v.min()), 0))
-    return m.bit_length()
+    return max(int(v.max()), ~int(v.min()), 0).bit_length()
 
 
 def alu(op: str, a: np.ndarray, b: np.ndarray | None, bits: int, shift: int = 0):
@@ -351,25 +350,49 @@ def row_sum(x: np.ndarray) -> np.ndarray:
 _EXP_LUT = np.array(EXP_LUT, dtype=np.int64)
 
 
+@njit(cache=True)
+def _exp_kernel(x, out, sh, lut):  # pragma: no cover - compiled
+    for i in range(x.shape[0]):
+        t = min(np.int64(x[i]), np.int64(0)) * LOG2E_Q16
+        if sh > 0:
+            u = (t + (np.int64(1) << (sh - 1))) >> sh
+        else:
+            u = t << -sh
+        n, f = (-u) >> 8, (-u) & 255
+        if n == 0:
+            out[i] = lut[f]
+        elif n < 31:
+            out[i] = (lut[f] + (np.int64(1) << (n - 1))) >> n
+        else:
+            out[i] = 0
+
+
 def exp_q14(x: np.ndarray, e: int) -> np.ndarray:
-    t = np.minimum(np.asarray(x, dtype=np.int64), 0) * LOG2E_Q16
-    sh = 8 - e
-    u = (t + (1 << (sh - 1))) >> sh if sh > 0 else t << -sh
-    n, f = (-u) >> 8, (-u) & 255
-    base = _EXP_LUT[f]
-    nc = np.minimum(n, 31)
-    rounded = (base + np.where(nc > 0, np.left_shift(1, np.maximum(nc - 1, 0)), 0)) >> nc
-    return np.where(n == 0, base, np.where(n < 31, rounded, 0)).astype(np.int64)
+    v = np.ascontiguousarray(x).ravel()
+    out = np.empty(v.size, dtype=np.int64)
+    _exp_kernel(v, out, _I64(8 - e), _EXP_LUT)
+    return out
+
+
+@njit(cache=True)
+def _norm_kernel(p, sums, out, f, lo, hi):  # pragma: no cover - compiled
+    nsat = 0
+    scale = np.int64(1) << (f + 1)
+    for i in range(p.shape[0]):
+        s = np.int64(sums[i])
+        for j in range(p.shape[1]):
+            y = (np.int64(p[i, j]) * scale + s) // (2 * s) if s > 0 else np.int64(0)
+            c = min(max(y, lo), hi)
+            nsat += c != y
+            out[i, j] = c
+    return nsat
 
 
 def norm_rows(p: np.ndarray, sums: np.ndarray, frac_bits: int, out_bits: int):
     lo, hi = type_range(out_bits)
-    pv = np.asarray(p, dtype=np.int64)
-    s = np.asarray(sums, dtype=np.int64)[:, None]
-    safe = np.where(s > 0, s, 1)
-    y = np.where(s > 0, (pv * (1 << (frac_bits + 1)) + safe) // (2 * safe), 0)
-    c = np.clip(y, lo, hi)
-    return c, int(np.count_nonzero(c != y))
+    out = np.empty(np.shape(p), dtype=np.int64)
+    nsat = _norm_kernel(np.asarray(p), np.asarray(sums), out, _I64(frac_bits), _I64(lo), _I64(hi))
+    return out, int(nsat)
 
 
 def lazy_update(theta: np.ndarray, acc: np.ndarray, s: int) -> tuple[np.ndarray, np.ndarray]:
@@ -380,11 +403,24 @@ def lazy_update(theta: np.ndarray, acc: np.ndarray, s: int) -> tuple[np.ndarray,
     return tn, a - ((tn - t) << s)
 
 
+@njit(cache=True)
+def _sub_rows_kernel(a, b, out, lo, hi):  # pragma: no cover - compiled
+    nsat = 0
+    for i in range(a.shape[0]):
+        bv = np.int64(b[i])
+        for j in range(a.shape[1]):
+            r = np.int64(a[i, j]) - bv
+            c = min(max(r, lo), hi)
+            nsat += c != r
+            out[i, j] = c
+    return nsat
+
+
 def sub_rows(a: np.ndarray, b: np.ndarray, bits: int) -> tuple[np.ndarray, int]:
     lo, hi = type_range(bits)
-    r = np.asarray(a, dtype=np.int64) - np.asarray(b, dtype=np.int64)[:, None]
-    c = np.clip(r, lo, hi)
-    return c, int(np.count_nonzero(c != r))
+    out = np.empty(np.shape(a), dtype=np.int64)
+    nsat = _sub_rows_kernel(np.asarray(a), np.asarray(b), out, _I64(lo), _I64(hi))
+    return out, int(nsat)
 
 
 _ = (ROUND_NEAREST, ROUND_TRUNC, ROUND_UNIFORM, ROUND_TRIANGULAR)

@@ -45,6 +45,8 @@ def test_lazy_update_exhaustive_theta_and_kahan_invariant(s):
 # ------------------------------------------------------------------------------ exp unit
 @pytest.mark.parametrize("e", [-24, -14, -8, -4, 0, 8])
 def test_vexp_all_int16_inputs_fast_equals_reference(e):
+    pos = np.arange(1, 32768, dtype=np.int16)
+    assert kernels.exp_q14(pos, e).tolist() == [16384] * pos.size  # exp(min(x, 0))
     x = np.arange(-32768, 1, dtype=np.int64)
     fast = kernels.exp_q14(x, e)
     step = 1 if e in (-8, 0) else 17
@@ -68,17 +70,17 @@ def test_exp_lut_is_nearest_integer():
 
 # ------------------------------------------------------------------------------ division
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.integers(0, 16384), min_size=1, max_size=12), st.integers(0, 30),
-       st.sampled_from([8, 16]))
-def test_norm_rows_fast_equals_reference_and_rounds_to_nearest(p, f, bits):
-    arr = np.array([p, p[::-1]], dtype=np.int64)
-    sums = np.array([sum(p), sum(p) + 1])
+@given(st.lists(st.integers(-32768, 32767), min_size=1, max_size=12), st.integers(0, 30),
+       st.sampled_from([8, 16]), st.integers(-(2**31), 2**31 - 1))
+def test_norm_rows_fast_equals_reference_and_rounds_to_nearest(p, f, bits, other_sum):
+    arr = np.array([p, p[::-1], p], dtype=np.int16)
+    sums = np.array([abs(sum(p)), abs(sum(p)) + 1, other_sum], dtype=np.int32)
     fast, nsat_f = kernels.norm_rows(arr, sums, f, bits)
     ref, nsat_r = reference.norm_rows(arr, sums, f, bits)
     np.testing.assert_array_equal(fast, ref)
     assert nsat_f == nsat_r
     lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-    for i in range(2):
+    for i in range(3):
         for j, v in enumerate(arr[i]):
             if sums[i] > 0:
                 q = Fraction(int(v) * 2**f, int(sums[i]))
