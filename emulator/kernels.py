@@ -88,6 +88,11 @@ def _wrapping():
 # threads contend for the output's cache lines), so those run single-threaded.
 SERIAL_K = 64
 SERIAL_MIN_OUTPUT = 4096
+# Products with a small output and large operands are computed in K slices whose converted
+# operands (about 256 KiB of float32) stay in cache: converting a whole 405 x 500 tile first
+# and multiplying after was measured 1.3-1.5x slower than slices of 128 rows.
+CACHE_SMALL_OUTPUT = 16384
+CACHE_OPERAND_ELEMS = 1 << 16
 
 
 class _BlasThreads:
@@ -141,6 +146,19 @@ def _products(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     wide = a.dtype.itemsize > 1 or b.dtype.itemsize > 1
     ftype, chunk = (np.float64, F64_EXACT_K) if wide else (np.float32, F32_EXACT_K)
     pf = _WS.get("p", (m, n), ftype)
+    if k <= chunk and m * n <= CACHE_SMALL_OUTPUT and (m + n) * k > CACHE_OPERAND_ELEMS:
+        # a small output from large operands: convert and multiply K in slices that stay in
+        # cache, summing the partial products in the float type (exact: every partial sum is
+        # an integer within the one exact block)
+        step = max(16, CACHE_OPERAND_ELEMS // (m + n))
+        part = _WS.get("q", (m, n), ftype)
+        for k0 in range(0, k, step):
+            ac = _as_float(a[:, k0 : k0 + step], "a", ftype)
+            bc = _as_float(b[k0 : k0 + step], "b", ftype)
+            np.matmul(ac, bc, out=part if k0 else pf)
+            if k0:
+                pf += part
+        return pf
     total = None
     for k0 in range(0, max(k, 1), chunk):
         ac = _as_float(a[:, k0 : k0 + chunk], "a", ftype)
