@@ -113,6 +113,27 @@ def test_int16_long_k_beyond_int32():
     assert reference.gemm(a, b).tolist() == want
 
 
+@pytest.mark.parametrize("m,k,n,trans", [(10, 1024, 500, False), (500, 1024, 10, True),
+                                         (7, 300, 331, False)])
+def test_small_output_products_in_k_slices_are_exact(m, k, n, trans):
+    """Small outputs of large operands are multiplied in K slices whose float partial sums are
+    added: exact up to the block edge (1024 products of 2**14 = 2**24)."""
+    assert m * n <= kernels.CACHE_SMALL_OUTPUT
+    assert (m + n) * k > kernels.CACHE_OPERAND_ELEMS  # the sliced path
+    rng = np.random.default_rng(k + m)
+    a = rng.integers(-128, 128, (k, m)).astype(np.int8).T if trans else \
+        rng.integers(-128, 128, (m, k)).astype(np.int8)
+    b = rng.integers(-128, 128, (k, n)).astype(np.int8)
+    a[0], b[:, 0] = -128, -128  # row 0 x column 0: k * 2**14, the largest exact sum
+    b[:, 1] = 127
+    want = a.astype(np.int64) @ b.astype(np.int64)
+    assert want[0, 0] == k * 2**14
+    assert np.array_equal(kernels.gemm(a, b), want)
+    c = np.full((m, n), -3, dtype=np.int32)
+    assert kernels.gemm_into(c, a, b, True, 32, False) == 0
+    assert np.array_equal(c, want - 3)
+
+
 def test_short_k_products_on_one_blas_thread_are_exact_and_restore_threads(monkeypatch):
     """Short-K, large-output products take the single-thread BLAS path; it is exact (edge
     values included) and leaves the BLAS thread count as it found it."""
