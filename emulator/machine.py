@@ -48,7 +48,11 @@ def wrap64(v: int) -> int:
 
 
 class Machine:
-    """One emulated accelerator running one program."""
+    """One emulated accelerator running one program.
+
+    ``datapath`` is ``"fast"`` (emulator/kernels.py) or ``"reference"``; ``fuse`` lets plain
+    runs on the fast datapath execute hot instruction sequences fused (emulator/fusion.py).
+    Values, flags, faults and every counter are the same whatever the choice."""
 
     def __init__(self, cfg: Config, program: Program, datapath: str = "fast",
                  fuse: bool = True) -> None:
@@ -253,17 +257,8 @@ class Machine:
             self.limits = (step_limit, cycle_limit, break_pc)
             while not self.halted:
                 pc = self.pc
-                if not 0 <= pc < n:
-                    raise ExecutionError(
-                        f"pc {pc} outside the program (0..{n - 1}); missing halt?", pc)
-                if self.steps >= step_limit:
-                    raise BudgetExceeded(
-                        f"step budget of {max_steps} exhausted", pc, self.steps, self.cycles
-                    )
-                if self.cycles >= cycle_limit:
-                    raise BudgetExceeded(
-                        f"cycle budget of {max_cycles} exhausted", pc, self.steps, self.cycles
-                    )
+                if not 0 <= pc < n or self.steps >= step_limit or self.cycles >= cycle_limit:
+                    raise self._stop_error(pc, n, step_limit, max_steps, max_cycles)
                 handler, ops, _ = decoded[pc]
                 nxt = handler(self, ops)
                 cmv[pc * N_COUNTERS + INSTRUCTIONS] += 1
@@ -276,16 +271,8 @@ class Machine:
             return self.summary()
         while not self.halted:
             pc = self.pc
-            if not 0 <= pc < n:
-                raise ExecutionError(f"pc {pc} outside the program (0..{n - 1}); missing halt?", pc)
-            if self.steps >= step_limit:
-                raise BudgetExceeded(
-                    f"step budget of {max_steps} exhausted", pc, self.steps, self.cycles
-                )
-            if self.cycles >= cycle_limit:
-                raise BudgetExceeded(
-                    f"cycle budget of {max_cycles} exhausted", pc, self.steps, self.cycles
-                )
+            if not 0 <= pc < n or self.steps >= step_limit or self.cycles >= cycle_limit:
+                raise self._stop_error(pc, n, step_limit, max_steps, max_cycles)
             handler, ops, _ = decoded[pc]
             c0 = self.cycles
             if overlap:
@@ -308,6 +295,16 @@ class Machine:
                 if hits >= break_after:
                     break
         return self.summary()
+
+    def _stop_error(self, pc: int, n: int, step_limit: int, max_steps: int,
+                    max_cycles: int) -> ExecutionError | BudgetExceeded:
+        """Why the run loop cannot execute ``pc``: outside the program, or a budget is spent
+        (checked in that order)."""
+        if not 0 <= pc < n:
+            return ExecutionError(f"pc {pc} outside the program (0..{n - 1}); missing halt?", pc)
+        what = f"step budget of {max_steps}" if self.steps >= step_limit else \
+            f"cycle budget of {max_cycles}"
+        return BudgetExceeded(f"{what} exhausted", pc, self.steps, self.cycles)
 
     def restart(self, pc: int = 0) -> None:
         """Continue from ``pc`` after a halt (state, counters and RNG are kept)."""
