@@ -6,9 +6,10 @@ The lazy-update tail that the compiler emits for every weight tile,
     vsub  rR, rR, rU, rN, dt=i16                                  # R = R - U (residual)
     vlazy rT, rR, rN, eT, eR                                      # theta, R = lazy(theta, R)
 
-makes three passes over the tile; run as one pass it does the same work with a third of the
-memory traffic. The fused handler replaces the ``rqm`` at decode time and executes all three
-instructions only when doing so is indistinguishable from executing them one by one:
+makes three passes over the tile (one through an int64 temporary) and three dispatches; fused,
+it is one pass with about a third of the memory traffic and one dispatch. The fused handler
+replaces the ``rqm`` at decode time and executes all three instructions only when doing so is
+indistinguishable from executing them one by one:
 
 * statically: the register wiring above (same count register, the ``vsub`` reads and writes
   the residual in place and subtracts the ``rqm`` destination, ``vlazy`` updates that

@@ -83,6 +83,7 @@ def _wrapping():
     switched off (an ``errstate`` costs microseconds per call)."""
     return np.errstate(over="ignore") if numba.config.DISABLE_JIT else contextlib.nullcontext()
 
+
 # Products with a short inner dimension are bound by writing the output: OpenBLAS splitting
 # them across its threads was measured 1.5-5x slower than one thread on 2-core machines (the
 # threads contend for the output's cache lines), so those run single-threaded.
