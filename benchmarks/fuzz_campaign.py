@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(all_t))
         return 0
     names = args.targets.split(",") if args.targets else list(all_t)
+    unknown = [n for n in names if n not in all_t]
+    if unknown:
+        ap.error(f"unknown target(s) {', '.join(unknown)}; --list shows the targets")
     results = {}
     for name in names:
         results[name] = run_target(all_t[name], 60 * args.minutes)
