@@ -223,9 +223,11 @@ class Machine:
 
     def charge_cost(self, hook: str, *args) -> None:
         """``charge(cost(hook, *args))`` without building a dict."""
+        key = (hook, *args)
+        c = self._costs.get(key) or self._cached_cost(key)
         mv = self._cmv
         base = self.pc * N_COUNTERS
-        for k, v in self._cached_cost((hook, *args))[1]:
+        for k, v in c[1]:
             mv[base + k] += v
             if k == CYCLES:
                 self.cycles += v
