@@ -12,6 +12,7 @@ where ``tests/test_differential.py`` replays it on every datapath.
 Programs are built from one generator per mnemonic (``GENERATORS``; a test checks every
 instruction of the table has one) with edge operands (-128, -1, 0, 1, 127, accumulator limits,
 shift 0 and maximum), aliased source and destination ranges, bounded loops and forward branches,
+and the compiler's lazy-update sequence (which the fast machine runs fused, emulator/fusion.py),
 over randomly drawn small hardware configs (array shape and dataflow, skip granularity,
 accumulator width and overflow mode, DMA overlap).
 """
