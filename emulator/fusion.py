@@ -31,13 +31,13 @@ from typing import TYPE_CHECKING, Any
 
 from emulator.counters import CYCLES, INSTRUCTIONS, N_COUNTERS, SATURATIONS
 from emulator.reference import ROUND_NEAREST, ROUND_TRUNC
+from emulator.semantics import FLAG_ALU_SATURATION, FLAG_RQ_SATURATION
 from isa.spec import DTYPES
 
 if TYPE_CHECKING:
     from emulator.machine import Machine
 
 I16 = DTYPES.index("i16")
-FLAG_RQ_SATURATION, FLAG_ALU_SATURATION = 2, 4
 
 
 def match_update(decoded: list[tuple[Any, dict[str, int], Any]], pc: int) -> bool:

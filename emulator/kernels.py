@@ -200,12 +200,9 @@ def _fit_into(c, p, accumulate, lo, hi, wrap):  # pragma: no cover - compiled
             v = np.int64(p[i, j])
             if accumulate:
                 v += c[i, j]
-            if v > hi or v < lo:
+            if v > hi or v < lo:  # wrap (saturation returned above)
                 novf += 1
-                if wrap:
-                    v = ((v - lo) % span) + lo
-                else:
-                    v = hi if v > hi else lo
+                v = ((v - lo) % span) + lo
             c[i, j] = v
     return novf
 
@@ -511,12 +508,14 @@ def alu_into(op: str, d: np.ndarray, a: np.ndarray, b: np.ndarray | None, bits: 
 def _lazy_kernel(theta, acc, s):  # pragma: no cover - compiled
     half = (np.int64(1) << (s - 1)) if s > 0 else np.int64(0)
     for i in range(theta.shape[0]):
-        t = np.int64(theta[i])
-        a = np.int64(acc[i])
-        d = (a + half) >> s if s > 0 else a
-        tn = min(max(t + d, np.int64(-128)), np.int64(127))
-        theta[i] = tn
-        acc[i] = a - ((tn - t) << s)
+        theta[i], acc[i] = _lazy_one(np.int64(theta[i]), np.int64(acc[i]), s, half)
+
+
+@njit(inline="always")
+def _lazy_one(t, a, s, half):  # pragma: no cover - compiled
+    """One lazy-update element: (new parameter, new residual); ``half`` = 2**(s-1), or 0."""
+    tn = min(max(t + ((a + half) >> s), np.int64(-128)), np.int64(127))
+    return tn, a - ((tn - t) << s)
 
 
 def lazy_update_into(theta: np.ndarray, acc: np.ndarray, s: int) -> None:
@@ -562,10 +561,7 @@ def _update_kernel(src, dst, res, theta, mul, shift, mode, relu, s):  # pragma: 
         r = np.int64(res[i]) - q
         a = min(max(r, lo), hi)
         n_sub += a != r
-        t = np.int64(theta[i])
-        tn = min(max(t + ((a + half) >> s), np.int64(-128)), np.int64(127))
-        theta[i] = tn
-        res[i] = a - ((tn - t) << s)
+        theta[i], res[i] = _lazy_one(np.int64(theta[i]), a, s, half)
     return n_rq, n_sub
 
 
