@@ -86,7 +86,7 @@ def _yaml_target(loader_name: str) -> Callable[[bytes], None]:
     def target(data: bytes) -> None:
         from emulator.config import load_config
         from isa.errors import ConfigError
-        from programs.model import load_model
+        from programs.compiler.spec import load_model
 
         loader = load_config if loader_name == "config" else load_model
         path = _file(data, ".yaml")
@@ -218,7 +218,7 @@ def child(name: str, corpus: Path, artifacts: Path, seconds: int) -> None:
         import isa.asm  # noqa: F401
         import isa.encoding  # noqa: F401
         import programs.cli  # noqa: F401
-        import programs.model  # noqa: F401
+        import programs.compiler.spec  # noqa: F401
     fn = TARGETS[name]
     atheris.Setup([sys.argv[0], str(corpus), f"-max_total_time={seconds}",
                    f"-artifact_prefix={artifacts}/", "-print_final_stats=1", "-timeout=20",

@@ -27,15 +27,12 @@ Runs with a tracer or with DMA overlap never fuse (they observe each instruction
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from emulator.counters import CYCLES, INSTRUCTIONS, N_COUNTERS, SATURATIONS
 from emulator.reference import ROUND_NEAREST, ROUND_TRUNC
-from emulator.semantics import FLAG_ALU_SATURATION, FLAG_RQ_SATURATION
+from emulator.state import FLAG_ALU_SATURATION, FLAG_RQ_SATURATION, State
 from isa.spec import DTYPES
-
-if TYPE_CHECKING:
-    from emulator.machine import Machine
 
 I16 = DTYPES.index("i16")
 
@@ -65,7 +62,7 @@ def make_update_handler(plain, ops: tuple[dict[str, int], dict[str, int], dict[s
     e_out, e_in, mode, relu = rq["eout"], rq["ein"], rq["rnd"], bool(rq["relu"])
     r_res, r_t, e_t, e_a = lz["ra"], lz["rt"], lz["et"], lz["ea"]
 
-    def fused(m: Machine, o: dict[str, int]) -> int | None:
+    def fused(m: State, o: dict[str, int]) -> int | None:
         r, e = m.r, m.e
         n, mul = r[r_n], r[r_mul]
         shift = e[e_out] - e[e_in]

@@ -1,17 +1,16 @@
 """Instruction semantics: one small function per mnemonic, registered in :data:`SEMANTICS`.
 
-Each function receives the machine and the decoded operand dict, reads and checks every
-operand range *before* changing state (a faulting instruction leaves the machine as it was),
-does the work on the machine's datapath (``m.dp``: fast kernels or the reference), charges the
-closed-form cost from :mod:`emulator.timing` plus its data-dependent counts, and returns the
-next pc (or None for pc + 1). The pseudo-code each one implements is in ``isa/spec.py`` and
-``docs/isa.md``.
+Each function receives the machine state (:class:`emulator.state.State`) and the decoded
+operand dict, reads and checks every operand range *before* changing state (a faulting
+instruction leaves the machine as it was), does the work on the machine's datapath (``m.dp``:
+fast kernels or the reference), charges the closed-form cost from :mod:`emulator.timing` plus
+its data-dependent counts, and returns the next pc (or None for pc + 1). The pseudo-code each
+one implements is in ``isa/spec.py`` and ``docs/isa.md``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -29,16 +28,18 @@ from emulator.counters import (
 from emulator.errors import ExecutionError
 from emulator.reference import EXP_MAX_E, EXP_MIN_E, uses_rng
 from emulator.rng import MASK64
+from emulator.state import (
+    FLAG_ACC_OVERFLOW,
+    FLAG_ALU_SATURATION,
+    FLAG_RQ_SATURATION,
+    State,
+)
 from emulator.timing import gemm_skip_cycles_saved
 from isa.spec import DTYPES, RNG_FIELDS, ROUND_MODES
 
-if TYPE_CHECKING:
-    from emulator.machine import Machine
-
-Handler = Callable[["Machine", dict[str, int]], "int | None"]
+Handler = Callable[[State, dict[str, int]], "int | None"]
 SEMANTICS: dict[str, Handler] = {}
 
-FLAG_ACC_OVERFLOW, FLAG_RQ_SATURATION, FLAG_ALU_SATURATION = 1, 2, 4
 ELEM_BYTES = {DTYPES.index("i8"): 1, DTYPES.index("i16"): 2}
 EXP_MIN, EXP_MAX = -(1 << 31), (1 << 31) - 1
 MAX_RQ_SHIFT = 31
@@ -55,13 +56,13 @@ def semantics(*mnemonics: str) -> Callable[[Handler], Handler]:
     return deco
 
 
-def _count(m: Machine, name: str, n: int) -> int:
+def _count(m: State, name: str, n: int) -> int:
     if n < 0:
         raise ExecutionError(f"{name} must be >= 0, got {n}", m.pc)
     return n
 
 
-def _set_exp(m: Machine, ed: int, v: int) -> None:
+def _set_exp(m: State, ed: int, v: int) -> None:
     if not EXP_MIN <= v <= EXP_MAX:
         raise ExecutionError(f"exponent e{ed} = {v} outside the 32-bit range", m.pc)
     m.e[ed] = v
@@ -240,7 +241,7 @@ def _rngrd(m, o):
 
 
 # ============================================================================ DMA
-def _block(m: Machine, memory: str, size: int, base: int, rows: int, nbytes: int, stride: int):
+def _block(m: State, memory: str, size: int, base: int, rows: int, nbytes: int, stride: int):
     """Bounds-check a 2-D byte block and return (row starts ok); strides must be >= 0."""
     if stride < 0:
         raise ExecutionError(f"{memory} stride must be >= 0, got {stride}", m.pc)
@@ -256,7 +257,7 @@ def _strided(buf: np.ndarray, base: int, rows: int, nbytes: int, stride: int) ->
     )
 
 
-def _dma(m: Machine, o: dict[str, int], to_dram: bool) -> None:
+def _dma(m: State, o: dict[str, int], to_dram: bool) -> None:
     r = m.r
     rows = _count(m, "row count", r[o["rrows"]])
     nbytes = _count(m, "row bytes", r[o["rbytes"]])
@@ -297,7 +298,7 @@ def _dmast(m, o):
     _dma(m, o, to_dram=True)
 
 
-def _dma_acc(m: Machine, o: dict[str, int], to_dram: bool) -> None:
+def _dma_acc(m: State, o: dict[str, int], to_dram: bool) -> None:
     r = m.r
     rows = _count(m, "row count", r[o["rrows"]])
     cols = _count(m, "column count", r[o["rcols"]])
@@ -331,14 +332,14 @@ def _dmastacc(m, o):
     _dma_acc(m, o, to_dram=True)
 
 
-def _overflow(m: Machine, n: int) -> None:
+def _overflow(m: State, n: int) -> None:
     if n:
         m.flags |= FLAG_ACC_OVERFLOW
         m.charge({ACC_OVERFLOWS: n})
 
 
 # ============================================================================ matrix
-def _operand(m: Machine, addr: int, rows: int, cols: int, elem: int, trans: bool) -> np.ndarray:
+def _operand(m: State, addr: int, rows: int, cols: int, elem: int, trans: bool) -> np.ndarray:
     """The [rows, cols] operand stored row-major (or as [cols, rows] if ``trans``)."""
     v = m.sp_elems(addr, rows * cols, elem)
     return v.reshape(cols, rows).T if trans else v.reshape(rows, cols)
@@ -386,7 +387,7 @@ def _gemm(m, o):
 
 
 # ============================================================================ requantize
-def _shift(m: Machine, o: dict[str, int], eout: str = "eout", ein: str = "ein") -> int:
+def _shift(m: State, o: dict[str, int], eout: str = "eout", ein: str = "ein") -> int:
     shift = m.e[o[eout]] - m.e[o[ein]]
     if not -MAX_RQ_SHIFT <= shift <= MAX_RQ_SHIFT:
         raise ExecutionError(
@@ -397,7 +398,7 @@ def _shift(m: Machine, o: dict[str, int], eout: str = "eout", ein: str = "ein") 
     return shift
 
 
-def _requantize(m: Machine, src: np.ndarray, dst: np.ndarray, o: dict[str, int], shift: int,
+def _requantize(m: State, src: np.ndarray, dst: np.ndarray, o: dict[str, int], shift: int,
                 mul: int, out_bytes: int) -> None:
     """The requantizer datapath shared by rq, rqm and vcvt: values, RNG, flags, counts."""
     mode = o["rnd"]
@@ -412,7 +413,7 @@ def _requantize(m: Machine, src: np.ndarray, dst: np.ndarray, o: dict[str, int],
         m.flags |= FLAG_RQ_SATURATION
 
 
-def _rq_common(m: Machine, o: dict[str, int], mul: int) -> None:
+def _rq_common(m: State, o: dict[str, int], mul: int) -> None:
     r = m.r
     n = _count(m, "element count", r[o["rn"]])
     shift = _shift(m, o)
@@ -449,7 +450,7 @@ def _vcvt(m, o):
 
 
 # ============================================================================ vector ALU
-def _alu_sat(m: Machine, nsat: int) -> None:
+def _alu_sat(m: State, nsat: int) -> None:
     if nsat:
         m.flags |= FLAG_ALU_SATURATION
         m.charge({SATURATIONS: nsat})
@@ -528,7 +529,7 @@ def _vsel(m, o):
     m.charge_cost("alu", n, elem, 3, False)
 
 
-def _rows_cols(m: Machine, o: dict[str, int]) -> tuple[int, int]:
+def _rows_cols(m: State, o: dict[str, int]) -> tuple[int, int]:
     rows = _count(m, "row count", m.r[o["rrows"]])
     cols = _count(m, "column count", m.r[o["rcols"]])
     return rows, cols

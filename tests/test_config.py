@@ -337,7 +337,7 @@ def test_missing_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("loader", ["config", "model"])
 def test_deeply_nested_yaml_is_a_config_error(tmp_path: Path, loader: str) -> None:
-    from programs.model import load_model
+    from programs.compiler.spec import load_model
 
     p = write(tmp_path, "[" * 5000 + "]" * 5000 + "\n")
     with pytest.raises(ConfigError) as info:
@@ -362,7 +362,7 @@ UNCONSTRUCTIBLE = [
 @pytest.mark.parametrize(("text", "line", "col", "value"), UNCONSTRUCTIBLE)
 def test_unconstructible_scalar_is_a_config_error_with_its_position(
         tmp_path: Path, loader: str, text: str, line: int, col: int, value: str) -> None:
-    from programs.model import load_model
+    from programs.compiler.spec import load_model
 
     p = write(tmp_path, text)
     with pytest.raises(ConfigError) as info:
@@ -374,7 +374,7 @@ def test_unconstructible_scalar_is_a_config_error_with_its_position(
 
 @pytest.mark.parametrize("loader", ["config", "model"])
 def test_non_utf8_file_names_file_and_byte(tmp_path: Path, loader: str) -> None:
-    from programs.model import load_model
+    from programs.compiler.spec import load_model
 
     p = tmp_path / "latin1.yaml"
     p.write_bytes(b"# caf\xe9\narray: {}\n")
@@ -388,7 +388,7 @@ def test_non_utf8_file_names_file_and_byte(tmp_path: Path, loader: str) -> None:
 def test_only_safe_load_used() -> None:
     """No unsafe YAML loading anywhere in the package; all YAML goes through one reader."""
     root = Path(config_module.__file__).resolve().parents[1]
-    sources = [p for pkg in ("isa", "emulator", "programs", "benchmarks")
+    sources = [p for pkg in ("isa", "emulator", "programs", "lpemu", "benchmarks")
                for p in (root / pkg).rglob("*.py")]
     assert len(sources) > 20
     for p in sources:

@@ -12,7 +12,7 @@ import pytest
 
 from emulator import kernels
 from isa.spec import TABLE
-from programs import difftest
+from programs.verify import difftest
 
 COUNT = int(os.environ.get("LPEMU_DIFF_PROGRAMS", "250"))
 REGRESSIONS = sorted((Path(__file__).parent / "regressions").glob("*.s"))

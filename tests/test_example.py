@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SEED = 2024  # .equ SEED in programs/asm/gemm_dither.s
+SEED = 2024  # .equ SEED in programs/examples/gemm_dither.s
 
 M64 = np.uint64((1 << 64) - 1)
 
@@ -47,17 +47,17 @@ def test_example_gemm_dither_bit_exact(tmp_path, jit):
         env["NUMBA_DISABLE_JIT"] = "1"
     out_y, out_e, out_json = tmp_path / "y.npy", tmp_path / "e.npy", tmp_path / "run.json"
     cmd = [
-        sys.executable, "-m", "programs.cli", "run", str(ROOT / "programs/asm/gemm_dither.s"),
-        "--load", f"{ROOT / 'programs/data/gemm_a.npy'}@0",
-        "--load", f"{ROOT / 'programs/data/gemm_b.npy'}@0x10000",
+        sys.executable, "-m", "programs.cli", "run", str(ROOT / "programs/examples/gemm_dither.s"),
+        "--load", f"{ROOT / 'programs/examples/gemm_a.npy'}@0",
+        "--load", f"{ROOT / 'programs/examples/gemm_b.npy'}@0x10000",
         "--dump", f"0x20000:64x50:int8:{out_y}",
         "--dump", f"0x21000:1:int32:{out_e}",
         "--json", str(out_json), "-q",
     ]
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
-    a = np.load(ROOT / "programs/data/gemm_a.npy")
-    b = np.load(ROOT / "programs/data/gemm_b.npy")
+    a = np.load(ROOT / "programs/examples/gemm_a.npy")
+    b = np.load(ROOT / "programs/examples/gemm_b.npy")
     assert a.shape == (64, 300) and b.shape == (300, 50)
     want, s = expected_output(a, b)
     got = np.load(out_y)
@@ -80,8 +80,9 @@ def test_example_same_digest_with_and_without_jit(tmp_path):
             env["NUMBA_DISABLE_JIT"] = "1"
         out = tmp_path / f"{jit}.json"
         cmd = [
-            sys.executable, "-m", "programs.cli", "run", "programs/asm/gemm_dither.s",
-            "--load", "programs/data/gemm_a.npy@0", "--load", "programs/data/gemm_b.npy@0x10000",
+            sys.executable, "-m", "programs.cli", "run", "programs/examples/gemm_dither.s",
+            "--load", "programs/examples/gemm_a.npy@0",
+            "--load", "programs/examples/gemm_b.npy@0x10000",
             "--json", str(out), "-q",
         ]
         res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)

@@ -15,7 +15,7 @@ from emulator.errors import BudgetExceeded
 from emulator.machine import Machine
 from isa import assemble
 from isa.errors import LpemuError
-from programs import difftest
+from programs.verify import difftest
 
 CASES = 300
 

@@ -21,7 +21,7 @@ from emulator.config import config_from_dict, load_config
 from isa import assemble, to_bytes
 from isa.encoding import decode, encode, from_bytes
 from isa.errors import AsmError, BinaryFormatError, ConfigError
-from programs.model import load_model, spec_from_dict
+from programs.compiler.spec import load_model, spec_from_dict
 
 N = int(os.environ.get("LPEMU_FUZZ_EXAMPLES", "200"))
 # fixed seeds in CI; LPEMU_FUZZ_RANDOM=1 (benchmarks/fuzz_campaign.py) draws fresh ones

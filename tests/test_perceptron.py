@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from emulator.config import Config
-from programs.perceptron import exact_perceptron, run_perceptron
+from programs.experiments.perceptron import exact_perceptron, run_perceptron
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -13,16 +13,15 @@ import pytest
 
 from emulator.config import Config
 from emulator.counters import COUNTERS, IDX
-from programs import profile
-from programs.cli import main
-from programs.data import Dataset, digits
-from programs.host import ChipTrainer
-from programs.model import ModelSpec, with_overrides
+from programs.cli import main, profile
+from programs.compiler.spec import ModelSpec, with_overrides
+from programs.host.datasets import Dataset, digits
+from programs.host.driver import ChipTrainer
 
 ROOT = Path(__file__).resolve().parents[1]
-EXAMPLE = ROOT / "programs/asm/gemm_dither.s"
-LOADS = ["--load", f"{ROOT / 'programs/data/gemm_a.npy'}@0",
-         "--load", f"{ROOT / 'programs/data/gemm_b.npy'}@0x10000"]
+EXAMPLE = ROOT / "programs/examples/gemm_dither.s"
+LOADS = ["--load", f"{ROOT / 'programs/examples/gemm_a.npy'}@0",
+         "--load", f"{ROOT / 'programs/examples/gemm_b.npy'}@0x10000"]
 
 
 def check_trace_schema(trace: dict) -> list[dict]:

@@ -340,7 +340,7 @@ def test_back_to_back_transfers_wait_for_the_engine():
 
 
 def test_overlap_trace_puts_transfers_on_their_own_track():
-    from programs.profile import Tracer, chrome_trace
+    from programs.cli.profile import Tracer, chrome_trace
 
     m = Machine(overlap_cfg(True), assemble(OVERLAP_SRC.format(gemm_a=512), "o.s"))
     tracer = m.tracer = Tracer()

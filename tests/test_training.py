@@ -15,12 +15,12 @@ import pytest
 from emulator.config import Config
 from emulator.counters import IDX
 from emulator.errors import ConfigError
-from programs.data import Dataset, digits
+from programs.cli.train import classifier_warning
+from programs.compiler.spec import ModelSpec, load_model, spec_from_dict, with_overrides
 from programs.experiments import chip_run, classifier_spec
-from programs.host import ChipTrainer, classifier_bits_bound
-from programs.model import ModelSpec, load_model, spec_from_dict, with_overrides
-from programs.reference_trainer import train_float
-from programs.train_cli import classifier_warning
+from programs.host.datasets import Dataset, digits
+from programs.host.driver import ChipTrainer, classifier_bits_bound
+from programs.host.float_ref import train_float
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -117,7 +117,7 @@ def test_classifier_width_int8_loses_small_components_int16_within_alpha():
     """001 sec. 3: on a 100-class task an INT8 classifier (below the eq. 5 bound of 8.63 bits)
     rounds many small softmax outputs to zero and biases the round-off sum of dL/ds; INT16
     keeps every sample's round-off sum far inside alpha."""
-    from programs.data import synthetic
+    from programs.host.datasets import synthetic
 
     data = synthetic(classes=100, features=64, seed=0)
     int8 = chip_run(classifier_spec(100, 8, epochs=5), Config(), data)
@@ -158,8 +158,9 @@ def test_training_step_fast_equals_reference_datapath(digits_data):
 
 def test_training_same_with_numba_off(tmp_path, digits_data):
     code = (
-        "from programs.model import ModelSpec, with_overrides\n"
-        "from programs.host import ChipTrainer\nfrom programs.data import digits, Dataset\n"
+        "from programs.compiler.spec import ModelSpec, with_overrides\n"
+        "from programs.host.driver import ChipTrainer\n"
+        "from programs.host.datasets import digits, Dataset\n"
         "from emulator.config import Config\n"
         "d = digits(0)\nd = Dataset('t', d.x_train[:30], d.y_train[:30], d.x_test[:20],"
         " d.y_test[:20], 10)\n"
@@ -246,7 +247,7 @@ def test_momentum_update_is_the_documented_integer_algorithm(digits_data):
     grid, VL = sat16(floor((VL beta_q + u) / 2^15) + U) with u the low 15 bits of one dither
     draw per element, LZ -= VL, then the lazy move into the INT8 weights."""
     from emulator.rng import draw_ref
-    from programs.compiler import E_T0, E_W, R_MU, momentum_q15
+    from programs.compiler.firmware import E_T0, E_W, R_MU, momentum_q15
 
     spec = with_overrides(ModelSpec(), **{"epochs": 1, "update.momentum": 0.875,
                                           "update.lr": 0.05})

@@ -10,14 +10,14 @@ from emulator.machine import Machine
 
 def per_instruction(m: Machine) -> list[dict[str, Any]]:
     """One row per executed pc: its text, label, unit, every counter and energy."""
-    from programs.profile import by_instruction
+    from programs.cli.profile import by_instruction
 
     return by_instruction(m)
 
 
 def per_label(m: Machine) -> dict[str, dict[str, Any]]:
     """Counters and energy summed per label (``<start>`` before the first label)."""
-    from programs.profile import by_label
+    from programs.cli.profile import by_label
 
     return {r["label"]: {k: v for k, v in r.items() if k != "label"} for r in by_label(m)}
 

@@ -161,7 +161,7 @@ def _prepare(args):
 
 
 def _cmd_run(args) -> int:
-    from programs.report import print_summary, run_report
+    from programs.cli.report import print_summary, run_report
 
     m = _prepare(args)
     dumps = [parse_dump(s) for s in args.dump or []]
@@ -182,7 +182,7 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_profile(args) -> int:
-    from programs import profile
+    from programs.cli import profile
 
     m = _prepare(args)
     if args.trace_limit < 1:
@@ -219,8 +219,8 @@ def _cmd_train(args) -> int:
     import dataclasses
 
     from emulator.config import config_from_dict, load_config
-    from programs.model import load_model, spec_from_dict, validate
-    from programs.train_cli import run_training
+    from programs.cli.train import run_training
+    from programs.compiler.spec import load_model, spec_from_dict, validate
 
     if args.checkpoint_every < 0:
         raise UsageError("must be >= 0", "--checkpoint-every")
@@ -294,7 +294,7 @@ def _cmd_experiment(args) -> int:
 
 
 def _cmd_bench(args) -> int:
-    from benchmarks.suite import print_suite, run_suite
+    from programs.bench.suite import print_suite, run_suite
 
     res = run_suite(args.quick)
     print_suite(res)

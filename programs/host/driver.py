@@ -22,7 +22,7 @@ from emulator.counters import COUNTERS, IDX, energy_breakdown
 from emulator.errors import CheckpointError
 from emulator.machine import Machine
 from isa.asm import assemble
-from programs.compiler import (
+from programs.compiler.firmware import (
     MODE_EVAL,
     MODE_TRAIN,
     P_LOADW,
@@ -39,8 +39,8 @@ from programs.compiler import (
     init_bound,
     lr_multiplier,
 )
-from programs.data import Dataset, epoch_order
-from programs.model import ModelSpec
+from programs.compiler.spec import ModelSpec
+from programs.host.datasets import Dataset, epoch_order
 
 PHASES = {"fwd": "forward", "softmax": "softmax", "bwd": "backward", "upd": "update"}
 

@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 
 from emulator.config import Config
-from programs.data import Dataset, digits, synthetic
-from programs.host import ChipTrainer, classifier_bits_bound
-from programs.model import ModelSpec, with_overrides
-from programs.reference_trainer import train_float
+from programs.compiler.spec import ModelSpec, with_overrides
+from programs.host.datasets import Dataset, digits, synthetic
+from programs.host.driver import ChipTrainer, classifier_bits_bound
+from programs.host.float_ref import train_float
 
 Row = dict[str, Any]
 
@@ -120,7 +120,7 @@ def classifier_width(cfg: Config, quick: bool, note: Note = _silent) -> list[Row
 
 def perceptron(cfg: Config, quick: bool, note: Note = _silent) -> list[Row]:
     """The Perceptron program vs an exact integer Perceptron on integer data (000 Theorem 2)."""
-    from programs.perceptron import exact_perceptron, run_perceptron
+    from programs.experiments.perceptron import exact_perceptron, run_perceptron
 
     rows = []
     for seed in range(2 if quick else 5):

@@ -2,7 +2,7 @@
 and the fast datapath with ``NUMBA_DISABLE_JIT=1`` (in a child process); the final state digest,
 every counter and any fault must agree.
 
-    python -m programs.difftest [--count N] [--seed S] [--no-jit-leg] [--out DIR]
+    python -m programs.verify.difftest [--count N] [--seed S] [--no-jit-leg] [--out DIR]
 
 A mismatch is reported with its seed and the first diverging instruction (found by stepping
 both machines one instruction at a time), then shrunk by dropping program chunks while the
@@ -503,7 +503,7 @@ class JitOff:
         env = dict(os.environ, NUMBA_DISABLE_JIT="1")
         self._err = tempfile.TemporaryFile(mode="w+")  # a file, so the child never blocks on it
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "programs.difftest", "--serve"], env=env,
+            [sys.executable, "-m", "programs.verify.difftest", "--serve"], env=env,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err, text=True)
 
     def _ask(self, op: str, case: Case, chunks: list[list[str]] | None) -> Any:
@@ -696,7 +696,7 @@ def campaign(count: int, seed0: int = 0, jit_leg: bool = True, out: Path | None 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m programs.difftest",
+    ap = argparse.ArgumentParser(prog="python -m programs.verify.difftest",
                                  description=__doc__.split("\n\n")[0])
     ap.add_argument("--count", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0, help="first seed")

@@ -4,7 +4,7 @@ measured in the same run (medians of several repeats).
 1. matrix instruction vs numpy float32 matmul on the same int8-valued operands, dense and with
    90% zeros in the skip-enabled operand;
 2. one training step of a 784-500-500-10 MLP (batch 10, QBP uniform dither, lazy update) on the
-   emulator vs the same step in float32 numpy (``programs.reference_trainer.train_step``),
+   emulator vs the same step in float32 numpy (``programs.host.float_ref.train_step``),
    timed in interleaved rounds; the ratio is the median of the per-round ratios;
 3. one epoch of 60,000 samples of that network on synthetic MNIST-shaped data: wall time and peak
    resident memory (measured in a child process);
@@ -48,14 +48,14 @@ TINY_PROGRAM = """; 10 instructions: scalar work, one small GEMM, a requantize, 
 
 
 def _median(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
-    from benchmarks.gemm import median_time
+    from programs.bench.gemm import median_time
 
     return median_time(fn, repeats, warmup)
 
 
 # ----------------------------------------------------------------------------- 1. gemm
 def bench_gemm(quick: bool) -> list[dict[str, Any]]:
-    from benchmarks.gemm import SHAPES, measure
+    from programs.bench.gemm import SHAPES, measure
 
     repeats = 3 if quick else 7
     out = []
@@ -68,7 +68,7 @@ def bench_gemm(quick: bool) -> list[dict[str, Any]]:
 
 # ----------------------------------------------------------------------------- 2. training step
 def mlp_spec():
-    from programs.model import ModelSpec, with_overrides
+    from programs.compiler.spec import ModelSpec, with_overrides
 
     return with_overrides(ModelSpec(), layers=[784, 500, 500, 10], batch_size=10, epochs=1,
                           name="mlp-784-500-500-10")
@@ -76,7 +76,7 @@ def mlp_spec():
 
 def mnist_like(n_train: int, n_test: int = 100, seed: int = 0):
     """Synthetic MNIST-shaped data: 784 features in [0, 16], 10 classes."""
-    from programs.data import synthetic
+    from programs.host.datasets import synthetic
 
     return synthetic(classes=10, features=784, per_class_train=n_train // 10,
                      per_class_test=max(n_test // 10, 1), seed=seed)
@@ -91,8 +91,8 @@ def bench_step(quick: bool) -> dict[str, Any]:
     import dataclasses
 
     from emulator.config import Config
-    from programs.host import ChipTrainer
-    from programs.reference_trainer import train_step
+    from programs.host.driver import ChipTrainer
+    from programs.host.float_ref import train_step
 
     steps = 10 if quick else 30
     spec = mlp_spec()
@@ -135,7 +135,7 @@ def bench_step(quick: bool) -> dict[str, Any]:
 def epoch_child(samples: int) -> None:
     """Run in a child process: one epoch of ``samples`` samples; prints JSON."""
     from emulator.config import Config
-    from programs.host import ChipTrainer
+    from programs.host.driver import ChipTrainer
 
     t0 = time.perf_counter()
     spec = mlp_spec()
@@ -152,7 +152,7 @@ def epoch_child(samples: int) -> None:
 
 def bench_epoch(quick: bool) -> dict[str, Any]:
     samples = 6000 if quick else 60000
-    res = subprocess.run([sys.executable, "-m", "benchmarks.suite", "--epoch-child",
+    res = subprocess.run([sys.executable, "-m", "programs.bench.suite", "--epoch-child",
                           str(samples)], cwd=ROOT, capture_output=True, text=True)
     if res.returncode != 0:
         raise RuntimeError("epoch benchmark failed:\n" + res.stderr[-3000:])
@@ -160,9 +160,24 @@ def bench_epoch(quick: bool) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- 4. SCALE-Sim
-def bench_scalesim() -> dict[str, Any] | None:
-    from benchmarks import scalesim_compare as sc
+def _scalesim_module():
+    """``benchmarks/scalesim_compare.py`` of the checkout lpemu runs from (not installed: it
+    manages SCALE-Sim's own venv), or None outside a checkout."""
+    import importlib.util
 
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "scalesim_compare.py"
+    if not path.exists():
+        return None
+    spec = importlib.util.spec_from_file_location("lpemu_scalesim_compare", path)
+    mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    return mod
+
+
+def bench_scalesim() -> dict[str, Any] | None:
+    sc = _scalesim_module()
+    if sc is None:
+        return None
     venv_dir = Path(os.environ.get("LPEMU_SCALESIM_VENV", sc.default_venv()))
     py = venv_dir / "bin" / "python"
     if not py.exists():
@@ -202,9 +217,9 @@ def bench_startup(quick: bool) -> dict[str, Any]:
 JIT_CHILD = """
 import json, sys, time
 from emulator.config import Config
-from programs.data import digits, Dataset
-from programs.host import ChipTrainer
-from programs.model import ModelSpec, with_overrides
+from programs.host.datasets import digits, Dataset
+from programs.host.driver import ChipTrainer
+from programs.compiler.spec import ModelSpec, with_overrides
 d = digits(0)
 n = int(sys.argv[1])
 small = Dataset("digits-small", d.x_train[:n], d.y_train[:n], d.x_test[:50], d.y_test[:50], 10)

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from programs.data import Dataset, epoch_order
-from programs.model import ModelSpec
+from programs.compiler.spec import ModelSpec
+from programs.host.datasets import Dataset, epoch_order
 
 
 @dataclass

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from emulator.config import Config
-from programs.data import load
-from programs.host import ChipTrainer, EpochStats, classifier_bits_bound
-from programs.model import ModelSpec
+from programs.compiler.spec import ModelSpec
+from programs.host.datasets import load
+from programs.host.driver import ChipTrainer, EpochStats, classifier_bits_bound
 
 
 def classifier_warning(spec: ModelSpec) -> str | None:
@@ -69,7 +69,7 @@ def run_training(spec: ModelSpec, cfg: Config, json_out: str | None = None,
         Path(asm_out).write_text(tr.asm_text)
     tracer = None
     if trace_out:
-        from programs.profile import Tracer
+        from programs.cli.profile import Tracer
 
         tracer = tr.m.tracer = Tracer(trace_limit)
     with Progress(
@@ -97,7 +97,7 @@ def run_training(spec: ModelSpec, cfg: Config, json_out: str | None = None,
     summary = tr.m.summary()
     ref = None
     if compare_float:
-        from programs.reference_trainer import train_float
+        from programs.host.float_ref import train_float
 
         ref = train_float(spec, data, tr.float_init()).test_accuracy
     rows = tr.breakdown()
@@ -134,14 +134,14 @@ def run_training(spec: ModelSpec, cfg: Config, json_out: str | None = None,
     }
     result.update(summary.to_dict())
     if tracer is not None and trace_out:
-        from programs.profile import write_trace
+        from programs.cli.profile import write_trace
 
         write_trace(trace_out, tr.m, tracer)
         con.print(f"trace: {len(tracer):,} events written to {trace_out}"
                   + (f" ({tracer.dropped:,} later events dropped; see --trace-limit)"
                      if tracer.dropped else ""))
     if plot_out:
-        from programs.profile import plot_groups
+        from programs.cli.profile import plot_groups
 
         groups = [dict(r, group=f"{r['layer']} {r['phase']}") for r in rows]
         if plot_groups(groups, "group", plot_out,

@@ -1,4 +1,4 @@
-"""Regenerate the example GEMM operands (seeded): python programs/data/make_gemm_data.py"""
+"""Regenerate the example GEMM operands (seeded): python programs/examples/make_gemm_data.py"""
 
 from pathlib import Path
 

@@ -1,0 +1,1 @@
+"""``lpemu bench``: the speed suite, with ratios against baselines measured in the same run."""

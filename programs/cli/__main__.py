@@ -1,0 +1,5 @@
+import sys
+
+from programs.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""The host side of on-chip training: the driver, datasets and the float32 reference."""

@@ -1,0 +1,1 @@
+"""Verification tools: the differential tester (``python -m programs.verify.difftest``)."""
