@@ -44,11 +44,13 @@ def run_training(spec: ModelSpec, cfg: Config, json_out: str | None = None,
     if warn:
         con.print(f"[yellow]warning:[/yellow] {warn}")
     data = load(spec.dataset, spec.classes, spec.seed)
-    if data.features != spec.layers[0] or data.classes != spec.classes:
+    net = spec.net()
+    if data.features != net.features or data.classes != spec.classes:
         from emulator.errors import ConfigError
 
         raise ConfigError(f"dataset {data.name} has {data.features} features and "
-                          f"{data.classes} classes; layers are {spec.layers}", "layers")
+                          f"{data.classes} classes; the network takes {net.features} inputs "
+                          f"and gives {net.classes} classes", "layers")
     t0 = time.perf_counter()
     tr = ChipTrainer(spec, cfg, data)
     if resume:

@@ -16,6 +16,7 @@ from typing import Any
 
 from emulator.config import read_yaml
 from emulator.errors import ConfigError
+from programs.compiler.net import MAX16, Net, build_net
 
 DATASETS = ("digits", "synthetic")
 DITHERS = ("uniform", "triangular", "none")
@@ -67,7 +68,9 @@ class UpdateSpec:
 class ModelSpec:
     name: str = "digits-mlp"
     dataset: str = "digits"
-    layers: list[int] = field(default_factory=lambda: [64, 100, 100, 10])
+    # widths [input, hidden..., classes] (dense, no biases) or layer mappings (programs/compiler/
+    # net.py): conv, maxpool, avgpool, flatten, dense, with optional biases
+    layers: list[Any] = field(default_factory=lambda: [64, 100, 100, 10])
     batch_size: int = 10
     epochs: int = 20
     seed: int = 0
@@ -78,13 +81,17 @@ class ModelSpec:
     qbp: QbpSpec = field(default_factory=QbpSpec)
     update: UpdateSpec = field(default_factory=UpdateSpec)
 
+    def net(self) -> Net:
+        """The normalized layers with their shapes (raises ConfigError on a bad ``layers``)."""
+        return build_net(self.layers)
+
     @property
     def n_weight_layers(self) -> int:
-        return len(self.layers) - 1
+        return len(self.net().weight_layers)
 
     @property
     def classes(self) -> int:
-        return self.layers[-1]
+        return self.net().classes
 
     def qbp_steps(self) -> list[int] | None:
         s = self.qbp.step_log2
@@ -139,15 +146,16 @@ def _is_num(v: object) -> bool:
 
 def validate(spec: ModelSpec, file: str = "") -> ModelSpec:
     """Check every field; raise ConfigError naming the key path of the first problem."""
-    n = spec.layers
     _need(isinstance(spec.name, str), "must be a string", "name", file)
     _need(spec.dataset in DATASETS, f"must be one of {DATASETS}", "dataset", file)
-    _need(isinstance(n, list) and len(n) >= 2 and all(_is_int(x) and x >= 1 for x in n),
-          "must be a list of at least two positive integers", "layers", file)
-    _need(len(n) <= 6, "at most 5 weight layers are supported", "layers", file)
+    net = build_net(spec.layers, file)
+    nw = len(net.weight_layers)
     for key in ("batch_size", "epochs"):
         v = getattr(spec, key)
         _need(_is_int(v) and v >= 1, f"must be an integer >= 1, got {v!r}", key, file)
+    _need(not net.is_image or spec.batch_size <= MAX16,
+          f"an image network's batch is a 16-bit geometry field: at most {MAX16}", "batch_size",
+          file)
     _need(_is_int(spec.seed) and 0 <= spec.seed < 2**31, "must be an integer in [0, 2**31)",
           "seed", file)
     _need(_is_int(spec.input_exponent) and -16 <= spec.input_exponent <= 16,
@@ -169,7 +177,7 @@ def validate(spec: ModelSpec, file: str = "") -> ModelSpec:
         ok = _is_int(steps) or (isinstance(steps, list) and all(_is_int(s) for s in steps))
         _need(ok, "must be an integer, a list of integers, or null", "qbp.step_log2", file)
         if isinstance(steps, list):
-            _need(len(steps) == len(n) - 1, f"needs one step per weight layer ({len(n) - 1})",
+            _need(len(steps) == nw, f"needs one step per weight layer ({nw})",
                   "qbp.step_log2", file)
         for s in steps if isinstance(steps, list) else [steps]:
             _need(-24 <= s <= 8, "steps must lie in [-24, 8]", "qbp.step_log2", file)

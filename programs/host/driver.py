@@ -39,6 +39,7 @@ from programs.compiler.firmware import (
     init_bound,
     lr_multiplier,
 )
+from programs.compiler.layers import Param
 from programs.compiler.spec import ModelSpec
 from programs.host.datasets import Dataset, epoch_order
 
@@ -51,15 +52,25 @@ def classifier_bits_bound(classes: int, alpha: float) -> float:
 
 
 def initial_weights(spec: ModelSpec, weight_exp: list[int]) -> list[np.ndarray]:
-    """He-uniform INT8 weights on each layer's fixed grid (the float trainer starts from the
-    same values, dequantized)."""
+    """He-uniform INT8 weights [fan_in, units] on each weight layer's fixed grid (the float
+    trainer starts from the same values, dequantized). Biases start at zero."""
     rng = np.random.default_rng([spec.seed, 7])
     out = []
-    for l, e in enumerate(weight_exp):
-        n_in, n_out = spec.layers[l], spec.layers[l + 1]
-        b = init_bound(n_in)
-        w = rng.uniform(-b, b, size=(n_in, n_out))
+    for layer, e in zip(spec.net().weight_layers, weight_exp, strict=True):
+        b = init_bound(layer.fan_in)
+        w = rng.uniform(-b, b, size=layer.wshape)
         out.append(np.clip(np.rint(w / 2.0**e), -127, 127).astype(np.int8))
+    return out
+
+
+def initial_params(spec: ModelSpec, weight_exp: list[int]) -> list[np.ndarray]:
+    """Every parameter in the compiler's order (per weight layer: W, then its bias)."""
+    out = []
+    for layer, w in zip(spec.net().weight_layers, initial_weights(spec, weight_exp),
+                        strict=True):
+        out.append(w)
+        if layer.bias:
+            out.append(np.zeros(layer.units, np.int8))
     return out
 
 
@@ -103,8 +114,12 @@ class ChipTrainer:
         self.asm_text, self.layout = text, lay
         self.program = assemble(text, f"{spec.name}.s")
         self.m = Machine(cfg, self.program, datapath=datapath)
-        self.weights0 = initial_weights(spec, lay.weight_exp)
-        self._place_weights(self.weights0)
+        self.params0 = initial_params(spec, lay.weight_exp)
+        self.weights0 = [w for p, w in zip(lay.params, self.params0, strict=True)
+                         if not p.is_bias]
+        self._place_params(self.params0)
+        if lay.ones:
+            self.m.load_dram(lay.dram["ONES"], np.ones(lay.ones, np.int8))
         self._plan_dram()
         self.epoch = 0
         self.loaded = False
@@ -114,22 +129,22 @@ class ChipTrainer:
         labels = self.program.label_at()
         self.pc_keys = [label_key(lb) for lb in labels]
         self.bwd_pcs = {
-            l: np.array([k == (f"l{l}", "backward") for k in self.pc_keys], dtype=bool)
-            for l in range(1, spec.n_weight_layers + 1)
+            x.pos: np.array([k == (x.name, "backward") for k in self.pc_keys], dtype=bool)
+            for x in lay.net.weight_layers
         }
 
     # ------------------------------------------------------------------ DRAM placement
-    def _place_weights(self, weights: list[np.ndarray]) -> None:
+    def _place_params(self, params: list[np.ndarray]) -> None:
         lay, spec = self.layout, self.spec
-        for l, w in enumerate(weights, start=1):
-            self.m.load_dram(lay.dram[f"W{l}"], w.astype(np.int8))
+        for p, w in zip(lay.params, params, strict=True):
+            self.m.load_dram(lay.dram[p.key("W")], w.astype(np.int8))
             if spec.update.mode == "shadow":
                 lz = w.astype(np.int16) << spec.update.acc_shift
             else:
                 lz = np.zeros(w.shape, np.int16)
-            self.m.load_dram(lay.dram[f"LZ{l}"], lz.astype("<i2"))
-            if f"VL{l}" in lay.dram:  # momentum: the velocity starts at zero
-                self.m.load_dram(lay.dram[f"VL{l}"], np.zeros(w.shape, "<i2"))
+            self.m.load_dram(lay.dram[p.key("LZ")], lz.astype("<i2"))
+            if p.key("VL") in lay.dram:  # momentum: the velocity starts at zero
+                self.m.load_dram(lay.dram[p.key("VL")], np.zeros(w.shape, "<i2"))
 
     def _plan_dram(self) -> None:
         lay, spec, d = self.layout, self.spec, self.data
@@ -163,7 +178,14 @@ class ChipTrainer:
         return np.concatenate([x, np.zeros((n - len(x),) + x.shape[1:], x.dtype)])
 
     def _batches_x(self, x: np.ndarray) -> np.ndarray:
+        """Per batch: images NHWC [B, H, W, C] (from rows in (c, h, w) order); feature vectors
+        transposed to [features, B]."""
         b = self.spec.batch_size
+        net = self.layout.net
+        if net.is_image:
+            c, h, w = net.input_shape
+            return np.ascontiguousarray(x.reshape(-1, b, c, h, w).transpose(0, 1, 3, 4, 2),
+                                        np.int8)
         return np.ascontiguousarray(x.reshape(-1, b, x.shape[1]).transpose(0, 2, 1), np.int8)
 
     def _neg_targets(self, y: np.ndarray) -> np.ndarray:
@@ -267,19 +289,23 @@ class ChipTrainer:
         return stats
 
     def _sparsity(self, delta: np.ndarray) -> list[float]:
-        """Fraction of zeros in each layer's quantized dz~, exactly, from the skip counters.
+        """Fraction of zeros in each weight layer's quantized dz~, exactly, from the skip
+        counters.
 
-        In ``train.bwd.l<l>`` the dW product skips zeros(dz~) x n_in MACs and (for l > 1) the
-        dA product skips as many again; so zeros = skipped / (n_in x products)."""
-        spec = self.spec
+        In ``train.bwd.l<pos>`` every zero of dz~ skips the same number of MACs: the dW product
+        skips zeros(dz~) x K (fan-in), the input-gradient product (all but the lowest weight
+        layer) as many again, the bias gradient zeros(dz~) x 1."""
+        lay = self.layout
         out = []
-        for l in range(1, spec.n_weight_layers + 1):
-            skipped = int(delta[self.bwd_pcs[l], IDX["macs_skipped"]].sum())
-            n_in = spec.layers[l - 1]
-            products = 2 if l > 1 else 1
-            zeros = skipped / (n_in * products)
-            per_batch = spec.batch_size * spec.layers[l]
-            out.append(zeros / (per_batch * self.nb_train))
+        layers = lay.net.layers
+        for i, x in enumerate(layers):
+            if not x.is_weight:
+                continue
+            low = lay.lowerings[i]
+            need_dx = any(y.is_weight for y in layers[:i])
+            skipped = int(delta[self.bwd_pcs[x.pos], IDX["macs_skipped"]].sum())
+            zeros = skipped / low.skip_factor(need_dx)
+            out.append(zeros / (low.dz_count(self.spec.batch_size) * self.nb_train))
         return out
 
     def evaluate(self) -> float:
@@ -292,32 +318,35 @@ class ChipTrainer:
         pred = s.reshape(-1, c)[: len(d.y_test)].argmax(axis=1)
         return float((pred == d.y_test).mean())
 
+    def _read_param(self, p: Param, x: str = "W") -> np.ndarray:
+        dt = np.dtype(np.int8) if x == "W" else np.dtype("<i2")
+        raw = self.m.read_dram(self.layout.dram[p.key(x)], p.size * dt.itemsize)
+        return np.frombuffer(raw, dt).reshape(p.shape).copy()
+
     def weights(self) -> list[np.ndarray]:
-        lay, spec = self.layout, self.spec
-        out = []
-        for l in range(1, spec.n_weight_layers + 1):
-            n_in, n_out = spec.layers[l - 1], spec.layers[l]
-            raw = self.m.read_dram(lay.dram[f"W{l}"], n_in * n_out)
-            out.append(np.frombuffer(raw, np.int8).reshape(n_in, n_out).copy())
-        return out
+        """The INT8 weight matrices [fan_in, units] of the weight layers."""
+        return [self._read_param(p) for p in self.layout.params if not p.is_bias]
+
+    def params(self) -> list[np.ndarray]:
+        """Every INT8 parameter in the compiler's order (per weight layer: W, then bias)."""
+        return [self._read_param(p) for p in self.layout.params]
 
     def weights_digest(self) -> str:
-        """SHA-256 of every weight matrix (INT8, row-major) and its INT16 update state (lazy
+        """SHA-256 of every parameter (INT8, row-major) and its INT16 update state (lazy
         residual or shadow copy, and the momentum velocity)."""
         h = hashlib.sha256()
-        for w in self.weights():
+        for w in self.params():
             h.update(w.tobytes())
-        for l in range(1, self.spec.n_weight_layers + 1):
-            n_in, n_out = self.spec.layers[l - 1], self.spec.layers[l]
+        for p in self.layout.params:
             for x in ("LZ", "VL"):
-                if f"{x}{l}" in self.layout.dram:
-                    h.update(self.m.read_dram(self.layout.dram[f"{x}{l}"], 2 * n_in * n_out))
+                if p.key(x) in self.layout.dram:
+                    h.update(self.m.read_dram(self.layout.dram[p.key(x)], 2 * p.size))
         return h.hexdigest()
 
     def float_init(self) -> list[np.ndarray]:
-        """The initial weights as float32 values (for the float reference trainer)."""
-        return [w.astype(np.float32) * np.float32(2.0**e)
-                for w, e in zip(self.weights0, self.layout.weight_exp, strict=True)]
+        """The initial parameters as float32 values (for the float reference trainer)."""
+        return [w.astype(np.float32) * np.float32(2.0**p.exp)
+                for w, p in zip(self.params0, self.layout.params, strict=True)]
 
     # ------------------------------------------------------------------ checkpoints
     def host_state(self) -> dict[str, Any]:

@@ -1,6 +1,13 @@
-"""Float32 reference trainer: the same MLP, data order, initial weights and hyperparameters as
-the chip's firmware, in plain numpy float32 (no quantization anywhere). It is the baseline the
-on-chip experiments are compared against."""
+"""Float32 reference trainer: the same network, data order, initial parameters and
+hyperparameters as the chip's firmware, in plain numpy float32 (no quantization anywhere). It is
+the baseline the on-chip experiments are compared against.
+
+Every layer kind of ``programs/compiler/net.py`` has a forward and a backward here, on the
+chip's layouts: images NHWC ``[B, H, W, C]``, convolution weights ``[KH KW C, F]`` (rows in
+(kh, kw, c) order), flatten in (h, w, c) order; max pooling picks the first maximum of each
+window in (kh, kw) scan order, as ``vmaxpool`` does. Parameters are a flat list in the
+compiler's order: per weight layer its weights, then its bias if it has one.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from programs.compiler.net import Layer, Net
 from programs.compiler.spec import ModelSpec
 from programs.host.datasets import Dataset, epoch_order
 
@@ -19,13 +27,149 @@ class FloatResult:
     weights: list[np.ndarray] = field(default_factory=list)
 
 
-def forward(weights: list[np.ndarray], x: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
-    acts = [x]
-    h = x
-    for w in weights[:-1]:
-        h = np.maximum(h @ w, 0.0)
-        acts.append(h)
-    return acts, acts[-1] @ weights[-1]
+# ------------------------------------------------------------------------------ image ops
+def _windows(xp: np.ndarray, layer: Layer, oh: int, ow: int) -> np.ndarray:
+    """(B, OH, OW, KH, KW, C) view of the windows of a padded NHWC image."""
+    kh, kw = layer.kernel
+    sh, sw = layer.stride
+    b, _, _, c = xp.shape
+    s = xp.strides
+    return np.lib.stride_tricks.as_strided(
+        xp, (b, oh, ow, kh, kw, c), (s[0], s[1] * sh, s[2] * sw, s[1], s[2], s[3]),
+        writeable=False)
+
+
+def _pad(x: np.ndarray, layer: Layer) -> np.ndarray:
+    ph, pw = layer.padding
+    if ph == pw == 0:
+        return np.ascontiguousarray(x)
+    return np.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+
+
+def _col2im(cols: np.ndarray, layer: Layer, shape: tuple[int, ...]) -> np.ndarray:
+    """Sum window entries (B, OH, OW, KH, KW, C) back onto their NHWC input positions."""
+    kh, kw = layer.kernel
+    sh, sw = layer.stride
+    ph, pw = layer.padding
+    b, h, w, c = shape
+    oh, ow = cols.shape[1], cols.shape[2]
+    out = np.zeros((b, h + 2 * ph, w + 2 * pw, c), np.float32)
+    for i in range(kh):
+        for j in range(kw):
+            out[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw, :] += cols[:, :, :, i, j]
+    return out[:, ph:ph + h, pw:pw + w, :]
+
+
+class FloatNet:
+    """Forward and backward of a :class:`Net` in float32 on a flat parameter list."""
+
+    def __init__(self, net: Net) -> None:
+        self.net = net
+
+    def param_slices(self) -> list[tuple[Layer, int, int | None]]:
+        """(layer, index of W, index of b or None) per weight layer."""
+        out, i = [], 0
+        for x in self.net.weight_layers:
+            out.append((x, i, i + 1 if x.bias else None))
+            i += 2 if x.bias else 1
+        return out
+
+    def _to_input(self, x: np.ndarray) -> np.ndarray:
+        if self.net.is_image:  # [B, C*H*W] in (c, h, w) order -> NHWC
+            c, h, w = self.net.input_shape
+            return np.ascontiguousarray(x.reshape(-1, c, h, w).transpose(0, 2, 3, 1))
+        return x
+
+    def forward(self, params: list[np.ndarray], x: np.ndarray
+                ) -> tuple[list[tuple[np.ndarray, object]], np.ndarray]:
+        """Logits and, per layer, (its input, what its backward needs)."""
+        idx = {x.pos: (iw, ib) for x, iw, ib in self.param_slices()}
+        h = self._to_input(x)
+        saved: list[tuple[np.ndarray, object]] = []
+        for layer in self.net.layers:
+            inp = h
+            extra: object = None
+            if layer.kind == "dense":
+                iw, ib = idx[layer.pos]
+                h = h @ params[iw]
+                if ib is not None:
+                    h = h + params[ib]
+                if layer.relu:
+                    h = np.maximum(h, 0.0)
+            elif layer.kind == "conv":
+                iw, ib = idx[layer.pos]
+                _, oh, ow = layer.out_shape
+                cols = _windows(_pad(h, layer), layer, oh, ow).reshape(-1, layer.fan_in)
+                h = (cols @ params[iw]).reshape(h.shape[0], oh, ow, layer.units)
+                if ib is not None:
+                    h = h + params[ib]
+                if layer.relu:
+                    h = np.maximum(h, 0.0)
+                extra = cols
+            elif layer.kind in ("maxpool", "avgpool"):
+                _, oh, ow = layer.out_shape
+                win = _windows(h, layer, oh, ow)
+                kh, kw = layer.kernel
+                flat = win.reshape(h.shape[0], oh, ow, kh * kw, h.shape[3])
+                if layer.kind == "maxpool":
+                    arg = flat.argmax(axis=3)  # the first maximum, (kh, kw) scan order
+                    h = np.take_along_axis(flat, arg[:, :, :, None, :], axis=3)[:, :, :, 0]
+                    extra = arg
+                else:
+                    h = (flat.sum(axis=3) / np.float32(kh * kw)).astype(np.float32)
+            else:  # flatten, (h, w, c) order
+                h = h.reshape(h.shape[0], -1)
+            saved.append((inp, extra))
+            if layer.kind in ("dense", "conv"):
+                saved[-1] = (inp, (extra, h))
+        return saved, h
+
+    def backward(self, params: list[np.ndarray], saved: list[tuple[np.ndarray, object]],
+                 dz_top: np.ndarray) -> list[np.ndarray | None]:
+        """Gradients of every parameter from dL/dlogits (``None`` where none is needed)."""
+        idx = {x.pos: (iw, ib) for x, iw, ib in self.param_slices()}
+        grads: list[np.ndarray | None] = [None] * len(params)
+        layers = self.net.layers
+        lowest = next(i for i, x in enumerate(layers) if x.is_weight)
+        g = dz_top  # gradient of the current layer's output
+        for i in range(len(layers) - 1, lowest - 1, -1):
+            layer = layers[i]
+            inp, extra = saved[i]
+            need = i > lowest
+            if layer.kind in ("dense", "conv"):
+                iw, ib = idx[layer.pos]
+                cols, out = extra  # type: ignore[misc]
+                dz = g * (out > 0) if layer.relu else g
+                if layer.kind == "dense":
+                    grads[iw] = inp.T @ dz
+                    if ib is not None:
+                        grads[ib] = dz.sum(axis=0)
+                    g = dz @ params[iw].T if need else None
+                else:
+                    dzm = dz.reshape(-1, layer.units)
+                    grads[iw] = cols.T @ dzm
+                    if ib is not None:
+                        grads[ib] = dzm.sum(axis=0)
+                    if need:
+                        _, oh, ow = layer.out_shape
+                        kh, kw = layer.kernel
+                        dcols = (dzm @ params[iw].T).reshape(inp.shape[0], oh, ow, kh, kw,
+                                                             inp.shape[3])
+                        g = _col2im(dcols, layer, inp.shape)
+            elif layer.kind in ("maxpool", "avgpool"):
+                kh, kw = layer.kernel
+                b, oh, ow, c = g.shape
+                if layer.kind == "maxpool":
+                    arg = extra
+                    cols = np.zeros((b, oh, ow, kh * kw, c), np.float32)
+                    np.put_along_axis(cols, arg[:, :, :, None, :], g[:, :, :, None, :], axis=3)
+                else:
+                    cols = np.broadcast_to((g / np.float32(kh * kw))[:, :, :, None, :],
+                                           (b, oh, ow, kh * kw, c))
+                g = _col2im(cols.reshape(b, oh, ow, kh, kw, c), layer, inp.shape)
+            else:  # flatten
+                g = g.reshape(inp.shape)
+        return grads
 
 
 def softmax(s: np.ndarray) -> np.ndarray:
@@ -33,57 +177,68 @@ def softmax(s: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def accuracy(weights: list[np.ndarray], x: np.ndarray, y: np.ndarray) -> float:
-    _, s = forward(weights, x)
-    return float((s.argmax(axis=1) == y).mean())
-
-
-def train_step(weights: list[np.ndarray], x: np.ndarray, y: np.ndarray, lr: float,
-               momentum: float = 0.0, velocity: list[np.ndarray] | None = None) -> float:
-    """One SGD step on the mean cross-entropy; updates ``weights`` in place; returns the loss.
-    With ``momentum`` beta (heavy ball, as the chip does it): ``v = beta v + lr g``,
-    ``w -= v``, with ``velocity`` updated in place."""
-    acts, s = forward(weights, x)
+def loss_and_grad(fnet: FloatNet, params: list[np.ndarray], x: np.ndarray, y: np.ndarray
+                  ) -> tuple[float, list[np.ndarray | None]]:
+    """Mean cross-entropy of a batch and its gradient for every parameter."""
+    saved, s = fnet.forward(params, x)
     p = softmax(s)
     b = x.shape[0]
     t = np.zeros_like(p)
     t[np.arange(b), y] = 1.0
     loss = float(-np.log(np.maximum(p[np.arange(b), y], 1e-12)).mean())
-    dz = (p - t) / np.float32(b)
-    for i in range(len(weights) - 1, -1, -1):
-        dw = acts[i].T @ dz
-        if i > 0:
-            dz = (dz @ weights[i].T) * (acts[i] > 0)
-        step = np.float32(lr) * dw
+    return loss, fnet.backward(params, saved, (p - t) / np.float32(b))
+
+
+def accuracy(fnet: FloatNet, params: list[np.ndarray], x: np.ndarray, y: np.ndarray,
+             batch: int = 1000) -> float:
+    hits = 0
+    for i in range(0, len(x), batch):
+        _, s = fnet.forward(params, x[i:i + batch])
+        hits += int((s.argmax(axis=1) == y[i:i + batch]).sum())
+    return hits / max(len(x), 1)
+
+
+def train_step(fnet: FloatNet, params: list[np.ndarray], x: np.ndarray, y: np.ndarray,
+               lr: float, momentum: float = 0.0,
+               velocity: list[np.ndarray] | None = None) -> float:
+    """One SGD step on the mean cross-entropy; updates ``params`` in place; returns the loss.
+    With ``momentum`` beta (heavy ball, as the chip does it): ``v = beta v + lr g``,
+    ``w -= v``, with ``velocity`` updated in place."""
+    loss, grads = loss_and_grad(fnet, params, x, y)
+    for i in range(len(params) - 1, -1, -1):
+        g = grads[i]
+        assert g is not None
+        step = np.float32(lr) * g
         if momentum:
             assert velocity is not None
             velocity[i] *= np.float32(momentum)
             velocity[i] += step
             step = velocity[i]
-        weights[i] -= step
+        params[i] -= step
     return loss
 
 
 def train_float(spec: ModelSpec, data: Dataset, init: list[np.ndarray],
                 epochs: int | None = None) -> FloatResult:
-    weights = [w.astype(np.float32).copy() for w in init]
+    fnet = FloatNet(spec.net())
+    params = [w.astype(np.float32).copy() for w in init]
     scale = np.float32(2.0**spec.input_exponent)
     xtr = data.x_train.astype(np.float32) * scale
     xte = data.x_test.astype(np.float32) * scale
     b = spec.batch_size
     beta = spec.update.momentum
-    velocity = [np.zeros_like(w) for w in weights]
+    velocity = [np.zeros_like(w) for w in params]
     res = FloatResult(0.0)
     for epoch in range(spec.epochs if epochs is None else epochs):
         order = epoch_order(len(xtr), b, spec.seed, epoch)
         lr = spec.lr_at(epoch)
         losses = [
-            train_step(weights, xtr[order[i : i + b]], data.y_train[order[i : i + b]], lr,
+            train_step(fnet, params, xtr[order[i : i + b]], data.y_train[order[i : i + b]], lr,
                        beta, velocity)
             for i in range(0, len(order), b)
         ]
         res.history.append({"epoch": epoch, "loss": float(np.mean(losses)),
-                            "test_accuracy": accuracy(weights, xte, data.y_test)})
-    res.test_accuracy = accuracy(weights, xte, data.y_test)
-    res.weights = weights
+                            "test_accuracy": accuracy(fnet, params, xte, data.y_test)})
+    res.test_accuracy = accuracy(fnet, params, xte, data.y_test)
+    res.weights = params
     return res

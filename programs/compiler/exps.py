@@ -1,0 +1,115 @@
+"""Where the exponents of activations and parameters live while the firmware runs.
+
+Every tensor is ``(integers, exponent)``. The fixed-role registers (``E_S, E_G, E_DZ, E_T0,
+E_T1`` = e11..e15 and the scratch e0) are not assigned here; e1..e10 are:
+
+* **register mode** (at most 5 activation exponents and 5 parameter exponents): activation
+  exponents ``a<pos>`` (``a0`` is the input's) in e1..e5 in layer order, parameter exponents
+  (weights ``w<pos>``, then biases ``b<pos>``) in e6..e10, set once at the program start;
+* **memory mode** (deeper networks): the parameter exponents are constants, written into a
+  scratch register with ``eset`` where an instruction needs them; each dynamic activation
+  exponent has a 32-bit DRAM word (``stw`` after ``efit`` picked it, ``ldw`` + ``esetr`` where a
+  later layer needs it). Depth is then limited by nothing but memory.
+
+Max pooling and flatten keep their input's exponent (``alias``).
+"""
+
+from __future__ import annotations
+
+from programs.compiler.emit import R_T0, Asm
+
+# memory-mode scratch registers
+X_IN, X_OUT, X_W, X_B, X_UP = 1, 2, 3, 4, 5
+FIRST_ACT_REG, FIRST_PARAM_REG, SLOTS = 1, 6, 5
+
+
+class Exps:
+    def __init__(self, acts: list[str], fixed: dict[str, int], alias: dict[str, str],
+                 dram_base: int) -> None:
+        """``acts``: activation exponent names in layer order, ``a0`` first (its value is in
+        ``fixed``: the input grid); ``fixed``: the constant exponents (input, weights, biases)
+        in preload order; ``alias``: names that share another's exponent."""
+        self.acts, self.fixed, self.alias = acts, fixed, alias
+        params = [n for n in fixed if n != "a0"]
+        self.register_mode = len(acts) <= SLOTS and len(params) <= SLOTS
+        self.regs: dict[str, int] = {}
+        self.mem: dict[str, int] = {}
+        if self.register_mode:
+            for i, n in enumerate(acts):
+                self.regs[n] = FIRST_ACT_REG + i
+            for i, n in enumerate(params):
+                self.regs[n] = FIRST_PARAM_REG + i
+        else:
+            for i, n in enumerate(a for a in acts if a not in fixed):
+                self.mem[n] = dram_base + 4 * i
+
+    @property
+    def dram_bytes(self) -> int:
+        return 4 * len(self.mem)
+
+    def _name(self, name: str) -> str:
+        while name in self.alias:
+            name = self.alias[name]
+        return name
+
+    def preload(self, asm: Asm) -> None:
+        """Register mode: set every constant exponent once at the start."""
+        if self.register_mode:
+            for n, v in self.fixed.items():
+                asm.raw(f"eset e{self.regs[n]}, {v}")
+
+    def load(self, asm: Asm, name: str, scratch: int) -> int:
+        """A register holding exponent ``name`` now (memory mode: loaded into ``scratch``)."""
+        name = self._name(name)
+        if name in self.regs:
+            return self.regs[name]
+        if name in self.fixed:
+            asm.raw(f"eset e{scratch}, {self.fixed[name]}")
+        else:
+            asm.raw(f"ldw r{R_T0}, r0, {self.mem[name]}")
+            asm.raw(f"esetr e{scratch}, r{R_T0}")
+        return scratch
+
+    def add(self, asm: Asm, dst: int, a: str | int, b: str | int, scratch: int = X_IN) -> None:
+        """e[dst] = exponent a + exponent b; each is a name or an exponent register number."""
+        vals: list[int | str] = []  # register numbers, or "#v" for a constant
+        for x in (a, b):
+            if isinstance(x, str):
+                n = self._name(x)
+                if n in self.regs:
+                    vals.append(self.regs[n])
+                elif n in self.fixed:
+                    vals.append(f"#{self.fixed[n]}")
+                else:
+                    vals.append(self.load(asm, n, scratch))
+            else:
+                vals.append(x)
+        p, q = vals
+        if isinstance(p, str) and isinstance(q, str):
+            asm.raw(f"eset e{dst}, {int(p[1:]) + int(q[1:])}")
+        elif isinstance(p, str) or isinstance(q, str):
+            reg, imm = (q, p) if isinstance(p, str) else (p, q)
+            asm.raw(f"eaddi e{dst}, e{reg}, {int(str(imm)[1:])}")
+        else:
+            asm.raw(f"eadd e{dst}, e{p}, e{q}")
+
+    def addi(self, asm: Asm, dst: int, name: str, imm: int) -> None:
+        """e[dst] = exponent ``name`` + imm."""
+        n = self._name(name)
+        if n in self.regs:
+            asm.raw(f"eaddi e{dst}, e{self.regs[n]}, {imm}")
+        elif n in self.fixed:
+            asm.raw(f"eset e{dst}, {self.fixed[n] + imm}")
+        else:
+            asm.raw(f"eaddi e{dst}, e{self.load(asm, n, dst)}, {imm}")
+
+    def target(self, name: str) -> int:
+        """The register to compute dynamic exponent ``name`` into (then :meth:`commit`)."""
+        return self.regs.get(self._name(name), X_OUT)
+
+    def commit(self, asm: Asm, name: str) -> None:
+        """Memory mode: store the exponent just computed into :meth:`target` to its word."""
+        n = self._name(name)
+        if n in self.mem:
+            asm.raw(f"emv r{R_T0}, e{X_OUT}")
+            asm.raw(f"stw r{R_T0}, r0, {self.mem[n]}")

@@ -1,0 +1,124 @@
+"""Convolution layers: one ``conv`` instruction per GEMM over the im2col view of the NHWC input
+(docs/isa.md): ``mode=fwd`` for ``z [M, F] = col(X) W``, ``mode=wgrad`` for
+``dW [K, F] = col(X)^T dz~`` and ``mode=dgrad`` for ``dX`` by col2im accumulation of
+``dz~ W^T``; M = B OH OW output pixels, K = KH KW C. The output ``[M, F]`` is the NHWC image
+``[B, OH, OW, F]``. A bias is added per filter with ``vbias``; its gradient is the column sums of
+dz~ (a GEMM with a ones vector). Weights are one tile (a convolution needs all of W).
+"""
+
+from __future__ import annotations
+
+from programs.compiler.emit import E_DZ, E_T0, Asm, efit, rq
+from programs.compiler.exps import X_B, X_IN
+from programs.compiler.layers.base import (
+    Lowering,
+    act_in,
+    bias_backward,
+    in_exp,
+    layer_geometry,
+    quantize_dz,
+    relu_mask,
+    tile_in,
+    tile_out,
+    update,
+)
+from programs.compiler.layout import Grad, Layout, Param
+
+
+class Conv(Lowering):
+    def pixels(self, b: int) -> int:
+        """M = B OH OW."""
+        _, oh, ow = self.layer.out_shape
+        return b * oh * ow
+
+    def params(self, weight_exp: int) -> list[Param]:
+        ps = [Param(self.layer, False, weight_exp)]
+        if self.layer.bias:
+            ps.append(Param(self.layer, True, weight_exp))
+        return ps
+
+    def plan_acts(self, lay: Layout, b: int) -> None:
+        p, n = self.layer.pos, self.layer.out_size * b
+        lay.sp[f"A{p}"] = lay.spa.take(f"A{p}", n)
+        lay.sp[f"DZ{p}"] = lay.spa.take(f"DZ{p}", n)
+
+    def plan_extra(self, lay: Layout, b: int) -> None:
+        if self.layer.bias:
+            lay.need_ones(self.pixels(b))
+
+    def acc_forward(self, b: int) -> int:
+        return self.layer.out_size * b
+
+    def mask_size(self, b: int) -> int:
+        return self.layer.out_size * b if self.layer.relu else 0
+
+    def tiles(self, tile_rows: int) -> list[tuple[int, int]]:
+        return [(0, self.layer.fan_in)]
+
+    def _geo(self, asm: Asm, b: int) -> list[int]:
+        return list(layer_geometry(self.layer, b))
+
+    def forward(self, asm: Asm, lay: Layout, prefix: str) -> None:
+        layer, b = self.layer, lay.spec.batch_size
+        l = layer.pos
+        sp, acc = lay.sp, lay.acc
+        c, h, w = layer.in_shape
+        f, oh, ow = layer.out_shape
+        asm.label(f"{prefix}.fwd.l{l}", f"layer {l}: {layer.describe()}, {c}x{h}x{w} -> "
+                  f"{f}x{oh}x{ow}")
+        w_param = lay.param_of(layer)
+        wt = tile_in(asm, lay, w_param, 0, layer.fan_in, with_state=False)["W"]
+        # z [M, F] = col(X) [M, K] @ W [K, F]
+        asm.op("conv", acc["Z"], act_in(lay, layer), wt, *self._geo(asm, b), mode="fwd")
+        lay.exps.add(asm, E_T0, w_param.ename, in_exp(layer), X_IN)
+        m = self.pixels(b)
+        if layer.bias:
+            eb = lay.exps.load(asm, f"b{l}", X_B)
+            r = [asm.const(v, set()) for v in (acc["Z"], sp[f"B{l}"], m, f)]
+            asm.raw(f"vbias r{r[0]}, r{r[1]}, r{r[2]}, r{r[3]}, e{E_T0}, e{eb}, dt=i8")
+        e_out = lay.exps.target(self.out_exp)
+        efit(asm, e_out, acc["Z"], m * f, E_T0, "i8")
+        rq(asm, sp[f"A{l}"], acc["Z"], m * f, e_out, E_T0, "nearest", "i8",
+           relu=1 if layer.relu else 0)
+        lay.exps.commit(asm, self.out_exp)
+
+    def backward(self, asm: Asm, lay: Layout, grad: Grad, need_dx: bool) -> Grad | None:
+        layer, b = self.layer, lay.spec.batch_size
+        l = layer.pos
+        sp, acc = lay.sp, lay.acc
+        f = layer.units
+        m = self.pixels(b)
+        asm.label(f"train.bwd.l{l}", f"QBP backward of layer {l} ({layer.describe()})")
+        ein = grad.exp(asm)
+        quantize_dz(asm, lay, layer, grad, ein, m * f)  # dz~ [M, F]
+        if layer.relu:
+            relu_mask(asm, lay, layer, m * f)
+        w_param = lay.param_of(layer)
+        at = tile_in(asm, lay, w_param, 0, layer.fan_in, with_state=True)
+        geo = self._geo(asm, b)
+        dz = sp[f"DZ{l}"]
+        # dW [K, F] = col(X)^T [K, M] @ dz~ [M, F]                        (zero-skip on dz~)
+        asm.op("conv", acc["DW"], act_in(lay, layer), dz, *geo, mode="wgrad", sb=1)
+        if need_dx:
+            # dX [B, H, W, C] = col2im(dz~ [M, F] @ W^T [F, K])          (zero-skip on dz~)
+            asm.op("conv", acc["DA"], dz, at["W"], *geo, mode="dgrad", sa=1)
+        lay.exps.add(asm, E_T0, in_exp(layer), E_DZ, X_IN)  # exponent of dW
+        update(asm, lay, w_param, at, layer.fan_in * f, "")
+        tile_out(asm, lay, w_param, 0, layer.fan_in)
+        if layer.bias:
+            bias_backward(asm, lay, lay.param_of(layer, bias=True), False, m, f)
+        if not need_dx:
+            return None
+        name = w_param.ename
+
+        def exp(asm: Asm) -> int:
+            lay.exps.add(asm, E_T0, name, E_DZ)
+            return E_T0
+
+        return Grad("acc", acc["DA"], exp)
+
+    def skip_factor(self, need_dx: bool) -> int:
+        return self.layer.fan_in * (2 if need_dx else 1) + (1 if self.layer.bias else 0)
+
+    def dz_count(self, b: int) -> int:
+        return self.layer.out_size * b

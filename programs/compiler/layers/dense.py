@@ -1,0 +1,181 @@
+"""Dense (fully connected) layers: ``z = a W (+ b)``, W [n_in, n_out] INT8.
+
+The input ``a`` is feature-major ``[n_in, B]``. A hidden layer without bias computes
+``z^T = W^T a^T`` straight into the feature-major layout its successor reads. A layer with a bias
+computes ``z = a W`` as ``[B, n_out]`` (``vbias`` adds a per-column vector), and a hidden one
+then turns its INT8 output feature-major through DRAM (:func:`transpose`). The last layer gives
+INT16 logits ``[B, classes]`` with their own dynamic exponent.
+
+Weights stream from DRAM in row tiles (rows k0:k1 of W are contiguous; so are rows k0:k1 of
+``a^T``) when they do not fit the scratchpad.
+"""
+
+from __future__ import annotations
+
+from programs.compiler.emit import (
+    E_DZ,
+    E_S,
+    E_T0,
+    VEXP_MIN_E,
+    Asm,
+    clamp_exp_min,
+    efit,
+    rq,
+)
+from programs.compiler.exps import X_B, X_IN
+from programs.compiler.layers.base import (
+    Lowering,
+    act_in,
+    bias_backward,
+    in_exp,
+    quantize_dz,
+    relu_mask,
+    tile_in,
+    tile_out,
+    transpose,
+    update,
+)
+from programs.compiler.layout import Grad, Layout, Param
+
+
+def _row_tiles(rows: int, tile: int) -> list[tuple[int, int]]:
+    return [(k, min(k + tile, rows)) for k in range(0, rows, tile)]
+
+
+class Dense(Lowering):
+    @property
+    def n_in(self) -> int:
+        return self.layer.in_shape[0]
+
+    @property
+    def n_out(self) -> int:
+        return self.layer.units
+
+    @property
+    def transposed_out(self) -> bool:
+        """Hidden layer without bias: z^T [n_out, B] directly."""
+        return not self.last and not self.layer.bias
+
+    def params(self, weight_exp: int) -> list[Param]:
+        ps = [Param(self.layer, False, weight_exp)]
+        if self.layer.bias:
+            ps.append(Param(self.layer, True, weight_exp))
+        return ps
+
+    def plan_acts(self, lay: Layout, b: int) -> None:
+        p = self.layer.pos
+        if not self.last:
+            lay.sp[f"A{p}"] = lay.spa.take(f"A{p}", self.n_out * b)
+        lay.sp[f"DZ{p}"] = lay.spa.take(f"DZ{p}", self.n_out * b)
+
+    def plan_extra(self, lay: Layout, b: int) -> None:
+        if self.layer.bias and not self.last:
+            p = self.layer.pos
+            lay.sp[f"ZS{p}"] = lay.spa.take(f"ZS{p}", self.n_out * b)
+            lay.need_staging(self.n_out * b)
+
+    def acc_forward(self, b: int) -> int:
+        return self.n_out * b
+
+    def mask_size(self, b: int) -> int:
+        return self.n_out * b if self.layer.relu else 0
+
+    def tiles(self, tile_rows: int) -> list[tuple[int, int]]:
+        return _row_tiles(self.n_in, min(tile_rows, self.n_in))
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, asm: Asm, lay: Layout, prefix: str) -> None:
+        layer, b = self.layer, lay.spec.batch_size
+        l, n_in, n_out = layer.pos, self.n_in, self.n_out
+        sp, acc = lay.sp, lay.acc
+        w_param = lay.param_of(layer)
+        asm.label(f"{prefix}.fwd.l{l}", f"layer {l}: {n_in} -> {n_out}"
+                  + (f" ({layer.describe()})" if not lay.net.is_mlp else ""))
+        a_in = act_in(lay, layer)
+        chunks = lay.tiles[l] if lay.streams(w_param) else [(0, n_in)]
+        for k0, k1 in chunks:  # K-chunks (rows of W), accumulated
+            w = tile_in(asm, lay, w_param, k0, k1, with_state=False)["W"]
+            kw = {"ta": 1, "acc": 1} if k0 else {"ta": 1}
+            if self.transposed_out:
+                # z^T [n_out, B] += W[k0:k1]^T @ a^T[k0:k1]
+                asm.op("gemm", acc["Z"], w, a_in + k0 * b, n_out, k1 - k0, b, **kw)
+            else:
+                # z [B, n_out] += a[:, k0:k1] @ W[k0:k1]
+                asm.op("gemm", acc["Z"], a_in + k0 * b, w, b, k1 - k0, n_out, **kw)
+        lay.exps.add(asm, E_T0, w_param.ename, in_exp(layer), X_IN)
+        if layer.bias:
+            eb = lay.exps.load(asm, f"b{l}", X_B)
+            r = [asm.const(v, set()) for v in (acc["Z"], sp[f"B{l}"], b, n_out)]
+            asm.raw(f"vbias r{r[0]}, r{r[1]}, r{r[2]}, r{r[3]}, e{E_T0}, e{eb}, dt=i8")
+        count = n_out * b
+        if not self.last:
+            e_out = lay.exps.target(self.out_exp)
+            efit(asm, e_out, acc["Z"], count, E_T0, "i8")
+            dst = sp[f"A{l}"] if self.transposed_out else sp[f"ZS{l}"]
+            rq(asm, dst, acc["Z"], count, e_out, E_T0, "nearest", "i8",
+               relu=1 if layer.relu else 0)
+            lay.exps.commit(asm, self.out_exp)
+            if not self.transposed_out:  # [B, n_out] -> [n_out, B]
+                transpose(asm, lay, sp[f"A{l}"], sp[f"ZS{l}"], b, n_out, 1)
+        else:
+            # INT16 logits with a dynamic exponent
+            efit(asm, E_S, acc["Z"], count, E_T0, "i16")
+            clamp_exp_min(asm, E_S, VEXP_MIN_E, f"{prefix}.fwd.l{l}.clamp")
+            rq(asm, sp["S"], acc["Z"], count, E_S, E_T0, "nearest", "i16")
+
+    # ------------------------------------------------------------------ backward
+    def backward(self, asm: Asm, lay: Layout, grad: Grad, need_dx: bool) -> Grad | None:
+        layer, b = self.layer, lay.spec.batch_size
+        l, n_out = layer.pos, self.n_out
+        sp, acc = lay.sp, lay.acc
+        asm.label(f"train.bwd.l{l}", f"QBP backward of layer {l}")
+        ein = grad.exp(asm)
+        # dz~ = Q(da) [* relu'(z)]: quantize, then mask with a > 0; [B, C] for the last layer,
+        # [n_out, B] for hidden layers
+        quantize_dz(asm, lay, layer, grad, ein, n_out * b)
+        if layer.relu:
+            relu_mask(asm, lay, layer, n_out * b)
+        w_param = lay.param_of(layer)
+        tiles = lay.tiles[l]
+        dz = sp[f"DZ{l}"]
+        for t, (k0, k1) in enumerate(tiles):
+            tag = f".t{t}" if len(tiles) > 1 else ""
+            if t:
+                asm.label(f"train.bwd.l{l}{tag}", f"rows {k0}:{k1} of W{l}")
+            at = tile_in(asm, lay, w_param, k0, k1, with_state=True)
+            w = at["W"]
+            a_rows = act_in(lay, layer) + k0 * b
+            rows = k1 - k0
+            if self.last:
+                # dW [rows, C] = a^T [rows, B] @ dz [B, C]             (zero-skip on dz)
+                asm.op("gemm", acc["DW"], a_rows, dz, rows, b, n_out, sb=1)
+                if need_dx:
+                    # da^T [rows, B] = W [rows, C] @ dz^T   (dz stored [B, C]: tb=1)
+                    asm.op("gemm", acc["DA"] + k0 * b, w, dz, rows, n_out, b, tb=1, sb=1)
+            else:
+                # dW [rows, n_out] = a^T [rows, B] @ dz [B, n_out]  (dz stored [n_out, B]: tb=1)
+                asm.op("gemm", acc["DW"], a_rows, dz, rows, b, n_out, tb=1, sb=1)
+                if need_dx:
+                    # da^T [rows, B] = W [rows, n_out] @ dz^T [n_out, B]
+                    asm.op("gemm", acc["DA"] + k0 * b, w, dz, rows, n_out, b, sb=1)
+            lay.exps.add(asm, E_T0, in_exp(layer), E_DZ, X_IN)  # exponent of dW
+            update(asm, lay, w_param, at, rows * n_out, tag)
+            tile_out(asm, lay, w_param, k0, k1)
+        if layer.bias:
+            bias_backward(asm, lay, lay.param_of(layer, bias=True), not self.last,
+                          n_out if not self.last else b, b if not self.last else n_out)
+        if not need_dx:
+            return None
+        name = w_param.ename
+
+        def exp(asm: Asm) -> int:
+            lay.exps.add(asm, E_T0, name, E_DZ)
+            return E_T0
+
+        return Grad("acc", acc["DA"], exp)
+
+    def skip_factor(self, need_dx: bool) -> int:
+        return self.n_in * (2 if need_dx else 1) + (1 if self.layer.bias else 0)
+
+    def dz_count(self, b: int) -> int:
+        return self.n_out * b

@@ -1,0 +1,55 @@
+"""Flatten: the NHWC image ``[B, H, W, C]`` becomes the feature-major ``[H W C, B]`` that
+dense layers read (features in (h, w, c) order), by a transpose through DRAM; the exponent is
+unchanged. Backward brings the gradient from the dense layer above (feature-major, in the
+accumulator) to INT16 with a dynamic exponent (nearest) and transposes it back to NHWC in the
+scratchpad (``GY``) for the layer below.
+"""
+
+from __future__ import annotations
+
+from programs.compiler.emit import E_X, Asm, efit, rq
+from programs.compiler.layers.base import (
+    Lowering,
+    act_in,
+    in_exp,
+    transpose,
+)
+from programs.compiler.layout import Grad, Layout, fixed_exp
+
+
+class Flatten(Lowering):
+    def exp_alias(self) -> str | None:
+        return in_exp(self.layer)
+
+    def plan_acts(self, lay: Layout, b: int) -> None:
+        p = self.layer.pos
+        lay.sp[f"A{p}"] = lay.spa.take(f"A{p}", self.layer.out_size * b)
+
+    def plan_extra(self, lay: Layout, b: int) -> None:
+        n = self.layer.out_size * b
+        lay.need_gy(2 * n)
+        lay.sp[f"GF{self.layer.pos}"] = lay.spa.take(f"GF{self.layer.pos}", 2 * n)
+        lay.need_staging(2 * n)
+
+    def sp_grad_size(self, b: int) -> int:
+        return self.layer.out_size * b
+
+    def forward(self, asm: Asm, lay: Layout, prefix: str) -> None:
+        layer, b = self.layer, lay.spec.batch_size
+        l, n = layer.pos, layer.out_size
+        asm.label(f"{prefix}.fwd.l{l}", f"layer {l}: flatten {'x'.join(map(str, layer.in_shape))}"
+                  f" -> {n} (NHWC [B, {n}] -> [{n}, B])")
+        transpose(asm, lay, lay.sp[f"A{l}"], act_in(lay, layer), b, n, 1)
+
+    def backward(self, asm: Asm, lay: Layout, grad: Grad, need_dx: bool) -> Grad | None:
+        layer, b = self.layer, lay.spec.batch_size
+        l, n = layer.pos, layer.out_size
+        sp = lay.sp
+        asm.label(f"train.bwd.l{l}", f"backward of layer {l} (flatten)")
+        if not need_dx:  # pragma: no cover - nothing below needs a gradient
+            return None
+        ein = grad.exp(asm)
+        efit(asm, E_X, grad.addr, n * b, ein, "i16")
+        rq(asm, sp[f"GF{l}"], grad.addr, n * b, E_X, ein, "nearest", "i16")
+        transpose(asm, lay, sp["GY"], sp[f"GF{l}"], n, b, 2)  # [n, B] -> [B, n]
+        return Grad("sp", sp["GY"], fixed_exp(E_X), dt="i16")
