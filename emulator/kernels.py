@@ -20,6 +20,7 @@ import numba
 import numpy as np
 from numba import njit
 
+from emulator.geometry import CONV_FWD, CONV_WGRAD, padded, window_view
 from emulator.reference import (
     EXP_LUT,
     LOG2E_Q16,
@@ -571,3 +572,296 @@ def update_into(dst: np.ndarray, src: np.ndarray, res: np.ndarray, theta: np.nda
     n_rq, n_sub = _update_kernel(src, dst, res, theta, _I64(mul), _I64(shift), _I64(mode),
                                  bool(relu), _I64(s))
     return int(n_rq), int(n_sub)
+
+
+# ============================================================================ conv and pooling
+# conv, vmaxpool, vsumpool, vunpool and vbias (same interface as emulator/reference.py).
+#
+# Exactness: every term of a sum is an integer product of magnitude <= 2**(8*(ba+bb)-2) (ba, bb
+# the operand bytes), and every partial sum is bounded by the number of terms times that; a
+# float sum is exact while that bound is <= 2**24 (float32) or 2**53 (float64), in any order
+# of summation (BLAS may reorder or use FMA: every intermediate is still such a partial sum).
+# So the reduction is cut into chunks of at most _exact_terms() terms and the chunk results
+# (each an exact integer) are summed in float64 or int64.
+
+
+def _max_product(a_bytes: int, b_bytes: int) -> int:
+    return 1 << (8 * (a_bytes + b_bytes) - 2)
+
+
+def _float_plan(a_bytes: int, b_bytes: int) -> tuple[type, int]:
+    """(float type, terms per exact chunk): float32 for INT8 x INT8 (1024 terms), float64
+    otherwise (2**23 INT16 x INT16 terms)."""
+    if a_bytes == b_bytes == 1:
+        return np.float32, (1 << 24) // _max_product(1, 1)
+    return np.float64, (1 << 53) // _max_product(a_bytes, b_bytes)
+
+
+def _im2col_float(x: np.ndarray, g, ftype: type) -> np.ndarray:
+    """col(X) as a C-contiguous [M, K] float workspace array (one strided copy of the windows
+    of a zero-padded float copy of X)."""
+    xp = padded(x, g, ftype, 0, out=_WS.get("conv_xp", g.padded, ftype))
+    col = _WS.get("conv_col", (g.m, g.k), ftype)
+    np.copyto(col.reshape(g.n, g.oh, g.ow, g.kh, g.kw, g.c), window_view(xp, g))
+    return col
+
+
+def _exact_matmul(a: np.ndarray, b: np.ndarray, chunk: int, name: str) -> np.ndarray:
+    """a @ b for integer-valued float operands, exact: one matmul when the reduction has at
+    most ``chunk`` terms; otherwise chunks of ``chunk`` terms whose (exact) results are summed
+    in float64 (float32 chunks: each <= 2**24, exact for up to 2**29 chunks) or int64.
+    Returns a float workspace array or a fresh float64/int64 array."""
+    m, k = a.shape
+    n = b.shape[1]
+    out = _WS.get(name, (m, n), a.dtype)
+    if k <= chunk:
+        if k < SERIAL_K and m * n >= SERIAL_MIN_OUTPUT:
+            _BLAS.matmul_serial(a, b, out)
+        else:
+            np.matmul(a, b, out=out)
+        return out
+    exact_in_f64 = a.dtype == np.float32 and k <= (1 << 53) // (1 << 24) * chunk
+    total = np.zeros((m, n), np.float64 if exact_in_f64 else np.int64)
+    for k0 in range(0, k, chunk):
+        np.matmul(a[:, k0 : k0 + chunk], b[k0 : k0 + chunk], out=out)
+        if exact_in_f64:
+            total += out
+        else:
+            total += out.astype(np.int64)
+    return total
+
+
+def _store(c: np.ndarray, p: np.ndarray, accumulate: bool, bits: int, wrap: bool,
+           bound: int) -> int:
+    """c (2-D accumulator view) = fit((c if accumulate else 0) + p); ``bound`` >= max |p|."""
+    lo, hi = type_range(bits)
+    if not accumulate and bound <= hi:
+        np.copyto(c, p, casting="unsafe")
+        return 0
+    return int(_fit_into(c, p, bool(accumulate), _I64(lo), _I64(hi), bool(wrap)))
+
+
+def conv_into(out: np.ndarray, a: np.ndarray, b: np.ndarray, mode: int, g, accumulate: bool,
+              bits: int, wrap: bool) -> int:
+    """conv on exact BLAS: fwd col(X) @ W, wgrad col(X)^T @ dZ (the M reduction chunked),
+    dgrad dZ @ W^T then col2im by one strided add per window position. Returns overflows."""
+    if out.size == 0:
+        return 0
+    ba, bb = a.itemsize, b.itemsize
+    ftype, chunk = _float_plan(ba, bb)
+    maxp = _max_product(ba, bb)
+    if g.m * g.k * g.f == 0:  # no products: the output is fit(acc or 0)
+        zero = np.zeros((1, out.size), np.int64)
+        return _store(out.reshape(1, -1), zero, accumulate, bits, wrap, 0)
+    if mode == CONV_FWD:
+        col = _im2col_float(a, g, ftype)
+        w = _as_float(b.reshape(g.k, g.f), "b", ftype)
+        p = _exact_matmul(col, w, chunk, "conv_p")
+        return _store(out.reshape(g.m, g.f), p, accumulate, bits, wrap, g.k * maxp)
+    if mode == CONV_WGRAD:
+        col = _im2col_float(a, g, ftype)
+        dz = _as_float(b.reshape(g.m, g.f), "b", ftype)
+        p = _exact_matmul(col.T, dz, chunk, "conv_p")
+        return _store(out.reshape(g.k, g.f), p, accumulate, bits, wrap, g.m * maxp)
+    dz = _as_float(a.reshape(g.m, g.f), "a", ftype)
+    w = _as_float(b.reshape(g.k, g.f), "b", ftype)
+    p = _exact_matmul(dz, w.T, chunk, "conv_p")  # [M, K]
+    # each input position receives at most ceil(KH/SH) ceil(KW/SW) window products
+    terms = -(-g.kh // g.sh) * -(-g.kw // g.sw) * g.f
+    bound = terms * maxp
+    stype = np.float32 if bound <= 1 << 24 else np.float64 if bound <= 1 << 53 else np.int64
+    if stype is np.int64 and p.dtype != np.int64:
+        p = p.astype(np.int64)
+    s = _WS.get("conv_dx", (g.n, g.h, g.w, g.c), stype)
+    _col2im_add(s, p.reshape(g.n, g.oh, g.ow, g.kh, g.kw, g.c), g)
+    return _store(out.reshape(1, -1), s.reshape(1, -1), accumulate, bits, wrap, bound)
+
+
+def _col2im_add(s: np.ndarray, p6: np.ndarray, g) -> None:
+    """s[n, ih, iw, c] = sum of p6[n, oh, ow, kh, kw, c] over window position (ih, iw), one
+    strided add per (kh, kw) over the output pixels whose position is inside the input."""
+    s[...] = 0
+    for kh in range(g.kh):
+        o0 = max(0, -(-(g.ph - kh) // g.sh))  # first oh with ih = oh SH + kh - PH >= 0
+        o1 = min(g.oh, (g.h - 1 + g.ph - kh) // g.sh + 1) if g.h + g.ph - kh > 0 else 0
+        if o1 <= o0:
+            continue
+        i0 = o0 * g.sh + kh - g.ph
+        for kw in range(g.kw):
+            q0 = max(0, -(-(g.pw - kw) // g.sw))
+            q1 = min(g.ow, (g.w - 1 + g.pw - kw) // g.sw + 1) if g.w + g.pw - kw > 0 else 0
+            if q1 <= q0:
+                continue
+            j0 = q0 * g.sw + kw - g.pw
+            dst = s[:, i0 : i0 + (o1 - o0 - 1) * g.sh + 1 : g.sh,
+                    j0 : j0 + (q1 - q0 - 1) * g.sw + 1 : g.sw]
+            np.add(dst, p6[:, o0:o1, q0:q1, kh, kw], out=dst)
+
+
+@njit(cache=True)
+def _maxpool_kernel(x, y, ix, write_idx, oh_n, ow_n, kh_n, kw_n, sh, sw, ph, pw):
+    """Max over the window positions inside the input, the first maximum in scan order; the
+    index kh KW + kw. (Every window has an inside position: checked by the semantics.)"""
+    nb, h, w, c = x.shape
+    for n in range(nb):
+        for oh in range(oh_n):
+            for ow in range(ow_n):
+                base = ((n * oh_n + oh) * ow_n + ow) * c
+                first = True
+                for kh in range(kh_n):
+                    ih = oh * sh + kh - ph
+                    if ih < 0 or ih >= h:
+                        continue
+                    for kw in range(kw_n):
+                        iw = ow * sw + kw - pw
+                        if iw < 0 or iw >= w:
+                            continue
+                        code = kh * kw_n + kw
+                        if first:
+                            for ch in range(c):
+                                y[base + ch] = x[n, ih, iw, ch]
+                                if write_idx:
+                                    ix[base + ch] = code
+                            first = False
+                        else:
+                            for ch in range(c):
+                                v = x[n, ih, iw, ch]
+                                if v > y[base + ch]:
+                                    y[base + ch] = v
+                                    if write_idx:
+                                        ix[base + ch] = code
+
+
+def maxpool_into(y: np.ndarray, idx: np.ndarray | None, x: np.ndarray, g) -> None:
+    if y.size == 0:
+        return
+    x4 = x.reshape(g.n, g.h, g.w, g.c)
+    # X is read completely before anything is written, and Y before the indices: when the
+    # ranges share memory, compute into temporaries and store in that order
+    direct = not np.may_share_memory(x, y) and (
+        idx is None or not (np.may_share_memory(x, idx) or np.may_share_memory(y, idx)))
+    yy = y if direct else np.empty_like(y)
+    ii = (idx if direct else np.empty(y.size, np.uint8)) if idx is not None else \
+        np.empty(1, np.uint8)
+    _maxpool_kernel(x4, yy, ii, idx is not None, _I64(g.oh), _I64(g.ow), _I64(g.kh),
+                    _I64(g.kw), _I64(g.sh), _I64(g.sw), _I64(g.ph), _I64(g.pw))
+    if not direct:
+        y[...] = yy
+        if idx is not None:
+            idx[...] = ii
+
+
+@njit(cache=True)
+def _sumpool_kernel(x, out, oh_n, ow_n, kh_n, kw_n, sh, sw, ph, pw, lo, hi, wrap):
+    """Window sums (exact in int64) fitted into ``out``; returns the overflow count."""
+    nb, h, w, c = x.shape
+    acc = np.zeros(c, np.int64)
+    novf = 0
+    span = hi - lo + 1
+    for n in range(nb):
+        for oh in range(oh_n):
+            for ow in range(ow_n):
+                acc[:] = 0
+                for kh in range(kh_n):
+                    ih = oh * sh + kh - ph
+                    if ih < 0 or ih >= h:
+                        continue
+                    for kw in range(kw_n):
+                        iw = ow * sw + kw - pw
+                        if iw < 0 or iw >= w:
+                            continue
+                        for ch in range(c):
+                            acc[ch] += x[n, ih, iw, ch]
+                base = ((n * oh_n + oh) * ow_n + ow) * c
+                for ch in range(c):
+                    v = acc[ch]
+                    if v > hi or v < lo:
+                        novf += 1
+                        v = min(max(v, lo), hi) if not wrap else ((v - lo) % span) + lo
+                    out[base + ch] = v
+    return novf
+
+
+def sumpool_into(out: np.ndarray, x: np.ndarray, g, bits: int, wrap: bool) -> int:
+    if out.size == 0:
+        return 0
+    lo, hi = type_range(bits)
+    return int(_sumpool_kernel(x.reshape(g.n, g.h, g.w, g.c), out, _I64(g.oh), _I64(g.ow),
+                               _I64(g.kh), _I64(g.kw), _I64(g.sh), _I64(g.sw), _I64(g.ph),
+                               _I64(g.pw), _I64(lo), _I64(hi), bool(wrap)))
+
+
+@njit(cache=True)
+def _bad_index_kernel(ix, nb, c, oh_n, ow_n, kh_n, kw_n, sh, sw, ph, pw, h, w):
+    """The first element whose index is >= KH KW or selects a padding position, or -1."""
+    for n in range(nb):
+        for oh in range(oh_n):
+            for ow in range(ow_n):
+                base = ((n * oh_n + oh) * ow_n + ow) * c
+                for ch in range(c):
+                    v = np.int64(ix[base + ch])
+                    ih = oh * sh + v // kw_n - ph
+                    iw = ow * sw + v % kw_n - pw
+                    if v >= kh_n * kw_n or ih < 0 or ih >= h or iw < 0 or iw >= w:
+                        return base + ch
+    return -1
+
+
+def bad_unpool_index(idx: np.ndarray, g) -> tuple[int, int] | None:
+    if idx.size == 0:
+        return None
+    e = int(_bad_index_kernel(idx, _I64(g.n), _I64(g.c), _I64(g.oh), _I64(g.ow), _I64(g.kh),
+                              _I64(g.kw), _I64(g.sh), _I64(g.sw), _I64(g.ph), _I64(g.pw),
+                              _I64(g.h), _I64(g.w)))
+    return None if e < 0 else (e, int(idx[e]))
+
+
+@njit(cache=True)
+def _unpool_kernel(dy, ix, by_index, s, oh_n, ow_n, kh_n, kw_n, sh, sw, ph, pw):
+    """Scatter-add dY into s [N,H,W,C] (int64, zeroed by the caller)."""
+    nb, h, w, c = s.shape
+    for n in range(nb):
+        for oh in range(oh_n):
+            for ow in range(ow_n):
+                base = ((n * oh_n + oh) * ow_n + ow) * c
+                if by_index:
+                    for ch in range(c):
+                        v = np.int64(ix[base + ch])
+                        s[n, oh * sh + v // kw_n - ph, ow * sw + v % kw_n - pw, ch] += dy[
+                            base + ch]
+                    continue
+                for kh in range(kh_n):
+                    ih = oh * sh + kh - ph
+                    if ih < 0 or ih >= h:
+                        continue
+                    for kw in range(kw_n):
+                        iw = ow * sw + kw - pw
+                        if iw < 0 or iw >= w:
+                            continue
+                        for ch in range(c):
+                            s[n, ih, iw, ch] += dy[base + ch]
+
+
+def unpool_into(out: np.ndarray, dy: np.ndarray, idx: np.ndarray | None, g, accumulate: bool,
+                bits: int, wrap: bool) -> int:
+    if out.size == 0:
+        return 0
+    s = _WS.get("unpool_s", (g.n, g.h, g.w, g.c), np.int64)
+    s[...] = 0
+    if dy.size:
+        _unpool_kernel(dy, dy if idx is None else idx, idx is not None, s, _I64(g.oh),
+                       _I64(g.ow), _I64(g.kh), _I64(g.kw), _I64(g.sh), _I64(g.sw), _I64(g.ph),
+                       _I64(g.pw))
+    lo, hi = type_range(bits)
+    return int(_fit_into(out.reshape(1, -1), s.reshape(1, -1), bool(accumulate), _I64(lo),
+                         _I64(hi), bool(wrap)))
+
+
+def bias_into(out: np.ndarray, b: np.ndarray, s: int, bits: int, wrap: bool) -> int:
+    if out.size == 0:
+        return 0
+    v = b.astype(np.int64)
+    shifted = v << -s if s <= 0 else (v + (1 << (s - 1))) >> s
+    lo, hi = type_range(bits)
+    return int(_fit_into(out, np.broadcast_to(shifted, out.shape), True, _I64(lo), _I64(hi),
+                         bool(wrap)))
