@@ -44,6 +44,27 @@ class Allocator:
         self.regions.append(Region(name, addr, size))
         return addr
 
+    def pack(self, items: list[tuple[str, int, int, int]]) -> dict[str, int]:
+        """Place buffers that are live only during [t0, t1] (inclusive) of a training step: two
+        may share addresses when their live ranges do not meet. Largest first, each at the
+        lowest aligned address free for its whole range; the block ends ``top``."""
+        base = self.top
+        placed: list[tuple[int, int, int, int]] = []  # (addr, end, t0, t1)
+        out: dict[str, int] = {}
+        for name, size, t0, t1 in sorted(items, key=lambda x: (-x[1], x[0])):
+            size_al = -(-max(size, 1) // self.align) * self.align
+            busy = sorted((a, e) for a, e, s0, s1 in placed if s0 <= t1 and t0 <= s1)
+            addr = base
+            for a, e in busy:
+                if addr + size_al <= a:
+                    break
+                addr = max(addr, e)
+            placed.append((addr, addr + size_al, t0, t1))
+            out[name] = addr
+            self.regions.append(Region(name, addr, size))
+        self.top = max([base] + [e for _, e, _, _ in placed])
+        return out
+
     def check(self, hint: str) -> None:
         if self.top > self.capacity:
             raise ConfigError(

@@ -3,9 +3,10 @@
 Every tensor is ``(integers, exponent)``. The fixed-role registers (``E_S, E_G, E_DZ, E_T0,
 E_T1`` = e11..e15 and the scratch e0) are not assigned here; e1..e10 are:
 
-* **register mode** (at most 5 activation exponents and 5 parameter exponents): activation
-  exponents ``a<pos>`` (``a0`` is the input's) in e1..e5 in layer order, parameter exponents
-  (weights ``w<pos>``, then biases ``b<pos>``) in e6..e10, set once at the program start;
+* **register mode** (at most 10 activation and parameter exponents): activation exponents
+  ``a<pos>`` (``a0`` is the input's) from e1 in layer order, parameter exponents (weights
+  ``w<pos>``, then biases ``b<pos>``) from e6 (or right after the activations when there are
+  more than 5 of either), the constant ones set once at the program start;
 * **memory mode** (deeper networks): the parameter exponents are constants, written into a
   scratch register with ``eset`` where an instruction needs them; each dynamic activation
   exponent has a 32-bit DRAM word (``stw`` after ``efit`` picked it, ``ldw`` + ``esetr`` where a
@@ -31,14 +32,16 @@ class Exps:
         in preload order; ``alias``: names that share another's exponent."""
         self.acts, self.fixed, self.alias = acts, fixed, alias
         params = [n for n in fixed if n != "a0"]
-        self.register_mode = len(acts) <= SLOTS and len(params) <= SLOTS
+        self.register_mode = len(acts) + len(params) <= 2 * SLOTS
         self.regs: dict[str, int] = {}
         self.mem: dict[str, int] = {}
         if self.register_mode:
+            first = (FIRST_PARAM_REG if len(acts) <= SLOTS and len(params) <= SLOTS
+                     else FIRST_ACT_REG + len(acts))
             for i, n in enumerate(acts):
                 self.regs[n] = FIRST_ACT_REG + i
             for i, n in enumerate(params):
-                self.regs[n] = FIRST_PARAM_REG + i
+                self.regs[n] = first + i
         else:
             for i, n in enumerate(a for a in acts if a not in fixed):
                 self.mem[n] = dram_base + 4 * i

@@ -125,23 +125,28 @@ def plan(spec: ModelSpec, cfg: Config) -> Layout:
     acc = Allocator("accumulator.entries", cfg.accumulator.entries, align=16)
     lay = Layout(spec, net, lows, params, {}, {}, {}, {}, gbytes, mu_shift(spec), wexp, spa=sp)
     s, a = lay.sp, lay.acc
-    s["A0"] = sp.take("A0", net.features * b)
+    # per-step buffers: one after another for dense-only networks; packed by live range
+    # (layers/base.py) for the others, which then mask the ReLU in place
+    lay.timed = None if net.is_mlp else []
+    lay.buf("A0", net.features * b, 0, lay.t_bwd(1))
     for low in lows:
         low.plan_acts(lay, b)
-    s["MASK"] = sp.take("MASK", max((low.mask_size(b) for low in lows[:-1]), default=0) or b)
+    if net.is_mlp:
+        s["MASK"] = sp.take("MASK", max((low.mask_size(b) for low in lows[:-1]), default=0)
+                            or b)
     for name in ("S", "XS", "P"):
         s[name] = sp.take(name, 2 * b * c)
     s["MX"] = sp.take("MX", 2 * b)
     for name in ("Y", "NT", "G"):
         s[name] = sp.take(name, gbytes * b * c)
-    sp.check("even the activation buffers do not fit: use a smaller batch or a larger "
-             "scratchpad")
     for low in lows:
         low.plan_extra(lay, b)
+    if lay.timed is not None:
+        s.update(sp.pack(lay.timed))
+    sp.check("even the activation buffers do not fit: use a smaller batch or a larger "
+             "scratchpad")
     if any(p.is_bias for p in params):
         lay.need_ones(b)
-    if lay.gy:
-        s["GY"] = sp.take("GY", lay.gy)
     if lay.ones:
         s["ONES"] = sp.take("ONES", lay.ones)
     mom = has_momentum(spec)

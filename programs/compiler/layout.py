@@ -84,7 +84,7 @@ class Layout:
     spa: Allocator | None = None  # the scratchpad allocator while planning
     staging: int = 0  # DRAM bytes for layout changes (transposes)
     ones: int = 0  # length of the ones vector (bias gradients)
-    gy: int = 0  # bytes of the INT16 gradient buffer of pooling / flatten
+    timed: list[tuple[str, int, int, int]] | None = None  # (name, bytes, t0, t1) to pack
 
     # ---------------------------------------------------------------- planning hooks
     def need_staging(self, nbytes: int) -> None:
@@ -93,8 +93,22 @@ class Layout:
     def need_ones(self, n: int) -> None:
         self.ones = max(self.ones, n)
 
-    def need_gy(self, nbytes: int) -> None:
-        self.gy = max(self.gy, nbytes)
+    def buf(self, name: str, nbytes: int, t0: int, t1: int) -> None:
+        """A scratchpad buffer live from step time t0 to t1 (:meth:`t_fwd`, :meth:`t_bwd`):
+        dense-only networks take them one after another; others pack them by live range."""
+        if self.timed is None:
+            assert self.spa is not None
+            self.sp[name] = self.spa.take(name, nbytes)
+        else:
+            self.timed.append((name, nbytes, t0, t1))
+
+    def t_fwd(self, pos: int) -> int:
+        """Time of layer ``pos``'s forward pass in a training step (0: the batch is loaded)."""
+        return pos
+
+    def t_bwd(self, pos: int) -> int:
+        """Time of layer ``pos``'s backward pass (after the softmax, top layer first)."""
+        return 2 * len(self.net.layers) + 2 - pos
 
     # ---------------------------------------------------------------- queries
     def streams(self, p: Param) -> bool:

@@ -53,7 +53,7 @@ def _col2im(cols: np.ndarray, layer: Layer, shape: tuple[int, ...]) -> np.ndarra
     ph, pw = layer.padding
     b, h, w, c = shape
     oh, ow = cols.shape[1], cols.shape[2]
-    out = np.zeros((b, h + 2 * ph, w + 2 * pw, c), np.float32)
+    out = np.zeros((b, h + 2 * ph, w + 2 * pw, c), cols.dtype)
     for i in range(kh):
         for j in range(kw):
             out[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw, :] += cols[:, :, :, i, j]
@@ -116,7 +116,7 @@ class FloatNet:
                     h = np.take_along_axis(flat, arg[:, :, :, None, :], axis=3)[:, :, :, 0]
                     extra = arg
                 else:
-                    h = (flat.sum(axis=3) / np.float32(kh * kw)).astype(np.float32)
+                    h = flat.sum(axis=3) / h.dtype.type(kh * kw)
             else:  # flatten, (h, w, c) order
                 h = h.reshape(h.shape[0], -1)
             saved.append((inp, extra))
@@ -161,10 +161,10 @@ class FloatNet:
                 b, oh, ow, c = g.shape
                 if layer.kind == "maxpool":
                     arg = extra
-                    cols = np.zeros((b, oh, ow, kh * kw, c), np.float32)
+                    cols = np.zeros((b, oh, ow, kh * kw, c), g.dtype)
                     np.put_along_axis(cols, arg[:, :, :, None, :], g[:, :, :, None, :], axis=3)
                 else:
-                    cols = np.broadcast_to((g / np.float32(kh * kw))[:, :, :, None, :],
+                    cols = np.broadcast_to((g / g.dtype.type(kh * kw))[:, :, :, None, :],
                                            (b, oh, ow, kh * kw, c))
                 g = _col2im(cols.reshape(b, oh, ow, kh, kw, c), layer, inp.shape)
             else:  # flatten
@@ -186,7 +186,7 @@ def loss_and_grad(fnet: FloatNet, params: list[np.ndarray], x: np.ndarray, y: np
     t = np.zeros_like(p)
     t[np.arange(b), y] = 1.0
     loss = float(-np.log(np.maximum(p[np.arange(b), y], 1e-12)).mean())
-    return loss, fnet.backward(params, saved, (p - t) / np.float32(b))
+    return loss, fnet.backward(params, saved, (p - t) / p.dtype.type(b))
 
 
 def accuracy(fnet: FloatNet, params: list[np.ndarray], x: np.ndarray, y: np.ndarray,

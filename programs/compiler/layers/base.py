@@ -143,10 +143,13 @@ def quantize_dz(asm: Asm, lay: Layout, layer: Layer, grad: Grad, ein: int, count
 
 
 def relu_mask(asm: Asm, lay: Layout, layer: Layer, count: int) -> None:
-    """dz~ *= relu'(z), the mask a > 0 of the layer's stored output (after quantization)."""
-    asm.op("vrelumask", lay.sp["MASK"], lay.sp[f"A{layer.pos}"], count, dt="i8")
-    asm.op("vmul", lay.sp[f"DZ{layer.pos}"], lay.sp[f"DZ{layer.pos}"], lay.sp["MASK"], count,
-           dt="i8")
+    """dz~ *= relu'(z), the mask a > 0 of the layer's stored output (after quantization). The
+    mask overwrites the output itself (dead by now: the layer above has used it) except in the
+    dense-only networks, which keep a ``MASK`` buffer."""
+    a = lay.sp[f"A{layer.pos}"]
+    mask = lay.sp["MASK"] if "MASK" in lay.sp else a
+    asm.op("vrelumask", mask, a, count, dt="i8")
+    asm.op("vmul", lay.sp[f"DZ{layer.pos}"], lay.sp[f"DZ{layer.pos}"], mask, count, dt="i8")
 
 
 # ------------------------------------------------------------------------ weights in and out
@@ -244,6 +247,7 @@ def bias_backward(asm: Asm, lay: Layout, p: Param, dz_rows_major: bool, rows: in
     are row sums) on the MAC array with a ones vector and zero-skipping on dz~, then the update;
     db's exponent is that of dz~ (the ones are integers at exponent 0)."""
     dz = lay.sp[f"DZ{p.layer.pos}"]
+    asm.label(f"train.bwd.l{p.layer.pos}.b", f"gradient of b{p.layer.pos}")
     if dz_rows_major:  # db [F, 1] = dz~ [F, B] @ ones [B, 1]
         asm.op("gemm", lay.acc["DW"], dz, lay.sp["ONES"], rows, cols, 1, sa=1)
         n = rows

@@ -39,8 +39,8 @@ class Conv(Lowering):
 
     def plan_acts(self, lay: Layout, b: int) -> None:
         p, n = self.layer.pos, self.layer.out_size * b
-        lay.sp[f"A{p}"] = lay.spa.take(f"A{p}", n)
-        lay.sp[f"DZ{p}"] = lay.spa.take(f"DZ{p}", n)
+        lay.buf(f"A{p}", n, lay.t_fwd(p), lay.t_bwd(p))
+        lay.buf(f"DZ{p}", n, lay.t_bwd(p), lay.t_bwd(p))
 
     def plan_extra(self, lay: Layout, b: int) -> None:
         if self.layer.bias:

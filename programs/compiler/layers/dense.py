@@ -65,13 +65,13 @@ class Dense(Lowering):
     def plan_acts(self, lay: Layout, b: int) -> None:
         p = self.layer.pos
         if not self.last:
-            lay.sp[f"A{p}"] = lay.spa.take(f"A{p}", self.n_out * b)
-        lay.sp[f"DZ{p}"] = lay.spa.take(f"DZ{p}", self.n_out * b)
+            lay.buf(f"A{p}", self.n_out * b, lay.t_fwd(p), lay.t_bwd(p))
+        lay.buf(f"DZ{p}", self.n_out * b, lay.t_bwd(p), lay.t_bwd(p))
 
     def plan_extra(self, lay: Layout, b: int) -> None:
         if self.layer.bias and not self.last:
             p = self.layer.pos
-            lay.sp[f"ZS{p}"] = lay.spa.take(f"ZS{p}", self.n_out * b)
+            lay.buf(f"ZS{p}", self.n_out * b, lay.t_fwd(p), lay.t_fwd(p))
             lay.need_staging(self.n_out * b)
 
     def acc_forward(self, b: int) -> int:

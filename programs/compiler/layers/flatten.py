@@ -2,7 +2,7 @@
 dense layers read (features in (h, w, c) order), by a transpose through DRAM; the exponent is
 unchanged. Backward brings the gradient from the dense layer above (feature-major, in the
 accumulator) to INT16 with a dynamic exponent (nearest) and transposes it back to NHWC in the
-scratchpad (``GY``) for the layer below.
+scratchpad (``GY<pos>``) for the layer below.
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ class Flatten(Lowering):
 
     def plan_acts(self, lay: Layout, b: int) -> None:
         p = self.layer.pos
-        lay.sp[f"A{p}"] = lay.spa.take(f"A{p}", self.layer.out_size * b)
+        lay.buf(f"A{p}", self.layer.out_size * b, lay.t_fwd(p), lay.t_bwd(p))
 
     def plan_extra(self, lay: Layout, b: int) -> None:
-        n = self.layer.out_size * b
-        lay.need_gy(2 * n)
-        lay.sp[f"GF{self.layer.pos}"] = lay.spa.take(f"GF{self.layer.pos}", 2 * n)
+        n, p = self.layer.out_size * b, self.layer.pos
+        lay.buf(f"GF{p}", 2 * n, lay.t_bwd(p), lay.t_bwd(p))
+        lay.buf(f"GY{p}", 2 * n, lay.t_bwd(p), lay.t_bwd(p - 1))  # read by the layer below
         lay.need_staging(2 * n)
 
     def sp_grad_size(self, b: int) -> int:
@@ -51,5 +51,5 @@ class Flatten(Lowering):
         ein = grad.exp(asm)
         efit(asm, E_X, grad.addr, n * b, ein, "i16")
         rq(asm, sp[f"GF{l}"], grad.addr, n * b, E_X, ein, "nearest", "i16")
-        transpose(asm, lay, sp["GY"], sp[f"GF{l}"], n, b, 2)  # [n, B] -> [B, n]
-        return Grad("sp", sp["GY"], fixed_exp(E_X), dt="i16")
+        transpose(asm, lay, sp[f"GY{l}"], sp[f"GF{l}"], n, b, 2)  # [n, B] -> [B, n]
+        return Grad("sp", sp[f"GY{l}"], fixed_exp(E_X), dt="i16")

@@ -6,7 +6,7 @@ INT8 exponent; its backward spreads the gradient over each window (``vunpool mod
 the layer below applies the same scale when it quantizes.
 
 The gradient arriving from the layer above is brought to INT16 with a dynamic exponent
-(nearest rounding) in the scratchpad (``GY``) when it is in the accumulator: ``vunpool`` reads
+(nearest rounding) in the scratchpad (``GY<pos>``) when it is in the accumulator: ``vunpool`` reads
 the scratchpad.
 """
 
@@ -45,12 +45,13 @@ class Pool(Lowering):
 
     def plan_acts(self, lay: Layout, b: int) -> None:
         p, n = self.layer.pos, self.layer.out_size * b
-        lay.sp[f"A{p}"] = lay.spa.take(f"A{p}", n)
+        lay.buf(f"A{p}", n, lay.t_fwd(p), lay.t_bwd(p))
         if self.is_max:
-            lay.sp[f"IDX{p}"] = lay.spa.take(f"IDX{p}", n)
+            lay.buf(f"IDX{p}", n, lay.t_fwd(p), lay.t_bwd(p))
 
     def plan_extra(self, lay: Layout, b: int) -> None:
-        lay.need_gy(2 * self.layer.out_size * b)
+        p = self.layer.pos
+        lay.buf(f"GY{p}", 2 * self.layer.out_size * b, lay.t_bwd(p), lay.t_bwd(p))
 
     def acc_forward(self, b: int) -> int:
         return 0 if self.is_max else self.layer.out_size * b
@@ -93,8 +94,8 @@ class Pool(Lowering):
         n = layer.out_size * b
         if grad.where == "acc":  # dY to INT16 in the scratchpad (vunpool reads it there)
             efit(asm, E_X, grad.addr, n, ein, "i16")
-            rq(asm, sp["GY"], grad.addr, n, E_X, ein, "nearest", "i16")
-            src, e_dy, dt = sp["GY"], E_X, "i16"
+            rq(asm, sp[f"GY{l}"], grad.addr, n, E_X, ein, "nearest", "i16")
+            src, e_dy, dt = sp[f"GY{l}"], E_X, "i16"
         else:
             src, e_dy, dt = grad.addr, ein, grad.dt
         if e_dy != E_T1:
