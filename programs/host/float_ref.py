@@ -6,7 +6,9 @@ Every layer kind of ``programs/compiler/net.py`` has a forward and a backward he
 chip's layouts: images NHWC ``[B, H, W, C]``, convolution weights ``[KH KW C, F]`` (rows in
 (kh, kw, c) order), flatten in (h, w, c) order; max pooling picks the first maximum of each
 window in (kh, kw) scan order, as ``vmaxpool`` does. Parameters are a flat list in the
-compiler's order: per weight layer its weights, then its bias if it has one.
+compiler's order: per weight layer its weights, then its bias if it has one. With a validation
+split it follows the chip's protocol: validation accuracy after every epoch, test accuracy of the
+best epoch's parameters.
 """
 
 from __future__ import annotations
@@ -17,14 +19,15 @@ import numpy as np
 
 from programs.compiler.net import Layer, Net
 from programs.compiler.spec import ModelSpec
-from programs.host.datasets import Dataset, epoch_order
+from programs.host.datasets import Dataset, epoch_order, input_exponent
 
 
 @dataclass
 class FloatResult:
     test_accuracy: float
     history: list[dict[str, float]] = field(default_factory=list)
-    weights: list[np.ndarray] = field(default_factory=list)
+    weights: list[np.ndarray] = field(default_factory=list)  # of the reported test accuracy
+    best_epoch: int | None = None  # with a validation split
 
 
 # ------------------------------------------------------------------------------ image ops
@@ -222,9 +225,11 @@ def train_float(spec: ModelSpec, data: Dataset, init: list[np.ndarray],
                 epochs: int | None = None) -> FloatResult:
     fnet = FloatNet(spec.net())
     params = [w.astype(np.float32).copy() for w in init]
-    scale = np.float32(2.0**spec.input_exponent)
+    scale = np.float32(2.0 ** input_exponent(spec, data))
     xtr = data.x_train.astype(np.float32) * scale
     xte = data.x_test.astype(np.float32) * scale
+    xva = data.x_val.astype(np.float32) * scale if data.has_validation else None
+    best: tuple[float, int, list[np.ndarray]] | None = None
     b = spec.batch_size
     beta = spec.update.momentum
     velocity = [np.zeros_like(w) for w in params]
@@ -237,8 +242,15 @@ def train_float(spec: ModelSpec, data: Dataset, init: list[np.ndarray],
                        beta, velocity)
             for i in range(0, len(order), b)
         ]
-        res.history.append({"epoch": epoch, "loss": float(np.mean(losses)),
-                            "test_accuracy": accuracy(fnet, params, xte, data.y_test)})
+        h = {"epoch": epoch, "loss": float(np.mean(losses)),
+             "test_accuracy": accuracy(fnet, params, xte, data.y_test)}
+        if xva is not None:
+            h["validation_accuracy"] = accuracy(fnet, params, xva, data.y_val)
+            if best is None or h["validation_accuracy"] > best[0]:
+                best = (h["validation_accuracy"], epoch, [w.copy() for w in params])
+        res.history.append(h)
+    if best is not None:
+        res.best_epoch, params = best[1], best[2]
     res.test_accuracy = accuracy(fnet, params, xte, data.y_test)
     res.weights = params
     return res
