@@ -577,57 +577,101 @@ def update_into(dst: np.ndarray, src: np.ndarray, res: np.ndarray, theta: np.nda
 # ============================================================================ conv and pooling
 # conv, vmaxpool, vsumpool, vunpool and vbias (same interface as emulator/reference.py).
 #
-# Exactness: every term of a sum is an integer product of magnitude <= 2**(8*(ba+bb)-2) (ba, bb
-# the operand bytes), and every partial sum is bounded by the number of terms times that; a
-# float sum is exact while that bound is <= 2**24 (float32) or 2**53 (float64), in any order
-# of summation (BLAS may reorder or use FMA: every intermediate is still such a partial sum).
-# So the reduction is cut into chunks of at most _exact_terms() terms and the chunk results
-# (each an exact integer) are summed in float64 or int64.
+# Exactness of the float paths: a sum of integer terms computed in floating point is exact in
+# any order (BLAS may reorder, block or use FMA) while every partial sum is an integer of
+# magnitude <= 2**24 (float32) or 2**53 (float64); every partial sum of sum_k A[i,k] B[k,j] is
+# bounded by sum_k |A[i,k]| |B[k,j]| <= min(terms * max|A| max|B|, max|A| * max_j
+# sum_k |B[k,j]|, max|B| * max_i sum_k |A[i,k]|). So a product runs as one float32 matmul when
+# such a bound (static, or from the operands' absolute column/row sums) is <= 2**24, as float64
+# when INT16 operands need it, and otherwise in chunks of the reduction whose exact results
+# are summed in float64 or int64.
+F32_LIMIT, F64_LIMIT = 1 << 24, 1 << 53
 
 
 def _max_product(a_bytes: int, b_bytes: int) -> int:
+    """The largest |a b| of two elements: 2**14, 2**22 or 2**30."""
     return 1 << (8 * (a_bytes + b_bytes) - 2)
 
 
-def _float_plan(a_bytes: int, b_bytes: int) -> tuple[type, int]:
-    """(float type, terms per exact chunk): float32 for INT8 x INT8 (1024 terms), float64
-    otherwise (2**23 INT16 x INT16 terms)."""
-    if a_bytes == b_bytes == 1:
-        return np.float32, (1 << 24) // _max_product(1, 1)
-    return np.float64, (1 << 53) // _max_product(a_bytes, b_bytes)
+@njit(cache=True)
+def _abs_stats(x2):  # pragma: no cover - compiled
+    """(max |x|, max over columns of sum |x[:, j]|, max over rows of sum |x[i, :]|) of a 2-D
+    integer array, as int64, in one pass."""
+    rows, cols = x2.shape
+    colsum = np.zeros(cols, np.int64)
+    amax = np.int64(0)
+    rmax = np.int64(0)
+    for i in range(rows):
+        r = np.int64(0)
+        for j in range(cols):
+            v = abs(np.int64(x2[i, j]))
+            r += v
+            colsum[j] += v
+            amax = max(amax, v)
+        rmax = max(rmax, r)
+    cmax = np.int64(0)
+    for j in range(cols):
+        cmax = max(cmax, colsum[j])
+    return amax, cmax, rmax
 
 
-def _im2col_float(x: np.ndarray, g, ftype: type) -> np.ndarray:
-    """col(X) as a C-contiguous [M, K] float workspace array (one strided copy of the windows
-    of a zero-padded float copy of X)."""
-    xp = padded(x, g, ftype, 0, out=_WS.get("conv_xp", g.padded, ftype))
-    col = _WS.get("conv_col", (g.m, g.k), ftype)
-    np.copyto(col.reshape(g.n, g.oh, g.ow, g.kh, g.kw, g.c), window_view(xp, g))
-    return col
+def _abs_max(x: np.ndarray) -> int:
+    return max(int(x.max()), -int(x.min())) if x.size else 0
 
 
-def _exact_matmul(a: np.ndarray, b: np.ndarray, chunk: int, name: str) -> np.ndarray:
-    """a @ b for integer-valued float operands, exact: one matmul when the reduction has at
-    most ``chunk`` terms; otherwise chunks of ``chunk`` terms whose (exact) results are summed
-    in float64 (float32 chunks: each <= 2**24, exact for up to 2**29 chunks) or int64.
-    Returns a float workspace array or a fresh float64/int64 array."""
+class _ColCache:
+    """im2col results of the last few (geometry, element type, float type) triples, each with a
+    copy of the X it was built from: a weight gradient right after the forward pass of the same
+    layer reuses the forward's im2col whenever X is still byte-for-byte the same (compared in
+    full on every use, so a reuse is exact by construction)."""
+
+    def __init__(self, max_bytes: int = 128 << 20) -> None:
+        self._d: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+        self.max_bytes = max_bytes
+
+    def get(self, x: np.ndarray, g, ftype: type) -> np.ndarray:
+        key = (g, x.dtype.str, ftype)
+        hit = self._d.pop(key, None)
+        if hit is not None and np.array_equal(hit[0], x):
+            self._d[key] = hit  # most recent last
+            return hit[1]
+        col = np.empty((g.m, g.k), ftype)
+        xp = padded(x, g, ftype, 0, out=_WS.get("conv_xp", g.padded, ftype))
+        np.copyto(col.reshape(g.n, g.oh, g.ow, g.kh, g.kw, g.c), window_view(xp, g))
+        self._d[key] = (x.copy(), col)
+        total = sum(c.nbytes for _, c in self._d.values())
+        while total > self.max_bytes and len(self._d) > 1:
+            oldest = next(iter(self._d))
+            total -= self._d.pop(oldest)[1].nbytes
+        return col
+
+
+_COLS = _ColCache()
+
+
+def _exact_matmul(a: np.ndarray, b: np.ndarray, bound: int, a_bytes: int, b_bytes: int,
+                  name: str) -> np.ndarray:
+    """a @ b for integer-valued float operands whose partial sums are bounded by ``bound``
+    (see above): one matmul when that is exact in the operands' float type, otherwise the
+    reduction in chunks of static exactness (float32: 1024 INT8 terms; float64: 2**53 over the
+    largest product), chunk results summed in float64 (float32 chunks, each <= 2**24: exact up
+    to 2**29 chunks) or int64. Returns a float workspace array or a fresh float64/int64 one."""
     m, k = a.shape
     n = b.shape[1]
     out = _WS.get(name, (m, n), a.dtype)
-    if k <= chunk:
+    limit = F32_LIMIT if a.dtype == np.float32 else F64_LIMIT
+    if bound <= limit:
         if k < SERIAL_K and m * n >= SERIAL_MIN_OUTPUT:
             _BLAS.matmul_serial(a, b, out)
         else:
             np.matmul(a, b, out=out)
         return out
-    exact_in_f64 = a.dtype == np.float32 and k <= (1 << 53) // (1 << 24) * chunk
-    total = np.zeros((m, n), np.float64 if exact_in_f64 else np.int64)
+    chunk = limit // _max_product(a_bytes, b_bytes)
+    in_f64 = a.dtype == np.float32 and -(-k // chunk) <= F64_LIMIT // F32_LIMIT
+    total = np.zeros((m, n), np.float64 if in_f64 else np.int64)
     for k0 in range(0, k, chunk):
         np.matmul(a[:, k0 : k0 + chunk], b[k0 : k0 + chunk], out=out)
-        if exact_in_f64:
-            total += out
-        else:
-            total += out.astype(np.int64)
+        total += out if in_f64 else out.astype(np.int64)
     return total
 
 
@@ -643,33 +687,45 @@ def _store(c: np.ndarray, p: np.ndarray, accumulate: bool, bits: int, wrap: bool
 
 def conv_into(out: np.ndarray, a: np.ndarray, b: np.ndarray, mode: int, g, accumulate: bool,
               bits: int, wrap: bool) -> int:
-    """conv on exact BLAS: fwd col(X) @ W, wgrad col(X)^T @ dZ (the M reduction chunked),
-    dgrad dZ @ W^T then col2im by one strided add per window position. Returns overflows."""
+    """conv on exact BLAS: fwd col(X) @ W, wgrad col(X)^T @ dZ (reusing the forward's im2col
+    when X is unchanged), dgrad dZ @ W^T then col2im by one strided add per window position.
+    Returns the overflow count."""
     if out.size == 0:
         return 0
     ba, bb = a.itemsize, b.itemsize
-    ftype, chunk = _float_plan(ba, bb)
-    maxp = _max_product(ba, bb)
     if g.m * g.k * g.f == 0:  # no products: the output is fit(acc or 0)
-        zero = np.zeros((1, out.size), np.int64)
-        return _store(out.reshape(1, -1), zero, accumulate, bits, wrap, 0)
+        return _store(out.reshape(1, -1), np.zeros((1, out.size), np.int64), accumulate, bits,
+                      wrap, 0)
+    ftype = np.float32 if ba == bb == 1 else np.float64
+    maxp = _max_product(ba, bb)
     if mode == CONV_FWD:
-        col = _im2col_float(a, g, ftype)
-        w = _as_float(b.reshape(g.k, g.f), "b", ftype)
-        p = _exact_matmul(col, w, chunk, "conv_p")
-        return _store(out.reshape(g.m, g.f), p, accumulate, bits, wrap, g.k * maxp)
+        w2 = b.reshape(g.k, g.f)
+        bound = g.k * maxp
+        if bound > F32_LIMIT:
+            _, bcol, _ = _abs_stats(w2)
+            bound = min(bound, _abs_max(a) * int(bcol))
+        p = _exact_matmul(_COLS.get(a, g, ftype), _as_float(w2, "b", ftype), bound, ba, bb,
+                          "conv_p")
+        return _store(out.reshape(g.m, g.f), p, accumulate, bits, wrap, bound)
     if mode == CONV_WGRAD:
-        col = _im2col_float(a, g, ftype)
-        dz = _as_float(b.reshape(g.m, g.f), "b", ftype)
-        p = _exact_matmul(col.T, dz, chunk, "conv_p")
-        return _store(out.reshape(g.k, g.f), p, accumulate, bits, wrap, g.m * maxp)
-    dz = _as_float(a.reshape(g.m, g.f), "a", ftype)
-    w = _as_float(b.reshape(g.k, g.f), "b", ftype)
-    p = _exact_matmul(dz, w.T, chunk, "conv_p")  # [M, K]
-    # each input position receives at most ceil(KH/SH) ceil(KW/SW) window products
-    terms = -(-g.kh // g.sh) * -(-g.kw // g.sw) * g.f
-    bound = terms * maxp
-    stype = np.float32 if bound <= 1 << 24 else np.float64 if bound <= 1 << 53 else np.int64
+        dz = b.reshape(g.m, g.f)
+        bound = g.m * maxp
+        if bound > F32_LIMIT:
+            _, dcol, _ = _abs_stats(dz)
+            bound = min(bound, _abs_max(a) * int(dcol))
+        p = _exact_matmul(_COLS.get(a, g, ftype).T, _as_float(dz, "b", ftype), bound, ba, bb,
+                          "conv_p")
+        return _store(out.reshape(g.k, g.f), p, accumulate, bits, wrap, bound)
+    dz, w2 = a.reshape(g.m, g.f), b.reshape(g.k, g.f)
+    # |P[m, k]| <= min(F max|dZ| max|W|, max_m sum_f |dZ[m, f]| max|W|, ...); each input
+    # position receives at most ceil(KH/SH) ceil(KW/SW) window products
+    amax, _, arow = _abs_stats(dz)
+    bmax, _, brow = _abs_stats(w2)
+    pbound = min(g.f * maxp, int(arow) * int(bmax), int(brow) * int(amax))
+    p = _exact_matmul(_as_float(dz, "a", ftype), _as_float(w2, "b", ftype).T, pbound, ba, bb,
+                      "conv_p")  # [M, K]
+    bound = -(-g.kh // g.sh) * -(-g.kw // g.sw) * pbound
+    stype = np.float32 if bound <= F32_LIMIT else np.float64 if bound <= F64_LIMIT else np.int64
     if stype is np.int64 and p.dtype != np.int64:
         p = p.astype(np.int64)
     s = _WS.get("conv_dx", (g.n, g.h, g.w, g.c), stype)
@@ -700,13 +756,15 @@ def _col2im_add(s: np.ndarray, p6: np.ndarray, g) -> None:
 
 @njit(cache=True)
 def _maxpool_kernel(x, y, ix, write_idx, oh_n, ow_n, kh_n, kw_n, sh, sw, ph, pw):
-    """Max over the window positions inside the input, the first maximum in scan order; the
-    index kh KW + kw. (Every window has an inside position: checked by the semantics.)"""
+    """Max over the window positions inside the input, the first maximum in scan order, and
+    its index kh KW + kw; per output pixel a branch-free pass over the channels of each
+    position. (Every window has an inside position: checked by the semantics.)"""
     nb, h, w, c = x.shape
+    best = np.empty(c, x.dtype)
+    arg = np.empty(c, np.uint8)
     for n in range(nb):
         for oh in range(oh_n):
             for ow in range(ow_n):
-                base = ((n * oh_n + oh) * ow_n + ow) * c
                 first = True
                 for kh in range(kh_n):
                     ih = oh * sh + kh - ph
@@ -716,20 +774,25 @@ def _maxpool_kernel(x, y, ix, write_idx, oh_n, ow_n, kh_n, kw_n, sh, sw, ph, pw)
                         iw = ow * sw + kw - pw
                         if iw < 0 or iw >= w:
                             continue
-                        code = kh * kw_n + kw
+                        code = np.uint8(kh * kw_n + kw)
+                        row = x[n, ih, iw]
                         if first:
                             for ch in range(c):
-                                y[base + ch] = x[n, ih, iw, ch]
-                                if write_idx:
-                                    ix[base + ch] = code
+                                best[ch] = row[ch]
+                                arg[ch] = code
                             first = False
-                        else:
-                            for ch in range(c):
-                                v = x[n, ih, iw, ch]
-                                if v > y[base + ch]:
-                                    y[base + ch] = v
-                                    if write_idx:
-                                        ix[base + ch] = code
+                            continue
+                        for ch in range(c):
+                            v = row[ch]
+                            gt = v > best[ch]
+                            best[ch] = v if gt else best[ch]
+                            arg[ch] = code if gt else arg[ch]
+                base = ((n * oh_n + oh) * ow_n + ow) * c
+                for ch in range(c):
+                    y[base + ch] = best[ch]
+                if write_idx:
+                    for ch in range(c):
+                        ix[base + ch] = arg[ch]
 
 
 def maxpool_into(y: np.ndarray, idx: np.ndarray | None, x: np.ndarray, g) -> None:
@@ -810,6 +873,8 @@ def _bad_index_kernel(ix, nb, c, oh_n, ow_n, kh_n, kw_n, sh, sw, ph, pw, h, w):
 def bad_unpool_index(idx: np.ndarray, g) -> tuple[int, int] | None:
     if idx.size == 0:
         return None
+    if g.ph == g.pw == 0 and int(idx.max()) < g.kh * g.kw:
+        return None  # without padding every window position is inside the input
     e = int(_bad_index_kernel(idx, _I64(g.n), _I64(g.c), _I64(g.oh), _I64(g.ow), _I64(g.kh),
                               _I64(g.kw), _I64(g.sh), _I64(g.sw), _I64(g.ph), _I64(g.pw),
                               _I64(g.h), _I64(g.w)))
@@ -818,18 +883,18 @@ def bad_unpool_index(idx: np.ndarray, g) -> tuple[int, int] | None:
 
 @njit(cache=True)
 def _unpool_kernel(dy, ix, by_index, s, oh_n, ow_n, kh_n, kw_n, sh, sw, ph, pw):
-    """Scatter-add dY into s [N,H,W,C] (int64, zeroed by the caller)."""
+    """Scatter-add dY into s [N,H,W,C] (zeroed by the caller): to every window position
+    inside the input, or (``by_index``) only where the element's index is that position's
+    code (selected into a temporary first, so both loops over channels vectorize; indices
+    were checked by the semantics)."""
     nb, h, w, c = s.shape
+    tmp = np.empty(c, s.dtype)
     for n in range(nb):
         for oh in range(oh_n):
             for ow in range(ow_n):
                 base = ((n * oh_n + oh) * ow_n + ow) * c
-                if by_index:
-                    for ch in range(c):
-                        v = np.int64(ix[base + ch])
-                        s[n, oh * sh + v // kw_n - ph, ow * sw + v % kw_n - pw, ch] += dy[
-                            base + ch]
-                    continue
+                d = dy[base : base + c]
+                ii = ix[base : base + c]
                 for kh in range(kh_n):
                     ih = oh * sh + kh - ph
                     if ih < 0 or ih >= h:
@@ -838,23 +903,61 @@ def _unpool_kernel(dy, ix, by_index, s, oh_n, ow_n, kh_n, kw_n, sh, sw, ph, pw):
                         iw = ow * sw + kw - pw
                         if iw < 0 or iw >= w:
                             continue
-                        for ch in range(c):
-                            s[n, ih, iw, ch] += dy[base + ch]
+                        dst = s[n, ih, iw]
+                        if by_index:
+                            code = kh * kw_n + kw
+                            for ch in range(c):
+                                tmp[ch] = d[ch] if ii[ch] == code else 0
+                            for ch in range(c):
+                                dst[ch] += tmp[ch]
+                        else:
+                            for ch in range(c):
+                                dst[ch] += d[ch]
 
 
 def unpool_into(out: np.ndarray, dy: np.ndarray, idx: np.ndarray | None, g, accumulate: bool,
                 bits: int, wrap: bool) -> int:
     if out.size == 0:
         return 0
-    s = _WS.get("unpool_s", (g.n, g.h, g.w, g.c), np.int64)
+    lo, hi = type_range(bits)
+    # every input position receives at most ceil(KH/SH) ceil(KW/SW) gradient elements
+    bound = -(-g.kh // g.sh) * -(-g.kw // g.sw) * _abs_max(dy)
+    direct = not accumulate and bound <= hi  # no fit can change a value: add in place
+    s = out.reshape(g.n, g.h, g.w, g.c) if direct else \
+        _WS.get("unpool_s", (g.n, g.h, g.w, g.c), np.int64)
     s[...] = 0
     if dy.size:
         _unpool_kernel(dy, dy if idx is None else idx, idx is not None, s, _I64(g.oh),
                        _I64(g.ow), _I64(g.kh), _I64(g.kw), _I64(g.sh), _I64(g.sw), _I64(g.ph),
                        _I64(g.pw))
-    lo, hi = type_range(bits)
+    if direct:
+        return 0
     return int(_fit_into(out.reshape(1, -1), s.reshape(1, -1), bool(accumulate), _I64(lo),
                          _I64(hi), bool(wrap)))
+
+
+@njit(cache=True)
+def _bias_kernel(c, b, lo, hi, wrap):  # pragma: no cover - compiled
+    """c[i, j] = fit(c[i, j] + b[j]); returns the overflow count."""
+    rows, cols = c.shape
+    novf = 0
+    if not wrap:
+        for i in range(rows):
+            for j in range(cols):
+                v = np.int64(c[i, j]) + b[j]
+                r = min(max(v, lo), hi)
+                novf += r != v
+                c[i, j] = r
+        return novf
+    span = hi - lo + 1
+    for i in range(rows):
+        for j in range(cols):
+            v = np.int64(c[i, j]) + b[j]
+            if v > hi or v < lo:
+                novf += 1
+                v = ((v - lo) % span) + lo
+            c[i, j] = v
+    return novf
 
 
 def bias_into(out: np.ndarray, b: np.ndarray, s: int, bits: int, wrap: bool) -> int:
@@ -863,5 +966,9 @@ def bias_into(out: np.ndarray, b: np.ndarray, s: int, bits: int, wrap: bool) -> 
     v = b.astype(np.int64)
     shifted = v << -s if s <= 0 else (v + (1 << (s - 1))) >> s
     lo, hi = type_range(bits)
-    return int(_fit_into(out, np.broadcast_to(shifted, out.shape), True, _I64(lo), _I64(hi),
-                         bool(wrap)))
+    return int(_bias_kernel(out, shifted, _I64(lo), _I64(hi), bool(wrap)))
+
+
+def clear_caches() -> None:
+    """Forget cached host-side temporaries (im2col results); values never depend on them."""
+    _COLS._d.clear()

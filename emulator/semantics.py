@@ -673,36 +673,47 @@ def _geometry(m: State, o: dict[str, int]) -> Geometry:
 
 
 def _col_zeros(x: np.ndarray, g: Geometry, axis: str) -> np.ndarray:
-    """Zeros of col(X), padding included: per column k (``axis="k"``, shape K) or per row m
-    (``"m"``, shape M), from a zero-padded mask of X (no [M, K] array is built)."""
-    z = padded(x == 0, g, np.uint8, fill=1)
-    v = window_view(z, g)
+    """Zeros of col(X), padding included, per column k = (kh, kw, c) (``axis="k"``, shape K)
+    or per row m = (n, oh, ow) (``"m"``, shape M). From the zero mask Z of the padded input
+    (padding counts as zero) by separable sums over strided slices, without building col(X):
+    per k, sum Z over n, then over the OW columns ow SW + kw, then the OH rows oh SH + kh;
+    per m, sum Z over c, then over each window's KW columns, then its KH rows."""
+    z = padded(x == 0, g, np.int64, fill=1)
+    rows = [slice(kh, kh + g.sh * (g.oh - 1) + 1, g.sh) for kh in range(g.kh)]
+    cols = [slice(kw, kw + g.sw * (g.ow - 1) + 1, g.sw) for kw in range(g.kw)]
     if axis == "k":
-        return v.sum(axis=(0, 1, 2), dtype=np.int64).reshape(g.k)
-    return v.sum(axis=(3, 4, 5), dtype=np.int64).reshape(g.m)
+        zs = z.sum(axis=0)  # (Hp, Wp, C)
+        r = np.stack([zs[:, c].sum(axis=1) for c in cols], axis=1)  # (Hp, KW, C)
+        return np.stack([r[rw].sum(axis=0) for rw in rows]).reshape(g.k)  # (KH, KW, C)
+    zc = z.sum(axis=3)  # (N, Hp, Wp)
+    t = sum(zc[:, :, c] for c in cols)  # (N, Hp, OW)
+    return sum(t[:, rw] for rw in rows).reshape(g.m)  # type: ignore[union-attr]
 
 
 def _conv_zero_skips(a: np.ndarray, b: np.ndarray, mode: int, g: Geometry, sa: bool,
                      sb: bool) -> int:
-    """gemm's skipped-MAC formula on the mode's GEMM operands (``_zero_skips``), from zero
-    counts per inner index: fwd col(X)[M,K] @ W[K,F], wgrad col(X)^T[K,M] @ dZ[M,F], dgrad
-    dZ[M,F] @ W^T[F,K]."""
+    """gemm's skipped-MAC formula on the mode's GEMM operands (``_zero_skips``) from zero
+    counts: in total when one operand skips, per inner index when both do (fwd
+    col(X)[M,K] @ W[K,F], inner k; wgrad col(X)^T[K,M] @ dZ[M,F], inner m; dgrad
+    dZ[M,F] @ W^T[F,K], inner f)."""
     if not (sa or sb) or g.m * g.k * g.f == 0:
         return 0
     gm, gk, gn = conv_gemm_shape(mode, g.m, g.k, g.f)
+    if not sa:  # every zero of B skips gm MACs
+        return (b.size - int(np.count_nonzero(b))) * gm
+    if not sb:  # every zero of A skips gn MACs
+        if mode == CONV_DGRAD:
+            return (a.size - int(np.count_nonzero(a))) * gn
+        return int(_col_zeros(a, g, "m" if g.k > g.m else "k").sum()) * gn
     if mode == CONV_FWD:  # inner k: zeros of col(X) column k, of W row k
-        za = _col_zeros(a, g, "k") if sa else None
-        zb = (b.reshape(g.k, g.f) == 0).sum(axis=1, dtype=np.int64) if sb else None
+        za = _col_zeros(a, g, "k")
+        zb = (b.reshape(g.k, g.f) == 0).sum(axis=1, dtype=np.int64)
     elif mode == CONV_DGRAD:  # inner f: zeros of dZ column f, of W column f
-        za = (a.reshape(g.m, g.f) == 0).sum(axis=0, dtype=np.int64) if sa else None
-        zb = (b.reshape(g.k, g.f) == 0).sum(axis=0, dtype=np.int64) if sb else None
+        za = (a.reshape(g.m, g.f) == 0).sum(axis=0, dtype=np.int64)
+        zb = (b.reshape(g.k, g.f) == 0).sum(axis=0, dtype=np.int64)
     else:  # wgrad, inner m: zeros of col(X) row m, of dZ row m
-        za = _col_zeros(a, g, "m") if sa else None
-        zb = (b.reshape(g.m, g.f) == 0).sum(axis=1, dtype=np.int64) if sb else None
-    if zb is None:
-        return int(za.sum()) * gn  # type: ignore[union-attr]
-    if za is None:
-        return int(zb.sum()) * gm
+        za = _col_zeros(a, g, "m")
+        zb = (b.reshape(g.m, g.f) == 0).sum(axis=1, dtype=np.int64)
     return int((za * gn + zb * gm - za * zb).sum())
 
 

@@ -582,3 +582,92 @@ def test_empty_shapes_do_no_work(datapath, field):
         assert (g.m * g.k * g.f > 0) == (field == "h") and not m.counts[pc, IDX["macs_skipped"]]
         n_out = {"fwd": g.m * g.f, "wgrad": g.k * g.f, "dgrad": g.inputs}[md]
         assert (m.acc[64 : 64 + n_out] == 0).all() and (m.acc[64 + n_out :] == 7).all()
+
+
+# ------------------------------------------------------------------------------ exactness paths
+def _one_conv(c: ConvCase, x, z, w, pre=None) -> Machine:
+    m = Machine(cfg(c.bits, c.wrap), assemble(conv_source(c), "big.s"))
+    load(m, X_AT, x)
+    load(m, Z_AT, z)
+    load(m, W_AT, w)
+    if pre is not None:
+        m.acc[ACC_AT : ACC_AT + pre.size] = pre
+    m.run()
+    return m
+
+
+def _big(mode: str, g: Geometry, fill: int = 127, acc: bool = False, sparse: bool = False):
+    """A case whose sums pass 2**24 with odd partial sums (127 * 127 = 16129): a float32 sum
+    of them is inexact unless the fast path chunks it or widens it. ``sparse``: mostly zero
+    and +-1 gradients, whose data-dependent bound stays below 2**24."""
+    c = ConvCase(mode, g, "i8", "i8", acc, False, False, 32, False, 0)
+    x = np.full(g.inputs, fill, np.int8)
+    x[::97] = -128
+    z = np.full(g.m * g.f, fill, np.int8)
+    w = np.full(g.k * g.f, fill, np.int8)
+    w[::53] = -127
+    if sparse:
+        r = np.random.default_rng(3)
+        z = (r.integers(-1, 2, z.size) * (r.random(z.size) < 0.1)).astype(np.int8)
+    pre = np.arange(out_size(c), dtype=np.int64) - 5
+    m = _one_conv(c, x, z, w, pre if acc else None)
+    want, nover = o_conv(mode, x, z, w, g, pre, acc, 32, False)
+    np.testing.assert_array_equal(m.acc[ACC_AT : ACC_AT + out_size(c)], want)
+    return m, want
+
+
+def test_products_past_the_float32_limit_are_exact():
+    base = Geometry(n=1, c=1, h=40, w=40, kh=1, kw=1, sh=1, sw=1, ph=0, pw=0, f=3)
+    _, want = _big("wgrad", base)  # M = 1600 > 1024 terms of 16129
+    assert np.abs(want).max() > 1 << 24
+    _big("wgrad", base, acc=True)
+    _big("wgrad", base, sparse=True)  # the data bound allows one float32 product
+    _, want = _big("fwd", base._replace(h=3, w=3, c=300, kh=2, kw=2))  # K = 1200
+    assert np.abs(want).max() > 1 << 24
+    _, want = _big("dgrad", base._replace(h=2, w=2, f=1100))  # F = 1100 per product
+    assert np.abs(want).max() > 1 << 24
+    # products below 2**24, their col2im sums above it: 9 windows of 201 terms each
+    _, want = _big("dgrad", base._replace(h=4, w=4, kh=3, kw=3, ph=1, pw=1, f=201))
+    assert np.abs(want).max() > 1 << 24 and (want % 2).any()
+
+
+def test_chunked_paths_with_lowered_exactness_limits(monkeypatch):
+    """With the float limits lowered (2**15 and 2**31), every product of the random cases
+    runs chunked, float64 chunks are summed in int64 and col2im runs in int64: the fast path
+    must still equal the oracle."""
+    from emulator import kernels
+
+    monkeypatch.setattr(kernels, "F32_LIMIT", 1 << 15)
+    monkeypatch.setattr(kernels, "F64_LIMIT", 1 << 31)
+    kernels.clear_caches()
+    for c in CASES[:24]:
+        check_conv(c, run_conv(c, "fast"))
+
+
+def test_im2col_reuse_sees_every_change_of_x():
+    """fwd, then wgrad on the same X (reuses the forward's im2col), then X changed by one
+    element (vsub) and wgrad again, then X changed back: each equals the oracle."""
+    g = Geometry(n=2, c=3, h=6, w=5, kh=3, kw=2, sh=1, sw=2, ph=1, pw=1, f=4)
+    r = np.random.default_rng(11)
+    x, z, w = rand_values(r, g.inputs, "i8"), rand_values(r, g.m * g.f, "i8"), \
+        rand_values(r, g.k * g.f, "i8")
+    step = "li r9, {a}\nli r10, {b}\nli r11, 1\nvsub r9, r9, r10, r11\n"  # x[i] -= x'[0]
+    wg = ("conv r1, r2, r3, r4, r5, r6, r7\n" + li(12, ACC_AT + 2000)
+          + "conv r12, r2, r13, r4, r5, r6, r7, mode=wgrad\n")
+    src = (li(1, ACC_AT) + li(2, X_AT) + li(3, W_AT) + li(13, Z_AT) + geo_lines(g) + wg
+           + "mid:\n" + step.format(a=X_AT + 17, b=X_AT + 40000) + wg + "halt\n")
+    prog = assemble(src, "reuse.s")
+    m = Machine(cfg(), prog)
+    load(m, X_AT, x)
+    load(m, Z_AT, z)
+    load(m, W_AT, w)
+    m.spad[X_AT + 40000] = 5
+    m.run(break_pc=prog.labels["mid"])  # up to the change of X
+    want = o_conv("wgrad", x, z, w, g, np.zeros(0), False, 32, False)[0]
+    np.testing.assert_array_equal(m.acc[ACC_AT + 2000 : ACC_AT + 2000 + want.size], want)
+    m.run()
+    x2 = x.copy()
+    x2[17] = max(int(x2[17]) - 5, -128)
+    want2 = o_conv("wgrad", x2, z, w, g, np.zeros(0), False, 32, False)[0]
+    np.testing.assert_array_equal(m.acc[ACC_AT + 2000 : ACC_AT + 2000 + want2.size], want2)
+    assert not np.array_equal(want, want2)
