@@ -125,20 +125,43 @@ class Probe:
         n = math.prod(shape)
         return self.m.sp_elems(self.lay.sp[name], n, eb).astype(np.int64).reshape(shape)
 
+    def param(self, wp, x: str = "W") -> np.ndarray:
+        """A parameter as the next instruction would read it: from the scratchpad when
+        resident, from its DRAM home when it streams (the home is current between tiles)."""
+        n = wp.size
+        if not self.lay.streams(wp):
+            return self.sp(wp.key(x), wp.shape)
+        raw = self.m.read_dram(self.lay.dram[wp.key(x)], n)
+        return np.frombuffer(raw, np.int8).astype(np.int64).reshape(wp.shape)
+
     def acc(self, name: str, shape) -> np.ndarray:
         a = self.lay.acc[name]
         return self.m.acc[a:a + math.prod(shape)].astype(np.int64).reshape(shape)
 
     def run_to(self, label: str) -> None:
-        self.m.run(break_pc=self.tr.program.labels[label])
+        pc = self.tr.program.labels[label]
+        if self.m.pc != pc:  # (a label with no instructions of its own shares the next pc)
+            self.m.run(break_pc=pc)
+
+    def sample_major(self, pos: int) -> bool:
+        """Whether layer pos's stored output is [B, ...] (images; a pass-through flatten; a dense
+        layer with a bias feeding a dense layer that reads it so; the logits) rather than
+        feature-major [features, B]."""
+        if pos == 0:
+            return self.lay.net.is_image
+        low = self.lay.lowerings[pos - 1]
+        return (len(low.layer.out_shape) == 3 or getattr(low, "passthrough", False)
+                or getattr(low, "out_s", False))
 
     def act(self, pos: int, b: int) -> np.ndarray:
-        """Layer pos's output as stored: NHWC for images, [features, B] for vectors."""
+        """Layer pos's output as stored: NHWC for images; vectors [B, n] or [n, B]."""
         net = self.lay.net
         shape = net.input_shape if pos == 0 else net.layers[pos - 1].out_shape
         if len(shape) == 3:
             c, h, w = shape
             return self.sp(f"A{pos}", (b, h, w, c))
+        if self.sample_major(pos):
+            return self.sp(f"A{pos}", (b, shape[0]))
         return self.sp(f"A{pos}", (shape[0], b))
 
 
@@ -220,7 +243,7 @@ def _forward_oracle(p: Probe, layer, x: np.ndarray, b: int) -> tuple[np.ndarray,
     lay = p.lay
     e_in = p.exp(f"a{layer.pos - 1}")
     if layer.kind == "flatten":
-        return x.reshape(b, -1).T, e_in
+        return (x.reshape(b, -1) if p.sample_major(layer.pos) else x.reshape(b, -1).T), e_in
     if layer.kind == "maxpool":
         win = windows(x, layer.kernel, layer.stride, layer.padding)
         bb, oh, ow, kh, kw, c = win.shape
@@ -232,17 +255,17 @@ def _forward_oracle(p: Probe, layer, x: np.ndarray, b: int) -> tuple[np.ndarray,
         mul = round(2**16 / area)
         return sat(round_shift(sums * mul, e_out - (e_in - 16)), 8), e_out
     wp = lay.param_of(layer)
-    w = p.sp(wp.key("W"), wp.shape)
+    w = p.param(wp)
     if layer.kind == "conv":
         win = windows(x, layer.kernel, layer.stride, layer.padding)
         z = win.reshape(-1, layer.fan_in) @ w
         z = z.reshape(win.shape[:3] + (layer.units,))
     else:
-        z = x.T @ w  # [B, n_out]
+        z = (x if p.sample_major(layer.pos - 1) else x.T) @ w  # [B, n_out]
     e_acc = wp.exp + e_in
     if layer.bias:
         bp = lay.param_of(layer, bias=True)
-        z = z + round_shift(p.sp(bp.key("W"), bp.shape), e_acc - bp.exp)
+        z = z + round_shift(p.param(bp), e_acc - bp.exp)
     last = layer.pos == len(lay.net.layers)
     bits = 16 if last else 8
     e_out = efit(z, e_acc, bits)
@@ -251,12 +274,25 @@ def _forward_oracle(p: Probe, layer, x: np.ndarray, b: int) -> tuple[np.ndarray,
     y = sat(round_shift(z, e_out - e_acc), bits)
     if layer.relu:
         y = np.maximum(y, 0)
-    return (y if layer.kind == "conv" or last else y.T), e_out
+    return (y if layer.kind == "conv" or p.sample_major(layer.pos) else y.T), e_out
 
 
-def test_cnn_forward_equals_int64_oracle_layer_by_layer():
+def small_scratchpad(spec: ModelSpec) -> Config:
+    """A scratchpad 256 bytes short of the resident plan: the weights stream, dense layers read
+    feature-major inputs and flatten transposes."""
+    base = Config()
+    need = compile_model(spec, base)[1].sizes["sp_used"]
+    return dataclasses.replace(base, memory=dataclasses.replace(base.memory,
+                                                                scratchpad_bytes=need - 256))
+
+
+@pytest.mark.parametrize("weights", ["resident", "streamed"])
+def test_cnn_forward_equals_int64_oracle_layer_by_layer(weights):
     spec = cnn_spec()
-    tr, p = fresh(spec, image_data(8, (3, 10, 10), 4))
+    cfg = small_scratchpad(spec) if weights == "streamed" else Config()
+    tr, p = fresh(spec, image_data(8, (3, 10, 10), 4), cfg)
+    flat = tr.layout.lowerings[4]
+    assert flat.passthrough == (weights == "resident")
     b = spec.batch_size
     assert not tr.layout.exps.register_mode  # 12 exponents: memory mode is exercised here
     layers = tr.layout.net.layers
@@ -291,11 +327,14 @@ def _incoming(p: Probe, layers, layer, b: int, e_dz: int) -> tuple[np.ndarray, i
         return p.sp("G", (b, layer.units), 2), int(p.m.e[E_G]), None
     above = layers[layer.pos]
     n = layer.out_size * b
+    if above.kind == "flatten" and p.lay.lowerings[above.pos - 1].passthrough:
+        above = layers[above.pos]  # the dense layer above hands its gradient through
     if above.kind in ("conv", "dense"):
         e = p.lay.param_of(above).exp + e_dz
         g = p.acc("DA", (n,))
-        if above.kind == "dense":
-            return g.reshape(layer.out_size, b), e, None
+        if len(layer.out_shape) == 1:
+            return (g.reshape(b, n // b) if p.sample_major(layer.pos)
+                    else g.reshape(n // b, b)), e, None
         c, h, w = layer.out_shape
         return g.reshape(b, h, w, c), e, None
     if above.kind == "flatten":
@@ -312,14 +351,16 @@ def _skipped(tr: ChipTrainer, before: np.ndarray, pos: int) -> int:
     return int((tr.m.counts - before)[rows, IDX["macs_skipped"]].sum())
 
 
-@pytest.mark.parametrize("dither", ["uniform", "none"])
-def test_cnn_backward_equals_int64_oracle_with_exact_skips(dither):
+@pytest.mark.parametrize(("dither", "weights"), [("uniform", "resident"), ("none", "resident"),
+                                                 ("uniform", "streamed")])
+def test_cnn_backward_equals_int64_oracle_with_exact_skips(dither, weights):
     """One training step stopped at every backward label: dz~ (QBP step, dither drawn from the
     documented generator, ReLU mask), dW and db before the update, dX by col2im / unpooling /
     the flatten transpose, and the skipped MACs of each weight layer = zeros(dz~) x (K per
     product + 1 for the bias gradient)."""
     spec = cnn_spec(**{"qbp.step_log2": [-4, -5, -4, -2], "qbp.dither": dither})
-    tr, p = fresh(spec, image_data(8, (3, 10, 10), 4, seed=1))
+    cfg = small_scratchpad(spec) if weights == "streamed" else Config()
+    tr, p = fresh(spec, image_data(8, (3, 10, 10), 4, seed=1), cfg)
     b = spec.batch_size
     layers = tr.layout.net.layers
     p.run_to(f"train.bwd.l{len(layers)}")
@@ -336,7 +377,7 @@ def test_cnn_backward_equals_int64_oracle_with_exact_skips(dither):
         seed, counter = p.m.rng
         if layer.is_weight:
             wp = tr.layout.param_of(layer)
-            w = p.sp(wp.key("W"), wp.shape)
+            w = p.param(wp)
             p.run_to(f"train.upd.l{layer.pos}")
             # dz~ = Q(g [* mul 2**-16]) * (a > 0), at the QBP step
             step = spec.qbp_steps()[layer.widx - 1]
@@ -365,14 +406,17 @@ def test_cnn_backward_equals_int64_oracle_with_exact_skips(dither):
                         p.acc("DA", (x_in.size,)).reshape(x_in.shape),
                         col2im(dcols, x_in.shape, layer.kernel, layer.stride, layer.padding))
             else:
-                dzr = dz if layer.pos == len(layers) else dz.T  # [B, n_out]
-                np.testing.assert_array_equal(p.acc("DW", wp.shape), x_in @ dzr)
+                dzr = dz if p.sample_major(layer.pos) else dz.T  # [B, n_out]
+                xs = p.sample_major(layer.pos - 1)  # x_in is [B, n_in]
+                np.testing.assert_array_equal(p.acc("DW", wp.shape),
+                                              (x_in.T if xs else x_in) @ dzr)
                 if need_dx:
-                    np.testing.assert_array_equal(p.acc("DA", x_in.shape), w @ dzr.T)
+                    np.testing.assert_array_equal(p.acc("DA", x_in.shape),
+                                                  dzr @ w.T if xs else w @ dzr.T)
             if layer.bias:
                 p.run_to(f"train.upd.l{layer.pos}.b")
                 bsum = dz.reshape(-1, layer.units).sum(axis=0) if (
-                    layer.kind == "conv" or layer.pos == len(layers)) else dz.sum(axis=1)
+                    layer.kind == "conv" or p.sample_major(layer.pos)) else dz.sum(axis=1)
                 np.testing.assert_array_equal(p.acc("DW", (layer.units,)), bsum)
             e_dz = int(p.m.e[E_DZ])
             nxt = next((f"train.bwd.l{x.pos}" for x in reversed(layers[:layer.pos - 1])),
@@ -382,8 +426,12 @@ def test_cnn_backward_equals_int64_oracle_with_exact_skips(dither):
             assert _skipped(tr, before, layer.pos) == zeros * factor
             checked += 1
         else:
+            acc_before = p.acc("DA", (layer.out_size * b,)).copy()
             p.run_to(f"train.bwd.l{layer.pos - 1}")
-            if layer.kind == "flatten":
+            if layer.kind == "flatten" and tr.layout.lowerings[layer.pos - 1].passthrough:
+                # nothing to do: the gradient is NHWC already and stays where it is
+                np.testing.assert_array_equal(p.acc("DA", acc_before.shape), acc_before)
+            elif layer.kind == "flatten":
                 e16 = efit(g, e_g, 16)
                 want = sat(round_shift(g, e16 - e_g), 16).T  # [B, n]
                 c, h, w_ = layer.in_shape
@@ -391,7 +439,8 @@ def test_cnn_backward_equals_int64_oracle_with_exact_skips(dither):
                                               want.reshape(b, h, w_, c))
                 assert p.m.e[E_X] == e16
             else:
-                from_sp = layers[layer.pos].kind == "flatten"  # already INT16 in the scratchpad
+                from_sp = (layers[layer.pos].kind == "flatten"  # already INT16 in the scratchpad
+                           and not tr.layout.lowerings[layer.pos].passthrough)
                 e16 = e_g if from_sp else efit(g, e_g, 16)
                 dy = g if from_sp else sat(round_shift(g, e16 - e_g), 16)
                 kh, kw = layer.kernel
@@ -444,25 +493,28 @@ def test_cnn_training_same_with_numba_off():
     assert outs[0] == outs[1]
 
 
-def test_streamed_weights_with_conv_layers_are_bit_identical():
+def test_streamed_weights_and_layout_shortcut_change_cycles_not_values():
     """A scratchpad too small for the weights: dense weights stream in row tiles, a
-    convolution's as one tile; parameters, MACs and skips are those of the resident run."""
-    spec = cnn_spec(**{"update.momentum": 0.5})
+    convolution's as one tile, and the dense layers read feature-major inputs (flatten and the
+    biased hidden layer transpose through DRAM); with resident weights they read the NHWC /
+    [B, n] outputs directly. Without QBP dither (whose draws follow the element order; the
+    momentum's draws follow the parameters and stay) parameters, predictions, MACs and skips are
+    the same; streaming costs DRAM traffic and cycles."""
+    spec = cnn_spec(**{"qbp.dither": "none", "update.momentum": 0.5})
     data = image_data(8, (3, 10, 10), 4, seed=4)
-    base = Config()
-    lay = compile_model(spec, base)[1]
-    small = dataclasses.replace(base, memory=dataclasses.replace(
-        base.memory, scratchpad_bytes=lay.sizes["sp_used"] - 256))
     runs = []
-    for cfg in (base, small):
+    for cfg in (Config(), small_scratchpad(spec)):
         tr = ChipTrainer(spec, cfg, data)
         tr.train_epoch()
-        runs.append((tr.layout.streamed, tr.weights_digest(), tr.m.summary().totals))
+        runs.append((tr.layout.streamed, tr.layout.lowerings[4].passthrough,
+                     tr.weights_digest(), tr.evaluate(), tr.m.summary().totals))
     assert runs[1][0] and not runs[0][0]
-    assert runs[0][1] == runs[1][1]
+    assert runs[0][1] and not runs[1][1]
+    assert runs[0][2:4] == runs[1][2:4]
     for key in ("macs", "macs_skipped", "rng_draws"):
-        assert runs[0][2][key] == runs[1][2][key]
-    assert runs[1][2]["dram_rd_bytes"] > runs[0][2]["dram_rd_bytes"]
+        assert runs[0][4][key] == runs[1][4][key]
+    assert runs[1][4]["dram_rd_bytes"] > runs[0][4]["dram_rd_bytes"]
+    assert runs[1][4]["cycles"] > runs[0][4]["cycles"]
 
 
 def test_ten_weight_layers_compile_and_train_with_exponents_in_memory(monkeypatch):
@@ -529,3 +581,41 @@ def test_float_reference_gradients_equal_finite_differences():
             flat[j] = old
             num = (lp - lm) / (2 * eps)
             assert grads[i].reshape(-1)[j] == pytest.approx(num, rel=1e-5, abs=1e-8), (i, j)
+
+
+# ------------------------------------------------------------------------------ INT8 momentum
+def test_plain_momentum_is_the_documented_int8_algorithm():
+    """update.mode plain with momentum keeps everything INT8 (001's INT8 column): stopped at the
+    last layer's update in the third step, U = sat8(round(dW mu 2^-s)) on the weight grid,
+    VL = sat8(sat8(floor((VL beta_q + u) / 2^15)) + U) with u the low 15 bits of one draw per
+    element, W = sat8(W - VL), computed independently in int64."""
+    from programs.compiler.emit import E_T0, R_MU
+    from programs.compiler.layers.base import momentum_q15
+    from programs.host.datasets import digits
+
+    d = digits(0)
+    data = Dataset("d", d.x_train[:40], d.y_train[:40], d.x_test[:10], d.y_test[:10], 10)
+    spec = with_overrides(ModelSpec(input_exponent=-4), **{
+        "epochs": 1, "update.mode": "plain", "update.momentum": 0.875, "update.lr": 0.5})
+    tr, p = fresh(spec, data)
+    lay, m = tr.layout, tr.m
+    wp = lay.weights[-1]
+    assert lay.state_bytes("VL") == 1
+    m.run(break_pc=tr.program.labels[f"train.upd.l{wp.layer.pos}"], break_after=3)
+    nw = wp.size
+    dw = m.acc[lay.acc["DW"]:lay.acc["DW"] + nw].astype(np.int64)
+    w0 = p.sp(wp.key("W"), (nw,))
+    vl0 = p.sp(wp.key("VL"), (nw,))
+    assert np.count_nonzero(vl0) > 0  # the velocity carries earlier steps
+    e_dw, mu = int(m.e[E_T0]), int(m.r[R_MU])
+    seed, counter = m.rng
+    p.run_to(f"train.bwd.l{wp.layer.pos - 1}")
+    s = wp.exp - (e_dw - lay.mu_shift)
+    assert s > 0
+    u_step = sat(round_shift(dw * mu, s), 8)
+    u = np.array([draw_ref(seed, counter + i) & 0x7FFF for i in range(nw)], np.int64)
+    vl = sat(sat((vl0 * momentum_q15(0.875) + u) >> 15, 8) + u_step, 8)
+    w = sat(w0 - vl, 8)
+    np.testing.assert_array_equal(p.sp(wp.key("VL"), (nw,)), vl)
+    np.testing.assert_array_equal(p.sp(wp.key("W"), (nw,)), w)
+    assert np.any(w != w0)

@@ -317,7 +317,6 @@ def test_momentum_with_streamed_weights_is_bit_identical(digits_data):
 
 
 @pytest.mark.parametrize(("d", "fragment"), [
-    ({"update": {"momentum": 0.9, "mode": "plain"}}, "lazy or shadow"),
     ({"update": {"momentum": 1.0}}, "[0, 1)"),
     ({"update": {"momentum": -0.1}}, "[0, 1)"),
 ])

@@ -12,7 +12,9 @@ measured in the same run (medians of several repeats).
    when SCALE-Sim's venv from ``benchmarks/scalesim_compare.py`` is absent);
 5. start-up: ``lpemu run`` of a 10-instruction program with a warm numba cache;
 6. a small training run with ``NUMBA_DISABLE_JIT=1`` vs with numba, to show what compiling buys
-   (and that values and counters are identical).
+   (and that values and counters are identical);
+7. LeNet (``programs/bench/lenet.py``): a training step at batch 64 vs the float32 numpy step of
+   the same network, and one 60,000-sample epoch's wall time and peak resident memory.
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ def bench_step(quick: bool) -> dict[str, Any]:
 
     from emulator.config import Config
     from programs.host.driver import ChipTrainer
-    from programs.host.float_ref import train_step
+    from programs.host.float_ref import FloatNet, train_step
 
     steps = 10 if quick else 30
     spec = mlp_spec()
@@ -104,13 +106,14 @@ def bench_step(quick: bool) -> dict[str, Any]:
                                                              scratchpad_bytes=4 << 20))
     tr_res = ChipTrainer(spec, big, data)
     weights = tr.float_init()
+    fnet = FloatNet(spec.net())
     x = data.x_train.astype(np.float32) * np.float32(2.0**tr.spec.input_exponent)
     y = data.y_train
     b = spec.batch_size
 
     def float_epoch() -> None:
         for i in range(0, steps * b, b):
-            train_step(weights, x[i : i + b], y[i : i + b], spec.lr_at(0))
+            train_step(fnet, weights, x[i : i + b], y[i : i + b], spec.lr_at(0))
 
     def per_step(epoch: Callable[[], object], n: int) -> float:
         t0 = time.perf_counter()
@@ -252,6 +255,19 @@ def bench_jit_off(quick: bool) -> dict[str, Any]:
             and out["on"]["counters"] == out["off"]["counters"]}
 
 
+# ----------------------------------------------------------------------------- 7. LeNet
+def bench_lenet_step(quick: bool) -> dict[str, Any]:
+    from programs.bench.lenet import bench_lenet_step as run
+
+    return run(quick)
+
+
+def bench_lenet_epoch(quick: bool) -> dict[str, Any]:
+    from programs.bench.lenet import bench_lenet_epoch as run
+
+    return run(quick)
+
+
 # ----------------------------------------------------------------------------- driver
 def run_suite(quick: bool = False, progress: bool = True) -> dict[str, Any]:
     from rich.console import Console
@@ -260,7 +276,9 @@ def run_suite(quick: bool = False, progress: bool = True) -> dict[str, Any]:
     res: dict[str, Any] = {"quick": quick}
     parts = [("gemm", lambda: bench_gemm(quick)), ("training_step", lambda: bench_step(quick)),
              ("epoch", lambda: bench_epoch(quick)), ("scalesim", bench_scalesim),
-             ("startup", lambda: bench_startup(quick)), ("jit_off", lambda: bench_jit_off(quick))]
+             ("startup", lambda: bench_startup(quick)), ("jit_off", lambda: bench_jit_off(quick)),
+             ("lenet_step", lambda: bench_lenet_step(quick)),
+             ("lenet_epoch", lambda: bench_lenet_epoch(quick))]
     for name, fn in parts:
         with con.status(f"bench: {name} ..."):
             t0 = time.perf_counter()
@@ -318,6 +336,19 @@ def print_suite(res: dict[str, Any]) -> None:
     t.add_row(f"digits training, {j['samples']} samples, NUMBA_DISABLE_JIT=1 (vs numba)",
               f"{j['nojit_s']:.2f} s", f"{j['jit_s']:.2f} s", f"{j['ratio']:.1f}x slower",
               "identical values" if j["identical"] else "VALUES DIFFER")
+    if "lenet_step" in res:
+        s = res["lenet_step"]
+        lo, hi = s["ratio_range"]
+        t.add_row("LeNet training step, batch 64 (vs float32 numpy step; per-round ratios in "
+                  "brackets)", f"{1e3 * s['chip_step_s']:.1f} ms",
+                  f"{1e3 * s['float32_step_s']:.1f} ms", f"{s['ratio']:.1f}x slower "
+                  f"[{lo:.1f}-{hi:.1f}]", "<= 3x")
+    if "lenet_epoch" in res:
+        e = res["lenet_epoch"]
+        t.add_row(f"LeNet epoch of {e['samples']:,} samples (wall)", f"{e['epoch_s']:.1f} s", "",
+                  "", "<= 120 s" if e["samples"] == 60000 else "")
+        t.add_row("  peak resident memory", f"{e['peak_rss_mib']:.0f} MiB", "", "",
+                  "<= 2048 MiB")
     con.print(t)
 
 

@@ -220,7 +220,7 @@ def _cmd_train(args) -> int:
 
     from emulator.config import config_from_dict, load_config
     from programs.cli.train import run_training
-    from programs.compiler.spec import load_model, spec_from_dict, validate
+    from programs.compiler.spec import load_model, spec_from_dict, validate, with_data
 
     if args.checkpoint_every < 0:
         raise UsageError("must be >= 0", "--checkpoint-every")
@@ -235,8 +235,8 @@ def _cmd_train(args) -> int:
         _, extra = load(args.resume)
         if extra.get("kind") != "lpemu-train":
             raise UsageError("not a training checkpoint", f"--resume {args.resume}")
-        if args.model or args.config or args.epochs is not None:
-            raise UsageError("a resumed run takes its model, config and epochs from the "
+        if args.model or args.config or args.data or args.epochs is not None:
+            raise UsageError("a resumed run takes its model, config, data and epochs from the "
                              "checkpoint; do not pass them", f"--resume {args.resume}")
         if not all(isinstance(extra.get(k), dict) for k in ("model", "config", "host")):
             raise CheckpointError("the training checkpoint lacks its model, config or driver "
@@ -244,8 +244,10 @@ def _cmd_train(args) -> int:
         spec = spec_from_dict(extra["model"], args.resume)
         cfg = config_from_dict(extra["config"], args.resume)
     else:
-        cfg = load_config(args.config)
         spec = load_model(args.model)
+        cfg = load_config(args.config or spec.hardware)
+        if args.data:
+            spec = with_data(spec, args.data)
     if args.epochs is not None:
         if args.epochs < 1:
             raise UsageError("must be >= 1", "--epochs")
@@ -280,7 +282,10 @@ def _cmd_experiment(args) -> int:
             runs += 1
             status.update(f"running experiment {args.name}: {what} (part {runs})")
 
-        rows = run_experiment(args.name, cfg, out, quick=args.quick, note=note)
+        if args.epochs is not None and args.epochs < 1:
+            raise UsageError("must be >= 1", "--epochs")
+        rows = run_experiment(args.name, cfg, out, quick=args.quick, note=note, data=args.data,
+                              epochs=args.epochs)
     t = Table(title=args.name)
     for c in rows[0]:
         t.add_column(c, justify="right")
@@ -368,6 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", help="hardware config YAML (default: built-in defaults)")
     t.add_argument("--json", metavar="OUT", help="write results and counters as JSON")
     t.add_argument("--epochs", type=int, help="override the spec's epoch count")
+    t.add_argument("--data", metavar="DIR",
+                   help="train on this MNIST-format directory (or .npz file) instead of the "
+                   "spec's dataset")
     t.add_argument("--emit-asm", metavar="FILE", help="write the compiled firmware")
     t.add_argument("--no-float", action="store_true",
                    help="skip the float32 reference run")
@@ -388,10 +396,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     x = sub.add_parser("experiment", help="reproduce a paper's claim on the emulator")
     x.add_argument("name", help="lazy-update, qbp-sweep, classifier-width, perceptron, "
-                   "update-modes")
+                   "update-modes, lenet-lazy, qbp-table")
     x.add_argument("--config", help="hardware config YAML (default: built-in defaults)")
     x.add_argument("--out", default="out/experiments", help="output directory")
     x.add_argument("--quick", action="store_true", help="a smaller sweep")
+    x.add_argument("--data", metavar="DIR",
+                   help="MNIST-format directory (lenet-lazy, qbp-table)")
+    x.add_argument("--epochs", type=int, metavar="N",
+                   help="epochs per run (lenet-lazy: 3, qbp-table: 5 by default)")
     x.set_defaults(fn=_cmd_experiment)
     return p
 

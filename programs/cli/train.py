@@ -52,6 +52,12 @@ def run_training(spec: ModelSpec, cfg: Config, json_out: str | None = None,
         raise ConfigError(f"dataset {data.name} has {data.features} features (input shape "
                           f"{shape}) and {data.classes} classes; the network takes "
                           f"{net.features} inputs and gives {net.classes} classes", "layers")
+    if net.is_image and tuple(data.shape) != net.input_shape:
+        from emulator.errors import ConfigError
+
+        raise ConfigError(f"dataset {data.name} has images of shape "
+                          f"{'x'.join(map(str, data.shape))} (C, H, W); the network's input is "
+                          f"{'x'.join(map(str, net.input_shape))}", "layers[0].shape")
     t0 = time.perf_counter()
     tr = ChipTrainer(spec, cfg, data)
     if resume:
@@ -116,9 +122,11 @@ def run_training(spec: ModelSpec, cfg: Config, json_out: str | None = None,
                  if ref is not None else ""))
     for col in ("layer", "phase", "cycles", "macs", "macs_skipped", "skipped %", "energy uJ"):
         t.add_column(col, justify="left" if col in ("layer", "phase") else "right")
+    kinds = {} if net.is_mlp else {x.name: f"{x.name} {x.describe()}" for x in net.layers}
     for r in rows:
         total = r["macs"] + r["macs_skipped"]
-        t.add_row(r["layer"], r["phase"], f"{r['cycles']:,}", f"{r['macs']:,}",
+        t.add_row(kinds.get(r["layer"], r["layer"]), r["phase"], f"{r['cycles']:,}",
+                  f"{r['macs']:,}",
                   f"{r['macs_skipped']:,}",
                   f"{100 * r['macs_skipped'] / total:.1f}" if total else "-",
                   f"{r['energy_pj'] / 1e6:,.2f}")

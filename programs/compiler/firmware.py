@@ -154,13 +154,13 @@ def plan(spec: ModelSpec, cfg: Config) -> Layout:
     for p in params:
         if p.is_bias:
             for x in ["W"] + (["LZ", "VL"] if mom else ["LZ"]):
-                s[p.key(x)] = sp.take(p.key(x), (1 if x == "W" else 2) * p.size)
+                s[p.key(x)] = sp.take(p.key(x), lay.state_bytes(x) * p.size)
     sp.check("the activation, gradient and bias buffers do not fit: use a smaller batch or a "
              "larger scratchpad")
     weights = lay.weights
     wsizes = [p.size for p in weights]
     # bytes per weight on chip: W (1) + LZ (2) [+ velocity VL (2)]; one update buffer U (2)
-    per_weight = 5 if mom else 3
+    per_weight = 3 + (lay.state_bytes("VL") if mom else 0)
     resident_bytes = (sum(_align(per_weight * w, sp.align) for w in wsizes)
                       + 2 * max(wsizes))
     streamed = sp.top + resident_bytes + len(weights) * 2 * sp.align > sp.capacity
@@ -192,6 +192,7 @@ def plan(spec: ModelSpec, cfg: Config) -> Layout:
             sp.check("not even one row of the widest weight matrix fits for tiling")
     lay.streamed = streamed
     lay.tiles = {low.layer.pos: low.tiles(tile_rows) for low in lows if low.layer.is_weight}
+    _choose_layouts(lay)
     tmax = max((k1 - k0) * low.layer.units for low in lows if low.layer.is_weight
                for k0, k1 in lay.tiles[low.layer.pos])
     if not streamed:
@@ -199,12 +200,12 @@ def plan(spec: ModelSpec, cfg: Config) -> Layout:
             s[p.key("W")] = sp.take(p.key("W"), p.size)
             s[p.key("LZ")] = sp.take(p.key("LZ"), 2 * p.size)
             if mom:
-                s[p.key("VL")] = sp.take(p.key("VL"), 2 * p.size)
+                s[p.key("VL")] = sp.take(p.key("VL"), lay.state_bytes("VL") * p.size)
     else:
         s["WT"] = sp.take("WT", tmax)
         s["LZT"] = sp.take("LZT", 2 * tmax)
         if mom:
-            s["VLT"] = sp.take("VLT", 2 * tmax)
+            s["VLT"] = sp.take("VLT", lay.state_bytes("VL") * tmax)
     s["U"] = sp.take("U", 2 * tmax)
     sp.check("weights do not fit even in tiles")
     a["DW"] = acc.take("DW", tmax)
@@ -214,7 +215,7 @@ def plan(spec: ModelSpec, cfg: Config) -> Layout:
     for p in params:
         for x in ["W"] + (["LZ", "VL"] if mom else ["LZ"]):
             d[p.key(x)] = top
-            top += _align((1 if x == "W" else 2) * p.size, 64)
+            top += _align(lay.state_bytes(x) * p.size, 64)
     acts = ["a0"] + [low.out_exp for low in lows[:-1] if low.exp_alias() is None]
     alias = {low.out_exp: al for low in lows[:-1] if (al := low.exp_alias()) is not None}
     fixed = {"a0": spec.input_exponent}
@@ -235,6 +236,27 @@ def plan(spec: ModelSpec, cfg: Config) -> Layout:
     lay.sizes = {"sp_used": sp.top, "acc_used": acc.top}
     lay.spa = None
     return lay
+
+
+def _choose_layouts(lay: Layout) -> None:
+    """A dense layer whose producer is naturally sample-major (a flatten of NHWC, a dense layer
+    with a bias) reads that layout directly when its weights are resident in one tile: the
+    producer then skips its transpose through DRAM."""
+    lows = lay.lowerings
+    for i in range(1, len(lows)):
+        low, prod = lows[i], lows[i - 1]
+        if low.layer.kind != "dense":
+            continue
+        natural_s = prod.layer.kind == "flatten" or (prod.layer.kind == "dense"
+                                                     and prod.produces_s())
+        pos = low.layer.pos
+        if natural_s and not lay.streams(lay.param_of(low.layer)) and len(lay.tiles[pos]) == 1:
+            low.in_s = True
+            if prod.layer.kind == "flatten":
+                prod.passthrough = True
+                lay.sp[f"A{prod.layer.pos}"] = lay.sp[f"A{prod.layer.pos - 1}"]
+            else:
+                prod.out_s_hidden = True
 
 
 # ------------------------------------------------------------------------------- emitter
@@ -279,7 +301,7 @@ def _params_dma(asm: Asm, lay: Layout, store: bool) -> None:
         if lay.streams(p):
             continue  # streamed weights never stay on chip
         for x in ["W"] + update_state(lay):
-            name, size = p.key(x), (1 if x == "W" else 2) * p.size
+            name, size = p.key(x), lay.state_bytes(x) * p.size
             if store:
                 asm.op("dmast", lay.dram[name], lay.sp[name], 1, size, size, size)
             else:

@@ -111,6 +111,16 @@ class Layout:
         return 2 * len(self.net.layers) + 2 - pos
 
     # ---------------------------------------------------------------- queries
+    def state_bytes(self, x: str) -> int:
+        """Bytes per element of a parameter (``W``, INT8) or its state: ``LZ`` INT16; the
+        velocity ``VL`` INT16 on the fine grid (lazy, shadow) or INT8 on the parameter's grid
+        (plain, stochastic: everything INT8)."""
+        if x == "W":
+            return 1
+        if x == "VL" and self.spec.update.mode in ("plain", "stochastic"):
+            return 1
+        return 2
+
     def streams(self, p: Param) -> bool:
         """Whether parameter ``p`` passes through the scratchpad in tiles (biases never do)."""
         return self.streamed and not p.is_bias

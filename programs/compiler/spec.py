@@ -91,6 +91,9 @@ class ModelSpec:
     input_exponent: int | None = None
     weight_headroom: float = 2.0
     classifier_alpha: float = 0.5
+    # the hardware config the model is meant for (a YAML path, relative to the spec file);
+    # null: the built-in defaults; ``--config`` overrides it
+    hardware: str | None = None
     bits: BitsSpec = field(default_factory=BitsSpec)
     qbp: QbpSpec = field(default_factory=QbpSpec)
     update: UpdateSpec = field(default_factory=UpdateSpec)
@@ -179,6 +182,8 @@ def validate(spec: ModelSpec, file: str = "") -> ModelSpec:
     v = spec.validation
     _need(v is None or (_is_num(v) and 0 < v < 1),
           "must be null or a fraction of the training set in (0, 1)", "validation", file)
+    _need(spec.hardware is None or (isinstance(spec.hardware, str) and spec.hardware != ""),
+          "must be null or the path of a hardware config YAML", "hardware", file)
     e = spec.input_exponent
     _need(e is None or (_is_int(e) and -16 <= e <= 16),
           "must be null (the dataset's own grid) or an integer in [-16, 16]",
@@ -212,9 +217,6 @@ def validate(spec: ModelSpec, file: str = "") -> ModelSpec:
           "update.acc_shift", file)
     _need(_is_num(u.momentum) and 0 <= u.momentum < 1, "must be a number in [0, 1)",
           "update.momentum", file)
-    _need(u.momentum == 0 or u.mode in ("lazy", "shadow"),
-          "momentum needs the INT16 fine grid of update.mode lazy or shadow", "update.momentum",
-          file)
     s = u.schedule
     _need(s.kind in SCHEDULES, f"must be one of {SCHEDULES}", "update.schedule.kind", file)
     _need(_is_int(s.every) and s.every >= 1, "must be an integer >= 1", "update.schedule.every",
@@ -243,10 +245,15 @@ def _validate_dataset(ds: object, file: str) -> None:
 
 
 def _resolve_paths(spec: ModelSpec, base_dir: str | Path | None) -> ModelSpec:
-    """A relative dataset path made absolute against ``base_dir`` (the spec file's directory);
-    ``~`` is expanded."""
+    """Relative dataset and hardware paths made absolute against ``base_dir`` (the spec file's
+    directory); ``~`` is expanded."""
+    if base_dir is None:
+        return spec
+    if spec.hardware is not None:
+        hw = os.path.abspath(os.path.join(base_dir, os.path.expanduser(spec.hardware)))
+        spec = dataclasses.replace(spec, hardware=hw)
     ds = spec.dataset
-    if not isinstance(ds, DatasetSpec) or base_dir is None:
+    if not isinstance(ds, DatasetSpec):
         return spec
     p = os.path.expanduser(ds.path)
     p = os.path.abspath(os.path.join(base_dir, p))
@@ -289,3 +296,11 @@ def with_overrides(spec: ModelSpec, **changes: Any) -> ModelSpec:
             raise ConfigError(f"unknown key {last!r}", key)
         node[last] = value
     return spec_from_dict(d)
+
+
+def with_data(spec: ModelSpec, path: str | Path) -> ModelSpec:
+    """A copy that trains on ``path``: an MNIST-format directory (``kind: idx``) or an ``.npz``
+    file (``kind: npz``)."""
+    kind = "idx" if Path(path).is_dir() else "npz"
+    ds = DatasetSpec(kind, os.path.abspath(os.path.expanduser(str(path))))
+    return validate(dataclasses.replace(spec, dataset=ds))

@@ -16,6 +16,7 @@ import numpy as np
 
 from emulator.config import Config
 from programs.compiler.spec import ModelSpec, with_overrides
+from programs.experiments.tables import TABLES
 from programs.host.datasets import Dataset, digits, synthetic
 from programs.host.driver import ChipTrainer, classifier_bits_bound
 from programs.host.float_ref import train_float
@@ -164,6 +165,7 @@ EXPERIMENTS: dict[str, Callable[[Config, bool, Note], list[Row]]] = {
     "classifier-width": classifier_width,
     "perceptron": perceptron,
     "update-modes": update_modes,
+    **TABLES,  # lenet-lazy, qbp-table (programs/experiments/tables.py): they need --data DIR
 }
 
 
@@ -244,9 +246,18 @@ def plot(name: str, rows: list[Row], path: Path) -> Path | None:
 
 
 def run_experiment(name: str, cfg: Config, out: Path, quick: bool = False,
-                   note: Note = _silent) -> list[Row]:
-    """Run one experiment; ``note`` is told what each run is before it starts."""
-    rows = EXPERIMENTS[name](cfg, quick, note)
+                   note: Note = _silent, data: str | None = None,
+                   epochs: int | None = None) -> list[Row]:
+    """Run one experiment; ``note`` is told what each run is before it starts. ``data`` (an
+    MNIST-format directory) and ``epochs`` are for the tables of ``tables.py``."""
+    if name in TABLES:
+        rows = TABLES[name](cfg, quick, note, data=data, epochs=epochs)
+    else:
+        if data is not None or epochs is not None:
+            from emulator.errors import UsageError
+
+            raise UsageError("--data and --epochs are for lenet-lazy and qbp-table", name)
+        rows = EXPERIMENTS[name](cfg, quick, note)
     write_outputs(name, rows, out)
     return rows
 

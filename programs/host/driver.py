@@ -154,7 +154,8 @@ class ChipTrainer:
                 lz = np.zeros(w.shape, np.int16)
             self.m.load_dram(lay.dram[p.key("LZ")], lz.astype("<i2"))
             if p.key("VL") in lay.dram:  # momentum: the velocity starts at zero
-                self.m.load_dram(lay.dram[p.key("VL")], np.zeros(w.shape, "<i2"))
+                self.m.load_dram(lay.dram[p.key("VL")],
+                                 np.zeros(lay.state_bytes("VL") * w.size, np.uint8))
 
     def _plan_dram(self) -> None:
         lay, spec, d = self.layout, self.spec, self.data
@@ -195,9 +196,9 @@ class ChipTrainer:
         lay = self.layout
         out = []
         for p in lay.params:
-            for x, size in (("W", 1), ("LZ", 2), ("VL", 2)):
+            for x in ("W", "LZ", "VL"):
                 if p.key(x) in lay.dram:
-                    out.append((lay.dram[p.key(x)], size * p.size))
+                    out.append((lay.dram[p.key(x)], lay.state_bytes(x) * p.size))
         return out
 
     def _copy_params(self, to_best: bool) -> None:
@@ -403,7 +404,8 @@ class ChipTrainer:
         for p in self.layout.params:
             for x in ("LZ", "VL"):
                 if p.key(x) in self.layout.dram:
-                    h.update(self.m.read_dram(self.layout.dram[p.key(x)], 2 * p.size))
+                    h.update(self.m.read_dram(self.layout.dram[p.key(x)],
+                                              self.layout.state_bytes(x) * p.size))
         return h.hexdigest()
 
     def float_init(self) -> list[np.ndarray]:

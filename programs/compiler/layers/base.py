@@ -15,7 +15,11 @@ from programs.compiler.emit import (
     E_T0,
     E_T1,
     E_X,
+    MAX_SHIFT,
     R_MU,
+    R_MUX,
+    R_T0,
+    R_T1,
     Asm,
     efit,
     rq,
@@ -174,11 +178,11 @@ def tile_in(asm: Asm, lay: Layout, p: Param, k0: int, k1: int,
     n_out = p.shape[-1]
     names = ["W"] + (update_state(lay) if with_state else [])
     if not lay.streams(p):
-        return {x: lay.sp[p.key(x)] + (1 if x == "W" else 2) * k0 * n_out for x in names}
+        return {x: lay.sp[p.key(x)] + lay.state_bytes(x) * k0 * n_out for x in names}
     nb = (k1 - k0) * n_out
     for x in names:
-        size = nb if x == "W" else 2 * nb
-        base = lay.dram[p.key(x)] + (1 if x == "W" else 2) * k0 * n_out
+        size = lay.state_bytes(x) * nb
+        base = lay.dram[p.key(x)] + lay.state_bytes(x) * k0 * n_out
         asm.op("dmald", lay.sp[f"{x}T"], base, 1, size, size, size)
     return {x: lay.sp[f"{x}T"] for x in names}
 
@@ -189,16 +193,39 @@ def tile_out(asm: Asm, lay: Layout, p: Param, k0: int, k1: int) -> None:
     n_out = p.shape[-1]
     nb = (k1 - k0) * n_out
     for x in ["W"] + update_state(lay):
-        size = nb if x == "W" else 2 * nb
-        base = lay.dram[p.key(x)] + (1 if x == "W" else 2) * k0 * n_out
+        size = lay.state_bytes(x) * nb
+        base = lay.dram[p.key(x)] + lay.state_bytes(x) * k0 * n_out
         asm.op("dmast", base, lay.sp[f"{x}T"], 1, size, size, size)
 
 
 # ------------------------------------------------------------------------ the update
+def guarded_mu(asm: Asm, lay: Layout, e_out: int, tag: str) -> int:
+    """The register with the learning-rate multiplier for ``rqm ..., e_out, E_T1``: when the
+    shift e[e_out] - e[E_T1] exceeds 31 (a small lr scaled onto a coarse grid), the multiplier
+    drops its k = shift - 31 low bits (``sra``) and E_T1 grows by k, so the requantizer's shift
+    is 31. Checked at run time (exponents are dynamic), except in the dense-only networks with
+    the lazy or shadow update (whose firmware predates the check and keeps its cycles)."""
+    if lay.net.is_mlp and lay.spec.update.mode in ("lazy", "shadow"):
+        return R_MU
+    ok = f"train.upd.{tag}.mu"
+    asm.raw(f"addi r{R_MUX}, r{R_MU}, 0")
+    asm.raw(f"emv r{R_T0}, e{e_out}")
+    asm.raw(f"emv r{R_T1}, e{E_T1}")
+    asm.raw(f"sub r{R_T0}, r{R_T0}, r{R_T1}")
+    asm.raw(f"addi r{R_T0}, r{R_T0}, {-MAX_SHIFT}")  # k = shift - 31
+    asm.raw(f"bge r0, r{R_T0}, {ok}")  # k <= 0: nothing to do
+    asm.raw(f"sra r{R_MUX}, r{R_MUX}, r{R_T0}")
+    asm.raw(f"add r{R_T1}, r{R_T1}, r{R_T0}")
+    asm.raw(f"esetr e{E_T1}, r{R_T1}")
+    asm.label(ok)
+    return R_MUX
+
+
 def update(asm: Asm, lay: Layout, p: Param, at: dict[str, int], nw: int, tag: str,
            e_grad: int = E_T0) -> None:
     """SGD step for nw elements of ``p`` at ``at["W"]`` (INT16 state at ``at["LZ"]``, velocity at
-    ``at["VL"]``) from its gradient in the accumulator (``DW``, exponent e[e_grad]) scaled by
+    ``at["VL"]``: INT16 on the fine grid for lazy/shadow, INT8 on the parameter's grid for
+    plain/stochastic) from its gradient in the accumulator (``DW``, exponent e[e_grad]) scaled by
     lr/B = mu * 2**-t."""
     spec = lay.spec
     sp = lay.sp
@@ -212,8 +239,9 @@ def update(asm: Asm, lay: Layout, p: Param, at: dict[str, int], nw: int, tag: st
         lz = at["LZ"]
         lay.exps.addi(asm, E_LZ, p.ename, -spec.update.acc_shift)  # the fine grid
         # U = round(lr g) on the fine grid
+        mu = guarded_mu(asm, lay, E_LZ, f"l{p.layer.pos}{tag}")
         rq(asm, sp["U"], lay.acc["DW"], nw, E_LZ, E_T1, "nearest", "i16", mnemonic="rqm",
-           mul=R_MU)
+           mul=mu)
         step = sp["U"]
         if has_momentum(lay):
             # VL = round_dither(beta VL) + U on the fine grid. dW in the accumulator is dead:
@@ -237,8 +265,19 @@ def update(asm: Asm, lay: Layout, p: Param, at: dict[str, int], nw: int, tag: st
     else:
         rnd = "nearest" if mode == "plain" else "uniform"
         ew = lay.exps.load(asm, p.ename, X_W)
-        rq(asm, sp["U"], lay.acc["DW"], nw, ew, E_T1, rnd, "i8", mnemonic="rqm", mul=R_MU)
-        asm.op("vsub", w, w, sp["U"], nw, dt="i8")
+        mu = guarded_mu(asm, lay, ew, f"l{p.layer.pos}{tag}")
+        rq(asm, sp["U"], lay.acc["DW"], nw, ew, E_T1, rnd, "i8", mnemonic="rqm", mul=mu)
+        step = sp["U"]
+        if has_momentum(lay):
+            # everything INT8: VL = sat8(round_dither(beta VL) + U) on the parameter's grid
+            vl = at["VL"]
+            asm.op("vtoacc", lay.acc["DW"], vl, nw, dt="i8")
+            asm.raw(f"eaddi e{E_T1}, e{ew}, {MOMENTUM_FRAC_BITS}")  # shift 15: the Q15 beta
+            beta = asm.const(momentum_q15(spec.update.momentum), set())
+            rq(asm, vl, lay.acc["DW"], nw, E_T1, ew, "uniform", "i8", mnemonic="rqm", mul=beta)
+            asm.op("vadd", vl, vl, sp["U"], nw, dt="i8")
+            step = vl
+        asm.op("vsub", w, w, step, nw, dt="i8")
 
 
 def bias_backward(asm: Asm, lay: Layout, p: Param, dz_rows_major: bool, rows: int,

@@ -1,10 +1,14 @@
 """Dense (fully connected) layers: ``z = a W (+ b)``, W [n_in, n_out] INT8.
 
-The input ``a`` is feature-major ``[n_in, B]``. A hidden layer without bias computes
+The input ``a`` is feature-major ``[n_in, B]``, or sample-major ``[B, n_in]`` (``in_s``) when its
+producer makes it so (a flatten, a dense layer with a bias) and this layer's weights are resident
+in one tile: then the producer's layout change is skipped. A hidden layer without bias computes
 ``z^T = W^T a^T`` straight into the feature-major layout its successor reads. A layer with a bias
-computes ``z = a W`` as ``[B, n_out]`` (``vbias`` adds a per-column vector), and a hidden one
-then turns its INT8 output feature-major through DRAM (:func:`transpose`). The last layer gives
-INT16 logits ``[B, classes]`` with their own dynamic exponent.
+computes ``z = a W`` as ``[B, n_out]`` (``vbias`` adds a per-column vector); a hidden one keeps
+that layout when its successor reads it (``out_s``), else it turns its INT8 output
+feature-major through DRAM (:func:`transpose`). The last layer gives INT16 logits
+``[B, classes]`` with their own dynamic exponent. ``dz~`` has the layout of the output; the
+input gradient has the layout of the input.
 
 Weights stream from DRAM in row tiles (rows k0:k1 of W are contiguous; so are rows k0:k1 of
 ``a^T``) when they do not fit the scratchpad.
@@ -51,10 +55,22 @@ class Dense(Lowering):
     def n_out(self) -> int:
         return self.layer.units
 
+    in_s = False  # the input is sample-major [B, n_in] (set by the planner)
+    out_s_hidden = False  # a hidden layer with a bias keeps its [B, n_out] output
+
     @property
     def transposed_out(self) -> bool:
         """Hidden layer without bias: z^T [n_out, B] directly."""
         return not self.last and not self.layer.bias
+
+    @property
+    def out_s(self) -> bool:
+        """The stored output (and dz~) is sample-major [B, n_out]."""
+        return self.last or self.out_s_hidden
+
+    def produces_s(self) -> bool:
+        """Whether the natural output layout is sample-major (computed as z = a W)."""
+        return self.layer.bias
 
     def params(self, weight_exp: int) -> list[Param]:
         ps = [Param(self.layer, False, weight_exp)]
@@ -96,7 +112,12 @@ class Dense(Lowering):
         for k0, k1 in chunks:  # K-chunks (rows of W), accumulated
             w = tile_in(asm, lay, w_param, k0, k1, with_state=False)["W"]
             kw = {"ta": 1, "acc": 1} if k0 else {"ta": 1}
-            if self.transposed_out:
+            if self.in_s:  # one chunk: a is [B, n_in]
+                if self.transposed_out:  # z^T [n_out, B] = W^T @ a^T
+                    asm.op("gemm", acc["Z"], w, a_in, n_out, n_in, b, ta=1, tb=1)
+                else:  # z [B, n_out] = a @ W
+                    asm.op("gemm", acc["Z"], a_in, w, b, n_in, n_out)
+            elif self.transposed_out:
                 # z^T [n_out, B] += W[k0:k1]^T @ a^T[k0:k1]
                 asm.op("gemm", acc["Z"], w, a_in + k0 * b, n_out, k1 - k0, b, **kw)
             else:
@@ -111,11 +132,11 @@ class Dense(Lowering):
         if not self.last:
             e_out = lay.exps.target(self.out_exp)
             efit(asm, e_out, acc["Z"], count, E_T0, "i8")
-            dst = sp[f"A{l}"] if self.transposed_out else sp[f"ZS{l}"]
+            dst = sp[f"A{l}"] if self.transposed_out or self.out_s else sp[f"ZS{l}"]
             rq(asm, dst, acc["Z"], count, e_out, E_T0, "nearest", "i8",
                relu=1 if layer.relu else 0)
             lay.exps.commit(asm, self.out_exp)
-            if not self.transposed_out:  # [B, n_out] -> [n_out, B]
+            if not (self.transposed_out or self.out_s):  # [B, n_out] -> [n_out, B]
                 transpose(asm, lay, sp[f"A{l}"], sp[f"ZS{l}"], b, n_out, 1)
         else:
             # INT16 logits with a dynamic exponent
@@ -130,8 +151,8 @@ class Dense(Lowering):
         sp, acc = lay.sp, lay.acc
         asm.label(f"train.bwd.l{l}", f"QBP backward of layer {l}")
         ein = grad.exp(asm)
-        # dz~ = Q(da) [* relu'(z)]: quantize, then mask with a > 0; [B, C] for the last layer,
-        # [n_out, B] for hidden layers
+        # dz~ = Q(da) [* relu'(z)]: quantize, then mask with a > 0; [B, n_out] (out_s) or
+        # [n_out, B]
         quantize_dz(asm, lay, layer, grad, ein, n_out * b)
         if layer.relu:
             relu_mask(asm, lay, layer, n_out * b)
@@ -146,7 +167,15 @@ class Dense(Lowering):
             w = at["W"]
             a_rows = act_in(lay, layer) + k0 * b
             rows = k1 - k0
-            if self.last:
+            if self.in_s:  # one tile; a is [B, n_in], the input gradient [B, n_in] too
+                tdz = {} if self.out_s else {"tb": 1}
+                # dW [n_in, n_out] = a^T (a stored [B, n_in]: ta=1) @ dz~
+                asm.op("gemm", acc["DW"], a_rows, dz, rows, b, n_out, ta=1, **tdz, sb=1)
+                if need_dx:
+                    # da [B, n_in] = dz~ [B, n_out] @ W^T (W stored [n_in, n_out]: tb=1)
+                    asm.op("gemm", acc["DA"], dz, w, b, n_out, rows,
+                           **({} if self.out_s else {"ta": 1}), tb=1, sa=1)
+            elif self.out_s:
                 # dW [rows, C] = a^T [rows, B] @ dz [B, C]             (zero-skip on dz)
                 asm.op("gemm", acc["DW"], a_rows, dz, rows, b, n_out, sb=1)
                 if need_dx:
@@ -162,8 +191,8 @@ class Dense(Lowering):
             update(asm, lay, w_param, at, rows * n_out, tag)
             tile_out(asm, lay, w_param, k0, k1)
         if layer.bias:
-            bias_backward(asm, lay, lay.param_of(layer, bias=True), not self.last,
-                          n_out if not self.last else b, b if not self.last else n_out)
+            bias_backward(asm, lay, lay.param_of(layer, bias=True), not self.out_s,
+                          b if self.out_s else n_out, n_out if self.out_s else b)
         if not need_dx:
             return None
         name = w_param.ename

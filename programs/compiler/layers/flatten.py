@@ -2,7 +2,9 @@
 dense layers read (features in (h, w, c) order), by a transpose through DRAM; the exponent is
 unchanged. Backward brings the gradient from the dense layer above (feature-major, in the
 accumulator) to INT16 with a dynamic exponent (nearest) and transposes it back to NHWC in the
-scratchpad (``GY<pos>``) for the layer below.
+scratchpad (``GY<pos>``) for the layer below. When the dense layer above reads the sample-major
+``[B, H W C]`` directly (its weights resident in one tile), flatten does nothing at all
+(``passthrough``), forward or backward.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from programs.compiler.layout import Grad, Layout, fixed_exp
 
 
 class Flatten(Lowering):
+    passthrough = False  # the dense layer above reads NHWC [B, n] as it is (set by the planner)
+
     def exp_alias(self) -> str | None:
         return in_exp(self.layer)
 
@@ -37,8 +41,13 @@ class Flatten(Lowering):
     def forward(self, asm: Asm, lay: Layout, prefix: str) -> None:
         layer, b = self.layer, lay.spec.batch_size
         l, n = layer.pos, layer.out_size
-        asm.label(f"{prefix}.fwd.l{l}", f"layer {l}: flatten {'x'.join(map(str, layer.in_shape))}"
-                  f" -> {n} (NHWC [B, {n}] -> [{n}, B])")
+        shape = "x".join(map(str, layer.in_shape))
+        if self.passthrough:
+            asm.label(f"{prefix}.fwd.l{l}", f"layer {l}: flatten {shape} -> {n} (NHWC [B, {n}] "
+                      "as it is: the dense layer above reads it sample-major)")
+            return
+        asm.label(f"{prefix}.fwd.l{l}", f"layer {l}: flatten {shape} -> {n} (NHWC [B, {n}] -> "
+                  f"[{n}, B])")
         transpose(asm, lay, lay.sp[f"A{l}"], act_in(lay, layer), b, n, 1)
 
     def backward(self, asm: Asm, lay: Layout, grad: Grad, need_dx: bool) -> Grad | None:
@@ -48,6 +57,8 @@ class Flatten(Lowering):
         asm.label(f"train.bwd.l{l}", f"backward of layer {l} (flatten)")
         if not need_dx:  # pragma: no cover - nothing below needs a gradient
             return None
+        if self.passthrough:  # the gradient is NHWC already
+            return grad
         ein = grad.exp(asm)
         efit(asm, E_X, grad.addr, n * b, ein, "i16")
         rq(asm, sp[f"GF{l}"], grad.addr, n * b, E_X, ein, "nearest", "i16")
