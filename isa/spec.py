@@ -642,8 +642,10 @@ _def(
     "Max pooling of an NHWC image; optionally records where each maximum came from.",
     """
 geometry(r[rsz], r[rhw], r[rkw], r[rpf])  # F is ignored
-require every output pixel's window has a position inside the input   # else fault
-require KH*KW <= 256 if idx                                          # else fault
+require every output pixel's window has a position inside the input   # else fault; as
+    # windows fit the padded input, this holds exactly when KH > PH and KW > PW
+require KH*KW <= 256 if idx                                          # else fault; ri is
+    # ignored (not read, written or checked) when idx == 0
 X = sp[r[ra]] as dt, [N,H,W,C]            # read completely before anything is written
 for n, oh, ow, c:
     best = arg = None
