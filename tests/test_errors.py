@@ -97,7 +97,8 @@ def test_truncated_payload_reports_where_it_ends(cut):
 
 def test_bad_magic_version_reserved_offsets():
     data = bytearray(_program_bytes())
-    for off, patch, fragment in [(0, b"ELF\x7f", "magic"), (4, b"\x02\x00", "version"),
+    # versions 1 (no debug information) and 2 (with the debug section) are read; 3 is not
+    for off, patch, fragment in [(0, b"ELF\x7f", "magic"), (4, b"\x03\x00", "version"),
                                  (6, b"\x01\x00", "reserved")]:
         bad = bytearray(data)
         bad[off : off + len(patch)] = patch

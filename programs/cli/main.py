@@ -11,11 +11,13 @@ import json
 import os
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from emulator.errors import LpemuError, UsageError
+from isa.asm import load_program
 
 EXIT_IO = 9
 EXIT_INTERNAL = 70
@@ -25,32 +27,35 @@ DUMP_DTYPES = ("int8", "uint8", "int16", "int32", "int64")
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, typed, instead of usage + exit
-        raise UsageError(message, self.prog)
+        # the location is the subcommand ("run"), never "lpemu" again after the "lpemu: " prefix
+        raise UsageError(message, self.prog.removeprefix("lpemu").strip())
 
 
-def load_program(path: str):
-    """Read a program: assembly text (.s/.asm or any UTF-8 text) or a binary file."""
-    from isa.asm import assemble
-    from isa.encoding import MAGIC, from_bytes
-
-    data = Path(path).read_bytes()
-    suffix = Path(path).suffix.lower()
-    if suffix in (".s", ".asm"):
-        return assemble(_text(data, path), path)
-    if data[:4] == MAGIC or suffix in (".bin", ".lpem"):
-        return from_bytes(data, path)
-    return assemble(_text(data, path), path)
-
-
-def _text(data: bytes, path: str) -> str:
-    from emulator.errors import AsmError
+def version() -> str:
+    """The installed lpemu version (from the package metadata)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as _version
 
     try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
-        raise AsmError("source is not UTF-8 text", path, line, col) from None
+        return _version("lpemu")
+    except PackageNotFoundError:  # pragma: no cover - a checkout that is not installed
+        return "0+unknown"
+
+
+def _count(lo: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``lo`` (decimal, 0x hex, _ separators)."""
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text.replace("_", ""), 0)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {lo}, got {v}")
+        return v
+
+    parse.__name__ = f"integer >= {lo}"
+    return parse
 
 
 def _int(text: str, arg: str) -> int:
@@ -161,35 +166,47 @@ def _prepare(args):
 
 
 def _cmd_run(args) -> int:
+    from emulator import debug
+    from emulator.errors import ExecutionError
+    from emulator.host import read_array
     from programs.cli.report import print_summary, run_report
 
     m = _prepare(args)
     dumps = [parse_dump(s) for s in args.dump or []]
-    summary = m.run(max_steps=args.max_steps, max_cycles=args.max_cycles)
+    if args.trace_steps:
+        print(f"first {args.trace_steps:,} steps (effects: what each step changed):")
+    try:
+        summary = debug.run(m, max_steps=args.max_steps, max_cycles=args.max_cycles,
+                            trace_steps=args.trace_steps, on_step=print)
+    except ExecutionError:
+        if args.regs:  # the state at the fault, for inspection
+            print(debug.format_registers(m))
+        raise
     for (addr, shape, dtype, file), spec in zip(dumps, args.dump or [], strict=True):
-        dt = np.dtype(dtype).newbyteorder("<")
-        nbytes = int(np.prod(shape)) * dt.itemsize
+        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
         if addr + nbytes > m.dram.size:
             raise UsageError(f"range [{addr:#x}, {addr + nbytes:#x}) is outside DRAM", spec)
-        arr = np.frombuffer(m.read_dram(addr, nbytes), dtype=dt).reshape(shape)
-        np.save(file, arr.astype(dt.newbyteorder("=")))
+        np.save(file, read_array(m, addr, shape, dtype))
     report = run_report(m, summary)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    if args.regs:
+        print(debug.format_registers(m))
     if not args.quiet:
         print_summary(m, summary, by_instruction=args.per_instruction)
     return 0
 
 
 def _cmd_profile(args) -> int:
+    from emulator import debug
     from programs.cli import profile
 
+    if args.plot:
+        profile.require_matplotlib("--plot")
     m = _prepare(args)
-    if args.trace_limit < 1:
-        raise UsageError("must be >= 1", "--trace-limit")
     tracer = profile.Tracer(args.trace_limit) if args.trace else None
     m.tracer = tracer
-    m.run(max_steps=args.max_steps, max_cycles=args.max_cycles)
+    debug.run(m, max_steps=args.max_steps, max_cycles=args.max_cycles)
     rows = profile.by_instruction(m) if args.by == "instruction" else profile.by_label(m)
     tot = profile.total(m)
     if args.json:
@@ -200,18 +217,14 @@ def _cmd_profile(args) -> int:
         Path(args.csv).write_text(profile.to_csv(rows))
     if tracer is not None:
         profile.write_trace(args.trace, m, tracer)
-    plotted = None
     if args.plot:
         groups = rows if args.by == "label" else profile.by_label(m)
-        plotted = profile.plot_groups(groups, "label", args.plot,
-                                      f"{m.program.name}: cycles and energy by label")
+        profile.plot_groups(groups, "label", args.plot,
+                            f"{Path(m.program.name).name}: cycles and energy by label")
     if not args.quiet:
         profile.print_profile(rows, tot, args.by, f"{m.program.name}: profile by {args.by}")
         if tracer is not None and tracer.dropped:
             print(f"trace: kept the first {len(tracer):,} events, dropped {tracer.dropped:,}")
-    if plotted is False:
-        print("lpemu: --plot needs matplotlib (pip install 'lpemu[plot]'); no plot written",
-              file=sys.stderr)
     return 0
 
 
@@ -250,8 +263,10 @@ def _cmd_train(args) -> int:
         if args.epochs < 1:
             raise UsageError("must be >= 1", "--epochs")
         spec = validate(dataclasses.replace(spec, epochs=args.epochs))
-    if args.trace_limit < 1:
-        raise UsageError("must be >= 1", "--trace-limit")
+    if args.plot:
+        from programs.cli.profile import require_matplotlib
+
+        require_matplotlib("--plot")
     run_training(spec, cfg, json_out=args.json, asm_out=args.emit_asm,
                  compare_float=not args.no_float, quiet=args.quiet, trace_out=args.trace,
                  plot_out=args.plot, trace_limit=args.trace_limit,
@@ -311,15 +326,17 @@ def _machine_args(p: argparse.ArgumentParser) -> None:
                    help="copy an array's bytes into DRAM before running (repeatable)")
     p.add_argument("--datapath", choices=("fast", "reference"), default="fast",
                    help="fast kernels (default) or the slow reference model")
-    p.add_argument("--max-steps", type=int, default=None, help="step budget (config default)")
-    p.add_argument("--max-cycles", type=int, default=None, help="cycle budget (config default)")
+    p.add_argument("--max-steps", type=_count(1), default=None, metavar="N",
+                   help="step budget, >= 1 (default: the config's budget.max_steps)")
+    p.add_argument("--max-cycles", type=_count(1), default=None, metavar="N",
+                   help="cycle budget, >= 1 (default: the config's budget.max_cycles)")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
 
 
 def _trace_args(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--trace", metavar="OUT.json",
                    help="write a Chrome trace-event timeline (Perfetto, chrome://tracing)")
-    p.add_argument("--trace-limit", type=int, default=1_000_000, metavar="N",
+    p.add_argument("--trace-limit", type=_count(1), default=1_000_000, metavar="N",
                    help="keep at most N trace events (default 1,000,000)")
     p.add_argument("--plot", metavar="OUT.png",
                    help=f"plot cycles and energy by {what} (needs lpemu[plot])")
@@ -328,6 +345,7 @@ def _trace_args(p: argparse.ArgumentParser, what: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="lpemu", description="Bit-accurate emulator of a low-precision DNN "
                 "training accelerator: values, cycles and energy from one run.")
+    p.add_argument("--version", action="version", version=f"lpemu {version()}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     a = sub.add_parser("asm", help="assemble a program to a binary file")
@@ -352,6 +370,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", metavar="OUT", help="write counters and energy as JSON")
     r.add_argument("--per-instruction", action="store_true",
                    help="also print counters per instruction")
+    r.add_argument("--regs", action="store_true",
+                   help="print the final scalar and exponent registers, flags and RNG state "
+                   "(also after a fault)")
+    r.add_argument("--trace-steps", type=_count(0), default=0, metavar="N",
+                   help="print the first N executed instructions with their effects "
+                   "(register and memory changes)")
     r.set_defaults(fn=_cmd_run)
 
     pr = sub.add_parser("profile", help="run a program and profile cycles and energy")
@@ -367,7 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("model", nargs="?", help="model spec YAML (default: configs/digits_mlp.yaml)")
     t.add_argument("--config", help="hardware config YAML (default: built-in defaults)")
     t.add_argument("--json", metavar="OUT", help="write results and counters as JSON")
-    t.add_argument("--epochs", type=int, help="override the spec's epoch count")
+    t.add_argument("--epochs", type=_count(1), metavar="N",
+                   help="override the spec's epoch count (>= 1)")
     t.add_argument("--emit-asm", metavar="FILE", help="write the compiled firmware")
     t.add_argument("--no-float", action="store_true",
                    help="skip the float32 reference run")
@@ -398,7 +423,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as e:  # --help and --version print and exit 0
+            return e.code if isinstance(e.code, int) else 0
         return args.fn(args)
     except LpemuError as e:
         print(f"lpemu: {e}", file=sys.stderr)

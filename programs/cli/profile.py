@@ -19,6 +19,7 @@ import numpy as np
 
 from emulator.config import Config
 from emulator.counters import COUNTERS, ENERGY_COMPONENTS, INSTRUCTIONS, energy_breakdown
+from emulator.errors import UsageError
 from emulator.machine import Machine
 from isa.asm import format_instruction
 from isa.spec import TABLE
@@ -180,22 +181,45 @@ def print_profile(rows: list[dict[str, Any]], tot: dict[str, Any], by: str,
     con.print(e)
 
 
-def plot_groups(groups: list[dict[str, Any]], key: str, path: str | Path, title: str) -> bool:
-    """Bar charts of cycles and stacked energy components per group. False without matplotlib."""
+def require_matplotlib(argument: str = "--plot") -> None:
+    """Raise UsageError naming ``argument`` unless matplotlib can be imported."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib  # noqa: F401
     except ImportError:
-        return False
+        raise UsageError("needs matplotlib: pip install 'lpemu[plot]'", argument) from None
+
+
+def pyplot():
+    """matplotlib's pyplot on the non-interactive Agg backend (UsageError if not installed)."""
+    require_matplotlib()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def wrap_title(title: str, width_in: float, fontsize: float = 12.0) -> str:
+    """``title`` broken into lines that fit ``width_in`` inches at ``fontsize`` points (a
+    character is at most ~0.6 em wide in the default font)."""
+    import textwrap
+
+    chars = max(20, int(width_in * 72 / (0.6 * fontsize)))
+    return "\n".join(textwrap.wrap(title, chars, break_long_words=True,
+                                    break_on_hyphens=False)) or title
+
+
+def groups_figure(groups: list[dict[str, Any]], key: str, title: str):
+    """Bar charts of cycles and stacked energy components per group (a matplotlib Figure)."""
+    plt = pyplot()
     names = [str(g[key]) for g in groups]
     x = np.arange(len(names))
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(6.0, 0.45 * len(names) + 2), 7),
-                                   sharex=True)
+    width = max(6.0, 0.45 * len(names) + 2)
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(width, 7), sharex=True)
     ax1.bar(x, [g["cycles"] for g in groups], color="tab:blue")
     ax1.set_ylabel("cycles")
-    ax1.set_title(title)
+    ax1.set_title(wrap_title(title, width - 1.0))
     bottom = np.zeros(len(names))
     for comp in ENERGY_COMPONENTS:
         vals = np.array([g[f"energy_{comp}_pj"] for g in groups]) / 1e6
@@ -207,6 +231,16 @@ def plot_groups(groups: list[dict[str, Any]], key: str, path: str | Path, title:
     ax2.set_xticks(x)
     ax2.set_xticklabels(names, rotation=60, ha="right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
+
+
+def plot_groups(groups: list[dict[str, Any]], key: str, path: str | Path, title: str) -> bool:
+    """Write :func:`groups_figure` to ``path`` (PNG). UsageError without matplotlib; an
+    unwritable path raises OSError."""
+    fig = groups_figure(groups, key, title)
+    plt = pyplot()
+    try:
+        fig.savefig(path, dpi=120)
+    finally:
+        plt.close(fig)
     return True

@@ -11,16 +11,12 @@ from typing import Any
 from emulator.config import Config
 from programs.compiler.spec import ModelSpec
 from programs.host.datasets import load
-from programs.host.driver import ChipTrainer, EpochStats, classifier_bits_bound
-
-
-def classifier_warning(spec: ModelSpec) -> str | None:
-    bound = classifier_bits_bound(spec.classes, spec.classifier_alpha)
-    if spec.bits.classifier <= bound:
-        return (f"classifier width INT{spec.bits.classifier} is below the bound of 001 eq. 5 "
-                f"for {spec.classes} classes (alpha = {spec.classifier_alpha}): need more than "
-                f"{bound:.2f} bits; small gradient components of dL/ds will be lost")
-    return None
+from programs.host.driver import (
+    ChipTrainer,
+    EpochStats,
+    classifier_bits_bound,
+    classifier_warning,
+)
 
 
 def run_training(spec: ModelSpec, cfg: Config, json_out: str | None = None,
@@ -44,11 +40,6 @@ def run_training(spec: ModelSpec, cfg: Config, json_out: str | None = None,
     if warn:
         con.print(f"[yellow]warning:[/yellow] {warn}")
     data = load(spec.dataset, spec.classes, spec.seed)
-    if data.features != spec.layers[0] or data.classes != spec.classes:
-        from emulator.errors import ConfigError
-
-        raise ConfigError(f"dataset {data.name} has {data.features} features and "
-                          f"{data.classes} classes; layers are {spec.layers}", "layers")
     t0 = time.perf_counter()
     tr = ChipTrainer(spec, cfg, data)
     if resume:
@@ -57,7 +48,7 @@ def run_training(spec: ModelSpec, cfg: Config, json_out: str | None = None,
         extra = ckpt.restore(resume, tr.m)
         tr.set_host_state(extra.get("host"), resume)
         con.print(f"resumed from {resume}: epoch {tr.epoch}"
-                  + (f", step {tr.global_step()}" if tr.in_epoch else ""))
+                  + (f", step {tr.global_step()}" if tr.in_epoch else ""), markup=False)
     on_ckpt = None
     if checkpoint and checkpoint_every > 0:
         from emulator import checkpoint as ckpt
@@ -139,17 +130,13 @@ def run_training(spec: ModelSpec, cfg: Config, json_out: str | None = None,
         write_trace(trace_out, tr.m, tracer)
         con.print(f"trace: {len(tracer):,} events written to {trace_out}"
                   + (f" ({tracer.dropped:,} later events dropped; see --trace-limit)"
-                     if tracer.dropped else ""))
+                     if tracer.dropped else ""), markup=False)
     if plot_out:
         from programs.cli.profile import plot_groups
 
         groups = [dict(r, group=f"{r['layer']} {r['phase']}") for r in rows]
-        if plot_groups(groups, "group", plot_out,
-                       f"{spec.name}: cycles and energy by layer and phase"):
-            con.print(f"plot written to {plot_out}")
-        else:
-            con.print("[yellow]warning:[/yellow] --plot needs matplotlib "
-                      "(pip install 'lpemu[plot]'); no plot written")
+        plot_groups(groups, "group", plot_out, f"{spec.name}: cycles and energy by layer and phase")
+        con.print(f"plot written to {plot_out}", markup=False)
     if json_out:
         Path(json_out).write_text(json.dumps(result, indent=2) + "\n")
     return result

@@ -19,7 +19,8 @@ import numpy as np
 
 from emulator.config import Config
 from emulator.counters import COUNTERS, IDX, energy_breakdown
-from emulator.errors import CheckpointError
+from emulator.debug import annotate
+from emulator.errors import CheckpointError, ExecutionError
 from emulator.machine import Machine
 from isa.asm import assemble
 from programs.compiler.firmware import (
@@ -48,6 +49,16 @@ PHASES = {"fwd": "forward", "softmax": "softmax", "bwd": "backward", "upd": "upd
 def classifier_bits_bound(classes: int, alpha: float) -> float:
     """001 eq. 5: bitwidth_classifier > log2(|class| - 1) + log2(2 / alpha)."""
     return math.log2(max(classes - 1, 1)) + math.log2(2.0 / alpha)
+
+
+def classifier_warning(spec: ModelSpec) -> str | None:
+    """A warning when the classifier width is at or below the bound of 001 eq. 5, else None."""
+    bound = classifier_bits_bound(spec.classes, spec.classifier_alpha)
+    if spec.bits.classifier <= bound:
+        return (f"classifier width INT{spec.bits.classifier} is below the bound of 001 eq. 5 "
+                f"for {spec.classes} classes (alpha = {spec.classifier_alpha}): need more than "
+                f"{bound:.2f} bits; small gradient components of dL/ds will be lost")
+    return None
 
 
 def initial_weights(spec: ModelSpec, weight_exp: list[int]) -> list[np.ndarray]:
@@ -227,15 +238,22 @@ class ChipTrainer:
                 else:  # the first arrival is batch 0 of this epoch, step s0
                     target = s0 if s0 > 0 and s0 % n == 0 else (s0 // n + 1) * n
                     arrivals = target - s0 + 1
-                self.m.run(break_pc=loop_pc, break_after=arrivals)
+                self._run(break_pc=loop_pc, break_after=arrivals)
             else:
-                self.m.run()
+                self._run()
             if self.m.halted:
                 break
             if on_checkpoint is not None:
                 on_checkpoint(self)
         self.in_epoch = False
         return self._finish_epoch()
+
+    def _run(self, **kw: Any) -> None:
+        """``m.run(**kw)``; a runtime fault names the firmware label and source line."""
+        try:
+            self.m.run(**kw)
+        except ExecutionError as e:
+            raise annotate(e, self.program) from None
 
     def _finish_epoch(self) -> EpochStats:
         spec, lay, d = self.spec, self.layout, self.data
@@ -287,7 +305,7 @@ class ChipTrainer:
         b, c = spec.batch_size, spec.classes
         self._params(MODE_EVAL, self.nb_test, 1, 0, self.x_test_addr, 0, self.logit_addr, 0)
         self.m.restart()
-        self.m.run()
+        self._run()
         s = np.frombuffer(self.m.read_dram(self.logit_addr, self.nb_test * b * c * 2), "<i2")
         pred = s.reshape(-1, c)[: len(d.y_test)].argmax(axis=1)
         return float((pred == d.y_test).mean())
@@ -369,7 +387,8 @@ class ChipTrainer:
 
 def train(spec: ModelSpec, cfg: Config, data: Dataset, on_epoch=None,
           datapath: str = "fast") -> tuple[ChipTrainer, float]:
-    """Train for ``spec.epochs`` epochs; returns the trainer and the final test accuracy."""
+    """Train for ``spec.epochs`` epochs (after :func:`check_training`); returns the trainer and
+    the final test accuracy."""
     tr = ChipTrainer(spec, cfg, data, datapath=datapath)
     for _ in range(spec.epochs):
         st = tr.train_epoch()
