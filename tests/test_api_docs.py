@@ -40,7 +40,8 @@ def test_import_lpemu_loads_no_plotting_or_dataset_library():
     import subprocess
     import sys
 
-    code = "import sys, lpemu; print(sorted(m for m in ('sklearn', 'matplotlib') if m in sys.modules))"
+    code = ("import sys, lpemu; "
+            "print(sorted(m for m in ('sklearn', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120, check=True).stdout
     assert out.strip() == "[]"

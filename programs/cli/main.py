@@ -210,9 +210,11 @@ def _cmd_profile(args) -> int:
     rows = profile.by_instruction(m) if args.by == "instruction" else profile.by_label(m)
     tot = profile.total(m)
     if args.json:
+        from emulator.energy import price_table
+
         Path(args.json).write_text(json.dumps(
             {"program": m.program.name, "by": args.by, "rows": rows, "total": tot,
-             "config": m.cfg.to_dict()}, indent=2) + "\n")
+             "energy_prices": price_table(m.cfg), "config": m.cfg.to_dict()}, indent=2) + "\n")
     if args.csv:
         Path(args.csv).write_text(profile.to_csv(rows))
     if tracer is not None:
@@ -222,7 +224,8 @@ def _cmd_profile(args) -> int:
         profile.plot_groups(groups, "label", args.plot,
                             f"{Path(m.program.name).name}: cycles and energy by label")
     if not args.quiet:
-        profile.print_profile(rows, tot, args.by, f"{m.program.name}: profile by {args.by}")
+        profile.print_profile(rows, tot, args.by, f"{m.program.name}: profile by {args.by}",
+                              m.cfg)
         if tracer is not None and tracer.dropped:
             print(f"trace: kept the first {len(tracer):,} events, dropped {tracer.dropped:,}")
     return 0
@@ -277,34 +280,52 @@ def _cmd_train(args) -> int:
 
 def _cmd_experiment(args) -> int:
     from emulator.config import load_config
+    from programs.cli.console import make_console, print_table
     from programs.experiments import EXPERIMENTS, run_experiment
+    from programs.experiments.paper import table_rows
 
     if args.name not in EXPERIMENTS:
         raise UsageError(f"unknown experiment; choose from {', '.join(EXPERIMENTS)}", args.name)
     cfg = load_config(args.config)
     out = Path(args.out)
-    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
     from rich.table import Table
 
-    con = Console()
-    with con.status(f"running experiment {args.name} ...") as status:
-        runs = 0
+    con = make_console()
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("parts, elapsed"), TimeElapsedColumn(), TextColumn("ETA"),
+                  TimeRemainingColumn(), TextColumn("{task.fields[what]}"),
+                  console=con) as progress:
+        task = progress.add_task(args.name, total=None, what="")
 
-        def note(what: str) -> None:
-            nonlocal runs
-            runs += 1
-            status.update(f"running experiment {args.name}: {what} (part {runs})")
+        def note(what: str, total: int) -> None:
+            t = progress.tasks[0]
+            if t.total is None:
+                progress.update(task, total=total)
+            elif t.fields["what"]:
+                progress.advance(task)
+            progress.update(task, what=what)
 
         rows = run_experiment(args.name, cfg, out, quick=args.quick, note=note)
+        progress.update(task, completed=progress.tasks[0].total or 0, what="done")
+    shown = table_rows(rows)
     t = Table(title=args.name)
-    for c in rows[0]:
+    for c in shown[0]:
         t.add_column(c, justify="right")
-    for r in rows:
+    for r in shown:
         t.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in r.values()))
-    con.print(t)
+    print_table(con, t)
+    png = out / (args.name + ".png")
     con.print(f"wrote {out / (args.name + '.md')}, {out / (args.name + '.csv')}"
-              + (f", {out / (args.name + '.png')}" if (out / (args.name + '.png')).exists()
-                 else " (install lpemu[plot] for a PNG)"))
+              + (f", {png}" if png.exists() else " (no plot: pip install 'lpemu[plot]')"),
+              markup=False, highlight=False)
     return 0
 
 

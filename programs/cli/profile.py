@@ -18,7 +18,13 @@ from typing import Any
 import numpy as np
 
 from emulator.config import Config
-from emulator.counters import COUNTERS, ENERGY_COMPONENTS, INSTRUCTIONS, energy_breakdown
+from emulator.counters import (
+    COUNTERS,
+    ENERGY_COMPONENTS,
+    INSTRUCTIONS,
+    assumed_breakdown,
+    energy_breakdown,
+)
 from emulator.errors import UsageError
 from emulator.machine import Machine
 from isa.asm import format_instruction
@@ -92,6 +98,7 @@ def _row(c: np.ndarray, cfg: Config) -> dict[str, Any]:
     d: dict[str, Any] = {n: int(c[i]) for i, n in enumerate(COUNTERS)}
     d["energy_pj"] = float(sum(en.values()))
     d.update({f"energy_{k}_pj": v for k, v in en.items()})
+    d["energy_assumed_pj"] = float(sum(assumed_breakdown(c, cfg).values()))
     return d
 
 
@@ -140,13 +147,13 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
 
 
 def print_profile(rows: list[dict[str, Any]], tot: dict[str, Any], by: str,
-                  title: str) -> None:
-    from rich.console import Console
+                  title: str, cfg: Config | None = None) -> None:
     from rich.table import Table
 
-    con = Console()
-    if not con.is_terminal:  # files and pipes get the whole table, unwrapped
-        con = Console(width=200)
+    from programs.cli.console import make_console, print_table
+    from programs.cli.energy_table import component_table, price_table
+
+    con = make_console()
     key_cols = ["pc", "label", "text"] if by == "instruction" else ["label"]
     # (header, row -> cell)
     cyc, en = tot["cycles"] or 1, tot["energy_pj"] or 1.0
@@ -160,6 +167,7 @@ def print_profile(rows: list[dict[str, Any]], tot: dict[str, Any], by: str,
         ("DRAM B", lambda r: f"{r['dram_rd_bytes'] + r['dram_wr_bytes']:,}"),
         ("uJ", lambda r: f"{r['energy_pj'] / 1e6:,.3f}"),
         ("E %", lambda r: f"{100 * r['energy_pj'] / en:.1f}"),
+        ("assumed E %", lambda r: f"{100 * r['energy_assumed_pj'] / (r['energy_pj'] or 1):.1f}"),
     ]
     t = Table(title=title)
     for c in key_cols:
@@ -170,15 +178,16 @@ def print_profile(rows: list[dict[str, Any]], tot: dict[str, Any], by: str,
         t.add_row(*([str(r[c]) for c in key_cols] + [f(r) for _, f in cells]))
     t.add_row(*(["total"] + [""] * (len(key_cols) - 1) + [f(tot) for _, f in cells]),
               style="bold")
-    con.print(t)
-    e = Table(title="energy by component")
-    e.add_column("component")
-    e.add_column("pJ", justify="right")
-    e.add_column("share", justify="right")
-    for k in ENERGY_COMPONENTS:
-        v = tot[f"energy_{k}_pj"]
-        e.add_row(k, f"{v:,.1f}", f"{100 * v / en:.1f}%")
-    con.print(e)
+    print_table(con, t)
+    energy = {k: tot[f"energy_{k}_pj"] for k in ENERGY_COMPONENTS}
+    if cfg is None:
+        print_table(con, component_table(energy, {}, "energy by component"))
+        return
+    assumed = assumed_breakdown(np.array([tot[n] for n in COUNTERS], dtype=np.int64), cfg)
+    print_table(con, component_table(energy, assumed, "energy by component"))
+    from emulator.energy import price_table as prices
+
+    print_table(con, price_table(prices(cfg)))
 
 
 def require_matplotlib(argument: str = "--plot") -> None:

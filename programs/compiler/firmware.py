@@ -72,10 +72,14 @@ class Allocator:
         self.regions.append(Region(name, addr, size))
         return addr
 
-    def check(self, hint: str) -> None:
-        if self.top > self.capacity:
+    def check(self, hint: str, need: int | None = None, what: str = "the model") -> None:
+        """ConfigError (on the config key of this memory) when the space taken so far, or
+        ``need`` if given, exceeds the capacity; the message says how much is needed."""
+        need = self.top if need is None else need
+        if need > self.capacity:
+            unit = "bytes" if self.memory.endswith("bytes") else "entries"
             raise ConfigError(
-                f"the model needs {self.top:,} of {self.capacity:,} available; {hint}",
+                f"{what} needs {need:,} {unit}, {self.capacity:,} available; {hint}",
                 self.memory,
             )
 
@@ -174,8 +178,7 @@ def plan(spec: ModelSpec, cfg: Config) -> Layout:
     s["MX"] = sp.take("MX", 2 * b)
     for name in ("Y", "NT", "G"):
         s[name] = sp.take(name, gbytes * b * c)
-    sp.check("even the activation buffers do not fit: use a smaller batch or a larger "
-             "scratchpad")
+    sp.check("use a smaller batch or a larger scratchpad", what="the activation buffers alone")
     wsizes = [n[i] * n[i + 1] for i in range(nl)]
     mom = has_momentum(spec)
     # bytes per weight on chip: W (1) + LZ (2) [+ velocity VL (2)]; one update buffer U (2)
@@ -190,17 +193,18 @@ def plan(spec: ModelSpec, cfg: Config) -> Layout:
     a["RO"] = acc.take("RO", b)
     a["TMP"] = acc.take("TMP", b * c)
     acc_rows = (acc.capacity - acc.top - acc.align) // max(n[1:])
-    if acc_rows < 1:
-        acc.top = acc.capacity + 1
-    acc.check("not even one row of dW fits: use a config with more accumulator entries")
+    # at least one row of dW (plus alignment) after the buffers above
+    acc.check("use a config with more accumulator entries", need=acc.top + acc.align
+              + max(n[1:]), what="one row of dW with the buffers")
     tile_rows = acc_rows
     if streamed:
         # one tile of W (1 byte), LZ (2), U (2) [and VL (2)] per weight, x rows x n_out
-        room = sp.capacity - sp.top - (4 if mom else 3) * sp.align
-        tile_rows = min(tile_rows, room // ((per_weight + 2) * max(n[1:])))
-        if tile_rows < 1:
-            sp.top = sp.capacity + 1
-            sp.check("not even one row of the widest weight matrix fits for tiling")
+        reserve = (4 if mom else 3) * sp.align  # alignment of the tile buffers
+        per_row = (per_weight + 2) * max(n[1:])  # one row of every tile buffer
+        room = sp.capacity - sp.top - reserve
+        tile_rows = min(tile_rows, room // per_row)
+        sp.check("use a larger scratchpad or narrower layers", need=sp.top + reserve + per_row,
+                 what="one row of the widest weight matrix in tiles, with the buffers,")
     tiles = {l: _row_tiles(n[l - 1], min(tile_rows, n[l - 1])) for l in range(1, nl + 1)}
     tmax = max((k1 - k0) * n[l] for l, ts in tiles.items() for k0, k1 in ts)
     if not streamed:

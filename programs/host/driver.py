@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 
 from emulator.config import Config
-from emulator.counters import COUNTERS, IDX, energy_breakdown
+from emulator.counters import COUNTERS, IDX, assumed_breakdown, energy_breakdown
 from emulator.debug import annotate
-from emulator.errors import CheckpointError, ExecutionError
+from emulator.errors import CheckpointError, ConfigError, ExecutionError
 from emulator.machine import Machine
 from isa.asm import assemble
 from programs.compiler.firmware import (
@@ -40,7 +40,7 @@ from programs.compiler.firmware import (
     init_bound,
     lr_multiplier,
 )
-from programs.compiler.spec import ModelSpec
+from programs.compiler.spec import ModelSpec, validate
 from programs.host.datasets import Dataset, epoch_order
 
 PHASES = {"fwd": "forward", "softmax": "softmax", "bwd": "backward", "upd": "update"}
@@ -104,11 +104,51 @@ def label_key(label: str) -> tuple[str, str]:
     return "-", "control/io"
 
 
+def _int_array(a: Any, key: str, ndim: int, lo: int, hi: int) -> None:
+    if not isinstance(a, np.ndarray) or a.ndim != ndim or a.dtype.kind not in "iu":
+        what = (f"{a.dtype} array of shape {a.shape}" if isinstance(a, np.ndarray)
+                else type(a).__name__)
+        raise ConfigError(f"must be a {ndim}-D integer numpy array, got {what}", key)
+    if a.size and (int(a.min()) < lo or int(a.max()) > hi):
+        raise ConfigError(f"values must lie in [{lo}, {hi}], got [{int(a.min())}, "
+                          f"{int(a.max())}]", key)
+
+
+def check_training(spec: ModelSpec, data: Dataset) -> ModelSpec:
+    """What every training run checks before it starts (``lpemu train``, the Python API and
+    the experiments alike): the spec is valid (:func:`programs.compiler.spec.validate`) and the
+    dataset fits it (INT8 inputs with ``layers[0]`` features, labels below the class count, as
+    many labels as samples, at least one training batch and one test sample). Raises
+    ConfigError naming the key."""
+    if not isinstance(spec, ModelSpec):
+        raise ConfigError(f"must be a ModelSpec, got {type(spec).__name__}", "model")
+    validate(spec)
+    for part in ("x_train", "x_test"):
+        _int_array(getattr(data, part, None), f"dataset.{part}", 2, -128, 127)
+    for part in ("y_train", "y_test"):
+        _int_array(getattr(data, part, None), f"dataset.{part}", 1, 0, spec.classes - 1)
+    features = {data.x_train.shape[1], data.x_test.shape[1]}
+    if data.classes != spec.classes or features != {spec.layers[0]}:
+        raise ConfigError(f"dataset {data.name} has {data.x_train.shape[1]} features and "
+                          f"{data.classes} classes; layers are {spec.layers}", "layers")
+    for x, y in (("x_train", "y_train"), ("x_test", "y_test")):
+        nx, ny = len(getattr(data, x)), len(getattr(data, y))
+        if nx != ny:
+            raise ConfigError(f"{ny} labels for {nx} samples in {x}", f"dataset.{y}")
+    if len(data.x_train) < spec.batch_size:
+        raise ConfigError(f"the dataset has {len(data.x_train)} training samples, fewer than "
+                          f"one batch of {spec.batch_size}", "batch_size")
+    if len(data.x_test) == 0:
+        raise ConfigError("the dataset has no test samples", "dataset.x_test")
+    return spec
+
+
 class ChipTrainer:
-    """Trains a model spec on the emulated chip."""
+    """Trains a model spec on the emulated chip (checked first by :func:`check_training`)."""
 
     def __init__(self, spec: ModelSpec, cfg: Config, data: Dataset,
                  datapath: str = "fast") -> None:
+        check_training(spec, data)
         self.spec, self.cfg, self.data = spec, cfg, data
         text, lay = compile_model(spec, cfg)
         self.asm_text, self.layout = text, lay
@@ -162,9 +202,9 @@ class ChipTrainer:
         self.x_test_addr = take(self.nb_test * lay.batch_x_bytes)
         self.logit_addr = take(self.nb_test * lay.batch_logit_bytes)
         if top > self.cfg.memory.dram_bytes:
-            from emulator.errors import ConfigError
-
-            raise ConfigError(f"the dataset needs {top:,} bytes of DRAM", "memory.dram_bytes")
+            raise ConfigError(f"the dataset needs {top:,} bytes of DRAM, "
+                              f"{self.cfg.memory.dram_bytes:,} available", "memory.dram_bytes")
+        self.dram_top = top  # the end of everything the host places in DRAM
         xte = self._pad(d.x_test, self.nb_test * b)
         self.m.load_dram(self.x_test_addr, self._batches_x(xte))
 
@@ -214,6 +254,16 @@ class ChipTrainer:
         self.epoch_start_counts = self.m.counts.copy()
         self.in_epoch = True
         self.m.restart()
+
+    def firmware_image(self) -> np.ndarray:
+        """DRAM bytes ``[0, dram_top)`` as the firmware finds them at the start of the next
+        training epoch: the PARAMS block, the weights and their update state, the epoch's
+        batches and the test data. Starts that epoch (``continue_epoch`` runs it): running the
+        firmware on this image, alone, is exactly that epoch of training."""
+        if self.in_epoch:
+            raise ValueError("the DRAM image exists only at the start of an epoch")
+        self._begin_epoch()
+        return self.m.dram[: self.dram_top].copy()
 
     def global_step(self) -> int:
         """Training steps (batches) completed since the start, counted at the loop head."""
@@ -381,6 +431,7 @@ class ChipTrainer:
             d.update({n: int(c[i]) for i, n in enumerate(COUNTERS)})
             d["energy_pj"] = float(sum(en.values()))
             d.update({f"energy_{k}_pj": v for k, v in en.items()})
+            d["energy_assumed_pj"] = float(sum(assumed_breakdown(c, self.cfg).values()))
             out.append(d)
         return out
 
