@@ -99,7 +99,7 @@ class Summary:
 
     totals: dict[str, int]
     energy: dict[str, float]
-    energy_assumed: dict[str, float] = field(default_factory=dict)
+    assumed_energy: dict[str, float] = field(default_factory=dict)
     prices: dict[str, dict[str, object]] = field(default_factory=dict)
 
     @property
@@ -107,15 +107,15 @@ class Summary:
         return float(sum(self.energy.values()))
 
     @property
-    def energy_assumed_pj(self) -> float:
-        return float(sum(self.energy_assumed.values()))
+    def assumed_energy_pj(self) -> float:
+        return float(sum(self.assumed_energy.values()))
 
     def to_dict(self) -> dict[str, object]:
         d: dict[str, object] = dict(self.totals)
         d["energy_pj"] = self.energy_pj
         d["energy_breakdown_pj"] = dict(self.energy)
-        d["energy_assumed_pj"] = self.energy_assumed_pj
-        d["energy_assumed_breakdown_pj"] = dict(self.energy_assumed)
+        d["assumed_energy_pj"] = self.assumed_energy_pj
+        d["assumed_energy_breakdown_pj"] = dict(self.assumed_energy)
         d["energy_prices"] = dict(self.prices)
         return d
 

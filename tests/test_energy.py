@@ -128,7 +128,7 @@ def test_reports_mark_assumed_prices_in_tables_and_json(tmp_path, capsys):
     m = Machine(cfg, assemble(prog.read_text(), "p.s"))
     m.run()
     total, assumed = _by_price(m.counts, cfg)
-    assert rep["energy_pj"] == pytest.approx(total) and rep["energy_assumed_pj"] == \
+    assert rep["energy_pj"] == pytest.approx(total) and rep["assumed_energy_pj"] == \
         pytest.approx(assumed) and 0 < assumed < total
     assert sum(assumed_breakdown(m.counts, cfg).values()) == pytest.approx(assumed)
     ep = rep["energy_prices"]
@@ -144,5 +144,5 @@ def test_reports_mark_assumed_prices_in_tables_and_json(tmp_path, capsys):
     assert main(["profile", str(prog), "--config", str(hw), "--json", str(pj), "-q"]) == 0
     prof = json.loads(pj.read_text())
     assert prof["energy_prices"] == ep
-    assert prof["total"]["energy_assumed_pj"] == pytest.approx(assumed)
-    assert sum(r["energy_assumed_pj"] for r in prof["rows"]) == pytest.approx(assumed)
+    assert prof["total"]["assumed_energy_pj"] == pytest.approx(assumed)
+    assert sum(r["assumed_energy_pj"] for r in prof["rows"]) == pytest.approx(assumed)

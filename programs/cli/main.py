@@ -100,8 +100,9 @@ def _cmd_asm(args) -> int:
 
     prog = load_program(args.source)
     out = args.output or str(Path(args.source).with_suffix(".bin"))
-    write_program(prog, out)
-    print(f"{args.source}: {len(prog)} instructions, {len(prog.labels)} labels -> {out}")
+    write_program(prog, out, debug=not args.no_debug)
+    what = "" if args.no_debug or not prog.has_debug_info else ", source lines"
+    print(f"{args.source}: {len(prog)} instructions, {len(prog.labels)} labels{what} -> {out}")
     return 0
 
 
@@ -142,6 +143,7 @@ def _cmd_isa(args) -> int:
 def _prepare(args):
     """Config, program and a machine with every --load applied (shared by run and profile)."""
     from emulator.config import load_config
+    from emulator.host import load_array
     from emulator.machine import Machine
 
     cfg = load_config(args.config)
@@ -157,9 +159,8 @@ def _prepare(args):
             arr.close()
             raise UsageError("an .npz archive; give one array saved with numpy.save",
                              f"--load {spec}")
-        data = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
         try:
-            m.load_dram(addr, data)
+            load_array(m, addr, arr)
         except LpemuError as e:
             raise UsageError(f"{e.message}", f"--load {spec}") from None
     return m
@@ -372,6 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("asm", help="assemble a program to a binary file")
     a.add_argument("source")
     a.add_argument("-o", "--output")
+    a.add_argument("--no-debug", action="store_true",
+                   help="leave out the debug section (source file, line and text per "
+                   "instruction): a version-1 file")
     a.set_defaults(fn=_cmd_asm)
 
     d = sub.add_parser("disasm", help="disassemble a binary (or assembly) program")

@@ -98,7 +98,7 @@ def _row(c: np.ndarray, cfg: Config) -> dict[str, Any]:
     d: dict[str, Any] = {n: int(c[i]) for i, n in enumerate(COUNTERS)}
     d["energy_pj"] = float(sum(en.values()))
     d.update({f"energy_{k}_pj": v for k, v in en.items()})
-    d["energy_assumed_pj"] = float(sum(assumed_breakdown(c, cfg).values()))
+    d["assumed_energy_pj"] = float(sum(assumed_breakdown(c, cfg).values()))
     return d
 
 
@@ -167,7 +167,7 @@ def print_profile(rows: list[dict[str, Any]], tot: dict[str, Any], by: str,
         ("DRAM B", lambda r: f"{r['dram_rd_bytes'] + r['dram_wr_bytes']:,}"),
         ("uJ", lambda r: f"{r['energy_pj'] / 1e6:,.3f}"),
         ("E %", lambda r: f"{100 * r['energy_pj'] / en:.1f}"),
-        ("assumed E %", lambda r: f"{100 * r['energy_assumed_pj'] / (r['energy_pj'] or 1):.1f}"),
+        ("assumed E %", lambda r: f"{100 * r['assumed_energy_pj'] / (r['energy_pj'] or 1):.1f}"),
     ]
     t = Table(title=title)
     for c in key_cols:
@@ -209,14 +209,17 @@ def pyplot():
     return plt
 
 
-def wrap_title(title: str, width_in: float, fontsize: float = 12.0) -> str:
-    """``title`` broken into lines that fit ``width_in`` inches at ``fontsize`` points (a
-    character is at most ~0.6 em wide in the default font)."""
+def wrap_title(title: str, width_in: float, fontsize: float = 12.0) -> tuple[str, float]:
+    """(``title`` broken at spaces into lines that fit ``width_in`` inches, the font size that
+    makes its longest word fit too); a character is at most ~0.6 em wide."""
     import textwrap
 
-    chars = max(20, int(width_in * 72 / (0.6 * fontsize)))
-    return "\n".join(textwrap.wrap(title, chars, break_long_words=True,
-                                    break_on_hyphens=False)) or title
+    chars = max(10, int(width_in * 72 / (0.6 * fontsize)))
+    lines = textwrap.wrap(title, chars, break_long_words=False, break_on_hyphens=False)
+    longest = max((len(ln) for ln in lines), default=0)
+    if longest > chars:
+        fontsize = max(5.0, fontsize * chars / longest)
+    return "\n".join(lines) or title, fontsize
 
 
 def groups_figure(groups: list[dict[str, Any]], key: str, title: str):
@@ -228,7 +231,8 @@ def groups_figure(groups: list[dict[str, Any]], key: str, title: str):
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(width, 7), sharex=True)
     ax1.bar(x, [g["cycles"] for g in groups], color="tab:blue")
     ax1.set_ylabel("cycles")
-    ax1.set_title(wrap_title(title, width - 1.0))
+    text, size = wrap_title(title, width - 0.5)
+    ax1.set_title(text, fontsize=size)
     bottom = np.zeros(len(names))
     for comp in ENERGY_COMPONENTS:
         vals = np.array([g[f"energy_{comp}_pj"] for g in groups]) / 1e6

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from emulator.counters import COUNTER_DOCS, COUNTERS, Summary
+from emulator.debug import registers
 from emulator.machine import Machine
 
 
@@ -29,6 +30,7 @@ def run_report(m: Machine, summary: Summary) -> dict[str, Any]:
     d["per_label"] = per_label(m)
     d["per_instruction"] = per_instruction(m)
     d["config"] = m.cfg.to_dict()
+    d["registers"] = registers(m)
     d["state_digest"] = m.digest()
     return d
 
@@ -51,10 +53,10 @@ def print_summary(m: Machine, summary: Summary, by_instruction: bool = False) ->
     for name in COUNTERS:
         t.add_row(name, _fmt(summary.totals[name]), COUNTER_DOCS[name])
     t.add_row("energy_pj", _fmt(summary.energy_pj), "energy = events x prices (below)")
-    t.add_row("energy_assumed_pj", _fmt(summary.energy_assumed_pj),
+    t.add_row("assumed_energy_pj", _fmt(summary.assumed_energy_pj),
               "the part of energy_pj priced by assumed values")
     print_table(con, t)
-    print_table(con, component_table(summary.energy, summary.energy_assumed,
+    print_table(con, component_table(summary.energy, summary.assumed_energy,
                                      "energy by component"))
     print_table(con, price_table(summary.prices))
     if by_instruction:

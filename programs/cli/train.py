@@ -154,7 +154,7 @@ def run_training(spec: ModelSpec, cfg: Config, json_out: str | None = None,
               f"{100 * tot['macs_skipped'] / all_macs:.1f}" if all_macs else "-",
               f"{summary.energy_pj / 1e6:,.2f}", style="bold")
     print_table(con, t)
-    print_table(con, component_table(summary.energy, summary.energy_assumed,
+    print_table(con, component_table(summary.energy, summary.assumed_energy,
                                      "energy by component"))
     con.print(assumed_line(summary.prices), markup=False, highlight=False)
     mean_sparsity = sum(h.mean_sparsity for h in history) / len(history)

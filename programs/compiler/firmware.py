@@ -155,9 +155,61 @@ def _row_tiles(rows: int, tile: int) -> list[tuple[int, int]]:
     return [(k, min(k + tile, rows)) for k in range(0, rows, tile)]
 
 
+CAPACITY_KEYS = {"memory.scratchpad_bytes": ("memory", "scratchpad_bytes", "bytes"),
+                 "accumulator.entries": ("accumulator", "entries", "entries")}
+
+
 def plan(spec: ModelSpec, cfg: Config) -> Layout:
     """Place every buffer. Weights stay resident in the scratchpad when everything fits;
-    otherwise they are streamed from DRAM in row tiles sized to the space that is left."""
+    otherwise they are streamed from DRAM in row tiles sized to the space that is left.
+
+    A model that does not fit raises ConfigError on the memory's key, stating the least
+    capacity with which it compiles (found by trying capacities: that one works, one less
+    does not), with the other settings of ``cfg`` kept."""
+    try:
+        return _plan(spec, cfg)
+    except ConfigError as e:
+        if e.key not in CAPACITY_KEYS:
+            raise
+        need = least_capacity(spec, cfg, e.key)
+        if need is None:
+            raise
+        section, name, unit = CAPACITY_KEYS[e.key]
+        have = getattr(getattr(cfg, section), name)
+        hint = e.message.split("; ", 1)[1] if "; " in e.message else ""
+        raise ConfigError(f"the model needs {need:,} {unit}, {have:,} available"
+                          + (f"; {hint}" if hint else ""), e.key) from None
+
+
+def least_capacity(spec: ModelSpec, cfg: Config, key: str) -> int | None:
+    """The least value of the capacity ``key`` (``memory.scratchpad_bytes`` or
+    ``accumulator.entries``) with which ``spec`` compiles for ``cfg``; None if no value up to
+    2**40 does (another memory is too small)."""
+    import dataclasses
+
+    section, name, _ = CAPACITY_KEYS[key]
+
+    def fits(v: int) -> bool:
+        try:
+            sec = dataclasses.replace(getattr(cfg, section), **{name: v})
+            _plan(spec, dataclasses.replace(cfg, **{section: sec}))
+        except ConfigError:
+            return False
+        return True
+
+    lo = getattr(getattr(cfg, section), name)  # does not fit
+    hi = max(2 * lo, 64)
+    while not fits(hi):
+        lo, hi = hi, 2 * hi
+        if hi > 1 << 40:
+            return None
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if fits(mid) else (mid, hi)
+    return hi
+
+
+def _plan(spec: ModelSpec, cfg: Config) -> Layout:
     n, b, c = spec.layers, spec.batch_size, spec.classes
     nl = spec.n_weight_layers
     bw = spec.bits.classifier

@@ -431,7 +431,7 @@ class ChipTrainer:
             d.update({n: int(c[i]) for i, n in enumerate(COUNTERS)})
             d["energy_pj"] = float(sum(en.values()))
             d.update({f"energy_{k}_pj": v for k, v in en.items()})
-            d["energy_assumed_pj"] = float(sum(assumed_breakdown(c, self.cfg).values()))
+            d["assumed_energy_pj"] = float(sum(assumed_breakdown(c, self.cfg).values()))
             out.append(d)
         return out
 
