@@ -164,3 +164,22 @@ class CheckpointError(LpemuError):
 
     def location(self) -> str:
         return self.file if self.offset is None else f"{self.file}@byte {self.offset}"
+
+
+class DatasetError(LpemuError):
+    """A dataset file that cannot be used: missing, unreadable, truncated or malformed (IDX,
+    npz, gzip). Names the file, the npz member when there is one, and the byte offset of the
+    fault when one applies (for ``.gz`` files and npz members: the offset in the uncompressed
+    content)."""
+
+    exit_code = 11
+    kind = "dataset error"
+
+    def __init__(self, message: str, file: str, offset: int | None = None,
+                 member: str = "") -> None:
+        super().__init__(message)
+        self.file, self.offset, self.member = file, offset, member
+
+    def location(self) -> str:
+        loc = f"{self.file}:{self.member}" if self.member else self.file
+        return loc if self.offset is None else f"{loc}@byte {self.offset}"

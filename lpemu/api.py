@@ -32,11 +32,19 @@ class Firmware:
     layout: Layout
 
 
-def compile_model(spec: ModelSpec | None = None, cfg: Config | None = None) -> Firmware:
+def compile_model(spec: ModelSpec | None = None, cfg: Config | None = None,
+                  data: Dataset | None = None) -> Firmware:
     """Compile ``spec`` (default: the default digits MLP) for ``cfg`` (default: ``Config()``).
-    The spec is validated first (ConfigError naming the key)."""
+    The spec is validated first (ConfigError naming the key). A spec whose
+    ``input_exponent`` is null takes the input grid of ``data`` (default: the dataset the spec
+    names, loaded), as training does."""
+    from programs.host.datasets import input_exponent, load_for
+
     spec = validate(ModelSpec() if spec is None else spec)
     cfg = Config() if cfg is None else cfg
+    if spec.input_exponent is None:
+        data = load_for(spec) if data is None else data
+        spec = dataclasses.replace(spec, input_exponent=input_exponent(spec, data))
     text, layout = _compile(spec, cfg)
     return Firmware(text, assemble(text, f"{spec.name}.s"), layout)
 
@@ -73,6 +81,7 @@ class TrainResult:
     trainer: ChipTrainer = field(repr=False)  # the driver; ``trainer.m`` is the machine
     classifier_warning: str | None = None
     float_reference_accuracy: float | None = None
+    best_epoch: int | None = None  # with a validation split: the epoch whose weights are tested
 
 
 def train(spec: ModelSpec | None = None, data: Dataset | None = None,
@@ -85,8 +94,9 @@ def train(spec: ModelSpec | None = None, data: Dataset | None = None,
     Checks exactly what ``lpemu train`` checks (:func:`programs.host.driver.check_training`,
     the spec, and that the dataset fits it), raising ConfigError naming the key. ``epochs``
     overrides the spec's epoch count; ``on_epoch`` is called after every epoch;
-    ``compare_float`` also trains the float32 reference from the same initial weights."""
-    from programs.host.datasets import load
+    ``compare_float`` also trains the float32 reference from the same initial weights. With a
+    validation split in the data, the test accuracy is that of the best-validation epoch."""
+    from programs.host.datasets import load_for
 
     spec = ModelSpec() if spec is None else spec
     if epochs is not None:
@@ -94,17 +104,18 @@ def train(spec: ModelSpec | None = None, data: Dataset | None = None,
     spec = validate(spec)
     cfg = Config() if cfg is None else cfg
     if data is None:
-        data = load(spec.dataset, spec.classes, spec.seed)
+        data = load_for(spec)
     tr = ChipTrainer(spec, cfg, data, datapath=datapath)
     while tr.epoch < spec.epochs:
         st = tr.train_epoch()
         if on_epoch is not None:
             on_epoch(st)
-    acc = tr.evaluate()
+    acc = tr.test_accuracy()
     ref = None
     if compare_float:
         from programs.host.float_ref import train_float
 
         ref = train_float(spec, data, tr.float_init()).test_accuracy
     return TrainResult(spec, cfg, acc, list(tr.history), tr.m.summary(), tr.breakdown(),
-                       tr.weights(), tr.weights_digest(), tr, classifier_warning(spec), ref)
+                       tr.weights(), tr.weights_digest(), tr, classifier_warning(spec), ref,
+                       tr.best_epoch())

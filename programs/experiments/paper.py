@@ -57,7 +57,7 @@ def _silent(_: str, __: int) -> None:
 def lazy_update(cfg: Config, quick: bool, note: Note = _silent) -> list[Row]:
     """Float32 reference vs INT8 plain vs INT8 lazy on digits, over learning rates (001 sec. 2)."""
     base = ModelSpec()
-    data = digits(base.seed)
+    data = digits(base.data_seed)
     rows = []
     lrs = (0.01, 0.02) if quick else (0.01, 0.02, 0.05, 0.1)
     for lr in lrs:
@@ -76,7 +76,7 @@ def lazy_update(cfg: Config, quick: bool, note: Note = _silent) -> list[Row]:
 def qbp_sweep(cfg: Config, quick: bool, note: Note = _silent) -> list[Row]:
     """Accuracy vs gradient sparsity over QBP steps and dither modes (004 Fig. 6.3, Table 6.1)."""
     base = ModelSpec()
-    data = digits(base.seed)
+    data = digits(base.data_seed)
     steps = (-3, -1) if quick else (-5, -4, -3, -2, -1, 0, 1)
     dithers = ("uniform", "none") if quick else ("uniform", "triangular", "none")
     total = 1 + len(steps) * len(dithers)
@@ -157,7 +157,7 @@ def update_modes(cfg: Config, quick: bool, note: Note = _silent) -> list[Row]:
     base = with_overrides(ModelSpec(), **{"update.lr": 0.01})
     if quick:
         base = with_overrides(base, epochs=5)
-    data = digits(base.seed)
+    data = digits(base.data_seed)
     rows = []
     ref = None
     modes = ("lazy", "shadow", "stochastic", "plain")
