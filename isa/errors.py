@@ -21,9 +21,20 @@ class LpemuError(Exception):
     def location(self) -> str:
         return ""
 
+    def __reduce__(self):  # pickle by state: subclasses' __init__ take location arguments
+        return (_rebuild, (type(self), self.args, dict(self.__dict__)))
+
     def __str__(self) -> str:
         loc = self.location()
         return f"{loc}: {self.kind}: {self.message}" if loc else f"{self.kind}: {self.message}"
+
+
+def _rebuild(cls: type[LpemuError], args: tuple, state: dict) -> LpemuError:
+    """Unpickle an :class:`LpemuError` (errors cross process boundaries in sweeps)."""
+    err = cls.__new__(cls)
+    Exception.__init__(err, *args)
+    err.__dict__.update(state)
+    return err
 
 
 class UsageError(LpemuError):

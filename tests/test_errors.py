@@ -315,3 +315,20 @@ def test_docs_list_every_error_type_with_its_exit_code():
         assert int(rows[name]) == cls.exit_code, name
     codes = [cls.exit_code for cls in classes.values()] + [9, 70]
     assert len(codes) == len(set(codes))
+
+
+def test_every_error_type_pickles_with_its_location():
+    """Typed errors cross process boundaries (sweep workers): they unpickle whole."""
+    import pickle
+
+    import isa.errors as errs
+
+    made = [errs.UsageError("m", "--x"), errs.AsmError("m", "f.s", 3, 4),
+            errs.BinaryFormatError("m", "f.bin", 12), errs.ConfigError("m", "a.b", "c.yaml")]
+    for cls in vars(errs).values():
+        if isinstance(cls, type) and issubclass(cls, errs.LpemuError):
+            assert cls.__reduce__ is errs.LpemuError.__reduce__
+    for err in made:
+        back = pickle.loads(pickle.dumps(err))
+        assert type(back) is type(err) and str(back) == str(err)
+        assert back.__dict__ == err.__dict__
