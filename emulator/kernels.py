@@ -630,7 +630,7 @@ class _ColCache:
         self.max_bytes = max_bytes
 
     def get(self, x: np.ndarray, g, ftype: type) -> np.ndarray:
-        key = (g, x.dtype.str, ftype)
+        key = (g._replace(f=0), x.dtype.str, ftype)  # im2col does not depend on F
         hit = self._d.pop(key, None)
         if hit is not None and np.array_equal(hit[0], x):
             self._d[key] = hit  # most recent last
@@ -729,29 +729,38 @@ def conv_into(out: np.ndarray, a: np.ndarray, b: np.ndarray, mode: int, g, accum
     if stype is np.int64 and p.dtype != np.int64:
         p = p.astype(np.int64)
     s = _WS.get("conv_dx", (g.n, g.h, g.w, g.c), stype)
-    _col2im_add(s, p.reshape(g.n, g.oh, g.ow, g.kh, g.kw, g.c), g)
+    _col2im_add(s, p, g)
     return _store(out.reshape(1, -1), s.reshape(1, -1), accumulate, bits, wrap, bound)
 
 
-def _col2im_add(s: np.ndarray, p6: np.ndarray, g) -> None:
-    """s[n, ih, iw, c] = sum of p6[n, oh, ow, kh, kw, c] over window position (ih, iw), one
-    strided add per (kh, kw) over the output pixels whose position is inside the input."""
+@njit(cache=True)
+def _col2im_kernel(s, p, oh_n, ow_n, kh_n, kw_n, sh, sw, ph, pw):  # pragma: no cover
+    """s[n, ih, iw, c] += p[m, (kh KW + kw) C + c] over every (m, kh, kw) whose window
+    position (ih, iw) is inside the input: one sequential pass over P (the caller zeroes s)."""
+    nb, h, w, c = s.shape
+    for n in range(nb):
+        for oh in range(oh_n):
+            for ow in range(ow_n):
+                row = p[(n * oh_n + oh) * ow_n + ow]
+                for kh in range(kh_n):
+                    ih = oh * sh + kh - ph
+                    if ih < 0 or ih >= h:
+                        continue
+                    for kw in range(kw_n):
+                        iw = ow * sw + kw - pw
+                        if iw < 0 or iw >= w:
+                            continue
+                        dst = s[n, ih, iw]
+                        k0 = (kh * kw_n + kw) * c
+                        for ch in range(c):
+                            dst[ch] += row[k0 + ch]
+
+
+def _col2im_add(s: np.ndarray, p: np.ndarray, g) -> None:
+    """s[n, ih, iw, c] = sum of P[m, k] over the (m, k) whose window position is (ih, iw)."""
     s[...] = 0
-    for kh in range(g.kh):
-        o0 = max(0, -(-(g.ph - kh) // g.sh))  # first oh with ih = oh SH + kh - PH >= 0
-        o1 = min(g.oh, (g.h - 1 + g.ph - kh) // g.sh + 1) if g.h + g.ph - kh > 0 else 0
-        if o1 <= o0:
-            continue
-        i0 = o0 * g.sh + kh - g.ph
-        for kw in range(g.kw):
-            q0 = max(0, -(-(g.pw - kw) // g.sw))
-            q1 = min(g.ow, (g.w - 1 + g.pw - kw) // g.sw + 1) if g.w + g.pw - kw > 0 else 0
-            if q1 <= q0:
-                continue
-            j0 = q0 * g.sw + kw - g.pw
-            dst = s[:, i0 : i0 + (o1 - o0 - 1) * g.sh + 1 : g.sh,
-                    j0 : j0 + (q1 - q0 - 1) * g.sw + 1 : g.sw]
-            np.add(dst, p6[:, o0:o1, q0:q1, kh, kw], out=dst)
+    _col2im_kernel(s, p, _I64(g.oh), _I64(g.ow), _I64(g.kh), _I64(g.kw), _I64(g.sh), _I64(g.sw),
+                   _I64(g.ph), _I64(g.pw))
 
 
 @njit(cache=True)
