@@ -767,11 +767,12 @@ def _conv(m, o):
 
 
 def _windows_inside(m: State, g: Geometry) -> None:
-    """Fault unless every output pixel's window has a position inside the input. Windows
-    move monotonically, so the first and last row (column) of windows decide; a last window
-    entirely below the input starts at padded row >= H + PH and ends by H + 2 PH, so KH <= PH,
-    which puts the first window entirely above it too: KH <= PH or KW <= PW is the rule."""
-    if g.kh <= g.ph or g.kw <= g.pw:
+    """Fault unless every output pixel's window has a position inside the input. An empty
+    input (H or W = 0) has none; otherwise windows move monotonically, so the first and last
+    row (column) of windows decide, and a last window entirely below the input starts at padded
+    row >= H + PH and ends by H + 2 PH, so KH <= PH, which puts the first window entirely above
+    it too: the rule is H, W >= 1, KH > PH and KW > PW."""
+    if g.h == 0 or g.w == 0 or g.kh <= g.ph or g.kw <= g.pw:
         raise ExecutionError(
             f"a {g.kh}x{g.kw} pooling window lies entirely in the padding (input {g.h}x{g.w}, "
             f"padding {g.ph}x{g.pw}, stride {g.sh}x{g.sw})", m.pc)

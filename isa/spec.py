@@ -643,7 +643,7 @@ _def(
     """
 geometry(r[rsz], r[rhw], r[rkw], r[rpf])  # F is ignored
 require every output pixel's window has a position inside the input   # else fault; as
-    # windows fit the padded input, this holds exactly when KH > PH and KW > PW
+    # windows fit the padded input, this holds exactly when H, W >= 1, KH > PH and KW > PW
 require KH*KW <= 256 if idx                                          # else fault; ri is
     # ignored (not read, written or checked) when idx == 0
 X = sp[r[ra]] as dt, [N,H,W,C]            # read completely before anything is written

@@ -534,6 +534,9 @@ def test_pooling_faults(datapath):
     # windows fit the padded input: so these two cases are all)
     _fault(_ops() + geo_lines(G._replace(kw=1, pw=1)) + POOL_OPS["vmaxpool"], datapath,
            ExecutionError, "entirely in the padding")
+    for empty in (G._replace(h=0, ph=2), G._replace(w=0, pw=1), G._replace(h=0, n=0, ph=2)):
+        _fault(_ops() + geo_lines(empty) + POOL_OPS["vmaxpool"], datapath, ExecutionError,
+               "entirely in the padding")  # no input rows or columns: every window is padding
     wide = G._replace(kh=17, kw=16, h=20, w=20)
     _fault(_ops() + geo_lines(wide) + POOL_OPS["vmaxpool"], datapath, ExecutionError,
            "KH*KW <= 256")
