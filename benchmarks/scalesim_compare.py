@@ -160,20 +160,39 @@ def ensure_scalesim(path: Path, quiet: bool = False) -> Path | None:
     return py
 
 
-def lpemu_case(m: int, k: int, n: int, r: int, c: int, df: str, reps: int) -> dict[str, Any]:
-    """lpemu's cycles for one dense INT8 GEMM, and the wall time of the closed-form model alone
-    and of the whole ``gemm`` instruction (values + counters)."""
-    from emulator import timing
+def lpemu_config(r: int, c: int, df: str):
+    """The hardware config of one comparison: an R x C array with the dataflow, memories large
+    enough for every case."""
     from emulator.config import config_from_dict
-    from emulator.counters import IDX
-    from emulator.machine import Machine
-    from isa import assemble
 
-    cfg = config_from_dict({
+    return config_from_dict({
         "array": {"rows": r, "cols": c, "dataflow": DATAFLOWS[df]},
         "memory": {"dram_bytes": 4096, "scratchpad_bytes": 1 << 22},
         "accumulator": {"entries": 1 << 20},
     })
+
+
+def timed_runs(mach, reps: int) -> float:
+    """Median wall time of ``reps`` runs of a loaded machine's program (counters reset)."""
+    walls = []
+    for _ in range(reps):
+        mach.restart()
+        mach.counts[:] = 0
+        t0 = time.perf_counter()
+        mach.run()
+        walls.append(time.perf_counter() - t0)
+    return float(np.median(walls))
+
+
+def lpemu_case(m: int, k: int, n: int, r: int, c: int, df: str, reps: int) -> dict[str, Any]:
+    """lpemu's cycles for one dense INT8 GEMM, and the wall time of the closed-form model alone
+    and of the whole ``gemm`` instruction (values + counters)."""
+    from emulator import timing
+    from emulator.counters import IDX
+    from emulator.machine import Machine
+    from isa import assemble
+
+    cfg = lpemu_config(r, c, df)
     t0 = time.perf_counter()
     for _ in range(reps):
         model_cycles = timing.gemm(cfg, m, k, n, 1, 1, False)[timing.CYCLES]
@@ -191,16 +210,10 @@ def lpemu_case(m: int, k: int, n: int, r: int, c: int, df: str, reps: int) -> di
     rng = np.random.default_rng(0)
     mach.spad[: m * k] = rng.integers(0, 256, m * k, dtype=np.uint8)
     mach.spad[1 << 21 : (1 << 21) + k * n] = rng.integers(0, 256, k * n, dtype=np.uint8)
-    walls = []
-    for _ in range(reps):
-        mach.restart()
-        mach.counts[:] = 0
-        t0 = time.perf_counter()
-        mach.run()
-        walls.append(time.perf_counter() - t0)
+    run_wall = timed_runs(mach, reps)
     cycles = int(mach.counts[5, IDX["cycles"]])
     assert cycles == model_cycles
-    return {"cycles": cycles, "model_wall": model_wall, "run_wall": float(np.median(walls))}
+    return {"cycles": cycles, "model_wall": model_wall, "run_wall": run_wall}
 
 
 def conv_geometry(layer: tuple[int, ...]):
@@ -225,18 +238,13 @@ def lpemu_conv_case(layer: tuple[int, ...], r: int, c: int, df: str,
     """lpemu's cycles for one INT8 conv layer (one ``conv`` instruction, mode=fwd), and the
     wall time of the closed-form model alone and of the whole instruction."""
     from emulator import timing
-    from emulator.config import config_from_dict
     from emulator.counters import IDX
     from emulator.geometry import pack
     from emulator.machine import Machine
     from isa import assemble
 
     g = conv_geometry(layer)
-    cfg = config_from_dict({
-        "array": {"rows": r, "cols": c, "dataflow": DATAFLOWS[df]},
-        "memory": {"dram_bytes": 4096, "scratchpad_bytes": 1 << 22},
-        "accumulator": {"entries": 1 << 20},
-    })
+    cfg = lpemu_config(r, c, df)
     t0 = time.perf_counter()
     for _ in range(reps):
         model_cycles = timing.conv(cfg, 0, g.m, g.k, g.f, g.inputs, 1, 1, False)[timing.CYCLES]
@@ -247,17 +255,11 @@ def lpemu_conv_case(layer: tuple[int, ...], r: int, c: int, df: str,
     rng = np.random.default_rng(0)
     mach.spad[: g.inputs] = rng.integers(0, 256, g.inputs, dtype=np.uint8)
     mach.spad[1 << 21 : (1 << 21) + g.k * g.f] = rng.integers(0, 256, g.k * g.f, dtype=np.uint8)
-    walls = []
-    for _ in range(reps):
-        mach.restart()
-        mach.counts[:] = 0
-        t0 = time.perf_counter()
-        mach.run()
-        walls.append(time.perf_counter() - t0)
+    run_wall = timed_runs(mach, reps)
     pc = len(mach.program.words) - 2
     cycles = int(mach.counts[pc, IDX["cycles"]])
     assert cycles == model_cycles
-    return {"cycles": cycles, "model_wall": model_wall, "run_wall": float(np.median(walls)),
+    return {"cycles": cycles, "model_wall": model_wall, "run_wall": run_wall,
             "m": g.m, "k": g.k, "n": g.f}
 
 

@@ -733,6 +733,14 @@ def conv_into(out: np.ndarray, a: np.ndarray, b: np.ndarray, mode: int, g, accum
     return _store(out.reshape(1, -1), s.reshape(1, -1), accumulate, bits, wrap, bound)
 
 
+@njit(inline="always")
+def _taps(o, stride, pad, k, size):  # pragma: no cover - compiled
+    """The window offsets [lo, hi) of output row (column) ``o`` whose input position
+    ``o stride + t - pad`` lies inside [0, size)."""
+    start = o * stride - pad
+    return max(0, -start), max(0, min(k, size - start))
+
+
 @njit(cache=True)
 def _col2im_kernel(s, p, oh_n, ow_n, kh_n, kw_n, sh, sw, ph, pw):  # pragma: no cover
     """s[n, ih, iw, c] += p[m, (kh KW + kw) C + c] over every (m, kh, kw) whose window
@@ -742,14 +750,12 @@ def _col2im_kernel(s, p, oh_n, ow_n, kh_n, kw_n, sh, sw, ph, pw):  # pragma: no 
         for oh in range(oh_n):
             for ow in range(ow_n):
                 row = p[(n * oh_n + oh) * ow_n + ow]
-                for kh in range(kh_n):
+                kh0, kh1 = _taps(oh, sh, ph, kh_n, h)
+                kw0, kw1 = _taps(ow, sw, pw, kw_n, w)
+                for kh in range(kh0, kh1):
                     ih = oh * sh + kh - ph
-                    if ih < 0 or ih >= h:
-                        continue
-                    for kw in range(kw_n):
+                    for kw in range(kw0, kw1):
                         iw = ow * sw + kw - pw
-                        if iw < 0 or iw >= w:
-                            continue
                         dst = s[n, ih, iw]
                         k0 = (kh * kw_n + kw) * c
                         for ch in range(c):
@@ -775,14 +781,12 @@ def _maxpool_kernel(x, y, ix, write_idx, oh_n, ow_n, kh_n, kw_n, sh, sw, ph, pw)
         for oh in range(oh_n):
             for ow in range(ow_n):
                 first = True
-                for kh in range(kh_n):
+                kh0, kh1 = _taps(oh, sh, ph, kh_n, h)
+                kw0, kw1 = _taps(ow, sw, pw, kw_n, w)
+                for kh in range(kh0, kh1):
                     ih = oh * sh + kh - ph
-                    if ih < 0 or ih >= h:
-                        continue
-                    for kw in range(kw_n):
+                    for kw in range(kw0, kw1):
                         iw = ow * sw + kw - pw
-                        if iw < 0 or iw >= w:
-                            continue
                         code = np.uint8(kh * kw_n + kw)
                         row = x[n, ih, iw]
                         if first:
@@ -834,14 +838,12 @@ def _sumpool_kernel(x, out, oh_n, ow_n, kh_n, kw_n, sh, sw, ph, pw, lo, hi, wrap
         for oh in range(oh_n):
             for ow in range(ow_n):
                 acc[:] = 0
-                for kh in range(kh_n):
+                kh0, kh1 = _taps(oh, sh, ph, kh_n, h)
+                kw0, kw1 = _taps(ow, sw, pw, kw_n, w)
+                for kh in range(kh0, kh1):
                     ih = oh * sh + kh - ph
-                    if ih < 0 or ih >= h:
-                        continue
-                    for kw in range(kw_n):
+                    for kw in range(kw0, kw1):
                         iw = ow * sw + kw - pw
-                        if iw < 0 or iw >= w:
-                            continue
                         for ch in range(c):
                             acc[ch] += x[n, ih, iw, ch]
                 base = ((n * oh_n + oh) * ow_n + ow) * c
@@ -904,14 +906,12 @@ def _unpool_kernel(dy, ix, by_index, s, oh_n, ow_n, kh_n, kw_n, sh, sw, ph, pw):
                 base = ((n * oh_n + oh) * ow_n + ow) * c
                 d = dy[base : base + c]
                 ii = ix[base : base + c]
-                for kh in range(kh_n):
+                kh0, kh1 = _taps(oh, sh, ph, kh_n, h)
+                kw0, kw1 = _taps(ow, sw, pw, kw_n, w)
+                for kh in range(kh0, kh1):
                     ih = oh * sh + kh - ph
-                    if ih < 0 or ih >= h:
-                        continue
-                    for kw in range(kw_n):
+                    for kw in range(kw0, kw1):
                         iw = ow * sw + kw - pw
-                        if iw < 0 or iw >= w:
-                            continue
                         dst = s[n, ih, iw]
                         if by_index:
                             code = kh * kw_n + kw

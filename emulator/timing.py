@@ -388,19 +388,12 @@ def conv(cfg: Config, mode: int, m: int, k: int, f: int, n_in: int, a_bytes: int
 
 def pool(cfg: Config, outputs: int, window: int, elem_bytes: int, to_acc: bool,
          index: bool) -> Cost:
-    """vmaxpool / vsumpool over ``outputs = M C`` output elements of ``window = KH KW``
-    positions each (the whole window is walked, padding included)."""
-    ops = outputs * window
-    out = {
-        CYCLES: cfg.alu.latency_cycles + elem_bytes * ceil(ops / cfg.alu.lanes),
-        ALU_OPS: ops,
-        ALU_PASSES: elem_bytes * ops,
-        SPAD_RD: ops * elem_bytes,
-    }
-    if to_acc:
-        out[ACC_WR] = outputs * cfg.acc_bytes_per_entry
-    else:
-        out[SPAD_WR] = outputs * elem_bytes + (outputs if index else 0)
+    """vmaxpool / vsumpool: a row reduction (``reduce``) of ``outputs = M C`` rows of
+    ``window = KH KW`` positions each (the whole window is walked, padding included), plus the
+    index bytes of vmaxpool idx=1."""
+    out = reduce(cfg, outputs, window, elem_bytes, to_acc)
+    if index:
+        out[SPAD_WR] += outputs
     return out
 
 
