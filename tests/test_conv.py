@@ -413,38 +413,46 @@ def test_pool_cases_cover_the_edges():
     assert any(run_pool(c, "fast")[0].counts[:, IDX["acc_overflows"]].sum() for c in POOLS)
 
 
-@pytest.mark.parametrize("dt", ["i8", "i16"])
-@pytest.mark.parametrize("s", [-31, -9, -1, 0, 1, 3, 8, 15, 31])
-def test_vbias_matches_the_oracle(dt, s):
+VBIAS_SHIFTS = [-31, -9, -1, 0, 1, 3, 8, 15, 31]
+VBIAS_ACCS = ((32, False), (20, True), (24, False))
+
+
+def run_vbias(dt: str, s: int, bits: int, wrap: bool, datapath: str):
+    """vbias of a random 7-wide bias onto a 5 x 7 block (edge values in its first row) with
+    shift s; returns the machine and the oracle's (values, overflow count)."""
     rows, cols = 5, 7
-    r = np.random.default_rng(s + 100)
+    r = np.random.default_rng(s + 100 + bits)
     b = rand_values(r, cols, dt)
-    for bits, wrap in ((32, False), (20, True), (24, False)):
-        lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-        pre = r.integers(lo, hi + 1, rows * cols)
-        pre[:cols] = [hi, lo, 0, 1, -1, hi - 3, lo + 3]
-        src = (li(1, ACC_AT) + li(2, 0) + li(3, rows) + li(4, cols)
-               + f"eset e1, 5\neset e2, {5 - s}\nvbias r1, r2, r3, r4, e1, e2, dt={dt}\nhalt\n")
-        outs = []
-        for dp in ("fast", "reference"):
-            m = Machine(cfg(bits, wrap), assemble(src, "b.s"), datapath=dp)
-            load(m, 0, b)
-            m.acc[ACC_AT : ACC_AT + rows * cols] = pre
-            m.run()
-            outs.append((m.digest(), m.counts.tolist()))
-        # the documented rounding, in Python integers
-        shifted = [int(v) << -s if s <= 0 else (int(v) + (1 << (s - 1))) // (1 << s) for v in b]
-        total = pre.reshape(rows, cols) + np.array(shifted, dtype=np.int64)
-        want, nover = o_fit(total.ravel(), bits, wrap)
-        assert m.acc[ACC_AT : ACC_AT + rows * cols].tolist() == want.tolist()
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    pre = r.integers(lo, hi + 1, rows * cols)
+    pre[:cols] = [hi, lo, 0, 1, -1, hi - 3, lo + 3]
+    src = (li(1, ACC_AT) + li(2, 0) + li(3, rows) + li(4, cols)
+           + f"eset e1, 5\neset e2, {5 - s}\nvbias r1, r2, r3, r4, e1, e2, dt={dt}\nhalt\n")
+    m = Machine(cfg(bits, wrap), assemble(src, "b.s"), datapath=datapath)
+    load(m, 0, b)
+    m.acc[ACC_AT : ACC_AT + rows * cols] = pre
+    m.run()
+    # the documented rounding, in Python integers
+    shifted = [int(v) << -s if s <= 0 else (int(v) + (1 << (s - 1))) // (1 << s) for v in b]
+    total = pre.reshape(rows, cols) + np.array(shifted, dtype=np.int64)
+    return m, o_fit(total.ravel(), bits, wrap)
+
+
+@pytest.mark.parametrize("dt", ["i8", "i16"])
+@pytest.mark.parametrize("s", VBIAS_SHIFTS)
+def test_vbias_matches_the_oracle(dt, s):
+    for bits, wrap in VBIAS_ACCS:
+        m, (want, nover) = run_vbias(dt, s, bits, wrap, "fast")
+        assert m.acc[ACC_AT : ACC_AT + want.size].tolist() == want.tolist()
         assert m.counts[6, IDX["acc_overflows"]] == nover
-        assert outs[0] == outs[1]
+        ref, _ = run_vbias(dt, s, bits, wrap, "reference")
+        assert (ref.digest(), ref.counts.tolist()) == (m.digest(), m.counts.tolist())
 
 
 # ------------------------------------------------------------------------------ JIT off
 def jit_outcomes() -> dict[str, str]:
-    """Digest and counters of every conv and pooling case on the fast datapath, each checked
-    against the oracle first (run in a NUMBA_DISABLE_JIT=1 child by the test below)."""
+    """Digest and counters of every conv, pooling and vbias case on the fast datapath, each
+    checked against the oracle first (run in a NUMBA_DISABLE_JIT=1 child by the test below)."""
     out = {}
     for c in CASES:
         m = run_conv(c, "fast")
@@ -453,6 +461,13 @@ def jit_outcomes() -> dict[str, str]:
     for c in POOLS:
         m, _ = run_pool(c, "fast")
         out[f"pool{c.seed}"] = m.digest() + hashlib.sha256(m.counts.tobytes()).hexdigest()
+    for dt in ("i8", "i16"):
+        for s in VBIAS_SHIFTS:
+            for bits, wrap in VBIAS_ACCS:
+                m, (want, _) = run_vbias(dt, s, bits, wrap, "fast")
+                assert m.acc[ACC_AT : ACC_AT + want.size].tolist() == want.tolist()
+                out[f"bias{dt}{s}{bits}"] = m.digest() + hashlib.sha256(
+                    m.counts.tobytes()).hexdigest()
     return out
 
 
