@@ -742,31 +742,39 @@ def _taps(o, stride, pad, k, size):  # pragma: no cover - compiled
 
 
 @njit(cache=True)
-def _col2im_kernel(s, p, oh_n, ow_n, kh_n, kw_n, sh, sw, ph, pw):  # pragma: no cover
-    """s[n, ih, iw, c] += p[m, (kh KW + kw) C + c] over every (m, kh, kw) whose window
-    position (ih, iw) is inside the input: one sequential pass over P (the caller zeroes s)."""
-    nb, h, w, c = s.shape
+def _col2im_kernel(s, p, c, oh_n, ow_n, kh_n, kw_n, sh, sw, ph, pw):  # pragma: no cover
+    """s[n, ih, iw c + ch] += p[m, (kh KW + kw) C + ch] over every (m, kh, kw) whose window
+    position (ih, iw) is inside the input: one sequential pass over P (the caller zeroes s,
+    viewed as [N, H, W C]). With SW = 1 the inside taps kw0..kw1 of a window row are adjacent
+    in both P and s, so each is one contiguous run of (kw1 - kw0) C additions."""
+    nb, h, wc = s.shape
+    w = wc // c
     for n in range(nb):
         for oh in range(oh_n):
+            kh0, kh1 = _taps(oh, sh, ph, kh_n, h)
             for ow in range(ow_n):
-                row = p[(n * oh_n + oh) * ow_n + ow]
-                kh0, kh1 = _taps(oh, sh, ph, kh_n, h)
+                m = (n * oh_n + oh) * ow_n + ow
                 kw0, kw1 = _taps(ow, sw, pw, kw_n, w)
-                for kh in range(kh0, kh1):
+                for kh in range(kh0, kh1):  # (indexing, not views: views cost in this loop)
                     ih = oh * sh + kh - ph
+                    if sw == 1:
+                        d0 = (ow + kw0 - pw) * c
+                        p0 = (kh * kw_n + kw0) * c
+                        for t in range((kw1 - kw0) * c):
+                            s[n, ih, d0 + t] += p[m, p0 + t]
+                        continue
                     for kw in range(kw0, kw1):
-                        iw = ow * sw + kw - pw
-                        dst = s[n, ih, iw]
-                        k0 = (kh * kw_n + kw) * c
+                        d0 = (ow * sw + kw - pw) * c
+                        p0 = (kh * kw_n + kw) * c
                         for ch in range(c):
-                            dst[ch] += row[k0 + ch]
+                            s[n, ih, d0 + ch] += p[m, p0 + ch]
 
 
 def _col2im_add(s: np.ndarray, p: np.ndarray, g) -> None:
     """s[n, ih, iw, c] = sum of P[m, k] over the (m, k) whose window position is (ih, iw)."""
     s[...] = 0
-    _col2im_kernel(s, p, _I64(g.oh), _I64(g.ow), _I64(g.kh), _I64(g.kw), _I64(g.sh), _I64(g.sw),
-                   _I64(g.ph), _I64(g.pw))
+    _col2im_kernel(s.reshape(g.n, g.h, g.w * g.c), p, _I64(g.c), _I64(g.oh), _I64(g.ow),
+                   _I64(g.kh), _I64(g.kw), _I64(g.sh), _I64(g.sw), _I64(g.ph), _I64(g.pw))
 
 
 @njit(cache=True)
