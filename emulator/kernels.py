@@ -688,7 +688,7 @@ def _store(c: np.ndarray, p: np.ndarray, accumulate: bool, bits: int, wrap: bool
 def conv_into(out: np.ndarray, a: np.ndarray, b: np.ndarray, mode: int, g, accumulate: bool,
               bits: int, wrap: bool) -> int:
     """conv on exact BLAS: fwd col(X) @ W, wgrad col(X)^T @ dZ (reusing the forward's im2col
-    when X is unchanged), dgrad dZ @ W^T then col2im by one strided add per window position.
+    when X is unchanged), dgrad dZ @ W^T then col2im in one compiled pass over the product.
     Returns the overflow count."""
     if out.size == 0:
         return 0
