@@ -413,7 +413,8 @@ def test_pool_cases_cover_the_edges():
     assert any(run_pool(c, "fast")[0].counts[:, IDX["acc_overflows"]].sum() for c in POOLS)
 
 
-VBIAS_SHIFTS = [-31, -9, -1, 0, 1, 3, 8, 15, 31]
+# shifts on both sides of the fold bounds (-33, 16) and far past them
+VBIAS_SHIFTS = [-200, -40, -34, -33, -32, -31, -9, -1, 0, 1, 3, 8, 15, 16, 17, 31, 200]
 VBIAS_ACCS = ((32, False), (20, True), (24, False))
 
 
@@ -421,7 +422,7 @@ def run_vbias(dt: str, s: int, bits: int, wrap: bool, datapath: str):
     """vbias of a random 7-wide bias onto a 5 x 7 block (edge values in its first row) with
     shift s; returns the machine and the oracle's (values, overflow count)."""
     rows, cols = 5, 7
-    r = np.random.default_rng(s + 100 + bits)
+    r = np.random.default_rng(s + 1000 + bits)
     b = rand_values(r, cols, dt)
     lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
     pre = r.integers(lo, hi + 1, rows * cols)
@@ -434,8 +435,10 @@ def run_vbias(dt: str, s: int, bits: int, wrap: bool, datapath: str):
     m.run()
     # the documented rounding, in Python integers
     shifted = [int(v) << -s if s <= 0 else (int(v) + (1 << (s - 1))) // (1 << s) for v in b]
-    total = pre.reshape(rows, cols) + np.array(shifted, dtype=np.int64)
-    return m, o_fit(total.ravel(), bits, wrap)
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    total = [int(pre[i * cols + j]) + shifted[j] for i in range(rows) for j in range(cols)]
+    fitted = [((t - lo) % (1 << bits)) + lo if wrap else min(max(t, lo), hi) for t in total]
+    return m, (np.array(fitted), sum(not lo <= t <= hi for t in total))
 
 
 @pytest.mark.parametrize("dt", ["i8", "i16"])
@@ -578,10 +581,27 @@ def test_unpool_bad_index_faults(datapath, bad):
     np.testing.assert_array_equal(m.acc, before)
 
 
-@pytest.mark.parametrize("datapath", ["fast", "reference"])
-def test_vbias_shift_out_of_range_faults(datapath):
-    _fault("li r1, 0\nli r2, 0\nli r3, 2\nli r4, 2\neset e1, 40\neset e2, 8\n"
-           "vbias r1, r2, r3, r4, e1, e2\n", datapath, ExecutionError, "vbias shift")
+@pytest.mark.parametrize("dt", ["i8", "i16"])
+@pytest.mark.parametrize("bits, wrap", VBIAS_ACCS)
+def test_vbias_shifts_of_any_size(dt, bits, wrap):
+    """Exponent differences up to +-(2**32 - 1) never fault; fast (which folds the shift to
+    [-33, 16]) and reference (exact up to |s| = 4096) agree on values and counters."""
+    for s in (-(1 << 32) + 1, -(1 << 31), -5000, -4096, 4096, 5000, (1 << 31) - 1,
+              (1 << 32) - 1):
+        e_acc = (1 << 31) - 1 if s >= 0 else -(1 << 31)  # both exponents within 32 bits
+        e_b = e_acc - s
+        assert -(1 << 31) <= e_b < (1 << 31) and -(1 << 31) <= e_acc < (1 << 31)
+        src = (li(1, ACC_AT) + li(2, 0) + li(3, 3) + li(4, 5) + f"li r9, {e_acc}\n"
+               f"li r10, {e_b}\nesetr e1, r9\nesetr e2, r10\n"
+               f"vbias r1, r2, r3, r4, e1, e2, dt={dt}\nhalt\n")
+        outs = []
+        for dp in ("fast", "reference"):
+            m = Machine(cfg(bits, wrap), assemble(src, "w.s"), datapath=dp)
+            load(m, 0, np.array([3, -1, 0, 1, -7], np.int8 if dt == "i8" else np.int16))
+            m.acc[ACC_AT : ACC_AT + 15] = np.arange(15) * 1000 - 7000
+            m.run()
+            outs.append((m.acc[ACC_AT : ACC_AT + 15].tolist(), m.counts.tolist(), m.flags))
+        assert outs[0] == outs[1], s
 
 
 # ------------------------------------------------------------------------------ empty shapes
