@@ -15,7 +15,7 @@ Model:
 * GEMM: ``P`` byte-passes, each ``folds * (fixed + streamed)`` cycles for the configured
   dataflow (weight-, output- or input-stationary; ``gemm_mapping``), minus the cycles zero-skipping
   saves at the configured granularity (``gemm_skip_cycles_saved``). Matches SCALE-Sim's dense
-  compute cycles (benchmarks/scalesim_compare.py).
+  compute cycles (benchmarks/scalesim_compare.py). An empty GEMM costs nothing (:func:`gemm`).
 """
 
 from __future__ import annotations
@@ -130,11 +130,19 @@ def gemm(
     dimension. Partial sums of successive K-folds (weight- and input-stationary) and of the
     byte-passes are accumulated in the accumulator memory (read-modify-write); output-stationary
     keeps the K reduction inside the PEs.
+
+    An empty GEMM (M, K or N zero) runs no byte-pass and reads no operand: every counter is 0,
+    except that K = 0 without ``acc`` (and M, N > 0) clears C: ``ceil(M N / C)`` cycles and
+    ``M N Ba`` accumulator bytes written.
     """
     passes = a_bytes * b_bytes
-    if m == 0 or k == 0 or n == 0:
-        return {CYCLES: 0, MAC_PASSES: passes}
     acc_entry = cfg.acc_bytes_per_entry
+    if m == 0 or k == 0 or n == 0:
+        # no product runs: nothing at all, except that K = 0 without accumulation clears
+        # C[M,N] (an empty sum is 0) through the array's output port, C entries per cycle
+        if k or not m or not n or accumulate:
+            return {}
+        return {CYCLES: ceil(m * n / cfg.array.cols), ACC_WR: m * n * acc_entry}
     r, c = cfg.array.rows, cfg.array.cols
     df = cfg.array.dataflow
     if df == "weight_stationary":
@@ -316,6 +324,35 @@ def lazy(cfg: Config, n: int) -> Cost:
     }
 
 
+def rsqrt(cfg: Config, n: int) -> Cost:
+    """Reciprocal square root: a restoring divider makes the 32-bit radicand (one quotient bit
+    per cycle), then a restoring square root its 16 root bits (one per cycle)."""
+    return {
+        CYCLES: cfg.alu.latency_cycles + 48 * ceil(n / cfg.alu.lanes),
+        ALU_OPS: n,
+        ALU_PASSES: 48 * n,
+        SPAD_RD: 2 * n,
+        SPAD_WR: 2 * n,
+    }
+
+
+def wmul(cfg: Config, n: int, a_bytes: int, b_bytes: int, accumulate: bool) -> Cost:
+    """Widening multiply into the accumulator: ``a_bytes * b_bytes`` 8-bit multiply passes per
+    element (as vmul), the exact product written (or added) to accumulator memory."""
+    passes = a_bytes * b_bytes
+    acc_bytes = n * cfg.acc_bytes_per_entry
+    out = {
+        CYCLES: cfg.alu.latency_cycles + passes * ceil(n / cfg.alu.lanes),
+        ALU_OPS: n,
+        ALU_MUL_PASSES: passes * n,
+        SPAD_RD: n * (a_bytes + b_bytes),
+        ACC_WR: acc_bytes,
+    }
+    if accumulate:
+        out[ACC_RD] = acc_bytes
+    return out
+
+
 def scan(cfg: Config, n: int) -> Cost:
     return {
         CYCLES: cfg.alu.latency_cycles + ceil(n / cfg.alu.lanes),
@@ -346,6 +383,8 @@ HOOKS = {
     "convert": convert,
     "exp": exp,
     "divide": divide,
+    "rsqrt": rsqrt,
+    "wmul": wmul,
     "lazy": lazy,
     "scan": scan,
     "dma": dma,
@@ -381,26 +420,19 @@ def conv(cfg: Config, mode: int, m: int, k: int, f: int, n_in: int, a_bytes: int
         return gemm(cfg, gm, gk, gn, a_bytes, b_bytes, accumulate)
     out = gemm(cfg, gm, gk, gn, a_bytes, b_bytes, True)
     if not accumulate and n_in:
-        out[CYCLES] += ceil(n_in / cfg.alu.lanes)
+        out[CYCLES] = out.get(CYCLES, 0) + ceil(n_in / cfg.alu.lanes)
         out[ACC_WR] = out.get(ACC_WR, 0) + n_in * cfg.acc_bytes_per_entry
     return out
 
 
 def pool(cfg: Config, outputs: int, window: int, elem_bytes: int, to_acc: bool,
          index: bool) -> Cost:
-    """vmaxpool / vsumpool over ``outputs = M C`` output elements of ``window = KH KW``
-    positions each (the whole window is walked, padding included)."""
-    ops = outputs * window
-    out = {
-        CYCLES: cfg.alu.latency_cycles + elem_bytes * ceil(ops / cfg.alu.lanes),
-        ALU_OPS: ops,
-        ALU_PASSES: elem_bytes * ops,
-        SPAD_RD: ops * elem_bytes,
-    }
-    if to_acc:
-        out[ACC_WR] = outputs * cfg.acc_bytes_per_entry
-    else:
-        out[SPAD_WR] = outputs * elem_bytes + (outputs if index else 0)
+    """vmaxpool / vsumpool: a row reduction (``reduce``) of ``outputs = M C`` rows of
+    ``window = KH KW`` positions each (the whole window is walked, padding included), plus the
+    index bytes of vmaxpool idx=1."""
+    out = reduce(cfg, outputs, window, elem_bytes, to_acc)
+    if index:
+        out[SPAD_WR] += outputs
     return out
 
 

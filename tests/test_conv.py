@@ -413,38 +413,49 @@ def test_pool_cases_cover_the_edges():
     assert any(run_pool(c, "fast")[0].counts[:, IDX["acc_overflows"]].sum() for c in POOLS)
 
 
-@pytest.mark.parametrize("dt", ["i8", "i16"])
-@pytest.mark.parametrize("s", [-31, -9, -1, 0, 1, 3, 8, 15, 31])
-def test_vbias_matches_the_oracle(dt, s):
+# shifts on both sides of the fold bounds (-33, 16) and far past them
+VBIAS_SHIFTS = [-200, -40, -34, -33, -32, -31, -9, -1, 0, 1, 3, 8, 15, 16, 17, 31, 200]
+VBIAS_ACCS = ((32, False), (20, True), (24, False))
+
+
+def run_vbias(dt: str, s: int, bits: int, wrap: bool, datapath: str):
+    """vbias of a random 7-wide bias onto a 5 x 7 block (edge values in its first row) with
+    shift s; returns the machine and the oracle's (values, overflow count)."""
     rows, cols = 5, 7
-    r = np.random.default_rng(s + 100)
+    r = np.random.default_rng(s + 1000 + bits)
     b = rand_values(r, cols, dt)
-    for bits, wrap in ((32, False), (20, True), (24, False)):
-        lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-        pre = r.integers(lo, hi + 1, rows * cols)
-        pre[:cols] = [hi, lo, 0, 1, -1, hi - 3, lo + 3]
-        src = (li(1, ACC_AT) + li(2, 0) + li(3, rows) + li(4, cols)
-               + f"eset e1, 5\neset e2, {5 - s}\nvbias r1, r2, r3, r4, e1, e2, dt={dt}\nhalt\n")
-        outs = []
-        for dp in ("fast", "reference"):
-            m = Machine(cfg(bits, wrap), assemble(src, "b.s"), datapath=dp)
-            load(m, 0, b)
-            m.acc[ACC_AT : ACC_AT + rows * cols] = pre
-            m.run()
-            outs.append((m.digest(), m.counts.tolist()))
-        # the documented rounding, in Python integers
-        shifted = [int(v) << -s if s <= 0 else (int(v) + (1 << (s - 1))) // (1 << s) for v in b]
-        total = pre.reshape(rows, cols) + np.array(shifted, dtype=np.int64)
-        want, nover = o_fit(total.ravel(), bits, wrap)
-        assert m.acc[ACC_AT : ACC_AT + rows * cols].tolist() == want.tolist()
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    pre = r.integers(lo, hi + 1, rows * cols)
+    pre[:cols] = [hi, lo, 0, 1, -1, hi - 3, lo + 3]
+    src = (li(1, ACC_AT) + li(2, 0) + li(3, rows) + li(4, cols)
+           + f"eset e1, 5\neset e2, {5 - s}\nvbias r1, r2, r3, r4, e1, e2, dt={dt}\nhalt\n")
+    m = Machine(cfg(bits, wrap), assemble(src, "b.s"), datapath=datapath)
+    load(m, 0, b)
+    m.acc[ACC_AT : ACC_AT + rows * cols] = pre
+    m.run()
+    # the documented rounding, in Python integers
+    shifted = [int(v) << -s if s <= 0 else (int(v) + (1 << (s - 1))) // (1 << s) for v in b]
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    total = [int(pre[i * cols + j]) + shifted[j] for i in range(rows) for j in range(cols)]
+    fitted = [((t - lo) % (1 << bits)) + lo if wrap else min(max(t, lo), hi) for t in total]
+    return m, (np.array(fitted), sum(not lo <= t <= hi for t in total))
+
+
+@pytest.mark.parametrize("dt", ["i8", "i16"])
+@pytest.mark.parametrize("s", VBIAS_SHIFTS)
+def test_vbias_matches_the_oracle(dt, s):
+    for bits, wrap in VBIAS_ACCS:
+        m, (want, nover) = run_vbias(dt, s, bits, wrap, "fast")
+        assert m.acc[ACC_AT : ACC_AT + want.size].tolist() == want.tolist()
         assert m.counts[6, IDX["acc_overflows"]] == nover
-        assert outs[0] == outs[1]
+        ref, _ = run_vbias(dt, s, bits, wrap, "reference")
+        assert (ref.digest(), ref.counts.tolist()) == (m.digest(), m.counts.tolist())
 
 
 # ------------------------------------------------------------------------------ JIT off
 def jit_outcomes() -> dict[str, str]:
-    """Digest and counters of every conv and pooling case on the fast datapath, each checked
-    against the oracle first (run in a NUMBA_DISABLE_JIT=1 child by the test below)."""
+    """Digest and counters of every conv, pooling and vbias case on the fast datapath, each
+    checked against the oracle first (run in a NUMBA_DISABLE_JIT=1 child by the test below)."""
     out = {}
     for c in CASES:
         m = run_conv(c, "fast")
@@ -453,6 +464,13 @@ def jit_outcomes() -> dict[str, str]:
     for c in POOLS:
         m, _ = run_pool(c, "fast")
         out[f"pool{c.seed}"] = m.digest() + hashlib.sha256(m.counts.tobytes()).hexdigest()
+    for dt in ("i8", "i16"):
+        for s in VBIAS_SHIFTS:
+            for bits, wrap in VBIAS_ACCS:
+                m, (want, _) = run_vbias(dt, s, bits, wrap, "fast")
+                assert m.acc[ACC_AT : ACC_AT + want.size].tolist() == want.tolist()
+                out[f"bias{dt}{s}{bits}"] = m.digest() + hashlib.sha256(
+                    m.counts.tobytes()).hexdigest()
     return out
 
 
@@ -534,6 +552,9 @@ def test_pooling_faults(datapath):
     # windows fit the padded input: so these two cases are all)
     _fault(_ops() + geo_lines(G._replace(kw=1, pw=1)) + POOL_OPS["vmaxpool"], datapath,
            ExecutionError, "entirely in the padding")
+    for empty in (G._replace(h=0, ph=2), G._replace(w=0, pw=1), G._replace(h=0, n=0, ph=2)):
+        _fault(_ops() + geo_lines(empty) + POOL_OPS["vmaxpool"], datapath, ExecutionError,
+               "entirely in the padding")  # no input rows or columns: every window is padding
     wide = G._replace(kh=17, kw=16, h=20, w=20)
     _fault(_ops() + geo_lines(wide) + POOL_OPS["vmaxpool"], datapath, ExecutionError,
            "KH*KW <= 256")
@@ -560,10 +581,27 @@ def test_unpool_bad_index_faults(datapath, bad):
     np.testing.assert_array_equal(m.acc, before)
 
 
-@pytest.mark.parametrize("datapath", ["fast", "reference"])
-def test_vbias_shift_out_of_range_faults(datapath):
-    _fault("li r1, 0\nli r2, 0\nli r3, 2\nli r4, 2\neset e1, 40\neset e2, 8\n"
-           "vbias r1, r2, r3, r4, e1, e2\n", datapath, ExecutionError, "vbias shift")
+@pytest.mark.parametrize("dt", ["i8", "i16"])
+@pytest.mark.parametrize("bits, wrap", VBIAS_ACCS)
+def test_vbias_shifts_of_any_size(dt, bits, wrap):
+    """Exponent differences up to +-(2**32 - 1) never fault; fast (which folds the shift to
+    [-33, 16]) and reference (exact up to |s| = 4096) agree on values and counters."""
+    for s in (-(1 << 32) + 1, -(1 << 31), -5000, -4096, 4096, 5000, (1 << 31) - 1,
+              (1 << 32) - 1):
+        e_acc = (1 << 31) - 1 if s >= 0 else -(1 << 31)  # both exponents within 32 bits
+        e_b = e_acc - s
+        assert -(1 << 31) <= e_b < (1 << 31) and -(1 << 31) <= e_acc < (1 << 31)
+        src = (li(1, ACC_AT) + li(2, 0) + li(3, 3) + li(4, 5) + f"li r9, {e_acc}\n"
+               f"li r10, {e_b}\nesetr e1, r9\nesetr e2, r10\n"
+               f"vbias r1, r2, r3, r4, e1, e2, dt={dt}\nhalt\n")
+        outs = []
+        for dp in ("fast", "reference"):
+            m = Machine(cfg(bits, wrap), assemble(src, "w.s"), datapath=dp)
+            load(m, 0, np.array([3, -1, 0, 1, -7], np.int8 if dt == "i8" else np.int16))
+            m.acc[ACC_AT : ACC_AT + 15] = np.arange(15) * 1000 - 7000
+            m.run()
+            outs.append((m.acc[ACC_AT : ACC_AT + 15].tolist(), m.counts.tolist(), m.flags))
+        assert outs[0] == outs[1], s
 
 
 # ------------------------------------------------------------------------------ empty shapes

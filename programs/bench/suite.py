@@ -13,7 +13,9 @@ measured in the same run (medians of several repeats).
 5. start-up: ``lpemu run`` of a 10-instruction program with a warm numba cache;
 6. a small training run with ``NUMBA_DISABLE_JIT=1`` vs with numba, to show what compiling buys
    (and that values and counters are identical);
-7. LeNet (``programs/bench/lenet.py``): a training step at batch 64 vs the float32 numpy step of
+7. each convolution/pooling instruction on LeNet's shapes at batch 64 vs the equivalent float32
+   numpy operation (``programs/bench/conv.py``).
+8. LeNet (``programs/bench/lenet.py``): a training step at batch 64 vs the float32 numpy step of
    the same network, and one 60,000-sample epoch's wall time and peak resident memory.
 """
 
@@ -277,6 +279,7 @@ def run_suite(quick: bool = False, progress: bool = True) -> dict[str, Any]:
     parts = [("gemm", lambda: bench_gemm(quick)), ("training_step", lambda: bench_step(quick)),
              ("epoch", lambda: bench_epoch(quick)), ("scalesim", bench_scalesim),
              ("startup", lambda: bench_startup(quick)), ("jit_off", lambda: bench_jit_off(quick)),
+             ("conv", lambda: bench_conv(quick)),
              ("lenet_step", lambda: bench_lenet_step(quick)),
              ("lenet_epoch", lambda: bench_lenet_epoch(quick))]
     for name, fn in parts:
@@ -336,6 +339,8 @@ def print_suite(res: dict[str, Any]) -> None:
     t.add_row(f"digits training, {j['samples']} samples, NUMBA_DISABLE_JIT=1 (vs numba)",
               f"{j['nojit_s']:.2f} s", f"{j['jit_s']:.2f} s", f"{j['ratio']:.1f}x slower",
               "identical values" if j["identical"] else "VALUES DIFFER")
+    for row in conv_rows(res.get("conv") or []):
+        t.add_row(*row)
     if "lenet_step" in res:
         s = res["lenet_step"]
         lo, hi = s["ratio_range"]
@@ -350,6 +355,19 @@ def print_suite(res: dict[str, Any]) -> None:
         t.add_row("  peak resident memory", f"{e['peak_rss_mib']:.0f} MiB", "", "",
                   "<= 2048 MiB")
     con.print(t)
+
+
+# ----------------------------------------------------------------------------- 7. conv and pooling
+def bench_conv(quick: bool) -> list[dict[str, Any]]:
+    from programs.bench.conv import bench_conv as run
+
+    return run(quick)
+
+
+def conv_rows(results: list[dict[str, Any]]) -> list[tuple[str, str, str, str, str]]:
+    from programs.bench.conv import rows
+
+    return rows(results) if results else []
 
 
 def main(argv: list[str] | None = None) -> int:

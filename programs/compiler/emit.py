@@ -67,10 +67,14 @@ class Allocator:
         self.top = max([base] + [e for _, e, _, _ in placed])
         return out
 
-    def check(self, hint: str) -> None:
-        if self.top > self.capacity:
+    def check(self, hint: str, need: int | None = None, what: str = "the model") -> None:
+        """ConfigError (on the config key of this memory) when the space taken so far, or
+        ``need`` if given, exceeds the capacity; the message says how much is needed."""
+        need = self.top if need is None else need
+        if need > self.capacity:
+            unit = "bytes" if self.memory.endswith("bytes") else "entries"
             raise ConfigError(
-                f"the model needs {self.top:,} of {self.capacity:,} available; {hint}",
+                f"{what} needs {need:,} {unit}, {self.capacity:,} available; {hint}",
                 self.memory,
             )
 

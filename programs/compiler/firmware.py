@@ -110,10 +110,62 @@ def _align(n: int, a: int) -> int:
     return -(-n // a) * a
 
 
+CAPACITY_KEYS = {"memory.scratchpad_bytes": ("memory", "scratchpad_bytes", "bytes"),
+                 "accumulator.entries": ("accumulator", "entries", "entries")}
+
+
 def plan(spec: ModelSpec, cfg: Config) -> Layout:
     """Place every buffer. Weights stay resident in the scratchpad when everything fits;
     otherwise they are streamed from DRAM in tiles sized to the space that is left (dense: row
-    tiles; a convolution's weights are one tile). Biases are always resident."""
+    tiles; a convolution's weights are one tile). Biases are always resident.
+
+    A model that does not fit raises ConfigError on the memory's key, stating the least
+    capacity with which it compiles (found by trying capacities: that one works, one less
+    does not), with the other settings of ``cfg`` kept."""
+    try:
+        return _plan(spec, cfg)
+    except ConfigError as e:
+        if e.key not in CAPACITY_KEYS:
+            raise
+        need = least_capacity(spec, cfg, e.key)
+        if need is None:
+            raise
+        section, name, unit = CAPACITY_KEYS[e.key]
+        have = getattr(getattr(cfg, section), name)
+        hint = e.message.split("; ", 1)[1] if "; " in e.message else ""
+        raise ConfigError(f"the model needs {need:,} {unit}, {have:,} available"
+                          + (f"; {hint}" if hint else ""), e.key) from None
+
+
+def least_capacity(spec: ModelSpec, cfg: Config, key: str) -> int | None:
+    """The least value of the capacity ``key`` (``memory.scratchpad_bytes`` or
+    ``accumulator.entries``) with which ``spec`` compiles for ``cfg``; None if no value up to
+    2**40 does (another memory is too small)."""
+    import dataclasses
+
+    section, name, _ = CAPACITY_KEYS[key]
+
+    def fits(v: int) -> bool:
+        try:
+            sec = dataclasses.replace(getattr(cfg, section), **{name: v})
+            _plan(spec, dataclasses.replace(cfg, **{section: sec}))
+        except ConfigError:
+            return False
+        return True
+
+    lo = getattr(getattr(cfg, section), name)  # does not fit
+    hi = max(2 * lo, 64)
+    while not fits(hi):
+        lo, hi = hi, 2 * hi
+        if hi > 1 << 40:
+            return None
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if fits(mid) else (mid, hi)
+    return hi
+
+
+def _plan(spec: ModelSpec, cfg: Config) -> Layout:
     net = spec.net()
     b, c = spec.batch_size, spec.classes
     bw = spec.bits.classifier
@@ -144,8 +196,7 @@ def plan(spec: ModelSpec, cfg: Config) -> Layout:
         low.plan_extra(lay, b)
     if lay.timed is not None:
         s.update(sp.pack(lay.timed))
-    sp.check("even the activation buffers do not fit: use a smaller batch or a larger "
-             "scratchpad")
+    sp.check("use a smaller batch or a larger scratchpad", what="the activation buffers alone")
     if any(p.is_bias for p in params):
         lay.need_ones(b)
     if lay.ones:
@@ -155,8 +206,8 @@ def plan(spec: ModelSpec, cfg: Config) -> Layout:
         if p.is_bias:
             for x in ["W"] + (["LZ", "VL"] if mom else ["LZ"]):
                 s[p.key(x)] = sp.take(p.key(x), lay.state_bytes(x) * p.size)
-    sp.check("the activation, gradient and bias buffers do not fit: use a smaller batch or a "
-             "larger scratchpad")
+    sp.check("use a smaller batch or a larger scratchpad",
+             what="the activation, gradient and bias buffers")
     weights = lay.weights
     wsizes = [p.size for p in weights]
     # bytes per weight on chip: W (1) + LZ (2) [+ velocity VL (2)]; one update buffer U (2)
@@ -179,17 +230,18 @@ def plan(spec: ModelSpec, cfg: Config) -> Layout:
     a["TMP"] = acc.take("TMP", max([b * c] + [low.sp_grad_size(b) for low in lows]))
     # the accumulator holds dW one row tile at a time: as many rows as fit
     acc_rows = (acc.capacity - acc.top - acc.align) // widest
-    if acc_rows < 1:
-        acc.top = acc.capacity + 1
-    acc.check("not even one row of dW fits: use a config with more accumulator entries")
+    # at least one row of dW (plus alignment) after the buffers above
+    acc.check("use a config with more accumulator entries", need=acc.top + acc.align + widest,
+              what="one row of dW with the buffers")
     tile_rows = acc_rows
     if streamed:
         # one tile of W (1 byte), LZ (2), U (2) [and VL (2)] per weight, x rows x n_out
-        room = sp.capacity - sp.top - (4 if mom else 3) * sp.align
-        tile_rows = min(tile_rows, room // ((per_weight + 2) * widest))
-        if tile_rows < 1:
-            sp.top = sp.capacity + 1
-            sp.check("not even one row of the widest weight matrix fits for tiling")
+        reserve = (4 if mom else 3) * sp.align  # alignment of the tile buffers
+        per_row = (per_weight + 2) * widest  # one row of every tile buffer
+        room = sp.capacity - sp.top - reserve
+        tile_rows = min(tile_rows, room // per_row)
+        sp.check("use a larger scratchpad or narrower layers", need=sp.top + reserve + per_row,
+                 what="one row of the widest weight matrix in tiles, with the buffers,")
     lay.streamed = streamed
     lay.tiles = {low.layer.pos: low.tiles(tile_rows) for low in lows if low.layer.is_weight}
     _choose_layouts(lay)

@@ -28,7 +28,7 @@ from programs.host.driver import ChipTrainer
 from programs.host.float_ref import train_float
 
 Row = dict[str, Any]
-Note = Callable[[str], None]
+Note = Callable[[str, int], None]  # note(what the next part is, number of parts in all)
 
 # configs/lenet.yaml (a test keeps the two equal)
 LENET_LAYERS: list[dict[str, Any]] = [
@@ -110,12 +110,12 @@ def lenet_lazy(cfg: Config, quick: bool, note: Note, data: str | None = None,
     for seed in seeds:
         spec = with_overrides(base, seed=seed)
         for variant, mode in (("INT8 + lazy", "lazy"), ("INT8", "plain")):
-            note(f"seed {seed}: {variant}")
+            note(f"seed {seed}: {variant}", 3 * len(seeds))
             t = time.perf_counter()
             a, _, tr = _chip(with_overrides(spec, **{"update.mode": mode}), hw, ds)
             secs[variant] += time.perf_counter() - t
             acc[variant].append(100 * a)
-        note(f"seed {seed}: FP32")
+        note(f"seed {seed}: FP32", 3 * len(seeds))
         t = time.perf_counter()
         acc["FP32"].append(100 * train_float(spec, ds, tr.float_init()).test_accuracy)
         secs["FP32"] += time.perf_counter() - t
@@ -154,12 +154,12 @@ def qbp_table(cfg: Config, quick: bool, note: Note, data: str | None = None,
         for name, step, kind in variants:
             if kind == "float":
                 continue
-            note(f"seed {seed}: {name}")
+            note(f"seed {seed}: {name}", len(variants) * len(seeds))
             a, sp, tr = _chip(with_overrides(spec, **{"qbp.step_log2": step,
                                                       "qbp.dither": "uniform"}), cfg, ds)
             res[name][0].append(100 * a)
             res[name][1].append(100 * sp)
-        note(f"seed {seed}: float32 back propagation")
+        note(f"seed {seed}: float32 back propagation", len(variants) * len(seeds))
         assert tr is not None
         res["BP (float32)"][0].append(100 * train_float(spec, ds, tr.float_init()).test_accuracy)
     rows = []
