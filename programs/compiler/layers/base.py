@@ -15,11 +15,7 @@ from programs.compiler.emit import (
     E_T0,
     E_T1,
     E_X,
-    MAX_SHIFT,
     R_MU,
-    R_MUX,
-    R_T0,
-    R_T1,
     Asm,
     efit,
     rq,
@@ -199,28 +195,6 @@ def tile_out(asm: Asm, lay: Layout, p: Param, k0: int, k1: int) -> None:
 
 
 # ------------------------------------------------------------------------ the update
-def guarded_mu(asm: Asm, lay: Layout, e_out: int, tag: str) -> int:
-    """The register with the learning-rate multiplier for ``rqm ..., e_out, E_T1``: when the
-    shift e[e_out] - e[E_T1] exceeds 31 (a small lr scaled onto a coarse grid), the multiplier
-    drops its k = shift - 31 low bits (``sra``) and E_T1 grows by k, so the requantizer's shift
-    is 31. Checked at run time (exponents are dynamic), except in the dense-only networks with
-    the lazy or shadow update (whose firmware predates the check and keeps its cycles)."""
-    if lay.net.is_mlp and lay.spec.update.mode in ("lazy", "shadow"):
-        return R_MU
-    ok = f"train.upd.{tag}.mu"
-    asm.raw(f"addi r{R_MUX}, r{R_MU}, 0")
-    asm.raw(f"emv r{R_T0}, e{e_out}")
-    asm.raw(f"emv r{R_T1}, e{E_T1}")
-    asm.raw(f"sub r{R_T0}, r{R_T0}, r{R_T1}")
-    asm.raw(f"addi r{R_T0}, r{R_T0}, {-MAX_SHIFT}")  # k = shift - 31
-    asm.raw(f"bge r0, r{R_T0}, {ok}")  # k <= 0: nothing to do
-    asm.raw(f"sra r{R_MUX}, r{R_MUX}, r{R_T0}")
-    asm.raw(f"add r{R_T1}, r{R_T1}, r{R_T0}")
-    asm.raw(f"esetr e{E_T1}, r{R_T1}")
-    asm.label(ok)
-    return R_MUX
-
-
 def update(asm: Asm, lay: Layout, p: Param, at: dict[str, int], nw: int, tag: str,
            e_grad: int = E_T0) -> None:
     """SGD step for nw elements of ``p`` at ``at["W"]`` (INT16 state at ``at["LZ"]``, velocity at
@@ -239,9 +213,8 @@ def update(asm: Asm, lay: Layout, p: Param, at: dict[str, int], nw: int, tag: st
         lz = at["LZ"]
         lay.exps.addi(asm, E_LZ, p.ename, -spec.update.acc_shift)  # the fine grid
         # U = round(lr g) on the fine grid
-        mu = guarded_mu(asm, lay, E_LZ, f"l{p.layer.pos}{tag}")
         rq(asm, sp["U"], lay.acc["DW"], nw, E_LZ, E_T1, "nearest", "i16", mnemonic="rqm",
-           mul=mu)
+           mul=R_MU)
         step = sp["U"]
         if has_momentum(lay):
             # VL = round_dither(beta VL) + U on the fine grid. dW in the accumulator is dead:
@@ -265,8 +238,7 @@ def update(asm: Asm, lay: Layout, p: Param, at: dict[str, int], nw: int, tag: st
     else:
         rnd = "nearest" if mode == "plain" else "uniform"
         ew = lay.exps.load(asm, p.ename, X_W)
-        mu = guarded_mu(asm, lay, ew, f"l{p.layer.pos}{tag}")
-        rq(asm, sp["U"], lay.acc["DW"], nw, ew, E_T1, rnd, "i8", mnemonic="rqm", mul=mu)
+        rq(asm, sp["U"], lay.acc["DW"], nw, ew, E_T1, rnd, "i8", mnemonic="rqm", mul=R_MU)
         step = sp["U"]
         if has_momentum(lay):
             # everything INT8: VL = sat8(round_dither(beta VL) + U) on the parameter's grid
