@@ -51,7 +51,7 @@ def image_data(n: int, shape: tuple[int, int, int], classes: int, seed: int = 0)
     x = rng.integers(0, 17, (2 * n, feats)).astype(np.int8)
     w = rng.normal(size=(feats, classes))
     y = (x.astype(np.float64) @ w).argmax(axis=1).astype(np.int64)
-    return Dataset("images", x[:n], y[:n], x[n:], y[n:], classes)
+    return Dataset("images", x[:n], y[:n], x[n:], y[n:], classes, -4, shape)
 
 
 def cnn_spec(**over) -> ModelSpec:
