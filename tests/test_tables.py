@@ -105,3 +105,17 @@ def test_lpemu_train_data_option_on_lenet(mnist_dir, tmp_path):
     layers = {r["layer"] for r in rep["per_layer_phase"]}
     assert {f"l{i}" for i in range(1, 8)} <= layers
     assert rep["macs_skipped"] > 0
+
+
+def test_hardware_key_is_checked_and_resolved_against_the_spec_file(tmp_path):
+    from emulator.errors import ConfigError
+    from programs.compiler.spec import spec_from_dict
+
+    with pytest.raises(ConfigError) as info:
+        spec_from_dict({"hardware": 5}, "m.yaml")
+    assert info.value.key == "hardware"
+    (tmp_path / "hw.yaml").write_text("memory:\n  scratchpad_bytes: 4096\n")
+    (tmp_path / "m.yaml").write_text("hardware: hw.yaml\n")
+    spec = load_model(tmp_path / "m.yaml")
+    assert spec.hardware == str(tmp_path / "hw.yaml")
+    assert load_config(spec.hardware).memory.scratchpad_bytes == 4096

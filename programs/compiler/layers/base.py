@@ -21,7 +21,7 @@ from programs.compiler.emit import (
     rq,
     vcvt,
 )
-from programs.compiler.exps import X_W
+from programs.compiler.exps import X_B, X_W
 from programs.compiler.layout import Grad, Layout, Param
 from programs.compiler.net import Layer
 
@@ -46,7 +46,13 @@ class Lowering:
         return None
 
     def params(self, weight_exp: int) -> list[Param]:
-        return []
+        """A weight layer's weights and (if any) its bias, on the weights' grid."""
+        if not self.layer.is_weight:
+            return []
+        ps = [Param(self.layer, False, weight_exp)]
+        if self.layer.bias:
+            ps.append(Param(self.layer, True, weight_exp))
+        return ps
 
     def plan_acts(self, lay: Layout, b: int) -> None:
         """Phase 1 of the scratchpad plan: output activations and dz~ (layer order)."""
@@ -250,6 +256,34 @@ def update(asm: Asm, lay: Layout, p: Param, at: dict[str, int], nw: int, tag: st
             asm.op("vadd", vl, vl, sp["U"], nw, dt="i8")
             step = vl
         asm.op("vsub", w, w, step, nw, dt="i8")
+
+
+def add_bias(asm: Asm, lay: Layout, layer: Layer, rows: int, cols: int) -> None:
+    """``vbias``: the layer's bias onto every row of the [rows, cols] forward output in the
+    accumulator (exponent e[E_T0])."""
+    eb = lay.exps.load(asm, f"b{layer.pos}", X_B)
+    r = [asm.const(v, set()) for v in (lay.acc["Z"], lay.sp[f"B{layer.pos}"], rows, cols)]
+    asm.raw(f"vbias r{r[0]}, r{r[1]}, r{r[2]}, r{r[3]}, e{E_T0}, e{eb}, dt=i8")
+
+
+def input_grad(lay: Layout, w: Param) -> Grad:
+    """The input gradient a weight layer leaves in the accumulator (``DA``): its exponent is
+    the weights' plus dz~'s, put into E_T0 by the layer below when it starts."""
+    name = w.ename
+
+    def exp(asm: Asm) -> int:
+        lay.exps.add(asm, E_T0, name, E_DZ)
+        return E_T0
+
+    return Grad("acc", lay.acc["DA"], exp)
+
+
+def image_label(asm: Asm, prefix: str, layer: Layer) -> None:
+    """``<prefix>.fwd.l<pos>`` with the layer and its image shapes as the comment."""
+    c, h, w = layer.in_shape
+    co, oh, ow = layer.out_shape
+    asm.label(f"{prefix}.fwd.l{layer.pos}", f"layer {layer.pos}: {layer.describe()}, "
+              f"{c}x{h}x{w} -> {co}x{oh}x{ow}")
 
 
 def bias_backward(asm: Asm, lay: Layout, p: Param, dz_rows_major: bool, rows: int,

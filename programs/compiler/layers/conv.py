@@ -9,12 +9,15 @@ dz~ (a GEMM with a ones vector). Weights are one tile (a convolution needs all o
 from __future__ import annotations
 
 from programs.compiler.emit import E_DZ, E_T0, Asm, efit, rq
-from programs.compiler.exps import X_B, X_IN
+from programs.compiler.exps import X_IN
 from programs.compiler.layers.base import (
     Lowering,
     act_in,
+    add_bias,
     bias_backward,
+    image_label,
     in_exp,
+    input_grad,
     layer_geometry,
     quantize_dz,
     relu_mask,
@@ -22,7 +25,7 @@ from programs.compiler.layers.base import (
     tile_out,
     update,
 )
-from programs.compiler.layout import Grad, Layout, Param
+from programs.compiler.layout import Grad, Layout
 
 
 class Conv(Lowering):
@@ -30,12 +33,6 @@ class Conv(Lowering):
         """M = B OH OW."""
         _, oh, ow = self.layer.out_shape
         return b * oh * ow
-
-    def params(self, weight_exp: int) -> list[Param]:
-        ps = [Param(self.layer, False, weight_exp)]
-        if self.layer.bias:
-            ps.append(Param(self.layer, True, weight_exp))
-        return ps
 
     def plan_acts(self, lay: Layout, b: int) -> None:
         p, n = self.layer.pos, self.layer.out_size * b
@@ -62,10 +59,8 @@ class Conv(Lowering):
         layer, b = self.layer, lay.spec.batch_size
         l = layer.pos
         sp, acc = lay.sp, lay.acc
-        c, h, w = layer.in_shape
-        f, oh, ow = layer.out_shape
-        asm.label(f"{prefix}.fwd.l{l}", f"layer {l}: {layer.describe()}, {c}x{h}x{w} -> "
-                  f"{f}x{oh}x{ow}")
+        f = layer.units
+        image_label(asm, prefix, layer)
         w_param = lay.param_of(layer)
         wt = tile_in(asm, lay, w_param, 0, layer.fan_in, with_state=False)["W"]
         # z [M, F] = col(X) [M, K] @ W [K, F]
@@ -73,9 +68,7 @@ class Conv(Lowering):
         lay.exps.add(asm, E_T0, w_param.ename, in_exp(layer), X_IN)
         m = self.pixels(b)
         if layer.bias:
-            eb = lay.exps.load(asm, f"b{l}", X_B)
-            r = [asm.const(v, set()) for v in (acc["Z"], sp[f"B{l}"], m, f)]
-            asm.raw(f"vbias r{r[0]}, r{r[1]}, r{r[2]}, r{r[3]}, e{E_T0}, e{eb}, dt=i8")
+            add_bias(asm, lay, layer, m, f)
         e_out = lay.exps.target(self.out_exp)
         efit(asm, e_out, acc["Z"], m * f, E_T0, "i8")
         rq(asm, sp[f"A{l}"], acc["Z"], m * f, e_out, E_T0, "nearest", "i8",
@@ -107,15 +100,7 @@ class Conv(Lowering):
         tile_out(asm, lay, w_param, 0, layer.fan_in)
         if layer.bias:
             bias_backward(asm, lay, lay.param_of(layer, bias=True), False, m, f)
-        if not need_dx:
-            return None
-        name = w_param.ename
-
-        def exp(asm: Asm) -> int:
-            lay.exps.add(asm, E_T0, name, E_DZ)
-            return E_T0
-
-        return Grad("acc", acc["DA"], exp)
+        return input_grad(lay, w_param) if need_dx else None
 
     def skip_factor(self, need_dx: bool) -> int:
         return self.layer.fan_in * (2 if need_dx else 1) + (1 if self.layer.bias else 0)

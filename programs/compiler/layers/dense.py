@@ -26,12 +26,14 @@ from programs.compiler.emit import (
     efit,
     rq,
 )
-from programs.compiler.exps import X_B, X_IN
+from programs.compiler.exps import X_IN
 from programs.compiler.layers.base import (
     Lowering,
     act_in,
+    add_bias,
     bias_backward,
     in_exp,
+    input_grad,
     quantize_dz,
     relu_mask,
     tile_in,
@@ -39,7 +41,7 @@ from programs.compiler.layers.base import (
     transpose,
     update,
 )
-from programs.compiler.layout import Grad, Layout, Param
+from programs.compiler.layout import Grad, Layout
 
 
 def _row_tiles(rows: int, tile: int) -> list[tuple[int, int]]:
@@ -71,12 +73,6 @@ class Dense(Lowering):
     def produces_s(self) -> bool:
         """Whether the natural output layout is sample-major (computed as z = a W)."""
         return self.layer.bias
-
-    def params(self, weight_exp: int) -> list[Param]:
-        ps = [Param(self.layer, False, weight_exp)]
-        if self.layer.bias:
-            ps.append(Param(self.layer, True, weight_exp))
-        return ps
 
     def plan_acts(self, lay: Layout, b: int) -> None:
         p = self.layer.pos
@@ -125,9 +121,7 @@ class Dense(Lowering):
                 asm.op("gemm", acc["Z"], a_in + k0 * b, w, b, k1 - k0, n_out, **kw)
         lay.exps.add(asm, E_T0, w_param.ename, in_exp(layer), X_IN)
         if layer.bias:
-            eb = lay.exps.load(asm, f"b{l}", X_B)
-            r = [asm.const(v, set()) for v in (acc["Z"], sp[f"B{l}"], b, n_out)]
-            asm.raw(f"vbias r{r[0]}, r{r[1]}, r{r[2]}, r{r[3]}, e{E_T0}, e{eb}, dt=i8")
+            add_bias(asm, lay, layer, b, n_out)
         count = n_out * b
         if not self.last:
             e_out = lay.exps.target(self.out_exp)
@@ -193,15 +187,7 @@ class Dense(Lowering):
         if layer.bias:
             bias_backward(asm, lay, lay.param_of(layer, bias=True), not self.out_s,
                           b if self.out_s else n_out, n_out if self.out_s else b)
-        if not need_dx:
-            return None
-        name = w_param.ename
-
-        def exp(asm: Asm) -> int:
-            lay.exps.add(asm, E_T0, name, E_DZ)
-            return E_T0
-
-        return Grad("acc", acc["DA"], exp)
+        return input_grad(lay, w_param) if need_dx else None
 
     def skip_factor(self, need_dx: bool) -> int:
         return self.n_in * (2 if need_dx else 1) + (1 if self.layer.bias else 0)

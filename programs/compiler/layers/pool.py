@@ -20,6 +20,7 @@ from programs.compiler.layers.base import (
     POOL_MUL_BITS,
     Lowering,
     act_in,
+    image_label,
     in_exp,
     layer_geometry,
 )
@@ -60,10 +61,7 @@ class Pool(Lowering):
         layer, b = self.layer, lay.spec.batch_size
         l = layer.pos
         sp, acc = lay.sp, lay.acc
-        c, h, w = layer.in_shape
-        _, oh, ow = layer.out_shape
-        asm.label(f"{prefix}.fwd.l{l}", f"layer {l}: {layer.describe()}, {c}x{h}x{w} -> "
-                  f"{c}x{oh}x{ow}")
+        image_label(asm, prefix, layer)
         geo = list(layer_geometry(layer, b))
         if self.is_max:
             train = prefix == "train"
