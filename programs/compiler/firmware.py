@@ -243,7 +243,10 @@ def _plan(spec: ModelSpec, cfg: Config) -> Layout:
         sp.check("use a larger scratchpad or narrower layers", need=sp.top + reserve + per_row,
                  what="one row of the widest weight matrix in tiles, with the buffers,")
     lay.streamed = streamed
-    lay.tiles = {low.layer.pos: low.tiles(tile_rows) for low in lows if low.layer.is_weight}
+    # tiles of at most tile_rows rows of the widest layer, in elements: narrower layers take
+    # more rows
+    lay.tiles = {low.layer.pos: low.tiles(tile_rows * widest) for low in lows
+                 if low.layer.is_weight}
     _choose_layouts(lay)
     tmax = max((k1 - k0) * low.layer.units for low in lows if low.layer.is_weight
                for k0, k1 in lay.tiles[low.layer.pos])

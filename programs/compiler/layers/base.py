@@ -71,7 +71,10 @@ class Lowering:
         """Elements of a scratchpad-resident gradient this layer hands down (for TMP)."""
         return 0
 
-    def tiles(self, tile_rows: int) -> list[tuple[int, int]]:
+    def tiles(self, budget: int) -> list[tuple[int, int]]:
+        """Row ranges of the weights processed at once, each at most ``budget`` elements when
+        the layer allows splitting (the accumulator holds one tile of dW; streamed weights pass
+        through tile buffers of that size)."""
         return []
 
     # --------------------------------------------------------------- emission

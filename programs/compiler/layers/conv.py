@@ -49,8 +49,8 @@ class Conv(Lowering):
     def mask_size(self, b: int) -> int:
         return self.layer.out_size * b if self.layer.relu else 0
 
-    def tiles(self, tile_rows: int) -> list[tuple[int, int]]:
-        return [(0, self.layer.fan_in)]
+    def tiles(self, budget: int) -> list[tuple[int, int]]:
+        return [(0, self.layer.fan_in)]  # the instruction needs all of W
 
     def _geo(self, asm: Asm, b: int) -> list[int]:
         return list(layer_geometry(self.layer, b))

@@ -92,8 +92,8 @@ class Dense(Lowering):
     def mask_size(self, b: int) -> int:
         return self.n_out * b if self.layer.relu else 0
 
-    def tiles(self, tile_rows: int) -> list[tuple[int, int]]:
-        return _row_tiles(self.n_in, min(tile_rows, self.n_in))
+    def tiles(self, budget: int) -> list[tuple[int, int]]:
+        return _row_tiles(self.n_in, min(max(1, budget // self.n_out), self.n_in))
 
     # ------------------------------------------------------------------ forward
     def forward(self, asm: Asm, lay: Layout, prefix: str) -> None:
