@@ -7,7 +7,7 @@ separately, so it cannot drift from the events it is made of.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -38,6 +38,8 @@ COUNTER_DOCS: dict[str, str] = {
     "dma_stall_cycles": "cycles waiting for the DMA engine (dma.overlap: engine busy or hazard)",
     "gemm_a_rd_bytes": "scratchpad bytes the matrix unit read for operand A (in spad_rd_bytes)",
     "gemm_b_rd_bytes": "scratchpad bytes the matrix unit read for operand B (in spad_rd_bytes)",
+    "array_cycles": "cycles the MAC array is busy with matrix instructions (after zero-skip "
+                    "savings; DMA stalls excluded)",
 }
 COUNTERS: tuple[str, ...] = tuple(COUNTER_DOCS)
 N_COUNTERS = len(COUNTERS)
@@ -47,7 +49,33 @@ IDX: dict[str, int] = {n: i for i, n in enumerate(COUNTERS)}
     INSTRUCTIONS, CYCLES, MACS, MACS_SKIPPED, MAC_OPS, MAC_PASSES, SPAD_RD, SPAD_WR, ACC_RD,
     ACC_WR, DRAM_RD, DRAM_WR, ALU_OPS, ALU_PASSES, ALU_MUL_PASSES, RQ_ELEMS, RNG_DRAWS,
     ACC_OVERFLOWS, SATURATIONS, SKIP_CYCLES_SAVED, DMA_STALL_CYCLES, GEMM_A_RD, GEMM_B_RD,
+    ARRAY_CYCLES,
 ) = range(N_COUNTERS)
+
+# derived metrics (ratios of counters; docs/timing.md "Array utilization"): name -> meaning
+DERIVED_DOCS: dict[str, str] = {
+    "array_utilization": "useful MAC-cycles / array-cycles: mac_ops / (rows x cols x "
+                         "array_cycles), 0 with no matrix work",
+    "array_utilization_run": "mac_ops / (rows x cols x cycles): the array's share of the "
+                             "whole run's peak",
+}
+
+
+def derived(counts: np.ndarray, cfg: Config) -> dict[str, float]:
+    """The derived metrics of one counter vector (or the column sums of a matrix).
+
+    A *useful MAC-cycle* is one PE performing one 8-bit multiply-accumulate that is not
+    skipped (``mac_ops``: performed MACs x byte-passes); *array-cycles* are ``rows x cols`` PE
+    slots for every cycle the array is busy (``array_cycles``). Both ratios lie in [0, 1]."""
+    c = np.asarray(counts, dtype=np.int64)
+    if c.ndim == 2:
+        c = c.sum(axis=0)
+    pes = cfg.macs_per_cycle
+    busy, run = int(c[ARRAY_CYCLES]), int(c[CYCLES])
+    return {
+        "array_utilization": float(c[MAC_OPS]) / (pes * busy) if busy else 0.0,
+        "array_utilization_run": float(c[MAC_OPS]) / (pes * run) if run else 0.0,
+    }
 
 ENERGY_COMPONENTS = (
     "multiply", "accumulate", "scratchpad", "accumulator", "dram", "rng", "alu", "control",
@@ -83,10 +111,11 @@ def energy_pj(counts: np.ndarray, cfg: Config) -> float:
 
 @dataclass(frozen=True)
 class Summary:
-    """Totals of one run: every counter plus energy."""
+    """Totals of one run: every counter, energy, and the derived metrics (utilization)."""
 
     totals: dict[str, int]
     energy: dict[str, float]
+    derived: dict[str, float] = field(default_factory=dict)
 
     @property
     def energy_pj(self) -> float:
@@ -96,6 +125,7 @@ class Summary:
         d: dict[str, object] = dict(self.totals)
         d["energy_pj"] = self.energy_pj
         d["energy_breakdown_pj"] = dict(self.energy)
+        d.update(self.derived)
         return d
 
 
@@ -103,4 +133,5 @@ def summarize(counts: np.ndarray, cfg: Config) -> Summary:
     c = np.asarray(counts, dtype=np.int64)
     if c.ndim == 2:
         c = c.sum(axis=0)
-    return Summary({n: int(c[i]) for i, n in enumerate(COUNTERS)}, energy_breakdown(c, cfg))
+    return Summary({n: int(c[i]) for i, n in enumerate(COUNTERS)}, energy_breakdown(c, cfg),
+                   derived(c, cfg))

@@ -258,7 +258,8 @@ def _gemm_case(flags: str, sa: bool, sb: bool, acc: bool) -> Case:
     macs = m_ * k_ * n_ - skipped
     # WS 4x4: X = K = 5 (2 folds), Y = N = 2 (1 fold), S = M = 3, F = 2*4 + 4 - 2 = 10
     # A read M*K*ceil(N/C) = 15, B read K*N = 10; partial sums M*N*ceil(K/R) = 12 entries
-    counts = {"instructions": 1, "cycles": 2 * (10 + 3), "macs": macs, "mac_ops": macs,
+    counts = {"instructions": 1, "cycles": 2 * (10 + 3), "array_cycles": 2 * (10 + 3),
+              "macs": macs, "mac_ops": macs,
               "mac_passes": 1, "spad_rd_bytes": 25, "gemm_a_rd_bytes": 15,
               "gemm_b_rd_bytes": 10, "acc_wr_bytes": 12 * 4,
               "acc_rd_bytes": (12 - 6 + (6 if acc else 0)) * 4}

@@ -134,12 +134,21 @@ def _cmd_isa(args) -> int:
     return 0
 
 
+def _hw_config(args):
+    """The hardware config of a command: ``--config`` (or the defaults) with its ``--set``
+    overrides (``hw.`` keys only: run and profile have no model)."""
+    from emulator.config import load_config
+    from programs.sweep.overrides import apply, parse_sets
+
+    cfg, _ = apply(load_config(args.config), None, parse_sets(args.set))
+    return cfg
+
+
 def _prepare(args):
     """Config, program and a machine with every --load applied (shared by run and profile)."""
-    from emulator.config import load_config
     from emulator.machine import Machine
 
-    cfg = load_config(args.config)
+    cfg = _hw_config(args)
     prog = load_program(args.program)
     m = Machine(cfg, prog, datapath=args.datapath)
     for spec in args.load or []:
@@ -235,7 +244,7 @@ def _cmd_train(args) -> int:
         _, extra = load(args.resume)
         if extra.get("kind") != "lpemu-train":
             raise UsageError("not a training checkpoint", f"--resume {args.resume}")
-        if args.model or args.config or args.epochs is not None:
+        if args.model or args.config or args.epochs is not None or args.set:
             raise UsageError("a resumed run takes its model, config and epochs from the "
                              "checkpoint; do not pass them", f"--resume {args.resume}")
         if not all(isinstance(extra.get(k), dict) for k in ("model", "config", "host")):
@@ -244,8 +253,10 @@ def _cmd_train(args) -> int:
         spec = spec_from_dict(extra["model"], args.resume)
         cfg = config_from_dict(extra["config"], args.resume)
     else:
-        cfg = load_config(args.config)
-        spec = load_model(args.model)
+        from programs.sweep.overrides import apply, parse_sets
+
+        cfg, spec = apply(load_config(args.config), load_model(args.model),
+                          parse_sets(args.set))
     if args.epochs is not None:
         if args.epochs < 1:
             raise UsageError("must be >= 1", "--epochs")
@@ -266,7 +277,14 @@ def _cmd_experiment(args) -> int:
 
     if args.name not in EXPERIMENTS:
         raise UsageError(f"unknown experiment; choose from {', '.join(EXPERIMENTS)}", args.name)
-    cfg = load_config(args.config)
+    from programs.compiler.spec import load_model
+    from programs.sweep.overrides import apply, parse_sets
+
+    sets = parse_sets(args.set)
+    if args.name == "perceptron" and any(k.startswith("model.") for k, _ in sets):
+        raise UsageError("the perceptron experiment has no model spec: only hw. keys apply",
+                         "--set")
+    cfg, base = apply(load_config(args.config), load_model(None), sets)
     out = Path(args.out)
     from rich.console import Console
     from rich.table import Table
@@ -280,7 +298,7 @@ def _cmd_experiment(args) -> int:
             runs += 1
             status.update(f"running experiment {args.name}: {what} (part {runs})")
 
-        rows = run_experiment(args.name, cfg, out, quick=args.quick, note=note)
+        rows = run_experiment(args.name, cfg, out, quick=args.quick, note=note, base=base)
     t = Table(title=args.name)
     for c in rows[0]:
         t.add_column(c, justify="right")
@@ -303,6 +321,13 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+def _set_arg(p: argparse.ArgumentParser, model: bool = True) -> None:
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a hardware config key (hw.array.rows=32)"
+                   + (" or a model spec key (model.update.lr=0.01)" if model else "")
+                   + "; VALUE is YAML (repeatable, later wins)")
+
+
 def _machine_args(p: argparse.ArgumentParser) -> None:
     """Arguments shared by ``run`` and ``profile``: program, config, inputs, budgets."""
     p.add_argument("program", help="assembly (.s) or binary program")
@@ -314,6 +339,7 @@ def _machine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps", type=int, default=None, help="step budget (config default)")
     p.add_argument("--max-cycles", type=int, default=None, help="cycle budget (config default)")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    _set_arg(p, model=False)
 
 
 def _trace_args(p: argparse.ArgumentParser, what: str) -> None:
@@ -366,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model on the emulated chip (default: digits MLP)")
     t.add_argument("model", nargs="?", help="model spec YAML (default: configs/digits_mlp.yaml)")
     t.add_argument("--config", help="hardware config YAML (default: built-in defaults)")
+    _set_arg(t)
     t.add_argument("--json", metavar="OUT", help="write results and counters as JSON")
     t.add_argument("--epochs", type=int, help="override the spec's epoch count")
     t.add_argument("--emit-asm", metavar="FILE", help="write the compiled firmware")
@@ -390,6 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("name", help="lazy-update, qbp-sweep, classifier-width, perceptron, "
                    "update-modes")
     x.add_argument("--config", help="hardware config YAML (default: built-in defaults)")
+    _set_arg(x)
     x.add_argument("--out", default="out/experiments", help="output directory")
     x.add_argument("--quick", action="store_true", help="a smaller sweep")
     x.set_defaults(fn=_cmd_experiment)

@@ -18,7 +18,13 @@ from typing import Any
 import numpy as np
 
 from emulator.config import Config
-from emulator.counters import COUNTERS, ENERGY_COMPONENTS, INSTRUCTIONS, energy_breakdown
+from emulator.counters import (
+    COUNTERS,
+    ENERGY_COMPONENTS,
+    INSTRUCTIONS,
+    derived,
+    energy_breakdown,
+)
 from emulator.machine import Machine
 from isa.asm import format_instruction
 from isa.spec import TABLE
@@ -91,6 +97,7 @@ def _row(c: np.ndarray, cfg: Config) -> dict[str, Any]:
     d: dict[str, Any] = {n: int(c[i]) for i, n in enumerate(COUNTERS)}
     d["energy_pj"] = float(sum(en.values()))
     d.update({f"energy_{k}_pj": v for k, v in en.items()})
+    d.update(derived(c, cfg))
     return d
 
 
@@ -156,6 +163,8 @@ def print_profile(rows: list[dict[str, Any]], tot: dict[str, Any], by: str,
         ("MACs", lambda r: f"{r['macs']:,}"),
         ("skipped", lambda r: f"{r['macs_skipped']:,}"),
         ("cyc saved", lambda r: f"{r['skip_cycles_saved']:,}"),
+        ("util %", lambda r: f"{100 * r['array_utilization']:.1f}" if r["array_cycles"]
+         else "-"),
         ("DRAM B", lambda r: f"{r['dram_rd_bytes'] + r['dram_wr_bytes']:,}"),
         ("uJ", lambda r: f"{r['energy_pj'] / 1e6:,.3f}"),
         ("E %", lambda r: f"{100 * r['energy_pj'] / en:.1f}"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from emulator.counters import COUNTER_DOCS, COUNTERS, Summary
+from emulator.counters import COUNTER_DOCS, COUNTERS, DERIVED_DOCS, Summary
 from emulator.machine import Machine
 
 
@@ -49,6 +49,8 @@ def print_summary(m: Machine, summary: Summary, by_instruction: bool = False) ->
     for name in COUNTERS:
         t.add_row(name, _fmt(summary.totals[name]), COUNTER_DOCS[name])
     t.add_row("energy_pj", _fmt(summary.energy_pj), "energy = events x config energy table")
+    for name, value in summary.derived.items():
+        t.add_row(name, f"{100 * value:.2f}%", DERIVED_DOCS[name])
     con.print(t)
     e = Table(title="energy by component (pJ)")
     e.add_column("component")

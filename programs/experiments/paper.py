@@ -50,9 +50,10 @@ def _silent(_: str) -> None:
     pass
 
 
-def lazy_update(cfg: Config, quick: bool, note: Note = _silent) -> list[Row]:
+def lazy_update(cfg: Config, quick: bool, note: Note = _silent,
+                base: ModelSpec | None = None) -> list[Row]:
     """Float32 reference vs INT8 plain vs INT8 lazy on digits, over learning rates (001 sec. 2)."""
-    base = ModelSpec()
+    base = base or ModelSpec()
     data = digits(base.seed)
     rows = []
     for lr in (0.01, 0.02) if quick else (0.01, 0.02, 0.05, 0.1):
@@ -68,9 +69,10 @@ def lazy_update(cfg: Config, quick: bool, note: Note = _silent) -> list[Row]:
     return rows
 
 
-def qbp_sweep(cfg: Config, quick: bool, note: Note = _silent) -> list[Row]:
+def qbp_sweep(cfg: Config, quick: bool, note: Note = _silent,
+              base: ModelSpec | None = None) -> list[Row]:
     """Accuracy vs gradient sparsity over QBP steps and dither modes (004 Fig. 6.3, Table 6.1)."""
-    base = ModelSpec()
+    base = base or ModelSpec()
     data = digits(base.seed)
     note("no QBP")
     no_qbp = chip_run(with_overrides(base, **{"qbp.step_log2": None}), cfg, data)
@@ -90,19 +92,21 @@ def qbp_sweep(cfg: Config, quick: bool, note: Note = _silent) -> list[Row]:
     return rows
 
 
-def classifier_spec(classes: int, bits: int, epochs: int) -> ModelSpec:
-    return with_overrides(ModelSpec(), **{
+def classifier_spec(classes: int, bits: int, epochs: int,
+                    base: ModelSpec | None = None) -> ModelSpec:
+    return with_overrides(base or ModelSpec(), **{
         "name": f"synthetic-{classes}", "dataset": "synthetic", "layers": [64, 100, classes],
         "bits.classifier": bits, "epochs": epochs, "update.lr": 0.05, "qbp.step_log2": None})
 
 
-def classifier_width(cfg: Config, quick: bool, note: Note = _silent) -> list[Row]:
+def classifier_width(cfg: Config, quick: bool, note: Note = _silent,
+                     base: ModelSpec | None = None) -> list[Row]:
     """Round-off of dL/ds vs classifier width and class count on a synthetic task (001 sec. 3)."""
     rows = []
     for classes in (10, 100) if quick else (10, 30, 100):
         data = synthetic(classes=classes, features=64, seed=0)
         for bits in (8, 16) if quick else (6, 8, 10, 12, 16):
-            spec = classifier_spec(classes, bits, epochs=5 if quick else 10)
+            spec = classifier_spec(classes, bits, epochs=5 if quick else 10, base=base)
             note(f"{classes} classes, INT{bits} classifier")
             r = chip_run(spec, cfg, data)
             rows.append({
@@ -118,7 +122,8 @@ def classifier_width(cfg: Config, quick: bool, note: Note = _silent) -> list[Row
     return rows
 
 
-def perceptron(cfg: Config, quick: bool, note: Note = _silent) -> list[Row]:
+def perceptron(cfg: Config, quick: bool, note: Note = _silent,
+               base: ModelSpec | None = None) -> list[Row]:
     """The Perceptron program vs an exact integer Perceptron on integer data (000 Theorem 2)."""
     from programs.experiments.perceptron import exact_perceptron, run_perceptron
 
@@ -142,9 +147,10 @@ def perceptron(cfg: Config, quick: bool, note: Note = _silent) -> list[Row]:
     return rows
 
 
-def update_modes(cfg: Config, quick: bool, note: Note = _silent) -> list[Row]:
+def update_modes(cfg: Config, quick: bool, note: Note = _silent,
+                 base: ModelSpec | None = None) -> list[Row]:
     """Stochastic rounding vs shadow copy vs lazy vs plain at a small learning rate (002)."""
-    base = with_overrides(ModelSpec(), **{"update.lr": 0.01})
+    base = with_overrides(base or ModelSpec(), **{"update.lr": 0.01})
     data = digits(base.seed)
     rows = []
     ref = None
@@ -158,7 +164,7 @@ def update_modes(cfg: Config, quick: bool, note: Note = _silent) -> list[Row]:
     return rows
 
 
-EXPERIMENTS: dict[str, Callable[[Config, bool, Note], list[Row]]] = {
+EXPERIMENTS: dict[str, Callable[..., list[Row]]] = {
     "lazy-update": lazy_update,
     "qbp-sweep": qbp_sweep,
     "classifier-width": classifier_width,
@@ -244,9 +250,11 @@ def plot(name: str, rows: list[Row], path: Path) -> Path | None:
 
 
 def run_experiment(name: str, cfg: Config, out: Path, quick: bool = False,
-                   note: Note = _silent) -> list[Row]:
-    """Run one experiment; ``note`` is told what each run is before it starts."""
-    rows = EXPERIMENTS[name](cfg, quick, note)
+                   note: Note = _silent, base: ModelSpec | None = None) -> list[Row]:
+    """Run one experiment; ``note`` is told what each run is before it starts. ``base`` is the
+    model every run starts from (default: the digits MLP); the keys an experiment varies are
+    set on top of it."""
+    rows = EXPERIMENTS[name](cfg, quick, note, base)
     write_outputs(name, rows, out)
     return rows
 

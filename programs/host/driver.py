@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from emulator.config import Config
-from emulator.counters import COUNTERS, IDX, energy_breakdown
+from emulator.counters import COUNTERS, IDX, derived, energy_breakdown
 from emulator.errors import CheckpointError
 from emulator.machine import Machine
 from isa.asm import assemble
@@ -363,6 +363,7 @@ class ChipTrainer:
             d.update({n: int(c[i]) for i, n in enumerate(COUNTERS)})
             d["energy_pj"] = float(sum(en.values()))
             d.update({f"energy_{k}_pj": v for k, v in en.items()})
+            d.update(derived(c, self.cfg))
             out.append(d)
         return out
 
