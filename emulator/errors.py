@@ -6,8 +6,10 @@ from isa.errors import (  # noqa: F401
     BudgetExceeded,
     CheckpointError,
     ConfigError,
+    CountOnlyError,
     ExecutionError,
     LpemuError,
     MemoryAccessError,
+    SweepError,
     UsageError,
 )

@@ -150,7 +150,16 @@ def _prepare(args):
 
     cfg = _hw_config(args)
     prog = load_program(args.program)
-    m = Machine(cfg, prog, datapath=args.datapath)
+    if args.count_only:
+        from emulator.countonly import CountOnlyMachine
+
+        if args.datapath != "fast":
+            raise UsageError("count-only mode runs no datapath", "--datapath")
+        if getattr(args, "dump", None):
+            raise UsageError("count-only mode computes no values to dump", "--dump")
+        m = CountOnlyMachine(cfg, prog)
+    else:
+        m = Machine(cfg, prog, datapath=args.datapath)
     for spec in args.load or []:
         file, addr = parse_load(spec)
         try:
@@ -321,6 +330,12 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+def _cmd_sweep(args) -> int:
+    from programs.sweep import command
+
+    return command(args)
+
+
 def _set_arg(p: argparse.ArgumentParser, model: bool = True) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a hardware config key (hw.array.rows=32)"
@@ -336,6 +351,9 @@ def _machine_args(p: argparse.ArgumentParser) -> None:
                    help="copy an array's bytes into DRAM before running (repeatable)")
     p.add_argument("--datapath", choices=("fast", "reference"), default="fast",
                    help="fast kernels (default) or the slow reference model")
+    p.add_argument("--count-only", action="store_true",
+                   help="counters from the closed forms without running the datapath; refused "
+                   "where a counter depends on values (docs/timing.md)")
     p.add_argument("--max-steps", type=int, default=None, help="step budget (config default)")
     p.add_argument("--max-cycles", type=int, default=None, help="cycle budget (config default)")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
@@ -421,6 +439,24 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", default="out/experiments", help="output directory")
     x.add_argument("--quick", action="store_true", help="a smaller sweep")
     x.set_defaults(fn=_cmd_experiment)
+
+    s = sub.add_parser("sweep", help="design-space exploration on Dask (docs/sweep.md)")
+    s.add_argument("file", help="sweep file (YAML): what each point runs, axes, seeds, metrics")
+    s.add_argument("--out", help="results folder (default out/sweeps/<name>); finished "
+                   "points there are skipped")
+    _set_arg(s)
+    s.add_argument("--scheduler", metavar="ADDRESS",
+                   help="submit to a running Dask scheduler (tcp://host:8786) instead of an "
+                   "embedded LocalCluster")
+    s.add_argument("--workers", type=int, metavar="N",
+                   help="LocalCluster worker processes (default: one per core; 0: run in "
+                   "this process without Dask)")
+    s.add_argument("--retries", type=int, default=2, metavar="N",
+                   help="re-run a task that raised up to N times (default 2)")
+    s.add_argument("--plot", action="store_true",
+                   help="write pareto.png and axis_<key>.png (needs lpemu[plot])")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar or table")
+    s.set_defaults(fn=_cmd_sweep)
     return p
 
 

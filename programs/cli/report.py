@@ -29,7 +29,13 @@ def run_report(m: Machine, summary: Summary) -> dict[str, Any]:
     d["per_label"] = per_label(m)
     d["per_instruction"] = per_instruction(m)
     d["config"] = m.cfg.to_dict()
-    d["state_digest"] = m.digest()
+    if getattr(m, "count_only", False):  # values were not computed: no digest, no value events
+        from emulator.countonly import UNCOUNTED
+
+        d.update({k: None for k in UNCOUNTED})
+        d["count_only"], d["state_digest"] = True, None
+    else:
+        d["count_only"], d["state_digest"] = False, m.digest()
     return d
 
 
@@ -46,8 +52,12 @@ def print_summary(m: Machine, summary: Summary, by_instruction: bool = False) ->
     t.add_column("counter")
     t.add_column("total", justify="right")
     t.add_column("meaning", style="dim")
+    from emulator.countonly import UNCOUNTED
+
+    uncounted = UNCOUNTED if getattr(m, "count_only", False) else ()
     for name in COUNTERS:
-        t.add_row(name, _fmt(summary.totals[name]), COUNTER_DOCS[name])
+        t.add_row(name, "n/a (count-only)" if name in uncounted else _fmt(summary.totals[name]),
+                  COUNTER_DOCS[name])
     t.add_row("energy_pj", _fmt(summary.energy_pj), "energy = events x config energy table")
     for name, value in summary.derived.items():
         t.add_row(name, f"{100 * value:.2f}%", DERIVED_DOCS[name])
