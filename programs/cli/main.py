@@ -210,6 +210,11 @@ def _cmd_profile(args) -> int:
     m.run(max_steps=args.max_steps, max_cycles=args.max_cycles)
     rows = profile.by_instruction(m) if args.by == "instruction" else profile.by_label(m)
     tot = profile.total(m)
+    if getattr(m, "count_only", False):  # value events are not counted in count-only mode
+        from emulator.countonly import UNCOUNTED
+
+        for r in [*rows, tot]:
+            r.update({k: None for k in UNCOUNTED})
     if args.json:
         Path(args.json).write_text(json.dumps(
             {"program": m.program.name, "by": args.by, "rows": rows, "total": tot,

@@ -29,6 +29,7 @@ from programs.sweep.schema import SweepSpec
 from programs.sweep.store import KEY, ResultStore
 
 DEFAULT_RETRIES = 2
+CONNECT_TIMEOUT = "10s"
 
 
 @dataclass
@@ -81,7 +82,7 @@ def _local_client(workers: int) -> Iterator[Any]:
     environ.update({v: 1 for v in THREAD_VARS})
     with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None, silence_logs=logging.ERROR)
+                               dashboard_address=":0", silence_logs=logging.ERROR)
     try:
         with Client(cluster) as client:
             yield client
@@ -94,7 +95,7 @@ def _remote_client(address: str) -> Iterator[Any]:
     from distributed import Client
 
     try:
-        client = Client(address, timeout="10s")
+        client = Client(address, timeout=CONNECT_TIMEOUT)
     except (OSError, TimeoutError) as e:
         raise SweepError(f"cannot reach the Dask scheduler: {e}", address) from None
     try:
