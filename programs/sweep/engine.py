@@ -23,12 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from emulator.errors import SweepError
-from programs.sweep.metrics import default_metrics
+from programs.sweep.metrics import VALUE_COUNTERS, default_metrics
 from programs.sweep.point import THREAD_VARS, Point, lpemu_version, resolve, run_point
 from programs.sweep.schema import SweepSpec
 from programs.sweep.store import KEY, ResultStore
 
 DEFAULT_RETRIES = 2
+NULLABLE = VALUE_COUNTERS + ("state_digest",)  # may be null in an ok row (count-only)
 CONNECT_TIMEOUT = "10s"
 
 
@@ -125,7 +126,7 @@ def run(sweep: SweepSpec, out: str | Path, sets: list[tuple[str, Any]] | None = 
             res.duplicates += 1
             continue
         seen.add(p.point_id)
-        if store.finished(p.point_id, metrics):
+        if store.finished(p.point_id, metrics, NULLABLE):
             res.skipped += 1
         elif p.payload is None:  # an invalid assignment: its typed error is its result
             assert p.error is not None

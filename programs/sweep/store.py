@@ -85,12 +85,15 @@ class ResultStore:
         for r in table.to_pylist():
             self.rows[r[KEY]] = r
 
-    def finished(self, point_id: str, metrics: list[str]) -> bool:
-        """A row exists, finished (ok or a typed error), and holds every wanted metric."""
+    def finished(self, point_id: str, metrics: list[str],
+                 nullable: tuple[str, ...] = ()) -> bool:
+        """A row exists, finished (ok or a typed error), and holds every wanted metric (a
+        value, or null where ``nullable`` allows: metrics count-only mode does not produce)."""
         r = self.rows.get(point_id)
         if r is None or r.get("status") not in DONE_STATUSES:
             return False
-        return r["status"] == "error" or all(m in r for m in metrics)
+        return r["status"] == "error" or all(
+            m in r and (r[m] is not None or m in nullable) for m in metrics)
 
     def add(self, row: dict[str, Any]) -> None:
         """Store a row (replacing the one with its point_id) and rewrite the file atomically."""
