@@ -7,6 +7,7 @@ from isa.errors import (  # noqa: F401
     CheckpointError,
     ConfigError,
     CountOnlyError,
+    DatasetError,
     ExecutionError,
     LpemuError,
     MemoryAccessError,

@@ -145,7 +145,7 @@ class CountOnlyError(ExecutionError):
     """Count-only mode refused a program: at ``pc`` a counter (or a fault, or the control flow)
     depends on values that only running the datapath would produce (docs/timing.md)."""
 
-    exit_code = 11
+    exit_code = 12
     kind = "count-only refused"
 
     def __init__(self, message: str, pc: int, instruction: str = "") -> None:
@@ -160,7 +160,7 @@ class SweepError(LpemuError):
     """A sweep's results file cannot be used (unreadable, not a results table of lpemu), or
     the Dask cluster cannot be reached. Names the file or the scheduler address."""
 
-    exit_code = 12
+    exit_code = 13
     kind = "sweep error"
 
     def __init__(self, message: str, where: str) -> None:
@@ -169,3 +169,22 @@ class SweepError(LpemuError):
 
     def location(self) -> str:
         return self.where
+
+
+class DatasetError(LpemuError):
+    """A dataset file that cannot be used: missing, unreadable, truncated or malformed (IDX,
+    npz, gzip). Names the file, the npz member when there is one, and the byte offset of the
+    fault when one applies (for ``.gz`` files and npz members: the offset in the uncompressed
+    content)."""
+
+    exit_code = 11
+    kind = "dataset error"
+
+    def __init__(self, message: str, file: str, offset: int | None = None,
+                 member: str = "") -> None:
+        super().__init__(message)
+        self.file, self.offset, self.member = file, offset, member
+
+    def location(self) -> str:
+        loc = f"{self.file}:{self.member}" if self.member else self.file
+        return loc if self.offset is None else f"{loc}@byte {self.offset}"

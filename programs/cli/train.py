@@ -10,7 +10,7 @@ from typing import Any
 
 from emulator.config import Config
 from programs.compiler.spec import ModelSpec
-from programs.host.datasets import load
+from programs.host.datasets import load_for
 from programs.host.driver import ChipTrainer, EpochStats, classifier_bits_bound
 
 
@@ -43,12 +43,14 @@ def run_training(spec: ModelSpec, cfg: Config, json_out: str | None = None,
     warn = classifier_warning(spec)
     if warn:
         con.print(f"[yellow]warning:[/yellow] {warn}")
-    data = load(spec.dataset, spec.classes, spec.seed)
+    data = load_for(spec)
     if data.features != spec.layers[0] or data.classes != spec.classes:
         from emulator.errors import ConfigError
 
-        raise ConfigError(f"dataset {data.name} has {data.features} features and "
-                          f"{data.classes} classes; layers are {spec.layers}", "layers")
+        shape = "x".join(map(str, data.shape))
+        raise ConfigError(f"dataset {data.name} has {data.features} features (input shape "
+                          f"{shape}) and {data.classes} classes; layers are {spec.layers}",
+                          "layers")
     t0 = time.perf_counter()
     tr = ChipTrainer(spec, cfg, data)
     if resume:
@@ -92,17 +94,25 @@ def run_training(spec: ModelSpec, cfg: Config, json_out: str | None = None,
                 f"loss {st.loss:.3f}  train acc {100 * st.train_accuracy:.1f}%  "
                 f"dz sparsity {100 * st.mean_sparsity:.1f}%"))
     history: list[EpochStats] = tr.history
-    test_acc = tr.evaluate()
+    test_acc = tr.test_accuracy()
+    best = tr.best_epoch()
     wall = time.perf_counter() - t0
     summary = tr.m.summary()
-    ref = None
+    ref = ref_best = None
     if compare_float:
         from programs.host.float_ref import train_float
 
-        ref = train_float(spec, data, tr.float_init()).test_accuracy
+        fres = train_float(spec, data, tr.float_init())
+        ref, ref_best = fres.test_accuracy, fres.best_epoch
     rows = tr.breakdown()
-    t = Table(title=f"{spec.name} on the chip: test accuracy {100 * test_acc:.2f}%"
-              + (f" (float32 reference {100 * ref:.2f}%)" if ref is not None else ""))
+    at = ""
+    if best is not None:
+        at = (f" at best-validation epoch {best + 1} (validation "
+              f"{100 * history[best].validation_accuracy:.2f}%)")
+    t = Table(title=f"{spec.name} on the chip: test accuracy {100 * test_acc:.2f}%{at}"
+              + (f" (float32 reference {100 * ref:.2f}%"
+                 + (f" at its epoch {ref_best + 1}" if ref_best is not None else "") + ")"
+                 if ref is not None else ""))
     for col in ("layer", "phase", "cycles", "macs", "macs_skipped", "skipped %", "util %",
                 "energy uJ"):
         t.add_column(col, justify="left" if col in ("layer", "phase") else "right")
@@ -128,6 +138,12 @@ def run_training(spec: ModelSpec, cfg: Config, json_out: str | None = None,
         "model": spec.to_dict(),
         "test_accuracy": test_acc,
         "float_reference_accuracy": ref,
+        "dataset": {"name": data.name, "shape": list(data.shape),
+                    "input_exponent": tr.spec.input_exponent, "train": len(data.x_train),
+                    "validation": len(data.x_val) if data.has_validation else 0,
+                    "test": len(data.x_test)},
+        "best_epoch": best,
+        "float_reference_best_epoch": ref_best,
         "mean_gradient_sparsity": mean_sparsity,
         "classifier_bits_bound": classifier_bits_bound(spec.classes, spec.classifier_alpha),
         "classifier_warning": warn,

@@ -553,7 +553,12 @@ def compile_model(spec: ModelSpec, cfg: Config) -> tuple[str, Layout]:
     """Assembly text of the training/eval firmware and the memory layout it assumes.
 
     Two passes: the first finds which labels are branch targets, the second keeps constants
-    in temporaries across every other label (control only falls through those)."""
+    in temporaries across every other label (control only falls through those).
+    ``spec.input_exponent`` must be resolved (the host driver puts in the dataset's grid when
+    the spec leaves it null)."""
+    if spec.input_exponent is None:
+        raise ConfigError("null input_exponent: compile needs the dataset's input exponent "
+                          "(the training driver fills it in)", "input_exponent")
     first, _ = _compile(spec, cfg, None)
     return _compile(spec, cfg, branch_targets(first))
 

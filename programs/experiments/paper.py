@@ -54,7 +54,7 @@ def lazy_update(cfg: Config, quick: bool, note: Note = _silent,
                 base: ModelSpec | None = None) -> list[Row]:
     """Float32 reference vs INT8 plain vs INT8 lazy on digits, over learning rates (001 sec. 2)."""
     base = base or ModelSpec()
-    data = digits(base.seed)
+    data = digits(base.data_seed)
     rows = []
     for lr in (0.01, 0.02) if quick else (0.01, 0.02, 0.05, 0.1):
         spec = with_overrides(base, **{"update.lr": lr})
@@ -73,7 +73,7 @@ def qbp_sweep(cfg: Config, quick: bool, note: Note = _silent,
               base: ModelSpec | None = None) -> list[Row]:
     """Accuracy vs gradient sparsity over QBP steps and dither modes (004 Fig. 6.3, Table 6.1)."""
     base = base or ModelSpec()
-    data = digits(base.seed)
+    data = digits(base.data_seed)
     note("no QBP")
     no_qbp = chip_run(with_overrides(base, **{"qbp.step_log2": None}), cfg, data)
     rows = [{"step_log2": "none (dynamic)", "dither": "-", "test_accuracy":
@@ -151,7 +151,7 @@ def update_modes(cfg: Config, quick: bool, note: Note = _silent,
                  base: ModelSpec | None = None) -> list[Row]:
     """Stochastic rounding vs shadow copy vs lazy vs plain at a small learning rate (002)."""
     base = with_overrides(base or ModelSpec(), **{"update.lr": 0.01})
-    data = digits(base.seed)
+    data = digits(base.data_seed)
     rows = []
     ref = None
     for mode in ("lazy", "shadow", "stochastic", "plain"):

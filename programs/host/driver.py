@@ -3,7 +3,9 @@ weights, statistics and counters.
 
 DRAM map (beyond the compiler's PARAMS block and weight homes at the bottom): the shuffled
 training batches (inputs transposed to ``[features, batch]`` per batch, negated one-hot targets),
-the test batches, and output areas for per-batch softmax outputs, round-off sums and test logits.
+the test batches, and output areas for per-batch softmax outputs, round-off sums and test logits;
+with a validation split also the validation batches, their logits and a copy of the parameters
+(weights and their INT16 update state) of the best-validation epoch.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from programs.compiler.firmware import (
     lr_multiplier,
 )
 from programs.compiler.spec import ModelSpec
-from programs.host.datasets import Dataset, epoch_order
+from programs.host.datasets import Dataset, epoch_order, input_exponent
 
 PHASES = {"fwd": "forward", "softmax": "softmax", "bwd": "backward", "upd": "update"}
 
@@ -75,6 +77,7 @@ class EpochStats:
     roundoff_max_abs: float  # the largest |sum| of any sample
     y_zero_fraction: float  # wrong-class softmax outputs quantized to 0 (lost components)
     counters: dict[str, int] = field(default_factory=dict)
+    validation_accuracy: float | None = None  # on the chip, after the epoch (with a split)
 
     @property
     def mean_sparsity(self) -> float:
@@ -94,10 +97,17 @@ def label_key(label: str) -> tuple[str, str]:
 
 
 class ChipTrainer:
-    """Trains a model spec on the emulated chip."""
+    """Trains a model spec on the emulated chip.
+
+    With a validation split in the data, every epoch ends with a validation pass on the chip;
+    the parameters of the best epoch (highest validation accuracy, the earliest on a tie) are
+    copied to DRAM, and :meth:`test_accuracy` evaluates the test set with them (004's
+    protocol)."""
 
     def __init__(self, spec: ModelSpec, cfg: Config, data: Dataset,
                  datapath: str = "fast") -> None:
+        if spec.input_exponent is None:  # null: the dataset's own input grid
+            spec = dataclasses.replace(spec, input_exponent=input_exponent(spec, data))
         self.spec, self.cfg, self.data = spec, cfg, data
         text, lay = compile_model(spec, cfg)
         self.asm_text, self.layout = text, lay
@@ -150,12 +160,38 @@ class ChipTrainer:
         self.ro_addr = take(self.nb_train * 4 * b)
         self.x_test_addr = take(self.nb_test * lay.batch_x_bytes)
         self.logit_addr = take(self.nb_test * lay.batch_logit_bytes)
+        self.nb_val = math.ceil(len(d.x_val) / b) if d.has_validation else 0
+        if d.has_validation:
+            self.x_val_addr = take(self.nb_val * lay.batch_x_bytes)
+            self.val_logit_addr = take(self.nb_val * lay.batch_logit_bytes)
+            self.best_addr = take(sum(n for _, n in self._param_regions()))
         if top > self.cfg.memory.dram_bytes:
             from emulator.errors import ConfigError
 
             raise ConfigError(f"the dataset needs {top:,} bytes of DRAM", "memory.dram_bytes")
         xte = self._pad(d.x_test, self.nb_test * b)
         self.m.load_dram(self.x_test_addr, self._batches_x(xte))
+        if d.has_validation:
+            xva = self._pad(d.x_val, self.nb_val * b)
+            self.m.load_dram(self.x_val_addr, self._batches_x(xva))
+
+    def _param_regions(self) -> list[tuple[int, int]]:
+        """(DRAM address, bytes) of every weight matrix and its INT16 update state."""
+        lay, n = self.layout, self.spec.layers
+        out = []
+        for l in range(1, self.spec.n_weight_layers + 1):
+            for x, size in (("W", 1), ("LZ", 2), ("VL", 2)):
+                if f"{x}{l}" in lay.dram:
+                    out.append((lay.dram[f"{x}{l}"], size * n[l - 1] * n[l]))
+        return out
+
+    def _copy_params(self, to_best: bool) -> None:
+        """Copy the parameters to the best-epoch area (or back); host access, not counted."""
+        at = self.best_addr
+        for addr, size in self._param_regions():
+            src, dst = (addr, at) if to_best else (at, addr)
+            self.m.load_dram(dst, np.frombuffer(self.m.read_dram(src, size), np.uint8))
+            at += size
 
     def _pad(self, x: np.ndarray, n: int) -> np.ndarray:
         if len(x) >= n:
@@ -262,9 +298,22 @@ class ChipTrainer:
             y_zero_fraction=float(((prob == 0) & wrong).sum() / max(int(wrong.sum()), 1)),
             counters={n: int(delta[:, i].sum()) for i, n in enumerate(COUNTERS)},
         )
+        if d.has_validation:
+            best = self.best_epoch()
+            stats.validation_accuracy = self.evaluate("val")
+            if best is None or stats.validation_accuracy > self.history[best].validation_accuracy:
+                self._copy_params(to_best=True)
         self.history.append(stats)
         self.epoch += 1
         return stats
+
+    def best_epoch(self) -> int | None:
+        """The finished epoch with the highest validation accuracy (the earliest on a tie), or
+        None without a validation split or before the first epoch."""
+        accs = [h.validation_accuracy for h in self.history]
+        if not accs or any(a is None for a in accs):
+            return None
+        return int(np.argmax(accs))
 
     def _sparsity(self, delta: np.ndarray) -> list[float]:
         """Fraction of zeros in each layer's quantized dz~, exactly, from the skip counters.
@@ -282,15 +331,29 @@ class ChipTrainer:
             out.append(zeros / (per_batch * self.nb_train))
         return out
 
-    def evaluate(self) -> float:
-        spec, _lay, d = self.spec, self.layout, self.data
+    def evaluate(self, split: str = "test") -> float:
+        """Accuracy of the current weights on the ``test`` or ``val`` split, on the chip."""
+        spec, d = self.spec, self.data
         b, c = spec.batch_size, spec.classes
-        self._params(MODE_EVAL, self.nb_test, 1, 0, self.x_test_addr, 0, self.logit_addr, 0)
+        if split == "val":
+            nb, xa, oa, y = self.nb_val, self.x_val_addr, self.val_logit_addr, d.y_val
+        else:
+            nb, xa, oa, y = self.nb_test, self.x_test_addr, self.logit_addr, d.y_test
+        self._params(MODE_EVAL, nb, 1, 0, xa, 0, oa, 0)
         self.m.restart()
         self.m.run()
-        s = np.frombuffer(self.m.read_dram(self.logit_addr, self.nb_test * b * c * 2), "<i2")
-        pred = s.reshape(-1, c)[: len(d.y_test)].argmax(axis=1)
-        return float((pred == d.y_test).mean())
+        s = np.frombuffer(self.m.read_dram(oa, nb * b * c * 2), "<i2")
+        pred = s.reshape(-1, c)[: len(y)].argmax(axis=1)
+        return float((pred == y).mean())
+
+    def test_accuracy(self) -> float:
+        """Test accuracy by the run's protocol: of the current weights, or with a validation
+        split of the best-validation epoch's parameters (restored into their DRAM homes and
+        reloaded by the firmware, so the machine holds them afterwards)."""
+        if self.best_epoch() is not None:
+            self._copy_params(to_best=False)
+            self.loaded = False  # the firmware reloads resident weights from DRAM
+        return self.evaluate()
 
     def weights(self) -> list[np.ndarray]:
         lay, spec = self.layout, self.spec
@@ -370,11 +433,12 @@ class ChipTrainer:
 
 def train(spec: ModelSpec, cfg: Config, data: Dataset, on_epoch=None,
           datapath: str = "fast") -> tuple[ChipTrainer, float]:
-    """Train for ``spec.epochs`` epochs; returns the trainer and the final test accuracy."""
+    """Train for ``spec.epochs`` epochs; returns the trainer and the test accuracy (at the
+    best-validation epoch when the data has a validation split)."""
     tr = ChipTrainer(spec, cfg, data, datapath=datapath)
     for _ in range(spec.epochs):
         st = tr.train_epoch()
         if on_epoch is not None:
             on_epoch(tr, st)
-    return tr, tr.evaluate()
+    return tr, tr.test_accuracy()
 

@@ -15,7 +15,6 @@ import os
 import socket
 import time
 from dataclasses import dataclass
-from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -75,7 +74,7 @@ def _load_base(sweep: SweepSpec) -> tuple[Config, ModelSpec | None]:
     spec = None
     if sweep.kind == "train":
         if isinstance(sweep.model, dict):
-            spec = spec_from_dict(sweep.model, f"{sweep.file}:train.model")
+            spec = spec_from_dict(sweep.model, f"{sweep.file}:train.model", sweep.base_dir)
         else:
             spec = load_model(path(sweep.model) if sweep.model else None)
     return cfg, spec
@@ -171,11 +170,18 @@ THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                "NUMBA_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 
 
-@lru_cache(maxsize=4)
-def _dataset(name: str, classes: int, seed: int):
-    from programs.host.datasets import load
+_DATASETS: dict[str, Any] = {}
 
-    return load(name, classes, seed)
+
+def _dataset(key: str, spec: ModelSpec):
+    """The spec's dataset, cached per worker by (source, classes, data seed, validation)."""
+    from programs.host.datasets import load_for
+
+    if key not in _DATASETS:
+        if len(_DATASETS) >= 4:
+            _DATASETS.clear()
+        _DATASETS[key] = load_for(spec)
+    return _DATASETS[key]
 
 
 def _common_metrics(summary, steps: int) -> dict[str, Any]:
@@ -198,13 +204,14 @@ def _run_train(p: dict[str, Any]) -> dict[str, Any]:
 
     cfg = config_from_dict(p["config"], "<point>")
     spec = spec_from_dict(p["model"], "<point>")
-    data = _dataset(spec.dataset, spec.classes, spec.seed)
+    key = json.dumps([str(spec.dataset), spec.classes, spec.data_seed, spec.validation])
+    data = _dataset(key, spec)
     if data.features != spec.layers[0] or data.classes != spec.classes:
         raise ConfigError(f"dataset {data.name} has {data.features} features and "
                           f"{data.classes} classes; layers are {spec.layers}", "model.layers")
     tr = ChipTrainer(spec, cfg, data)
     hist = [tr.train_epoch() for _ in range(spec.epochs)]
-    test_accuracy = tr.evaluate()
+    test_accuracy = tr.test_accuracy()  # at the best-validation epoch with a validation split
     out = _common_metrics(tr.m.summary(), tr.m.steps)  # the evaluation run included
     out.update({
         "test_accuracy": test_accuracy,
