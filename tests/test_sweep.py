@@ -329,3 +329,29 @@ def test_shipped_digits_sweep_is_small_and_valid():
     pts = resolve(spec)
     assert spec.kind == "train" and 1 < len(pts) <= 12
     assert all(p.payload is not None for p in pts)
+
+
+def test_count_only_points_give_the_full_runs_counters(folder):
+    """A program sweep with count_only: every kept counter and energy equal to full runs; the
+    value-event counters are null; a refused program is a typed error row."""
+    axes = [{"grid": {"hw.array.dataflow": ["weight_stationary", "output_stationary"],
+                      "hw.array.skip": ["none", "element"]}}]
+    metrics = ["cycles", "macs", "macs_skipped", "skip_cycles_saved", "rng_draws",
+               "array_utilization", "energy_pj", "dram_bytes", "acc_overflows", "saturations"]
+    full = sweep(sweep_from_dict(doc(axes=axes, metrics=metrics), str(folder / "c.yaml"),
+                                 folder), folder / "co-full", workers=0).rows
+    d = doc(axes=axes, metrics=metrics)
+    d["program"]["count_only"] = True
+    counted = sweep(sweep_from_dict(d, str(folder / "c.yaml"), folder), folder / "co",
+                    workers=0).rows
+    assert len(full) == len(counted) == 4
+    for f, c in zip(full, counted, strict=True):
+        assert c["status"] == "ok" and f["point_id"] != c["point_id"]
+        for m in metrics:
+            assert c[m] == (None if m in ("acc_overflows", "saturations") else f[m]), m
+    (folder / "dyn.s").write_text(GEMM.replace("eset e2, 6", "efit e2, r7, r8, e1"))
+    d["program"]["file"] = "dyn.s"
+    rows = sweep(sweep_from_dict(d, str(folder / "c.yaml"), folder), folder / "co-dyn",
+                 workers=0).rows
+    assert all(r["status"] == "error" and r["error_kind"] == "count-only refused"
+               and "pc 16 (rq" in r["error"] for r in rows)
