@@ -18,7 +18,7 @@ from programs.sweep.point import resolve
 from programs.sweep.store import ResultStore
 
 SMALL = {"memory": {"dram_bytes": 65536, "scratchpad_bytes": 32768}}
-VOLATILE = ("wall_seconds", "worker", "finished_at")
+VOLATILE = ("wall_seconds", "cpu_seconds", "worker", "finished_at")
 
 GEMM = """
     li r1, 0

@@ -261,7 +261,7 @@ def run_point(payload: dict[str, Any]) -> dict[str, Any]:
     caught: anything else is a bug or a lost worker, raised so Dask can retry the task."""
     from threadpoolctl import threadpool_limits
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     row: dict[str, Any] = {"status": "ok", "error_kind": None, "error": None}
     with threadpool_limits(limits=1):
         try:
@@ -272,5 +272,6 @@ def run_point(payload: dict[str, Any]) -> dict[str, Any]:
     for m in payload["metrics"]:
         row[m] = res.get(m)
     row["wall_seconds"] = time.perf_counter() - t0
+    row["cpu_seconds"] = time.process_time() - c0  # this worker process's CPU time
     row["worker"] = f"{socket.gethostname()}:{os.getpid()}"
     return row
