@@ -10,7 +10,7 @@ value raises the same :class:`ConfigError` message, located at the full key path
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import yaml
@@ -78,33 +78,31 @@ def _rekey(err: ConfigError, prefix: str, source: str) -> ConfigError:
     return ConfigError(err.message, key, source)
 
 
-def apply_hw(cfg: Config, overrides: Iterable[Override], source: str = "--set") -> Config:
-    """``cfg`` with the ``hw.`` overrides applied (keys without the ``hw.`` prefix skipped)."""
-    items = [(k, v) for k, v in overrides if k.startswith("hw.")]
+def _apply_prefix(obj: Any, prefix: str, overrides: Iterable[Override], source: str,
+                  build: Callable[[dict, str], Any]) -> Any:
+    """``obj`` (a Config or ModelSpec) with the ``<prefix>.`` overrides applied and
+    re-validated by ``build`` (its loader); errors keyed by the full override path."""
+    items = [(k, v) for k, v in overrides if k.startswith(prefix + ".")]
     if not items:
-        return cfg
-    d = cfg.to_dict()
+        return obj
+    d = obj.to_dict()
     for key, value in items:
         _set_path(d, key.split(".")[1:], value, key, source)
     try:
-        return config_from_dict(d, source)
+        return build(d, source)
     except ConfigError as err:
-        raise _rekey(err, "hw", source) from None
+        raise _rekey(err, prefix, source) from None
+
+
+def apply_hw(cfg: Config, overrides: Iterable[Override], source: str = "--set") -> Config:
+    """``cfg`` with the ``hw.`` overrides applied (other keys skipped)."""
+    return _apply_prefix(cfg, "hw", overrides, source, config_from_dict)
 
 
 def apply_model(spec: ModelSpec, overrides: Iterable[Override],
                 source: str = "--set") -> ModelSpec:
     """``spec`` with the ``model.`` overrides applied (other keys skipped)."""
-    items = [(k, v) for k, v in overrides if k.startswith("model.")]
-    if not items:
-        return spec
-    d = spec.to_dict()
-    for key, value in items:
-        _set_path(d, key.split(".")[1:], value, key, source)
-    try:
-        return spec_from_dict(d, source)
-    except ConfigError as err:
-        raise _rekey(err, "model", source) from None
+    return _apply_prefix(spec, "model", overrides, source, spec_from_dict)
 
 
 def apply(cfg: Config, spec: ModelSpec | None, overrides: Iterable[Override] | Mapping,
