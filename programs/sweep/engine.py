@@ -155,7 +155,8 @@ def run(sweep: SweepSpec, out: str | Path, sets: list[tuple[str, Any]] | None = 
             else:
                 n = workers or os.cpu_count() or 1
                 with _local_client(n) as c:
-                    res.engine, res.workers = f"dask LocalCluster ({n} workers)", n
+                    plural = "" if n == 1 else "s"
+                    res.engine, res.workers = f"dask LocalCluster ({n} worker{plural})", n
                     _dask(c, todo, sweep, res, retries, bar, on_row)
     res.wall_seconds = time.perf_counter() - t0
     if res.ran or not (out / "results.csv").exists():
