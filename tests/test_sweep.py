@@ -356,3 +356,27 @@ def test_count_only_points_give_the_full_runs_counters(folder):
                  workers=0).rows
     assert all(r["status"] == "error" and r["error_kind"] == "count-only refused"
                and "pc 16 (rq" in r["error"] for r in rows)
+
+
+def test_pareto_front_and_per_design_means():
+    from programs.sweep.views import designs, pareto
+
+    rows = []
+    for x, seed, acc, cyc, en in [("a", 0, 0.9, 100, 10.0), ("a", 1, 0.8, 100, 10.0),
+                                  ("b", 0, 0.9, 90, 12.0), ("c", 0, 0.7, 120, 9.0),
+                                  ("d", 0, 0.8, 130, 13.0), ("e", 0, 0.84, 100, 10.0),
+                                  ("g", 0, 0.9, 90, 12.0)]:
+        rows.append({"k": x, "model.seed": seed, "status": "ok", "test_accuracy": acc,
+                     "cycles": cyc, "energy_pj": en})
+    rows.append({"k": "f", "model.seed": 0, "status": "error", "test_accuracy": None,
+                 "cycles": None, "energy_pj": None, "error": "boom"})
+    ds = designs(rows, ["k", "model.seed"])
+    by = {d["k"]: d for d in ds}
+    assert by["a"]["runs"] == by["a"]["ok"] == 2
+    assert by["a"]["test_accuracy"] == pytest.approx(0.85)
+    assert by["a"]["test_accuracy_std"] == pytest.approx(0.0707106781)
+    assert by["f"]["ok"] == 0 and by["f"]["errors"] == ["boom"]
+    front = dict(zip([d["k"] for d in ds], pareto(ds), strict=True))
+    # a dominates d and e (less accurate at the same cost); b and g tie: neither dominates
+    assert front == {"a": True, "b": True, "c": True, "d": False, "e": False, "f": False,
+                     "g": True}
