@@ -122,7 +122,10 @@ def _program_payload(sweep: SweepSpec) -> dict[str, Any]:
                               sweep.file)
         raw = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
         loads.append((a, raw))
-    return {"program": to_bytes(prog), "name": prog.name, "loads": loads,
+    # the worker gets the debug section (faults name source lines); the identity does not
+    # (it holds the source path): see resolve()
+    return {"program": to_bytes(prog), "program_id": to_bytes(prog, debug=False),
+            "name": prog.name, "loads": loads,
             "count_only": sweep.count_only, "max_steps": sweep.max_steps,
             "max_cycles": sweep.max_cycles}
 
@@ -142,8 +145,9 @@ def resolve(sweep: SweepSpec, sets: list[tuple[str, Any]] | None = None) -> list
     ident: dict[str, Any] = {"lpemu": lpemu_version(), "kind": sweep.kind}
     if sweep.kind == "program":
         prog = _program_payload(sweep)
+        ident["program"] = prog.pop("program_id")
         common.update(prog)
-        ident.update({"program": prog["program"], "loads": prog["loads"],
+        ident.update({"loads": prog["loads"],
                       "count_only": sweep.count_only, "max_steps": sweep.max_steps,
                       "max_cycles": sweep.max_cycles})
     else:
