@@ -301,21 +301,24 @@ def test_a_worker_killed_mid_sweep_loses_no_point(folder, cluster):
 
 
 # ------------------------------------------------------------------------------ CLI
-def test_cli_sweep_with_an_embedded_local_cluster(folder, capsys):
+def test_cli_sweep(folder, cluster, capsys):
+    """``lpemu sweep`` end to end (on the fixture's cluster, by address: the embedded
+    LocalCluster is the fixture itself, made by the same function the default engine uses)."""
     from programs.cli.main import main
 
     d = doc(axes=[{"grid": {"hw.array.dataflow": ["weight_stationary", "output_stationary"]}}])
     f = write(folder, "cli.yaml", d)
     out = folder / "cli-out"
-    # the default engine, as on a fresh clone (one worker: the 2-worker cluster is tested above)
-    assert main(["sweep", str(f), "--out", str(out), "--workers", "1", "--set",
-                 "hw.array.rows=8"]) == 0
+    assert main(["sweep", str(f), "--out", str(out), "--scheduler", cluster.scheduler.address,
+                 "--set", "hw.array.rows=8"]) == 0
     text = capsys.readouterr().out
-    assert "2 run (0 failed)" in text and "dask LocalCluster (1 worker)" in text
+    assert "2 run (0 failed)" in text and "dask scheduler tcp://" in text
+    assert "sweep t: 2 points" in text and "ok/runs" in text  # the summary table
     rows = ResultStore(out).rows.values()
     assert len(rows) == 2 and {r["status"] for r in rows} == {"ok"}
+    assert {r["hw.array.dataflow"] for r in rows} == {"weight_stationary", "output_stationary"}
     pytest.importorskip("matplotlib")
-    # all points finished: no cluster is started, the plots come from the stored rows
+    # all points finished: no cluster is needed, the plots come from the stored rows
     assert main(["sweep", str(f), "--out", str(out), "--set", "hw.array.rows=8",
                  "--plot"]) == 0
     assert "0 run (0 failed), 2 already finished" in capsys.readouterr().out
