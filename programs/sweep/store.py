@@ -107,7 +107,9 @@ class ResultStore:
     def table(self):
         import pyarrow as pa
 
-        rows = list(self.rows.values())
+        # in the sweep's point order (rows arrive in completion order)
+        rows = sorted(self.rows.values(), key=lambda r: (not isinstance(r.get("point"), int),
+                                                         r.get("point") or 0))
         arrays, names = [], []
         for c in self.columns:
             values = [r.get(c) for r in rows]
