@@ -23,13 +23,14 @@ counter, a fault or the control flow would depend on unknown state:
 2. an unknown register as an address, count, stride, shift amount or multiplier of ``ldw``,
    ``stw``, ``accrd``, a DMA, matrix or vector instruction (shapes and addresses set cycles,
    traffic and faults);
-3. zero-skipping (``gemm sa=1`` / ``sb=1``) on an operand with any unknown byte: skipped MACs,
-   ``skip_cycles_saved`` and energy depend on its zeros (a known operand, e.g. host data, is
-   fine: its skips are counted exactly);
+3. zero-skipping (``gemm``/``conv`` ``sa=1`` / ``sb=1``) on an operand with any unknown
+   byte: skipped MACs, ``skip_cycles_saved`` and energy depend on its zeros (a known operand,
+   e.g. host data, is fine: its skips are counted exactly);
 4. an unknown exponent read by ``rq``/``rqm``/``vcvt`` (the shift decides the dither draws and
-   can fault), ``vexp``, ``vnormrow``, ``vlazy`` or ``efit`` (range checks), or by
+   can fault), ``vexp``, ``vnormrow``, ``vlazy``, ``vrsqrt`` or ``efit`` (range checks), or by
    ``eadd``/``eaddi``/``esetr`` (the 32-bit range check); ``efit`` itself is refused only if
-   its result could leave the 32-bit range.
+   its result could leave the 32-bit range;
+5. ``vunpool mode=max`` on indices with any unknown byte (an index outside its window faults).
 
 Everything else is counted exactly: cycles, instructions, MACs, skipped MACs, byte-passes,
 every traffic counter, ALU passes, requantized elements, RNG draws, DMA stalls, array cycles,
@@ -77,12 +78,21 @@ NULL_DATAPATH = SimpleNamespace(
     sub_rows=lambda a, b, bits: (a, 0),
     exp_q14=lambda x, e: x,
     norm_rows=lambda p, sums, f, bits: (p, 0),
+    rsqrt_q=lambda x, k: (x, 0),
+    wmul_into=_none,
+    conv_into=_none,
+    maxpool_into=_none,
+    sumpool_into=_none,
+    unpool_into=_none,
+    bias_into=_none,
+    bad_unpool_index=kernels.bad_unpool_index,  # a fault check: stays real (known indices)
 )
 
 _SCALAR_SOURCES = ("ra", "rb", "rs")
 _BRANCHES = ("beq", "bne", "blt", "bge")
 _EXP_READERS = {"rq": ("eout", "ein"), "rqm": ("eout", "ein"), "vcvt": ("eout", "ein"),
                 "vexp": ("ea",), "vnormrow": ("eout",), "vlazy": ("et", "ea"),
+                "vrsqrt": ("eout", "ein"),
                 "efit": ("ein",), "eadd": ("ea", "eb"), "eaddi": ("ea",)}
 
 
@@ -157,6 +167,15 @@ class CountOnlyMachine(Machine):
                 need_exps()
                 if mn == "gemm":
                     m._check_skip_operands(ops, refuse)
+                elif mn == "conv":
+                    m._check_conv_skip_operands(ops, refuse)
+                elif mn == "vunpool" and ops["mode"] == 0:
+                    g = m._geometry(ops)
+                    a = m.r[ops["ri"]]
+                    if 0 <= a and m.t_spad[a : a + g.m * g.c].any():
+                        raise refuse("vunpool mode=max reads indices the datapath computed: "
+                                     "whether one is outside its window (a fault) depends "
+                                     "on their values")
                 elif mn == "efit":
                     e, bits = m.e[ops["ein"]], 8 * ELEM_BYTES[ops["dt"]]
                     if not (EXP_MIN <= e - (bits - 1) and e + 32 - (bits - 1) <= EXP_MAX):
@@ -253,6 +272,28 @@ class CountOnlyMachine(Machine):
                 raise refuse(f"zero-skipping on {name} ({flag}=1), whose values come from the "
                              "datapath: skipped MACs and saved cycles depend on its zeros")
 
+    def _geometry(self, o: dict[str, int]):
+        from emulator.geometry import unpack
+
+        return unpack(*(self.r[o[n]] for n in ("rsz", "rhw", "rkw", "rpf")))
+
+    def _check_conv_skip_operands(self, o: dict[str, int], refuse) -> None:
+        from emulator.geometry import CONV_DGRAD, CONV_FWD
+
+        if not (o["sa"] or o["sb"]):
+            return
+        g = self._geometry(o)
+        # operands as the conv semantics read them: fwd X, W[K,F]; wgrad X, dZ[M,F];
+        # dgrad dZ[M,F], W[K,F]
+        a_n = g.m * g.f if o["mode"] == CONV_DGRAD else g.inputs
+        b_n = (g.k if o["mode"] in (CONV_FWD, CONV_DGRAD) else g.m) * g.f
+        for flag, reg, n, dt, name in (("sa", "rx", a_n, "da", "the input (A)"),
+                                       ("sb", "rw", b_n, "db", "the second operand (B)")):
+            a, nb = self.r[o[reg]], n * ELEM_BYTES[o[dt]]
+            if o[flag] and nb and 0 <= a and self.t_spad[a : a + nb].any():
+                raise refuse(f"zero-skipping on {name} ({flag}=1), whose values come from the "
+                             "datapath: skipped MACs and saved cycles depend on its zeros")
+
     def _destination_rule(self, mn: str, o: dict[str, int]) -> Callable[[], None]:
         """After a DMA, matrix or vector instruction: copy taint (DMA) or mark its outputs
         unknown (everything the datapath computes)."""
@@ -312,6 +353,30 @@ class CountOnlyMachine(Machine):
                 span(sp, "rt", r[o["rn"]])
                 span(sp, "ra", 2 * r[o["rn"]])
             return lazy
+        if mn == "vrsqrt":
+            return lambda: span(sp, "rd", 2 * r[o["rn"]])
+        if mn == "vwmul":
+            return lambda: span(acc, "racc", r[o["rn"]])
+        if mn == "vbias":
+            return lambda: span(acc, "racc", r[o["rrows"]] * r[o["rcols"]])
+        if mn in ("conv", "vmaxpool", "vsumpool", "vunpool"):
+            def geo() -> None:
+                from emulator.geometry import CONV_DGRAD, CONV_FWD
+
+                g = self._geometry(o)
+                if mn == "conv":
+                    n = (g.inputs if o["mode"] == CONV_DGRAD
+                         else (g.m if o["mode"] == CONV_FWD else g.k) * g.f)
+                    span(acc, "rc", n)
+                elif mn == "vmaxpool":
+                    span(sp, "rd", g.m * g.c * elem())
+                    if o["idx"]:
+                        span(sp, "ri", g.m * g.c)
+                elif mn == "vsumpool":
+                    span(acc, "racc", g.m * g.c)
+                else:
+                    span(acc, "racc", g.inputs)
+            return geo
         if "rd" in o and "rn" in o and "dt" in o:  # elementwise ALU ops
             return lambda: span(sp, "rd", r[o["rn"]] * elem())
         raise AssertionError(f"count-only mode has no rule for {mn}")  # pragma: no cover
