@@ -16,6 +16,7 @@ import numpy as np
 
 from emulator.counters import (
     ACC_OVERFLOWS,
+    ARRAY_CYCLES,
     CYCLES,
     MAC_OPS,
     MACS,
@@ -378,6 +379,7 @@ def _gemm(m, o):
         saved = ea * eb * gemm_skip_cycles_saved(
             m.cfg, mm, kk, nn, a != 0 if sa else None, b != 0 if sb else None)
         cost[CYCLES] -= saved
+        cost[ARRAY_CYCLES] -= saved
         cost[SKIP_CYCLES_SAVED] = saved
         m.charge(cost)
     else:
@@ -773,6 +775,7 @@ def _conv(m, o):
         az, bz = _conv_masks(a, b, mode, g, sa, sb)
         saved = ea * eb * gemm_skip_cycles_saved(m.cfg, gm, gk, gn, az, bz)
         cost[CYCLES] -= saved
+        cost[ARRAY_CYCLES] -= saved
         cost[SKIP_CYCLES_SAVED] = saved
         m.charge(cost)
     else:

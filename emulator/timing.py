@@ -31,6 +31,7 @@ from emulator.counters import (
     ALU_MUL_PASSES,
     ALU_OPS,
     ALU_PASSES,
+    ARRAY_CYCLES,
     CYCLES,
     DRAM_RD,
     DRAM_WR,
@@ -152,8 +153,10 @@ def gemm(
     else:
         a_rd, b_rd, writes = m * k * ceil(n / c), k * n * ceil(m / r), m * n
     writes *= passes
+    cycles = passes * gemm_fold_cycles(cfg, m, k, n)
     return {
-        CYCLES: passes * gemm_fold_cycles(cfg, m, k, n),
+        CYCLES: cycles,
+        ARRAY_CYCLES: cycles,
         MAC_PASSES: passes,
         SPAD_RD: passes * (a_rd + b_rd),
         GEMM_A_RD: passes * a_rd,
