@@ -20,6 +20,7 @@ from emulator.counters import IDX
 from emulator.errors import ConfigError
 from emulator.rng import draw_ref
 from programs.compiler import exps as exps_mod
+from programs.compiler import firmware
 from programs.compiler.emit import E_DZ, E_G, E_T1, E_X
 from programs.compiler.firmware import compile_model
 from programs.compiler.spec import ModelSpec, spec_from_dict, with_overrides
@@ -278,21 +279,32 @@ def _forward_oracle(p: Probe, layer, x: np.ndarray, b: int) -> tuple[np.ndarray,
 
 
 def small_scratchpad(spec: ModelSpec) -> Config:
-    """A scratchpad 256 bytes short of the resident plan: the weights stream, dense layers read
-    feature-major inputs and flatten transposes."""
+    """A scratchpad 256 bytes short of the resident plan: the weights stream."""
     base = Config()
     need = compile_model(spec, base)[1].sizes["sp_used"]
     return dataclasses.replace(base, memory=dataclasses.replace(base.memory,
                                                                 scratchpad_bytes=need - 256))
 
 
+def feature_major(monkeypatch) -> None:
+    """Make every dense layer read feature-major inputs (flatten and the biased hidden layer
+    transpose through DRAM), as when a dense layer streams in several row tiles."""
+    monkeypatch.setattr(firmware, "_choose_layouts", lambda lay: None)
+
+
 @pytest.mark.parametrize("weights", ["resident", "streamed"])
-def test_cnn_forward_equals_int64_oracle_layer_by_layer(weights):
+def test_cnn_forward_equals_int64_oracle_layer_by_layer(weights, monkeypatch):
+    """Resident weights with the sample-major shortcut; streamed weights with every layout
+    change through DRAM."""
     spec = cnn_spec()
-    cfg = small_scratchpad(spec) if weights == "streamed" else Config()
+    cfg = Config()
+    if weights == "streamed":
+        cfg = small_scratchpad(spec)
+        feature_major(monkeypatch)
     tr, p = fresh(spec, image_data(8, (3, 10, 10), 4), cfg)
     flat = tr.layout.lowerings[4]
     assert flat.passthrough == (weights == "resident")
+    assert tr.layout.streamed == (weights == "streamed")
     b = spec.batch_size
     assert not tr.layout.exps.register_mode  # 12 exponents: memory mode is exercised here
     layers = tr.layout.net.layers
@@ -353,13 +365,16 @@ def _skipped(tr: ChipTrainer, before: np.ndarray, pos: int) -> int:
 
 @pytest.mark.parametrize(("dither", "weights"), [("uniform", "resident"), ("none", "resident"),
                                                  ("uniform", "streamed")])
-def test_cnn_backward_equals_int64_oracle_with_exact_skips(dither, weights):
+def test_cnn_backward_equals_int64_oracle_with_exact_skips(dither, weights, monkeypatch):
     """One training step stopped at every backward label: dz~ (QBP step, dither drawn from the
     documented generator, ReLU mask), dW and db before the update, dX by col2im / unpooling /
     the flatten transpose, and the skipped MACs of each weight layer = zeros(dz~) x (K per
     product + 1 for the bias gradient)."""
     spec = cnn_spec(**{"qbp.step_log2": [-4, -5, -4, -2], "qbp.dither": dither})
-    cfg = small_scratchpad(spec) if weights == "streamed" else Config()
+    cfg = Config()
+    if weights == "streamed":
+        cfg = small_scratchpad(spec)
+        feature_major(monkeypatch)
     tr, p = fresh(spec, image_data(8, (3, 10, 10), 4, seed=1), cfg)
     b = spec.batch_size
     layers = tr.layout.net.layers
@@ -493,7 +508,7 @@ def test_cnn_training_same_with_numba_off():
     assert outs[0] == outs[1]
 
 
-def test_streamed_weights_and_layout_shortcut_change_cycles_not_values():
+def test_streamed_weights_and_layout_shortcut_change_cycles_not_values(monkeypatch):
     """A scratchpad too small for the weights: dense weights stream in row tiles, a
     convolution's as one tile, and the dense layers read feature-major inputs (flatten and the
     biased hidden layer transpose through DRAM); with resident weights they read the NHWC /
@@ -504,6 +519,8 @@ def test_streamed_weights_and_layout_shortcut_change_cycles_not_values():
     data = image_data(8, (3, 10, 10), 4, seed=4)
     runs = []
     for cfg in (Config(), small_scratchpad(spec)):
+        if runs:
+            feature_major(monkeypatch)
         tr = ChipTrainer(spec, cfg, data)
         tr.train_epoch()
         runs.append((tr.layout.streamed, tr.layout.lowerings[4].passthrough,

@@ -295,8 +295,8 @@ def _plan(spec: ModelSpec, cfg: Config) -> Layout:
 
 def _choose_layouts(lay: Layout) -> None:
     """A dense layer whose producer is naturally sample-major (a flatten of NHWC, a dense layer
-    with a bias) reads that layout directly when its weights are resident in one tile: the
-    producer then skips its transpose through DRAM."""
+    with a bias) reads that layout directly when its weights are one tile (resident, or
+    streamed whole): the producer then skips its transpose through DRAM."""
     lows = lay.lowerings
     for i in range(1, len(lows)):
         low, prod = lows[i], lows[i - 1]
@@ -305,7 +305,7 @@ def _choose_layouts(lay: Layout) -> None:
         natural_s = prod.layer.kind == "flatten" or (prod.layer.kind == "dense"
                                                      and prod.produces_s())
         pos = low.layer.pos
-        if natural_s and not lay.streams(lay.param_of(low.layer)) and len(lay.tiles[pos]) == 1:
+        if natural_s and len(lay.tiles[pos]) == 1:
             low.in_s = True
             if prod.layer.kind == "flatten":
                 prod.passthrough = True

@@ -1,14 +1,14 @@
 """Dense (fully connected) layers: ``z = a W (+ b)``, W [n_in, n_out] INT8.
 
 The input ``a`` is feature-major ``[n_in, B]``, or sample-major ``[B, n_in]`` (``in_s``) when its
-producer makes it so (a flatten, a dense layer with a bias) and this layer's weights are resident
-in one tile: then the producer's layout change is skipped. A hidden layer without bias computes
-``z^T = W^T a^T`` straight into the feature-major layout its successor reads. A layer with a bias
-computes ``z = a W`` as ``[B, n_out]`` (``vbias`` adds a per-column vector); a hidden one keeps
-that layout when its successor reads it (``out_s``), else it turns its INT8 output
-feature-major through DRAM (:func:`transpose`). The last layer gives INT16 logits
-``[B, classes]`` with their own dynamic exponent. ``dz~`` has the layout of the output; the
-input gradient has the layout of the input.
+producer makes it so (a flatten, a dense layer with a bias) and this layer's weights are one tile
+(resident, or streamed whole): then the producer's layout change is skipped. A hidden layer
+without bias computes ``z^T = W^T a^T`` straight into the feature-major layout its successor
+reads. A layer with a bias computes ``z = a W`` as ``[B, n_out]`` (``vbias`` adds a per-column
+vector); a hidden one keeps that layout when its successor reads it (``out_s``), else it turns
+its INT8 output feature-major through DRAM (:func:`transpose`). The last layer gives INT16
+logits ``[B, classes]`` with their own dynamic exponent. ``dz~`` has the layout of the output;
+the input gradient has the layout of the input.
 
 Weights stream from DRAM in row tiles (rows k0:k1 of W are contiguous; so are rows k0:k1 of
 ``a^T``) when they do not fit the scratchpad.

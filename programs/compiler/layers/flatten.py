@@ -3,7 +3,7 @@ dense layers read (features in (h, w, c) order), by a transpose through DRAM; th
 unchanged. Backward brings the gradient from the dense layer above (feature-major, in the
 accumulator) to INT16 with a dynamic exponent (nearest) and transposes it back to NHWC in the
 scratchpad (``GY<pos>``) for the layer below. When the dense layer above reads the sample-major
-``[B, H W C]`` directly (its weights resident in one tile), flatten does nothing at all
+``[B, H W C]`` directly (its weights in one tile), flatten does nothing at all
 (``passthrough``), forward or backward.
 """
 
