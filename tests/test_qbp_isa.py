@@ -19,8 +19,8 @@ import pytest
 
 from emulator import kernels, reference
 from emulator.config import config_from_dict
-from emulator.countonly import CountOnlyMachine
 from emulator.counters import IDX
+from emulator.countonly import CountOnlyMachine
 from emulator.errors import CountOnlyError, ExecutionError
 from emulator.machine import Machine
 from isa import assemble
