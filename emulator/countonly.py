@@ -31,7 +31,7 @@ counter, a fault or the control flow would depend on unknown state:
    ``eadd``/``eaddi``/``esetr`` (the 32-bit range check); ``efit`` itself is refused only if
    its result could leave the 32-bit range;
 5. ``vunpool mode=max`` on indices with any unknown byte (an index outside its window faults);
-6. ``vqstep`` with an unknown constant ``r[rc]`` (or, with min=1, ``r[rd]``): a negative one
+6. ``vqstep`` with an unknown constant ``r[rc]`` (or, with a combine, ``r[rd]``): a negative one
    faults; in mode=var also unknown ``e[ea]`` or ``e[ec]`` (too far apart faults). Its outputs
    ``r[rd]``, ``r[rr]``, ``e[ed]`` are unknown.
 
@@ -106,7 +106,7 @@ def _operand_regs(mn: str, o: dict[str, int], regs: list[str]) -> list[str]:
     destinations (r[rd] is read, for its sign, only with min=1); its constant r[rc] is (a
     negative one faults)."""
     if mn == "vqstep":
-        return [f for f in regs if f != "rr" and (f != "rd" or o["min"])]
+        return [f for f in regs if f != "rr" and (f != "rd" or o["combine"])]
     return regs
 
 

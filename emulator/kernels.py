@@ -1198,11 +1198,12 @@ def vqstep(mode: int, block: np.ndarray, aux: np.ndarray | None, c: int, ea: int
     """vqstep before min=1 (see :func:`emulator.reference.vqstep`): the reductions in numpy
     int64 (|acc| <= 2**31, so sums of fewer than 2**32 terms are exact), the row minimum of
     (C - S_j) / N_j from float64 candidates settled exactly in Python integers."""
-    if mode == 0:
+    if mode in (0, 2):
         a = np.abs(np.asarray(block, dtype=np.int64).ravel())
         if aux is not None:
             a = a[np.asarray(aux).ravel() != 0]
-        return qstep_pack(int(a.sum()) * c, ea + ec)
+        x = int(a.sum()) if mode == 0 else (int(a.max()) if a.size else 0)
+        return qstep_pack(x * c, ea + ec)
     blk = np.asarray(block, dtype=np.int64)
     n = np.asarray(aux, dtype=np.int64)
     rows = np.flatnonzero(n > 0)

@@ -586,12 +586,14 @@ def qstep_var_min(smax: list[int], n: list[int], c: int, ec: int, ea: int
 
 def vqstep(mode: int, block: np.ndarray, aux: np.ndarray | None, c: int, ea: int, eb: int,
            ec: int) -> tuple[int, int, int]:
-    """vqstep before min=1: mode 0 (asum) sums |block| where the INT8 mask ``aux`` (or None)
-    is non-zero; mode 1 (var) takes ``block`` [R, C] and N = ``aux`` [R]. Python integers."""
-    if mode == 0:
+    """vqstep before its combine: mode 0 (asum) sums, mode 2 (amax) takes the maximum of,
+    |block| where the INT8 mask ``aux`` (or None) is non-zero; mode 1 (var) takes ``block``
+    [R, C] and N = ``aux`` [R]. Python integers."""
+    if mode in (0, 2):
         vals = np.asarray(block).ravel().tolist()
         keep = [True] * len(vals) if aux is None else [v != 0 for v in np.asarray(aux).tolist()]
-        x = sum(abs(v) for v, k in zip(vals, keep, strict=True) if k)
+        mags = [abs(v) for v, k in zip(vals, keep, strict=True) if k]
+        x = sum(mags) if mode == 0 else max(mags, default=0)
         return qstep_pack(x * c, ea + ec)
     rows = np.asarray(block).tolist()
     smax = [max(row) if row else 0 for row in rows]

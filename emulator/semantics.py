@@ -679,8 +679,8 @@ def _vqstep(m, o):
     if var and abs(ec - ea) > QSTEP_ALIGN:
         raise ExecutionError(f"vqstep mode=var: exponents e{o['ec']} = {ec} and e{o['ea']} = "
                              f"{ea} differ by more than {QSTEP_ALIGN}", m.pc)
-    if o["min"] and r[o["rd"]] < 0:
-        raise ExecutionError(f"vqstep min=1: r{o['rd']} = {r[o['rd']]} is not a step "
+    if o["combine"] and r[o["rd"]] < 0:
+        raise ExecutionError(f"vqstep combine: r{o['rd']} = {r[o['rd']]} is not a step "
                              "significand (negative)", m.pc)
     block = m.acc_range(r[o["ra"]], rows * cols)
     if var:
@@ -688,9 +688,10 @@ def _vqstep(m, o):
         st = m.dp.vqstep(1, block.reshape(rows, cols), aux, c, ea, eb, ec)
     else:
         aux = m.sp_elems(r[o["rb"]], rows * cols, 1) if o["mask"] else None
-        st = m.dp.vqstep(0, block, aux, c, ea, eb, ec)
-    if o["min"]:
-        st = min(st, qstep_decode(r[o["rd"]], m.e[o["ed"]]), key=qstep_key)
+        st = m.dp.vqstep(o["mode"], block, aux, c, ea, eb, ec)
+    if o["combine"]:
+        pick = min if o["combine"] == 1 else max
+        st = pick(st, qstep_decode(r[o["rd"]], m.e[o["ed"]]), key=qstep_key)
     mant, exp, recip = st
     m.set_reg(o["rd"], mant)
     m.set_reg(o["rr"], recip)

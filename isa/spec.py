@@ -613,7 +613,8 @@ for i in range(r[rn]):
 
 # ---------------------------------------------------------------------------------------------
 # The QBP step unit and meProp's selection (004 sec. 5.5; Sun et al. 2017).
-QSTEP_MODES = ("asum", "var")
+QSTEP_MODES = ("asum", "var", "amax")
+QSTEP_COMBINE = ("none", "min", "max")
 QSTEP_M_BITS = 16  # the step's significand M: Q15 in [2**15, 2**16)
 QSTEP_RECIP_BITS = 46  # the reciprocal multiplier: round(2**46 / M)
 QSTEP_ALIGN = 256  # var mode: the budget and the block exponents differ by at most this
@@ -631,18 +632,22 @@ _def(
         E("ea", "exponent of the block"),
         E("eb", "exponent of N (var; ignored by asum)"),
         E("ec", "exponent of the constant"),
-        ENUM("mode", QSTEP_MODES, "asum: from a mean magnitude; var: from a variance budget"),
-        FLAG("mask", "asum: sum only the entries whose mask byte is non-zero"),
-        FLAG("min", "keep the smaller of the new step and the one already in r[rd], e[ed]"),
+        ENUM("mode", QSTEP_MODES, "asum: from a sum of magnitudes; var: from a variance "
+             "budget; amax: from the largest magnitude"),
+        FLAG("mask", "asum, amax: only the entries whose mask byte is non-zero"),
+        ENUM("combine", QSTEP_COMBINE, "keep the smaller (min) or larger (max) of the new "
+             "step and the one already in r[rd], e[ed]"),
     ),
     "vector", "qstep",
     "QBP step unit (004 sec. 5.5): the quantization step of a layer's pre-activation gradients "
-    "from a sum of magnitudes (a sparsity target) or from a variance budget (eq. 5.20-5.21), "
-    "as a 16-bit significand, an exponent and the reciprocal multiplier the requantizer needs.",
+    "from a sum of magnitudes (a sparsity target), a variance budget (eq. 5.20-5.21) or the "
+    "largest magnitude (a saturation floor), as a 16-bit significand, an exponent and the "
+    "reciprocal multiplier the requantizer needs.",
     """
 R, C, c = r[rrows], r[rcols], r[rc]       # each >= 0, else a fault (nothing is written)
-if mode == asum:                          # D = c 2**e[ec] * (sum of |x|): Laplace fit, sec. 4.3
-    X = sum(|acc[r[ra] + i]| for i in range(R*C) if not mask or sp[r[rb] + i] as i8 != 0)
+if mode in (asum, amax):                  # D = c 2**e[ec] * (sum or max of |x|)
+    xs = [|acc[r[ra] + i]| for i in range(R*C) if not mask or sp[r[rb] + i] as i8 != 0]
+    X = sum(xs) if mode == asum else max(xs)                   # 0 for no entries
     D = X * c * 2**(e[ea] + e[ec])        # exact
 if mode == var:                           # D = min_j Gamma_j, Gamma_j = 2 sqrt((C - S_j) / N_j)
     require |e[ec] - e[ea]| <= 256        # else a fault (QSTEP_ALIGN), before anything is read
@@ -651,8 +656,9 @@ if mode == var:                           # D = min_j Gamma_j, Gamma_j = 2 sqrt(
         N_j = acc[r[rb] + j] * 2**e[eb]
     Q = min((c * 2**e[ec] - S_j) / N_j for j in range(R) if N_j > 0)  # exact; +inf if no such j
     D = 2 * sqrt(Q) if Q > 0 else 0       # +inf when Q is
-if min:                                   # r[rd] < 0 faults
-    D = min(D, +inf if e[ed] == EXP_MAX else r[rd] * 2**(e[ed] - 15))
+if combine != none:                       # r[rd] < 0 faults
+    D0 = +inf if e[ed] == EXP_MAX else r[rd] * 2**(e[ed] - 15)
+    D = min(D, D0) if combine == min else max(D, D0)
 if D == 0 or floor(log2(D)) <= EXP_MIN:   # EXP_MIN = -2**31, EXP_MAX = 2**31 - 1
     M, E, Rm = 0, EXP_MIN, 0              # the zero step
 elif D == +inf or floor(log2(D)) >= EXP_MAX:

@@ -59,8 +59,9 @@ def encode_oracle(d2: Fraction | None, sqrt: bool) -> tuple[int, int, int]:
     return m, e, round(Fraction(1 << 46, m) + Fraction(1, 10**9))  # ties up: never a tie
 
 
-def asum_oracle(block, mask, c, ea, ec):
-    x = sum(abs(int(v)) for i, v in enumerate(block) if mask is None or mask[i] != 0)
+def asum_oracle(block, mask, c, ea, ec, amax=False):
+    mags = [abs(int(v)) for i, v in enumerate(block) if mask is None or mask[i] != 0]
+    x = max(mags, default=0) if amax else sum(mags)
     return encode_oracle(Fraction(x * c) * Fraction(2) ** (ea + ec), sqrt=False)
 
 
@@ -111,8 +112,8 @@ def fast_vs_reference() -> list:
     """Results of both datapaths on random inputs; raises on a difference."""
     out = []
     for blk, n, c, ea, eb, ec, mask in _cases(1):
-        for mode, aux in ((0, mask), (0, None), (1, n)):
-            b = blk.ravel() if mode == 0 else blk
+        for mode, aux in ((0, mask), (0, None), (1, n), (2, mask), (2, None)):
+            b = blk if mode == 1 else blk.ravel()
             f = kernels.vqstep(mode, b, aux, c, ea, eb, ec)
             r = reference.vqstep(mode, b, aux, c, ea, eb, ec)
             assert f == r, (mode, f, r)
@@ -131,14 +132,15 @@ def test_vqstep_against_exact_fractions():
     for blk, n, c, ea, eb, ec, mask in _cases(2):
         if abs(ec - ea) > 64 or max(abs(ea), abs(eb), abs(ec)) > 30:
             continue  # keep the oracle's fractions small
-        for kind in ("asum-mask", "asum", "var"):
+        for kind in ("asum-mask", "asum", "var", "amax", "amax-mask"):
             if kind == "var":
                 want = var_oracle(blk, n, c, ea, eb, ec)
                 args = (1, blk, n)
             else:
-                m = mask if kind == "asum-mask" else None
-                want = asum_oracle(blk.ravel(), m, c, ea, ec)
-                args = (0, blk.ravel(), m)
+                m = mask if kind.endswith("-mask") else None
+                amax = kind.startswith("amax")
+                want = asum_oracle(blk.ravel(), m, c, ea, ec, amax)
+                args = (2 if amax else 0, blk.ravel(), m)
             for dp in (kernels, reference):
                 assert dp.vqstep(*args, c, ea, eb, ec) == want, (kind, dp.__name__)
 
@@ -165,6 +167,9 @@ def test_vqstep_edges():
         assert dp.vqstep(0, np.array([1]), None, 1, EMAX - 1, 0, 0) == (1 << 15, EMAX - 1,
                                                                         1 << 31)
         assert dp.vqstep(0, np.array([0, 0]), None, 12345, 0, 0, 0) == ZERO
+        # amax: the largest magnitude (-128 beats 127); no entry at all: zero
+        assert dp.vqstep(2, np.array([127, -128, 5]), None, 1, 0, 0, 0) == (1 << 15, 7, 1 << 31)
+        assert dp.vqstep(2, np.array([9]), np.array([0], np.int8), 1, 0, 0, 0) == ZERO
         # the two rows tie in Q: either gives the same step
         assert dp.vqstep(1, np.array([[0], [0]]), np.array([2, 2]), 8, 0, 0, 0) == \
             (1 << 15, 2, 1 << 31)
@@ -247,7 +252,7 @@ def test_vqstep_instruction_values_and_counters(datapath):
 
 
 @pytest.mark.parametrize("datapath", ["fast", "reference"])
-def test_vqstep_asum_mask_and_min(datapath):
+def test_vqstep_asum_mask_and_combine(datapath):
     src = """
     li r1, 0
     li r2, 128        # mask at scratchpad 128
@@ -259,10 +264,13 @@ def test_vqstep_asum_mask_and_min(datapath):
     vqstep r10, r11, r1, r2, r3, r4, r5, e4, e1, e0, e3, mode=asum, mask=1
     li r12, 40000
     eset e5, -3       # a smaller step already held: 40000 * 2**-18
-    vqstep r12, r13, r1, r2, r3, r4, r5, e5, e1, e0, e3, mode=asum, mask=1, min=1
+    vqstep r12, r13, r1, r2, r3, r4, r5, e5, e1, e0, e3, mode=asum, mask=1, combine=min
     eset e6, 20       # a larger one: the new step wins
     li r14, 40000
-    vqstep r14, r15, r1, r2, r3, r4, r5, e6, e1, e0, e3, mode=asum, mask=1, min=1
+    vqstep r14, r15, r1, r2, r3, r4, r5, e6, e1, e0, e3, mode=asum, mask=1, combine=min
+    li r16, 40000     # max: the larger, here the one held
+    eset e7, 20
+    vqstep r16, r17, r1, r2, r3, r4, r5, e7, e1, e0, e3, mode=amax, mask=1, combine=max
     halt
     """
     m = _machine(src, datapath)
@@ -273,12 +281,14 @@ def test_vqstep_asum_mask_and_min(datapath):
     assert (m.r[10], m.e[4], m.r[11]) == want
     assert (m.r[12], m.e[5], m.r[13]) == encode_oracle(Fraction(40000, 2**18), sqrt=False)
     assert (m.r[14], m.e[6], m.r[15]) == want
+    assert (m.r[16], m.e[7], m.r[17]) == encode_oracle(Fraction(40000 * 2**5), sqrt=False)
     assert m.counts[7, IDX["spad_rd_bytes"]] == 4 and m.counts[7, IDX["cycles"]] == 1 + 1 + 32
 
 
 @pytest.mark.parametrize("src, what", [
     ("li r5, -1\nvqstep r10, r11, r0, r0, r0, r0, r5, e4, e1, e2, e3\n", "negative"),
-    ("li r10, -1\nvqstep r10, r11, r0, r0, r0, r0, r0, e4, e1, e2, e3, min=1\n", "negative"),
+    ("li r10, -1\nvqstep r10, r11, r0, r0, r0, r0, r0, e4, e1, e2, e3, combine=max\n",
+     "negative"),
     ("eset e1, 300\nvqstep r10, r11, r0, r0, r0, r0, r0, e4, e1, e2, e3, mode=var\n",
      "differ by more than 256"),
     ("li r3, 5000\nli r4, 1\nvqstep r10, r11, r0, r0, r3, r4, r0, e4, e1, e2, e3\n",

@@ -85,6 +85,7 @@ class Layout:
     staging: int = 0  # DRAM bytes for layout changes (transposes)
     ones: int = 0  # length of the ones vector (bias gradients)
     timed: list[tuple[str, int, int, int]] | None = None  # (name, bytes, t0, t1) to pack
+    qbp: Any = None  # programs.compiler.qbp.QbpPlan: general QBP steps and meProp
 
     # ---------------------------------------------------------------- planning hooks
     def need_staging(self, nbytes: int) -> None:

@@ -47,15 +47,40 @@ class BitsSpec:
 
 
 @dataclass(frozen=True)
+class AdaptSpec:
+    """The adaptive QBP step (004 sec. 5.5), computed on the chip every ``every`` batches per
+    weight layer: ``variance`` keeps each weight gradient's error variance below
+    ``sigma_max`` (eq. 5.19-5.21; dense networks without biases), ``sparsity`` aims at the
+    fraction ``sparsity`` of zeros in dz~ from a Laplace fit (sec. 4.3). The step is clamped
+    to [2**min_step_log2, 2**max_step_log2]. Number keys take one value or one per weight
+    layer. See programs/compiler/qbp.py."""
+
+    mode: str = "variance"
+    sigma_max: float | list[float] = 0.01
+    sparsity: float | list[float] = 0.9
+    every: int = 1
+    min_step_log2: int = -24
+    max_step_log2: int = 8
+
+
+@dataclass(frozen=True)
 class QbpSpec:
-    """Quantized back propagation: fixed power-of-two step of the per-sample gradient dz.
+    """Quantized back propagation: the step of the per-sample gradient dz.
 
     ``step_log2`` is one value for all layers or one per weight layer (first to last);
     ``null`` disables QBP: dz is requantized to INT8 with a dynamic exponent, nearest rounding.
+    ``step`` (a number or one per weight layer) sets a step that need not be a power of two
+    (the chip realises it as a 16-bit significand times a power of two, rounded down; it
+    replaces ``step_log2``); ``adapt`` computes the step on the chip (:class:`AdaptSpec`);
+    ``meprop_k`` replaces QBP by meProp (keep the k largest |dz| per sample; needs
+    ``step_log2: null``).
     """
 
     step_log2: int | list[int] | None = -3
     dither: str = "uniform"
+    step: float | list[float] | None = None
+    adapt: AdaptSpec | None = None
+    meprop_k: int | list[int] | None = None
 
 
 @dataclass(frozen=True)
@@ -110,6 +135,13 @@ class ModelSpec:
     def classes(self) -> int:
         return self.net().classes
 
+    @property
+    def qbp_general(self) -> bool:
+        """QBP with steps that need not be powers of two (``qbp.step``) or adaptive ones: the
+        firmware carries each step's significand (programs/compiler/qbp.py)."""
+        return self.qbp.step_log2 is not None and (self.qbp.step is not None
+                                                   or self.qbp.adapt is not None)
+
     def qbp_steps(self) -> list[int] | None:
         s = self.qbp.step_log2
         if s is None:
@@ -127,7 +159,9 @@ class ModelSpec:
 
 
 # ------------------------------------------------------------------------------- loading
-_NESTED = {"bits": BitsSpec, "qbp": QbpSpec, "update": UpdateSpec, "schedule": ScheduleSpec}
+_NESTED = {"bits": BitsSpec, "qbp": QbpSpec, "update": UpdateSpec, "schedule": ScheduleSpec,
+           "adapt": AdaptSpec}
+_NULLABLE = {"adapt"}  # nested keys whose null means "off", not "the defaults"
 
 
 def _build(cls: type, d: Any, prefix: str, file: str) -> Any:  # noqa: C901 - one loop
@@ -142,7 +176,7 @@ def _build(cls: type, d: Any, prefix: str, file: str) -> Any:  # noqa: C901 - on
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f"did you mean {close[0]!r}?" if close else "valid keys: " + ", ".join(names)
             raise ConfigError(f"unknown key {str(key)!r}; {hint}", f"{prefix}{key}", file)
-        if key in _NESTED:
+        if key in _NESTED and not (key in _NULLABLE and value is None):
             value = _build(_NESTED[key], value, f"{prefix}{key}.", file)
         elif cls is ModelSpec and key == "dataset" and isinstance(value, dict):
             value = _build(DatasetSpec, value, "dataset.", file)
@@ -210,6 +244,7 @@ def validate(spec: ModelSpec, file: str = "") -> ModelSpec:
         for s in steps if isinstance(steps, list) else [steps]:
             _need(-24 <= s <= 8, "steps must lie in [-24, 8]", "qbp.step_log2", file)
     _need(q.dither in DITHERS, f"must be one of {DITHERS}", "qbp.dither", file)
+    _validate_qbp_more(q, net, file)
     u = spec.update
     _need(u.mode in UPDATE_MODES, f"must be one of {UPDATE_MODES}", "update.mode", file)
     _need(_is_num(u.lr) and 0 < u.lr <= 16, "must be a number in (0, 16]", "update.lr", file)
@@ -224,6 +259,61 @@ def validate(spec: ModelSpec, file: str = "") -> ModelSpec:
     _need(_is_num(s.gamma) and 0 < s.gamma <= 1, "must be a number in (0, 1]",
           "update.schedule.gamma", file)
     return spec
+
+
+# ------------------------------------------------------------------ qbp.step, adapt, meprop_k
+ADAPT_MODES = ("variance", "sparsity")
+
+
+def _per_layer(v: object, nw: int, ok, what: str, key: str, file: str) -> list:
+    """A number (or integer) for every weight layer, or a list of one per weight layer."""
+    vals = v if isinstance(v, list) else [v]
+    _need(all(ok(x) for x in vals) and (not isinstance(v, list) or len(v) == nw),
+          f"must be {what}, or a list of one per weight layer ({nw})", key, file)
+    return vals * (nw if not isinstance(v, list) else 1)
+
+
+def _validate_qbp_more(q: QbpSpec, net: Net, file: str) -> None:
+    """qbp.step, qbp.adapt and qbp.meprop_k (programs/compiler/qbp.py implements them)."""
+    nw = len(net.weight_layers)
+    on = q.step_log2 is not None
+    if q.step is not None:
+        _need(on, "needs QBP on (step_log2 not null)", "qbp.step", file)
+        _per_layer(q.step, nw, lambda x: _is_num(x) and 2.0**-24 <= x <= 2.0**8,
+                   "a number in [2**-24, 2**8]", "qbp.step", file)
+    a = q.adapt
+    if a is not None:
+        _need(isinstance(a, AdaptSpec), "must be null or a mapping", "qbp.adapt", file)
+        _need(on, "needs QBP on (step_log2 not null)", "qbp.adapt", file)
+        _need(q.step is None, "qbp.step and qbp.adapt exclude each other (the adaptive step "
+              "replaces the fixed one)", "qbp.adapt", file)
+        _need(a.mode in ADAPT_MODES, f"must be one of {ADAPT_MODES}", "qbp.adapt.mode", file)
+        _per_layer(a.sigma_max, nw, lambda x: _is_num(x) and 0 < x <= 2.0**20,
+                   "a number in (0, 2**20]", "qbp.adapt.sigma_max", file)
+        top = 0.75 if q.dither == "triangular" else 1  # triangular: an exact 0 -> +-1 w.p. 1/4
+        _per_layer(a.sparsity, nw, lambda x: _is_num(x) and 0 < x < top,
+                   f"a number in (0, {top})" + (" (triangular dither zeroes at most 75%)"
+                                                if top < 1 else ""), "qbp.adapt.sparsity", file)
+        _need(_is_int(a.every) and 1 <= a.every <= 2**30, "must be an integer in [1, 2**30]",
+              "qbp.adapt.every", file)
+        for k in ("min_step_log2", "max_step_log2"):
+            v = getattr(a, k)
+            _need(_is_int(v) and -40 <= v <= 40, "must be an integer in [-40, 40]",
+                  f"qbp.adapt.{k}", file)
+        _need(a.min_step_log2 <= a.max_step_log2, "must not exceed max_step_log2",
+              "qbp.adapt.min_step_log2", file)
+        if a.mode == "variance":
+            _need(net.is_mlp, "the variance mode propagates error variances through dense "
+                  "layers without biases (004's networks); use mode: sparsity here",
+                  "qbp.adapt.mode", file)
+    if q.meprop_k is not None:
+        _per_layer(q.meprop_k, nw, lambda x: _is_int(x) and 1 <= x <= MAX16,
+                   f"an integer in [1, {MAX16}]", "qbp.meprop_k", file)
+        _need(not on and q.step is None and a is None, "meProp replaces QBP: set "
+              "qbp.step_log2: null (and no step or adapt)", "qbp.meprop_k", file)
+        for x in net.weight_layers:
+            _need(x.kind == "dense", f"meProp selects per sample in dense layers; layer "
+                  f"{x.pos} is a {x.kind}", "qbp.meprop_k", file)
 
 
 def _validate_dataset(ds: object, file: str) -> None:

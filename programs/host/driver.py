@@ -43,6 +43,7 @@ from programs.compiler.firmware import (
     lr_multiplier,
 )
 from programs.compiler.layers import Param
+from programs.compiler.qbp import LOG_BYTES, P_QLOG
 from programs.compiler.spec import ModelSpec, validate
 from programs.host.datasets import Dataset, epoch_order, input_exponent
 
@@ -100,6 +101,9 @@ class EpochStats:
     y_zero_fraction: float  # wrong-class softmax outputs quantized to 0 (lost components)
     counters: dict[str, int] = field(default_factory=dict)
     validation_accuracy: float | None = None  # on the chip, after the epoch (with a split)
+    # adaptive QBP, per weight layer: the step's mean, min and max over the batches and the
+    # fraction of batches the saturation floor or the lower clamp raised it
+    qbp_steps: list[list[float]] | None = None
 
     @property
     def mean_sparsity(self) -> float:
@@ -193,7 +197,7 @@ class ChipTrainer:
         if lay.ones:
             self.m.load_dram(lay.dram["ONES"], np.ones(lay.ones, np.int8))
         self._plan_dram()
-        self.epoch = 0
+        self.epoch = self.log_epoch = 0
         self.loaded = False
         self.in_epoch = False
         self.epoch_start_counts = self.m.counts.copy()
@@ -236,6 +240,8 @@ class ChipTrainer:
         self.t_train_addr = take(self.nb_train * lay.batch_t_bytes)
         self.y_addr = take(self.nb_train * lay.batch_y_bytes)
         self.ro_addr = take(self.nb_train * 4 * b)
+        # the adaptive QBP steps of every batch of an epoch (programs/compiler/qbp.py)
+        self.qlog_addr = take(self.nb_train * LOG_BYTES * lay.qbp.nw) if lay.qbp.adapt else 0
         self.x_test_addr = take(self.nb_test * lay.batch_x_bytes)
         self.logit_addr = take(self.nb_test * lay.batch_logit_bytes)
         self.nb_val = math.ceil(len(d.x_val) / b) if d.has_validation else 0
@@ -299,6 +305,7 @@ class ChipTrainer:
         words[P_MODE], words[P_NBATCH], words[P_MU], words[P_SEED] = mode, nb, mu, seed
         words[P_XBASE], words[P_TBASE], words[P_OBASE], words[P_RBASE] = xb, tb, ob, rb
         words[P_LOADW] = 0 if self.loaded else 1
+        words[P_QLOG] = self.qlog_addr
         self.m.load_dram(0, words)
         self.loaded = True
 
@@ -323,6 +330,7 @@ class ChipTrainer:
                      self.t_train_addr, self.y_addr, self.ro_addr)
         self.epoch_start_counts = self.m.counts.copy()
         self.in_epoch = True
+        self.log_epoch = self.epoch  # the epoch the firmware's step log describes
         self.m.restart()
 
     def firmware_image(self) -> np.ndarray:
@@ -399,6 +407,7 @@ class ChipTrainer:
             roundoff_max_abs=float(np.abs(ro.astype(np.float64)).max() * 2.0 ** -(bw - 1)),
             y_zero_fraction=float(((prob == 0) & wrong).sum() / max(int(wrong.sum()), 1)),
             counters={n: int(delta[:, i].sum()) for i, n in enumerate(COUNTERS)},
+            qbp_steps=self._step_stats(),
         )
         if d.has_validation:
             best = self.best_epoch()
@@ -408,6 +417,35 @@ class ChipTrainer:
         self.history.append(stats)
         self.epoch += 1
         return stats
+
+    def step_log(self, rule: bool = False) -> np.ndarray | None:
+        """Adaptive QBP: the step every weight layer used in every batch of the epoch just
+        run, [batches, weight layers] (float64 M 2**(e - 15) from the firmware's log); with
+        ``rule``, the step the adaptive rule asked for, before the saturation floor and the
+        clamps (0: none can meet the budget; inf: unconstrained)."""
+        if not self.qlog_addr:
+            return None
+        nw = self.layout.qbp.nw
+        raw = np.frombuffer(self.m.read_dram(self.qlog_addr, self.nb_train * LOG_BYTES * nw),
+                            "<i4").reshape(self.nb_train, nw, 4).astype(np.float64)
+        m, e = (raw[:, :, 2], raw[:, :, 3]) if rule else (raw[:, :, 0], raw[:, :, 1])
+        with np.errstate(over="ignore"):
+            out = np.where(e >= 2**31 - 1, np.inf, m * np.exp2(np.clip(e, -2000, 2000) - 15))
+        if rule:  # the rule ran in the batches whose global index is a multiple of every
+            g = self.log_epoch * self.nb_train + np.arange(self.nb_train)
+            out[g % self.layout.qbp.every != 0] = np.nan
+        return out
+
+    def _step_stats(self) -> list[list[float]] | None:
+        """Per weight layer: mean, min, max of the step used, and the fraction of batches whose
+        step the saturation floor or the lower clamp raised above the rule's."""
+        log, rule = self.step_log(), self.step_log(rule=True)
+        if log is None or rule is None:
+            return None
+        ran = ~np.isnan(rule[:, 0])
+        return [[float(c.mean()), float(c.min()), float(c.max()),
+                 float((c[ran] > r[ran]).mean()) if ran.any() else 0.0]
+                for c, r in zip(log.T, rule.T, strict=True)]
 
     def best_epoch(self) -> int | None:
         """The finished epoch with the highest validation accuracy (the earliest on a tie), or
@@ -519,6 +557,7 @@ class ChipTrainer:
         except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise CheckpointError(f"training driver state is malformed: {e!r}", file) from None
         self.epoch, self.loaded, self.in_epoch = epoch, loaded, in_epoch
+        self.log_epoch = epoch
         self.epoch_start_counts = start
         self.history = history
 

@@ -320,7 +320,8 @@ def g_vrsqrt(x: Gen) -> None:
 
 def g_vqstep(x: Gen) -> None:
     rows, cols = x.pick(0, 1, 2, 3, 5, 9), x.pick(0, 1, 2, 4, 7, 16)
-    var = x.rng.random() < 0.5
+    mode = x.pick("asum", "var", "amax")
+    var = mode == "var"
     ra = x.rng.randrange(0, ACC - rows * cols)
     rb = x.rng.randrange(0, ACC - rows) if var else x.addr(rows * cols, 1)
     c = x.pick(0, 1, 3, 1000, (1 << 31) - 1, 1 << 40, (1 << 63) - 1) if x.rng.random() < 0.97 \
@@ -331,7 +332,7 @@ def g_vqstep(x: Gen) -> None:
     eb = x.pick(-20, 0, 7, *E32)
     m0 = x.pick(0, 1, 1 << 15, 50000, (1 << 16) - 1, 1 << 20) if x.rng.random() < 0.97 else -5
     e0 = x.pick(-20, 0, 3, *E32)
-    flags = f"mode={'var' if var else 'asum'}, mask={x.rng.randrange(2)}, min={x.rng.randrange(2)}"
+    flags = f"mode={mode}, mask={x.rng.randrange(2)}, combine={x.pick('none', 'min', 'max')}"
     x.emit(*_eset_any(x, 3, ea), *_eset_any(x, 4, eb), *_eset_any(x, 5, ec), *_eset_any(x, 6, e0),
            *x.li(14, m0), *x.li(1, ra), *x.li(2, rb), *x.li(3, rows), *x.li(4, cols), *x.li(5, c),
            f"vqstep r14, r15, r1, r2, r3, r4, r5, e6, e3, e4, e5, {flags}")

@@ -9,13 +9,13 @@ the logits are ``[B, classes]``.
 
 from __future__ import annotations
 
+from programs.compiler import qbp
 from programs.compiler.emit import (
     E_DZ,
     E_LZ,
     E_T0,
     E_T1,
     E_X,
-    R_MU,
     Asm,
     efit,
     rq,
@@ -125,7 +125,11 @@ def dither(lay: Layout) -> str:
 
 def quantize_dz(asm: Asm, lay: Layout, layer: Layer, grad: Grad, ein: int, count: int) -> None:
     """dz~ of a weight layer to INT8 at exponent e[E_DZ] (``DZ<pos>``): the QBP fixed step with
-    the configured dither, or (``qbp.step_log2: null``) a dynamic exponent, nearest rounding."""
+    the configured dither, or (``qbp.step_log2: null``) a dynamic exponent, nearest rounding.
+    Steps that are not powers of two, adaptive steps and meProp: programs/compiler/qbp.py."""
+    if qbp.handles(lay):
+        qbp.quantize(asm, lay, layer, grad, ein, count)
+        return
     steps = lay.spec.qbp_steps()
     dst = lay.sp[f"DZ{layer.pos}"]
     src_acc = grad.addr if grad.where == "acc" else None
@@ -217,13 +221,14 @@ def update(asm: Asm, lay: Layout, p: Param, at: dict[str, int], nw: int, tag: st
     what = f"b{p.layer.pos}" if p.is_bias else f"W{p.layer.pos}"
     asm.label(f"train.upd.l{p.layer.pos}{tag}", f"{mode} update of {what}{tag}"
               + (f", momentum {spec.update.momentum}" if has_momentum(lay) else ""))
-    asm.raw(f"eaddi e{E_T1}, e{e_grad}, {-lay.mu_shift}")  # exponent of dW * mu
+    qmul, qshift = qbp.update_scale(lay)  # mu (r22), or mu * M of a general QBP step
+    asm.raw(f"eaddi e{E_T1}, e{e_grad}, {-lay.mu_shift - qshift}")  # exponent of dW * mu
     if mode in ("lazy", "shadow"):
         lz = at["LZ"]
         lay.exps.addi(asm, E_LZ, p.ename, -spec.update.acc_shift)  # the fine grid
         # U = round(lr g) on the fine grid
         rq(asm, sp["U"], lay.acc["DW"], nw, E_LZ, E_T1, "nearest", "i16", mnemonic="rqm",
-           mul=R_MU)
+           mul=qmul)
         step = sp["U"]
         if has_momentum(lay):
             # VL = round_dither(beta VL) + U on the fine grid. dW in the accumulator is dead:
@@ -247,7 +252,7 @@ def update(asm: Asm, lay: Layout, p: Param, at: dict[str, int], nw: int, tag: st
     else:
         rnd = "nearest" if mode == "plain" else "uniform"
         ew = lay.exps.load(asm, p.ename, X_W)
-        rq(asm, sp["U"], lay.acc["DW"], nw, ew, E_T1, rnd, "i8", mnemonic="rqm", mul=R_MU)
+        rq(asm, sp["U"], lay.acc["DW"], nw, ew, E_T1, rnd, "i8", mnemonic="rqm", mul=qmul)
         step = sp["U"]
         if has_momentum(lay):
             # everything INT8: VL = sat8(round_dither(beta VL) + U) on the parameter's grid

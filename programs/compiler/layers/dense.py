@@ -16,6 +16,7 @@ Weights stream from DRAM in row tiles (rows k0:k1 of W are contiguous; so are ro
 
 from __future__ import annotations
 
+from programs.compiler import qbp
 from programs.compiler.emit import (
     E_DZ,
     E_S,
@@ -150,6 +151,7 @@ class Dense(Lowering):
         quantize_dz(asm, lay, layer, grad, ein, n_out * b)
         if layer.relu:
             relu_mask(asm, lay, layer, n_out * b)
+        qbp.after_mask(asm, lay, layer, self.out_s, n_out * b)  # meProp
         w_param = lay.param_of(layer)
         tiles = lay.tiles[l]
         dz = sp[f"DZ{l}"]
@@ -159,6 +161,7 @@ class Dense(Lowering):
                 asm.label(f"train.bwd.l{l}{tag}", f"rows {k0}:{k1} of W{l}")
             at = tile_in(asm, lay, w_param, k0, k1, with_state=True)
             w = at["W"]
+            qbp.tile_hook(asm, lay, layer, w, k0, k1, need_dx)  # adaptive step: variances
             a_rows = act_in(lay, layer) + k0 * b
             rows = k1 - k0
             if self.in_s:  # one tile; a is [B, n_in], the input gradient [B, n_in] too
