@@ -311,7 +311,7 @@ def _cmd_experiment(args) -> int:
     from emulator.config import load_config
     from programs.cli.console import make_console, print_table
     from programs.experiments import EXPERIMENTS, run_experiment
-    from programs.experiments.paper import table_rows
+    from programs.experiments.paper import summary_rows
 
     if args.name not in EXPERIMENTS:
         raise UsageError(f"unknown experiment; choose from {', '.join(EXPERIMENTS)}", args.name)
@@ -352,7 +352,7 @@ def _cmd_experiment(args) -> int:
         rows = run_experiment(args.name, cfg, out, quick=args.quick, note=note, base=base,
                               data=args.data, epochs=args.epochs)
         progress.update(task, completed=progress.tasks[0].total or 0, what="done")
-    shown = table_rows(rows)
+    shown = summary_rows(args.name, rows)
     t = Table(title=args.name)
     for c in shown[0]:
         t.add_column(c, justify="right")
@@ -495,15 +495,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     x = sub.add_parser("experiment", help="reproduce a paper's claim on the emulator")
     x.add_argument("name", help="lazy-update, qbp-sweep, classifier-width, perceptron, "
-                   "update-modes, lenet-lazy, qbp-table")
+                   "update-modes, lenet-lazy, qbp-table, qbp-error-stats, qbp-meprop")
     x.add_argument("--config", help="hardware config YAML (default: built-in defaults)")
     _set_arg(x)
     x.add_argument("--out", default="out/experiments", help="output directory")
     x.add_argument("--quick", action="store_true", help="a smaller sweep")
     x.add_argument("--data", metavar="DIR",
-                   help="MNIST-format directory (lenet-lazy, qbp-table)")
+                   help="MNIST-format directory (lenet-lazy, qbp-table; qbp-error-stats and "
+                   "qbp-meprop: 784-500-500-10 on it instead of the digits)")
     x.add_argument("--epochs", type=_count(1), metavar="N",
-                   help="epochs per run (lenet-lazy: 3, qbp-table: 5 by default)")
+                   help="epochs per run (lenet-lazy: 3, qbp-table: 5, qbp-error-stats: 1, "
+                   "qbp-meprop: 10 on the digits, 3 with --data by default)")
     x.set_defaults(fn=_cmd_experiment)
 
     s = sub.add_parser("sweep", help="design-space exploration on Dask (docs/sweep.md)")

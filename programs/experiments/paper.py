@@ -20,6 +20,8 @@ import numpy as np
 
 from emulator.config import Config
 from programs.compiler.spec import ModelSpec, with_overrides
+from programs.experiments import qbp_stats
+from programs.experiments.qbp_stats import QBP_EXPERIMENTS
 from programs.experiments.tables import TABLES
 from programs.host.datasets import Dataset, digits, synthetic
 from programs.host.driver import ChipTrainer, classifier_bits_bound
@@ -185,7 +187,9 @@ EXPERIMENTS: dict[str, Callable[..., list[Row]]] = {
     "perceptron": perceptron,
     "update-modes": update_modes,
     **TABLES,  # lenet-lazy, qbp-table (programs/experiments/tables.py): they need --data DIR
+    **QBP_EXPERIMENTS,  # qbp-error-stats, qbp-meprop (qbp_stats.py): digits, or --data DIR
 }
+FIXED_NETWORK = {**TABLES, **QBP_EXPERIMENTS}  # their own networks: --data and --epochs apply
 
 
 # ------------------------------------------------------------------------------ output
@@ -200,14 +204,29 @@ def table_rows(rows: list[Row]) -> list[Row]:
     return [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
 
 
+def summary_rows(name: str, rows: list[Row]) -> list[Row]:
+    """What the console prints: the rows, or a summary of long experiments."""
+    if name == "qbp-error-stats":
+        return qbp_stats.summary(rows)
+    return table_rows(rows)
+
+
+def _md_table(shown: list[Row]) -> list[str]:
+    cols = list(shown[0])
+    return (["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+            + ["| " + " | ".join(_fmt(r[c]) for c in cols) + " |" for r in shown])
+
+
 def write_outputs(name: str, rows: list[Row], out: Path) -> list[Path]:
     """Write ``NAME.md``, ``NAME.csv`` and (with matplotlib) ``NAME.png`` into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     shown = table_rows(rows)
     cols = list(shown[0])
-    md = [f"# {name}", "", (EXPERIMENTS[name].__doc__ or "").strip(), "",
-          "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    md += ["| " + " | ".join(_fmt(r[c]) for c in cols) + " |" for r in shown]
+    md = [f"# {name}", "", (EXPERIMENTS[name].__doc__ or "").strip(), ""]
+    if name == "qbp-error-stats":
+        md += ["## Summary (over the probe points)", ""] + _md_table(summary_rows(name, rows))
+        md += ["", "## Every probe point", ""]
+    md += _md_table(shown)
     paths = [out / f"{name}.md", out / f"{name}.csv"]
     paths[0].write_text("\n".join(md) + "\n")
     with paths[1].open("w", newline="") as f:
@@ -266,6 +285,8 @@ def _qbp_axes(ax: Any, ax2: Any, rows: list[Row]) -> None:
 
 def figure(name: str, rows: list[Row]) -> Any:
     """The experiment's plot as a matplotlib Figure (None without matplotlib)."""
+    if name in QBP_EXPERIMENTS:
+        return qbp_stats.figure(name, rows)
     try:
         import matplotlib
 
@@ -366,18 +387,19 @@ def run_experiment(name: str, cfg: Config, out: Path, quick: bool = False,
     digits MLP); the keys an experiment varies are set on top of it. ``data`` (an MNIST-format
     directory) and ``epochs`` are for the tables of ``tables.py``, which fix their own
     networks."""
-    if name in TABLES:
+    if name in FIXED_NETWORK:
         if base is not None and base != ModelSpec():
             from emulator.errors import UsageError
 
             raise UsageError("the network and training of this table are fixed: model. keys "
                              "do not apply (hw. keys do)", name)
-        rows = TABLES[name](cfg, quick, note, data=data, epochs=epochs)
+        rows = FIXED_NETWORK[name](cfg, quick, note, data=data, epochs=epochs)
     else:
         if data is not None or epochs is not None:
             from emulator.errors import UsageError
 
-            raise UsageError("--data and --epochs are for lenet-lazy and qbp-table", name)
+            raise UsageError("--data and --epochs are for lenet-lazy, qbp-table, "
+                             "qbp-error-stats and qbp-meprop", name)
         rows = EXPERIMENTS[name](cfg, quick, note, base)
     write_outputs(name, rows, out)
     return rows

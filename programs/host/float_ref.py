@@ -14,6 +14,7 @@ best epoch's parameters.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -28,6 +29,7 @@ class FloatResult:
     history: list[dict[str, float]] = field(default_factory=list)
     weights: list[np.ndarray] = field(default_factory=list)  # of the reported test accuracy
     best_epoch: int | None = None  # with a validation split
+    sparsity: list[float] | None = None  # with qbp: zeros of dz~ per weight layer
 
 
 # ------------------------------------------------------------------------------ image ops
@@ -128,8 +130,9 @@ class FloatNet:
         return saved, h
 
     def backward(self, params: list[np.ndarray], saved: list[tuple[np.ndarray, object]],
-                 dz_top: np.ndarray) -> list[np.ndarray | None]:
-        """Gradients of every parameter from dL/dlogits (``None`` where none is needed)."""
+                 dz_top: np.ndarray, quant: Any = None) -> list[np.ndarray | None]:
+        """Gradients of every parameter from dL/dlogits (``None`` where none is needed); with
+        ``quant`` (programs/host/float_qbp.py) each weight layer's dz is quantized by it."""
         idx = {x.pos: (iw, ib) for x, iw, ib in self.param_slices()}
         grads: list[np.ndarray | None] = [None] * len(params)
         layers = self.net.layers
@@ -142,7 +145,10 @@ class FloatNet:
             if layer.kind in ("dense", "conv"):
                 iw, ib = idx[layer.pos]
                 cols, out = extra  # type: ignore[misc]
-                dz = g * (out > 0) if layer.relu else g
+                if quant is not None:
+                    dz = quant(layer, g, out > 0 if layer.relu else None, inp, params[iw])
+                else:
+                    dz = g * (out > 0) if layer.relu else g
                 if layer.kind == "dense":
                     grads[iw] = inp.T @ dz
                     if ib is not None:
@@ -180,16 +186,19 @@ def softmax(s: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def loss_and_grad(fnet: FloatNet, params: list[np.ndarray], x: np.ndarray, y: np.ndarray
-                  ) -> tuple[float, list[np.ndarray | None]]:
-    """Mean cross-entropy of a batch and its gradient for every parameter."""
+def loss_and_grad(fnet: FloatNet, params: list[np.ndarray], x: np.ndarray, y: np.ndarray,
+                  quant: Any = None) -> tuple[float, list[np.ndarray | None]]:
+    """Mean cross-entropy of a batch and its gradient for every parameter (dz quantized by
+    ``quant`` when given)."""
     saved, s = fnet.forward(params, x)
     p = softmax(s)
     b = x.shape[0]
     t = np.zeros_like(p)
     t[np.arange(b), y] = 1.0
     loss = float(-np.log(np.maximum(p[np.arange(b), y], 1e-12)).mean())
-    return loss, fnet.backward(params, saved, (p - t) / p.dtype.type(b))
+    if quant is not None:
+        quant.begin()
+    return loss, fnet.backward(params, saved, (p - t) / p.dtype.type(b), quant)
 
 
 def accuracy(fnet: FloatNet, params: list[np.ndarray], x: np.ndarray, y: np.ndarray,
@@ -203,11 +212,11 @@ def accuracy(fnet: FloatNet, params: list[np.ndarray], x: np.ndarray, y: np.ndar
 
 def train_step(fnet: FloatNet, params: list[np.ndarray], x: np.ndarray, y: np.ndarray,
                lr: float, momentum: float = 0.0,
-               velocity: list[np.ndarray] | None = None) -> float:
+               velocity: list[np.ndarray] | None = None, quant: Any = None) -> float:
     """One SGD step on the mean cross-entropy; updates ``params`` in place; returns the loss.
     With ``momentum`` beta (heavy ball, as the chip does it): ``v = beta v + lr g``,
     ``w -= v``, with ``velocity`` updated in place."""
-    loss, grads = loss_and_grad(fnet, params, x, y)
+    loss, grads = loss_and_grad(fnet, params, x, y, quant)
     for i in range(len(params) - 1, -1, -1):
         g = grads[i]
         assert g is not None
@@ -222,8 +231,16 @@ def train_step(fnet: FloatNet, params: list[np.ndarray], x: np.ndarray, y: np.nd
 
 
 def train_float(spec: ModelSpec, data: Dataset, init: list[np.ndarray],
-                epochs: int | None = None) -> FloatResult:
+                epochs: int | None = None, qbp: bool = False) -> FloatResult:
+    """Train in float32. With ``qbp``, the spec's QBP (fixed or adaptive step, its dither) or
+    meProp quantizes each layer's dz (programs/host/float_qbp.py; ``FloatResult.sparsity``
+    gives the fraction of zeros of dz~ per weight layer); without, plain back propagation."""
+    from programs.host.float_qbp import FloatQuantizer
+
     fnet = FloatNet(spec.net())
+    quant = FloatQuantizer(spec) if qbp else None
+    if quant is not None and not quant.active:
+        quant = None
     params = [w.astype(np.float32).copy() for w in init]
     scale = np.float32(2.0 ** input_exponent(spec, data))
     xtr = data.x_train.astype(np.float32) * scale
@@ -239,7 +256,7 @@ def train_float(spec: ModelSpec, data: Dataset, init: list[np.ndarray],
         lr = spec.lr_at(epoch)
         losses = [
             train_step(fnet, params, xtr[order[i : i + b]], data.y_train[order[i : i + b]], lr,
-                       beta, velocity)
+                       beta, velocity, quant)
             for i in range(0, len(order), b)
         ]
         h = {"epoch": epoch, "loss": float(np.mean(losses)),
@@ -253,4 +270,6 @@ def train_float(spec: ModelSpec, data: Dataset, init: list[np.ndarray],
         res.best_epoch, params = best[1], best[2]
     res.test_accuracy = accuracy(fnet, params, xte, data.y_test)
     res.weights = params
+    if quant is not None:
+        res.sparsity = quant.sparsity()
     return res
