@@ -126,7 +126,7 @@ def test_update_modes_quick_is_smaller(monkeypatch):
         return {"test_accuracy": 0.5, "final_loss": 1.0, "trainer": None}
 
     monkeypatch.setattr(paper, "chip_run", fake_chip)
-    monkeypatch.setattr(paper, "float_run", lambda spec, data, tr: 0.9)
+    monkeypatch.setattr(paper, "float_run", lambda spec, data, tr, qbp=False: 0.9)
     monkeypatch.setattr(paper, "digits", lambda seed: None)
     notes: list[tuple] = []
     full = paper.update_modes(config_from_dict({}), False, lambda *a: notes.append(a))

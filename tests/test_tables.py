@@ -75,11 +75,12 @@ def test_lenet_lazy_quick(mnist_dir, tmp_path):
 def test_qbp_table_quick(mnist_dir, tmp_path):
     rows = run_experiment("qbp-table", Config(), tmp_path, quick=True, data=str(mnist_dir))
     names = [r["variant"] for r in rows]
-    assert names == ["BP (float32)", "chip, no QBP", "QBP-UD step 2^0"]
-    qbp, none = rows[2], rows[1]
+    assert names == ["BP (float32)", "chip, no QBP", "QBP-UD step 2^0",
+                     "float32 + QBP-UD step 2^0"]
+    qbp, none, fq = rows[2], rows[1], rows[3]
     assert qbp["paper_004_accuracy"] == 98.14 and qbp["paper_004_sparsity"] == 99.15
     assert 0 < none["sparsity_mean"] < qbp["sparsity_mean"] <= 100
-    assert np.isnan(rows[0]["sparsity_mean"])
+    assert np.isnan(rows[0]["sparsity_mean"]) and 0 < fq["sparsity_mean"] <= 100
 
 
 def test_tables_need_a_data_directory(tmp_path):

@@ -133,12 +133,15 @@ def run_training(spec: ModelSpec, cfg: Config, json_out: str | None = None,
     best = tr.best_epoch()
     wall = time.perf_counter() - t0
     summary = tr.m.summary()
-    ref = ref_best = None
+    ref = ref_best = ref_qbp = None
+    qbp_on = spec.qbp.step_log2 is not None or spec.qbp.meprop_k is not None
     if compare_float:
         from programs.host.float_ref import train_float
 
         fres = train_float(spec, data, tr.float_init())
         ref, ref_best = fres.test_accuracy, fres.best_epoch
+        if qbp_on:  # the same QBP in float32: what QBP does apart from the INT8 arithmetic
+            ref_qbp = train_float(spec, data, tr.float_init(), qbp=True).test_accuracy
     rows = tr.breakdown()
     at = ""
     if best is not None:
@@ -146,7 +149,9 @@ def run_training(spec: ModelSpec, cfg: Config, json_out: str | None = None,
               f"{100 * history[best].validation_accuracy:.2f}%)")
     t = Table(title=f"{spec.name} on the chip: test accuracy {100 * test_acc:.2f}%{at}"
               + (f" (float32 reference {100 * ref:.2f}%"
-                 + (f" at its epoch {ref_best + 1}" if ref_best is not None else "") + ")"
+                 + (f" at its epoch {ref_best + 1}" if ref_best is not None else "")
+                 + (f"; float32 with the same QBP {100 * ref_qbp:.2f}%"
+                    if ref_qbp is not None else "") + ")"
                  if ref is not None else ""))
     for col in ("layer", "phase", "cycles", "macs", "macs_skipped", "skipped %", "util %",
                 "energy uJ"):
@@ -175,10 +180,27 @@ def run_training(spec: ModelSpec, cfg: Config, json_out: str | None = None,
     mean_sparsity = sum(h.mean_sparsity for h in history) / len(history)
     con.print(f"mean dz~ sparsity {100 * mean_sparsity:.1f}%, mean |round-off sum of dL/ds| "
               f"{history[-1].roundoff_mean_abs:.2e} (last epoch), wall time {wall:.1f} s")
+    from programs.compiler.qbp import realised_steps
+
+    fixed = realised_steps(spec)
+    ws = [x.name for x in net.weight_layers]
+    if fixed:
+        con.print("QBP steps realised (16-bit significand, rounded down): " + ", ".join(
+            f"{f['layer']} {f['requested']:g} -> {f['realised']:.9g} "
+            f"({f['significand']} x 2^{f['exponent'] - 15})" for f in fixed),
+            markup=False, highlight=False)
+    if history[-1].qbp_steps:
+        con.print("adaptive QBP steps, last epoch (mean [min, max], batches raised by the "
+                  "saturation floor or the lower clamp): " + ", ".join(
+                      f"{n} {m:.4g} [{lo:.4g}, {hi:.4g}] {100 * r:.0f}%"
+                      for n, (m, lo, hi, r) in zip(ws, history[-1].qbp_steps, strict=True)),
+                  markup=False, highlight=False)
     result: dict[str, Any] = {
         "model": spec.to_dict(),
         "test_accuracy": test_acc,
         "float_reference_accuracy": ref,
+        "float_qbp_reference_accuracy": ref_qbp,
+        "qbp_steps": fixed,
         "dataset": {"name": data.name, "shape": list(data.shape),
                     "input_exponent": tr.spec.input_exponent, "train": len(data.x_train),
                     "validation": len(data.x_val) if data.has_validation else 0,

@@ -12,6 +12,7 @@ the plot only (not written to the tables).
 from __future__ import annotations
 
 import csv
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -45,8 +46,11 @@ def chip_run(spec: ModelSpec, cfg: Config, data: Dataset) -> Row:
     }
 
 
-def float_run(spec: ModelSpec, data: Dataset, tr: ChipTrainer) -> float:
-    return train_float(spec, data, tr.float_init()).test_accuracy
+def float_run(spec: ModelSpec, data: Dataset, tr: ChipTrainer, qbp: bool = False) -> float:
+    """Test accuracy of the float32 reference from the chip run's initial weights; with
+    ``qbp``, the spec's QBP applied to its dz (programs/host/float_qbp.py), so a table can
+    tell QBP's effect from the chip's INT8 arithmetic."""
+    return train_float(spec, data, tr.float_init(), qbp=qbp).test_accuracy
 
 
 # ------------------------------------------------------------------------------ experiments
@@ -59,7 +63,8 @@ def _silent(_: str, __: int) -> None:
 
 def lazy_update(cfg: Config, quick: bool, note: Note = _silent,
                 base: ModelSpec | None = None) -> list[Row]:
-    """Float32 reference vs INT8 plain vs INT8 lazy on digits, over learning rates (001 sec. 2)."""
+    """Float32 reference (without and with the model's QBP on dz) vs INT8 plain vs INT8 lazy
+    on digits, over learning rates (001 sec. 2)."""
     base = base or ModelSpec()
     data = digits(base.data_seed)
     rows = []
@@ -70,7 +75,9 @@ def lazy_update(cfg: Config, quick: bool, note: Note = _silent,
         lazy = chip_run(spec, cfg, data)
         plain = chip_run(with_overrides(spec, **{"update.mode": "plain"}), cfg, data)
         ref = float_run(spec, data, lazy["trainer"])
-        rows.append({"lr": lr, "float32": ref, "int8_plain": plain["test_accuracy"],
+        ref_q = float_run(spec, data, lazy["trainer"], qbp=True)
+        rows.append({"lr": lr, "float32": ref, "float32_qbp": ref_q,
+                     "int8_plain": plain["test_accuracy"],
                      "int8_lazy": lazy["test_accuracy"],
                      "lazy_minus_float": lazy["test_accuracy"] - ref,
                      "plain_minus_float": plain["test_accuracy"] - ref})
@@ -79,25 +86,33 @@ def lazy_update(cfg: Config, quick: bool, note: Note = _silent,
 
 def qbp_sweep(cfg: Config, quick: bool, note: Note = _silent,
               base: ModelSpec | None = None) -> list[Row]:
-    """Accuracy vs gradient sparsity over QBP steps and dither modes (004 Fig. 6.3, Table 6.1)."""
+    """Accuracy vs gradient sparsity over QBP steps and dither modes (004 Fig. 6.3, Table 6.1),
+    on the chip and in the float32 reference with the same QBP (the no-QBP row: float32 back
+    propagation)."""
     base = base or ModelSpec()
     data = digits(base.data_seed)
     steps = (-3, -1) if quick else (-5, -4, -3, -2, -1, 0, 1)
     dithers = ("uniform", "none") if quick else ("uniform", "triangular", "none")
     total = 1 + len(steps) * len(dithers)
     note("no QBP", total)
-    no_qbp = chip_run(with_overrides(base, **{"qbp.step_log2": None}), cfg, data)
+    spec = with_overrides(base, **{"qbp.step_log2": None})
+    no_qbp = chip_run(spec, cfg, data)
     rows = [{"step_log2": "none (dynamic)", "dither": "-", "test_accuracy":
              no_qbp["test_accuracy"], "mean_sparsity": no_qbp["mean_sparsity"],
-             "final_loss": no_qbp["final_loss"]}]
+             "final_loss": no_qbp["final_loss"],
+             "float32_qbp_accuracy": float_run(spec, data, no_qbp["trainer"]),
+             "float32_qbp_sparsity": math.nan}]
     for step in steps:
         for dither in dithers:
             note(f"step 2^{step}, {dither} dither", total)
-            r = chip_run(with_overrides(base, **{"qbp.step_log2": step, "qbp.dither": dither}),
-                         cfg, data)
+            spec = with_overrides(base, **{"qbp.step_log2": step, "qbp.dither": dither})
+            r = chip_run(spec, cfg, data)
+            fl = train_float(spec, data, r["trainer"].float_init(), qbp=True)
             rows.append({"step_log2": step, "dither": dither,
                          "test_accuracy": r["test_accuracy"],
-                         "mean_sparsity": r["mean_sparsity"], "final_loss": r["final_loss"]})
+                         "mean_sparsity": r["mean_sparsity"], "final_loss": r["final_loss"],
+                         "float32_qbp_accuracy": fl.test_accuracy,
+                         "float32_qbp_sparsity": float(np.mean(fl.sparsity or [math.nan]))})
     return rows
 
 
@@ -162,21 +177,23 @@ def perceptron(cfg: Config, quick: bool, note: Note = _silent,
 
 def update_modes(cfg: Config, quick: bool, note: Note = _silent,
                  base: ModelSpec | None = None) -> list[Row]:
-    """Stochastic rounding vs shadow copy vs lazy vs plain at a small learning rate (002)."""
+    """Stochastic rounding vs shadow copy vs lazy vs plain at a small learning rate (002), beside
+    the float32 reference without and with the model's QBP."""
     base = with_overrides(base or ModelSpec(), **{"update.lr": 0.01})
     if quick:
         base = with_overrides(base, epochs=5)
     data = digits(base.data_seed)
     rows = []
-    ref = None
+    ref = ref_q = None
     modes = ("lazy", "shadow", "stochastic", "plain")
     for mode in modes:
         note(f"{mode} update", len(modes))
         r = chip_run(with_overrides(base, **{"update.mode": mode}), cfg, data)
         if ref is None:
             ref = float_run(base, data, r["trainer"])
+            ref_q = float_run(base, data, r["trainer"], qbp=True)
         rows.append({"mode": mode, "epochs": base.epochs, "test_accuracy": r["test_accuracy"],
-                     "float32": ref, "final_loss": r["final_loss"]})
+                     "float32": ref, "float32_qbp": ref_q, "final_loss": r["final_loss"]})
     return rows
 
 
@@ -344,7 +361,7 @@ def figure(name: str, rows: list[Row]) -> Any:
         ax.set_title(name)
         if name == "lazy-update":
             lrs = [r["lr"] for r in rows]
-            for key in ("float32", "int8_lazy", "int8_plain"):
+            for key in ("float32", "float32_qbp", "int8_lazy", "int8_plain"):
                 ax.plot(lrs, [100 * r[key] for r in rows], marker="o", label=key)
             ax.set_xscale("log")
             ax.set_xlabel("learning rate")
