@@ -55,7 +55,10 @@ def encode_oracle(d2: Fraction | None, sqrt: bool) -> tuple[int, int, int]:
         return ZERO
     if e >= EMAX:
         return INF
-    m = next(m for m in range(1 << 16, (1 << 15) - 1, -1) if below(m * Fraction(2) ** (e - 15)))
+    m = 1 << 15  # the largest m with m 2**(e-15) <= D, bit by bit
+    for bit in range(14, -1, -1):
+        if below((m | 1 << bit) * Fraction(2) ** (e - 15)):
+            m |= 1 << bit
     return m, e, round(Fraction(1 << 46, m) + Fraction(1, 10**9))  # ties up: never a tie
 
 

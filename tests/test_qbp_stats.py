@@ -261,3 +261,46 @@ def test_experiments_run_and_write(tmp_path):
     assert methods[0] == "BP" and "meProp" in methods and "QBP-UD" in methods
     ud = [r for r in rows if r["method"] == "QBP-UD"]
     assert ud[0]["chip_sparsity"] < ud[-1]["chip_sparsity"]  # a larger step: more zeros
+
+
+# ------------------------------------------------------------------------------ reproducible
+REPRO_SPECS = {
+    "variance": {"qbp.adapt": {"mode": "variance", "sigma_max": 0.05, "every": 2}},
+    "sparsity": {"qbp.adapt": {"mode": "sparsity", "sparsity": 0.6},
+                 "qbp.dither": "triangular"},
+    "meprop": {"qbp.step_log2": None, "qbp.meprop_k": 4},
+    "step": {"qbp.step": [0.3, 0.07, 0.11]},
+}
+
+
+def repro_digests(datapath: str = "fast") -> dict[str, tuple[str, int]]:
+    """Weights digest and cycles after 3 training steps of each new QBP path."""
+    import dataclasses
+
+    data = digits(0)
+    data = dataclasses.replace(data, x_train=data.x_train[:24], y_train=data.y_train[:24])
+    out = {}
+    for name, ov in REPRO_SPECS.items():
+        spec = _spec(**ov)
+        tr = ChipTrainer(spec, CFG, data, datapath=datapath)
+        tr.train_epoch()
+        out[name] = (tr.weights_digest(), int(tr.m.summary().totals["cycles"]))
+    return out
+
+
+def test_new_paths_are_bit_identical_on_reference_datapath_and_with_the_jit_off():
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    fast = repro_digests()
+    assert repro_digests("reference") == fast
+    root = Path(__file__).resolve().parents[1]
+    code = ("import sys, json; sys.path.insert(0, 'tests'); import test_qbp_stats as t; "
+            "print(json.dumps(t.repro_digests()))")
+    env = dict(os.environ, NUMBA_DISABLE_JIT="1")
+    res = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True,
+                         text=True, check=True)
+    assert {k: tuple(v) for k, v in json.loads(res.stdout).items()} == fast

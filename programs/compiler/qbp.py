@@ -63,6 +63,7 @@ meProp: dz~ is INT8 with a dynamic exponent (nearest, as without QBP), masked by
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -110,6 +111,9 @@ def realised(m: int, e: int) -> float:
     return m * 2.0 ** (e - 15)
 
 
+_GL_NODES, _GL_WEIGHTS = np.polynomial.legendre.leggauss(24)
+
+
 def laplace_sparsity(t: float, dither: str) -> float:
     """Fraction of zeros after mid-tread quantization with step ``t b`` of a zero-mean Laplace
     variable of scale b (004 sec. 4.3, eq. 4.26): ``E[P(y = 0 | x)]`` with u = |x| / b ~ Exp(1).
@@ -119,29 +123,27 @@ def laplace_sparsity(t: float, dither: str) -> float:
         return 1.0 - (-math.expm1(-t)) / t
     if dither == "none":
         return -math.expm1(-t / 2)
+    # P0 is a quadratic in u between its breakpoints t/2 and 3t/2 (0 beyond); e^-u is below
+    # 2**-86 past 60: unit pieces up to there are integrated exactly to rounding
+    cuts = np.array(sorted({0.0, *(float(k) for k in range(1, 61)),
+                            *(c for c in (t / 2, 1.5 * t) if c < 60)}))
+    lo, hi = cuts[:-1, None], cuts[1:, None]
+    u = (hi - lo) / 2 * _GL_NODES[None, :] + (hi + lo) / 2
+    v = u / t
 
     def cdf(x: np.ndarray) -> np.ndarray:  # the triangular dither on [-1, 1] (in steps)
         return np.where(x <= -1, 0.0, np.where(x <= 0, (x + 1) ** 2 / 2,
                                                 np.where(x <= 1, 1 - (1 - x) ** 2 / 2, 1.0)))
 
-    nodes, weights = np.polynomial.legendre.leggauss(24)
-    # P0 is a quadratic in u between its breakpoints t/2 and 3t/2 (0 beyond); e^-u is below
-    # 2**-86 past 60: unit pieces up to there are integrated exactly to rounding
-    cuts = sorted({0.0, *(float(k) for k in range(1, 61)), *(c for c in (t / 2, 1.5 * t)
-                                                              if c < 60)})
-    total = 0.0
-    for lo, hi in zip(cuts[:-1], cuts[1:], strict=True):
-        u = (hi - lo) / 2 * nodes + (hi + lo) / 2
-        v = u / t
-        p0 = cdf(0.5 - v) - cdf(-0.5 - v)
-        total += float((hi - lo) / 2 * np.sum(weights * np.exp(-u) * p0))
-    return total
+    p0 = cdf(0.5 - v) - cdf(-0.5 - v)
+    return float(np.sum((hi - lo) / 2 * _GL_WEIGHTS[None, :] * np.exp(-u) * p0))
 
 
+@functools.lru_cache(maxsize=256)
 def solve_sparsity(target: float, dither: str) -> float:
     """t* with laplace_sparsity(t*) = target (bisection in log t; the function increases)."""
     lo, hi = 1e-12, 1e12
-    for _ in range(200):
+    for _ in range(80):  # the log-interval halves each time: 80 reach float precision
         mid = math.sqrt(lo * hi)
         if laplace_sparsity(mid, dither) < target:
             lo = mid
