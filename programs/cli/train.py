@@ -51,7 +51,7 @@ def write_firmware(asm_out: str, tr: ChipTrainer, con: Any = None) -> Path | Non
         f"# DRAM bytes [0, {tr.dram_top:#x}) at the start of training epoch {tr.epoch + 1} of "
         f"{spec.epochs}: the PARAMS block (int32 words at 0: mode 0 = train, n_batches "
         f"{words[P_NBATCH]}, mu, seed, x_base, t_base, out_base, roundoff_base, load_weights "
-        f"{words[P_LOADW]}),",
+        f"{words[P_LOADW]}" + (", qbp_step_log" if lay.qbp.adapt else "") + "),",
         "# the parameters W<l> / B<l> (INT8) and their INT16 update state LZ<l> / LZB<l> at "
         + ", ".join(f"{p.key('W')} {lay.dram[p.key('W')]:#x} {p.key('LZ')} "
                     f"{lay.dram[p.key('LZ')]:#x}" for p in lay.params) + ",",
