@@ -402,10 +402,11 @@ def test_cnn_backward_equals_int64_oracle_with_exact_skips(dither, weights, monk
             if dither == "uniform" and s > 0:
                 u = np.array([draw_ref(seed, counter + i) & ((1 << s) - 1)
                               for i in range(v.size)], np.int64).reshape(v.shape)
-            dz = sat(round_shift(v, s, u), 8)
+            geb = tr.layout.grad_eb(layer)  # the last layer's dz~ has the classifier's width
+            dz = sat(round_shift(v, s, u), 8 * geb)
             if layer.relu:
                 dz = dz * (out > 0)
-            got_dz = p.sp(f"DZ{layer.pos}", dz.shape)
+            got_dz = p.sp(f"DZ{layer.pos}", dz.shape, geb)
             np.testing.assert_array_equal(got_dz, dz, err_msg=str(layer))
             assert p.m.e[E_DZ] == step
             zeros = int(np.count_nonzero(dz == 0))

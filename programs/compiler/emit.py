@@ -12,6 +12,8 @@ from emulator.errors import ConfigError
 # scalar registers
 R_B, R_NB, R_MU, R_MODE, R_XB, R_TB, R_OB, R_RB, R_T0, R_T1 = 20, 21, 22, 23, 24, 25, 26, 27, 28, 29
 TEMPS = tuple(range(1, 20))  # r1..r19: constants and addresses, reused across ops
+R_X0, R_X1 = 30, 31  # scratch of multi-instruction sequences (dither counter, exponent scans)
+R_CTR = R_X0
 
 # exponent registers with a fixed role (e1..e10 hold activation and parameter exponents, see
 # programs/compiler/exps.py)

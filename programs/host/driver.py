@@ -26,11 +26,13 @@ from emulator.errors import CheckpointError, ConfigError, ExecutionError
 from emulator.machine import Machine
 from isa.asm import assemble
 from programs.compiler.firmware import (
+    CONST_BYTES,
     MODE_EVAL,
     MODE_TRAIN,
     P_LOADW,
     P_MODE,
     P_MU,
+    P_MUTAB,
     P_NBATCH,
     P_OBASE,
     P_RBASE,
@@ -39,6 +41,7 @@ from programs.compiler.firmware import (
     P_XBASE,
     R_B,
     compile_model,
+    constants,
     init_bound,
     lr_multiplier,
 )
@@ -65,14 +68,18 @@ def classifier_warning(spec: ModelSpec) -> str | None:
 
 
 def initial_weights(spec: ModelSpec, weight_exp: list[int]) -> list[np.ndarray]:
-    """He-uniform INT8 weights [fan_in, units] on each weight layer's fixed grid (the float
-    trainer starts from the same values, dequantized). Biases start at zero."""
+    """He-uniform weights [fan_in, units] on each weight layer's initial grid, INT8 (int8) or
+    INT16 (int16) by ``bits.weights`` (the float trainer starts from the same values,
+    dequantized). Biases start at zero."""
     rng = np.random.default_rng([spec.seed, 7])
     out = []
-    for layer, e in zip(spec.net().weight_layers, weight_exp, strict=True):
+    for layer, e, bits in zip(spec.net().weight_layers, weight_exp, spec.weight_bits(),
+                              strict=True):
         b = init_bound(layer.fan_in)
         w = rng.uniform(-b, b, size=layer.wshape)
-        out.append(np.clip(np.rint(w / 2.0**e), -127, 127).astype(np.int8))
+        top = 2 ** (bits - 1) - 1
+        out.append(np.clip(np.rint(w / 2.0**e), -top, top).astype(
+            np.int8 if bits == 8 else np.int16))
     return out
 
 
@@ -83,8 +90,11 @@ def initial_params(spec: ModelSpec, weight_exp: list[int]) -> list[np.ndarray]:
                         strict=True):
         out.append(w)
         if layer.bias:
-            out.append(np.zeros(layer.units, np.int8))
+            out.append(np.zeros(layer.units, w.dtype))
     return out
+
+
+MOMENT_EXP0 = -(2**30)  # Adam's moment exponents start "at minus infinity" (the moments are 0)
 
 
 @dataclass
@@ -192,6 +202,10 @@ class ChipTrainer:
         self._place_params(self.params0)
         if lay.ones:
             self.m.load_dram(lay.dram["ONES"], np.ones(lay.ones, np.int8))
+        consts = constants(lay)
+        if consts is not None:
+            self.m.load_dram(lay.dram["CONST"], np.frombuffer(consts[0], np.uint8))
+            self.m.load_dram(lay.dram["CONST"] + CONST_BYTES, np.array([consts[1]], "<i4"))
         self._plan_dram()
         self.epoch = 0
         self.loaded = False
@@ -209,15 +223,22 @@ class ChipTrainer:
     def _place_params(self, params: list[np.ndarray]) -> None:
         lay, spec = self.layout, self.spec
         for p, w in zip(lay.params, params, strict=True):
-            self.m.load_dram(lay.dram[p.key("W")], w.astype(np.int8))
+            self.m.load_dram(lay.dram[p.key("W")], w.astype(np.int8 if p.bits == 8 else "<i2"))
             if spec.update.mode == "shadow":
                 lz = w.astype(np.int16) << spec.update.acc_shift
             else:
                 lz = np.zeros(w.shape, np.int16)
             self.m.load_dram(lay.dram[p.key("LZ")], lz.astype("<i2"))
-            if p.key("VL") in lay.dram:  # momentum: the velocity starts at zero
-                self.m.load_dram(lay.dram[p.key("VL")],
-                                 np.zeros(lay.state_bytes("VL") * w.size, np.uint8))
+            for x in ("VL", "M", "V"):  # momentum, Adam's moments: start at zero
+                if p.key(x) in lay.dram:
+                    self.m.load_dram(lay.dram[p.key(x)],
+                                     np.zeros(lay.state_bytes(x, p) * w.size, np.uint8))
+            if p.key("E") in lay.dram:  # the dynamic exponent starts at the initial grid
+                self.m.load_dram(lay.dram[p.key("E")], np.array([p.exp], "<i4"))
+            for x in ("EM", "EV"):
+                if p.key(x) in lay.dram:
+                    n = len(lay.tiles[p.layer.pos])
+                    self.m.load_dram(lay.dram[p.key(x)], np.full(n, MOMENT_EXP0, "<i4"))
 
     def _plan_dram(self) -> None:
         lay, spec, d = self.layout, self.spec, self.data
@@ -236,6 +257,7 @@ class ChipTrainer:
         self.t_train_addr = take(self.nb_train * lay.batch_t_bytes)
         self.y_addr = take(self.nb_train * lay.batch_y_bytes)
         self.ro_addr = take(self.nb_train * 4 * b)
+        self.mu_addr = take(4 * self.nb_train) if spec.per_step_lr else 0
         self.x_test_addr = take(self.nb_test * lay.batch_x_bytes)
         self.logit_addr = take(self.nb_test * lay.batch_logit_bytes)
         self.nb_val = math.ceil(len(d.x_val) / b) if d.has_validation else 0
@@ -254,14 +276,10 @@ class ChipTrainer:
             self.m.load_dram(self.x_val_addr, self._batches_x(xva))
 
     def _param_regions(self) -> list[tuple[int, int]]:
-        """(DRAM address, bytes) of every parameter and its INT16 update state."""
-        lay = self.layout
-        out = []
-        for p in lay.params:
-            for x in ("W", "LZ", "VL"):
-                if p.key(x) in lay.dram:
-                    out.append((lay.dram[p.key(x)], lay.state_bytes(x) * p.size))
-        return out
+        """(DRAM address, bytes) of every parameter and its update state (lazy residual or
+        shadow copy, velocity, Adam's moments) and exponent words (dynamic exponents, Adam's
+        moment exponents)."""
+        return [(self.layout.dram[p.key(x)], n) for p, x, n in self.layout.param_blocks()]
 
     def _copy_params(self, to_best: bool) -> None:
         """Copy the parameters to the best-epoch area (or back); host access, not counted."""
@@ -299,6 +317,7 @@ class ChipTrainer:
         words[P_MODE], words[P_NBATCH], words[P_MU], words[P_SEED] = mode, nb, mu, seed
         words[P_XBASE], words[P_TBASE], words[P_OBASE], words[P_RBASE] = xb, tb, ob, rb
         words[P_LOADW] = 0 if self.loaded else 1
+        words[P_MUTAB] = self.mu_addr
         self.m.load_dram(0, words)
         self.loaded = True
 
@@ -318,6 +337,11 @@ class ChipTrainer:
         self.m.load_dram(self.x_train_addr, self._batches_x(x))
         self.m.load_dram(self.t_train_addr, self._neg_targets(y))
         mu = lr_multiplier(spec, lay, self.epoch)
+        if spec.per_step_lr:  # one mu per batch: the step size of training step t
+            t0 = self.epoch * self.nb_train
+            self.m.load_dram(self.mu_addr, np.array(
+                [lr_multiplier(spec, lay, self.epoch, t0 + i) for i in range(self.nb_train)],
+                "<i4"))
         seed = (spec.seed * 1_000_003 + self.epoch) & 0x7FFFFFFF
         self._params(MODE_TRAIN, self.nb_train, mu, seed, self.x_train_addr,
                      self.t_train_addr, self.y_addr, self.ro_addr)
@@ -462,29 +486,45 @@ class ChipTrainer:
         return self.evaluate()
 
     def _read_param(self, p: Param, x: str = "W") -> np.ndarray:
-        dt = np.dtype(np.int8) if x == "W" else np.dtype("<i2")
+        eb = self.layout.state_bytes(x, p)
+        dt = np.dtype(np.int8) if eb == 1 else np.dtype("<i2")
         raw = self.m.read_dram(self.layout.dram[p.key(x)], p.size * dt.itemsize)
         return np.frombuffer(raw, dt).reshape(p.shape).copy()
 
     def weights(self) -> list[np.ndarray]:
-        """The INT8 weight matrices [fan_in, units] of the weight layers."""
+        """The weight matrices [fan_in, units] of the weight layers (int8 or int16)."""
         return [self._read_param(p) for p in self.layout.params if not p.is_bias]
 
     def params(self) -> list[np.ndarray]:
-        """Every INT8 parameter in the compiler's order (per weight layer: W, then bias)."""
+        """Every parameter in the compiler's order (per weight layer: W, then bias)."""
         return [self._read_param(p) for p in self.layout.params]
 
+    def param_exponents(self) -> list[int]:
+        """The current exponent of every parameter (the fixed one, or the dynamic one the
+        chip keeps in its DRAM word)."""
+        out = []
+        for p in self.layout.params:
+            if p.key("E") in self.layout.dram:
+                raw = self.m.read_dram(self.layout.dram[p.key("E")], 4)
+                out.append(int(np.frombuffer(raw, "<i4")[0]))
+            else:
+                out.append(p.exp)
+        return out
+
+    def param_values(self) -> list[np.ndarray]:
+        """Every parameter as float64 values (integers times 2**exponent)."""
+        return [w.astype(np.float64) * 2.0**e
+                for w, e in zip(self.params(), self.param_exponents(), strict=True)]
+
     def weights_digest(self) -> str:
-        """SHA-256 of every parameter (INT8, row-major) and its INT16 update state (lazy
-        residual or shadow copy, and the momentum velocity)."""
+        """SHA-256 of every parameter (row-major) and its update state (lazy residual or shadow
+        copy, momentum velocity, Adam's moments) and exponent words."""
         h = hashlib.sha256()
         for w in self.params():
             h.update(w.tobytes())
-        for p in self.layout.params:
-            for x in ("LZ", "VL"):
-                if p.key(x) in self.layout.dram:
-                    h.update(self.m.read_dram(self.layout.dram[p.key(x)],
-                                              self.layout.state_bytes(x) * p.size))
+        for p, x, n in self.layout.param_blocks():
+            if x != "W":
+                h.update(self.m.read_dram(self.layout.dram[p.key(x)], n))
         return h.hexdigest()
 
     def float_init(self) -> list[np.ndarray]:
