@@ -311,7 +311,7 @@ def _cmd_experiment(args) -> int:
     from emulator.config import load_config
     from programs.cli.console import make_console, print_table
     from programs.experiments import EXPERIMENTS, run_experiment
-    from programs.experiments.paper import table_rows
+    from programs.experiments.paper import _fmt, table_rows
 
     if args.name not in EXPERIMENTS:
         raise UsageError(f"unknown experiment; choose from {', '.join(EXPERIMENTS)}", args.name)
@@ -319,8 +319,8 @@ def _cmd_experiment(args) -> int:
     from programs.sweep.overrides import apply, parse_sets
 
     sets = parse_sets(args.set)
-    if args.name == "perceptron" and any(k.startswith("model.") for k, _ in sets):
-        raise UsageError("the perceptron experiment has no model spec: only hw. keys apply",
+    if args.name in ("perceptron", "sr-floor") and any(k.startswith("model.") for k, _ in sets):
+        raise UsageError(f"the {args.name} experiment has no model spec: only hw. keys apply",
                          "--set")
     cfg, base = apply(load_config(args.config), load_model(None), sets)
     out = Path(args.out)
@@ -357,7 +357,7 @@ def _cmd_experiment(args) -> int:
     for c in shown[0]:
         t.add_column(c, justify="right")
     for r in shown:
-        t.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in r.values()))
+        t.add_row(*(_fmt(v) for v in r.values()))
     print_table(con, t)
     png = out / (args.name + ".png")
     con.print(f"wrote {out / (args.name + '.md')}, {out / (args.name + '.csv')}"
