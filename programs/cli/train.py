@@ -175,6 +175,10 @@ def run_training(spec: ModelSpec, cfg: Config, json_out: str | None = None,
     mean_sparsity = sum(h.mean_sparsity for h in history) / len(history)
     con.print(f"mean dz~ sparsity {100 * mean_sparsity:.1f}%, mean |round-off sum of dL/ds| "
               f"{history[-1].roundoff_mean_abs:.2e} (last epoch), wall time {wall:.1f} s")
+    if tr.layout.dynamic:
+        first = history[0].param_exponents if history else []
+        con.print(f"parameter exponents (dynamic): {tr.param_exponents()} (after epoch 1: "
+                  f"{first})", markup=False, highlight=False)
     result: dict[str, Any] = {
         "model": spec.to_dict(),
         "test_accuracy": test_acc,
@@ -190,6 +194,7 @@ def run_training(spec: ModelSpec, cfg: Config, json_out: str | None = None,
         "classifier_warning": warn,
         "wall_seconds": wall,
         "weights_sha256": tr.weights_digest(),
+        "param_exponents": tr.param_exponents(),
         "epochs": [dataclasses.asdict(h) for h in history],
         "per_layer_phase": rows,
     }

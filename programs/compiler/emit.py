@@ -144,6 +144,28 @@ class Asm:
         return "\n".join(self.lines) + "\n"
 
 
+IMM_LIMIT = 1 << 23  # ldw/stw take a signed 24-bit offset
+
+
+def ldw_abs(asm: Asm, rd: int, addr: int) -> None:
+    """r[rd] = the DRAM word at ``addr`` (through rd itself when addr is past the offset's
+    range)."""
+    if addr < IMM_LIMIT:
+        asm.raw(f"ldw r{rd}, r0, {addr}")
+    else:
+        asm.raw(f"li r{rd}, {addr}")
+        asm.raw(f"ldw r{rd}, r{rd}, 0")
+
+
+def stw_abs(asm: Asm, rs: int, addr: int, tmp: int) -> None:
+    """The DRAM word at ``addr`` = r[rs] (``tmp`` holds a far address)."""
+    if addr < IMM_LIMIT:
+        asm.raw(f"stw r{rs}, r0, {addr}")
+    else:
+        asm.raw(f"li r{tmp}, {addr}")
+        asm.raw(f"stw r{rs}, r{tmp}, 0")
+
+
 def efit(asm: Asm, ed: int, acc_addr: int, count: int, ein: int, dt: str) -> None:
     r1 = asm.const(acc_addr, set())
     r2 = asm.const(count, {r1})

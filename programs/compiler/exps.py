@@ -23,7 +23,7 @@ writes the word where it is used. ``words`` are further scratch words in DRAM (b
 
 from __future__ import annotations
 
-from programs.compiler.emit import R_T0, Asm
+from programs.compiler.emit import R_T0, R_T1, Asm, ldw_abs, stw_abs
 
 # memory-mode scratch registers
 X_IN, X_OUT, X_W, X_B, X_UP = 1, 2, 3, 4, 5
@@ -71,7 +71,7 @@ class Exps:
         """Register mode: read the dynamic parameter exponents from their DRAM words."""
         if self.register_mode:
             for n, addr in self.dyn.items():
-                asm.raw(f"ldw r{R_T0}, r0, {addr}")
+                ldw_abs(asm, R_T0, addr)
                 asm.raw(f"esetr e{self.regs[n]}, r{R_T0}")
 
     def store_dyn(self, asm: Asm) -> None:
@@ -79,21 +79,21 @@ class Exps:
         if self.register_mode:
             for n, addr in self.dyn.items():
                 asm.raw(f"emv r{R_T0}, e{self.regs[n]}")
-                asm.raw(f"stw r{R_T0}, r0, {addr}")
+                stw_abs(asm, R_T0, addr, R_T1)
 
     def bump(self, asm: Asm, name: str, delta: int) -> None:
         """Dynamic parameter exponent ``name`` += delta (in its register or its word)."""
         if name in self.regs:
             asm.raw(f"eaddi e{self.regs[name]}, e{self.regs[name]}, {delta}")
         else:
-            asm.raw(f"ldw r{R_T0}, r0, {self.mem[name]}")
+            ldw_abs(asm, R_T0, self.mem[name])
             asm.raw(f"addi r{R_T0}, r{R_T0}, {delta}")
-            asm.raw(f"stw r{R_T0}, r0, {self.mem[name]}")
+            stw_abs(asm, R_T0, self.mem[name], R_T1)
 
     def save(self, asm: Asm, name: str, reg: int) -> None:
         """Store exponent register ``reg`` into the scratch word ``name``."""
         asm.raw(f"emv r{R_T0}, e{reg}")
-        asm.raw(f"stw r{R_T0}, r0, {self.mem[name]}")
+        stw_abs(asm, R_T0, self.mem[name], R_T1)
 
     def _name(self, name: str) -> str:
         while name in self.alias:
@@ -114,7 +114,7 @@ class Exps:
         if name in self.fixed:
             asm.raw(f"eset e{scratch}, {self.fixed[name]}")
         else:
-            asm.raw(f"ldw r{R_T0}, r0, {self.mem[name]}")
+            ldw_abs(asm, R_T0, self.mem[name])
             asm.raw(f"esetr e{scratch}, r{R_T0}")
         return scratch
 
@@ -160,4 +160,4 @@ class Exps:
         n = self._name(name)
         if n in self.mem:
             asm.raw(f"emv r{R_T0}, e{X_OUT}")
-            asm.raw(f"stw r{R_T0}, r0, {self.mem[n]}")
+            stw_abs(asm, R_T0, self.mem[n], R_T1)

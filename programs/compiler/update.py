@@ -35,7 +35,9 @@ from programs.compiler.emit import (
     R_X1,
     Asm,
     efit,
+    ldw_abs,
     rq,
+    stw_abs,
     vcvt,
 )
 from programs.compiler.exps import X_W
@@ -242,7 +244,7 @@ def adam_step(asm: Asm, lay: Layout, p: Param, at: dict[str, int], nw: int, tile
     asm.raw(f"vrsqrt r{r1}, r{r2}, r{r3}, e{E_T1}, e{E_LZ}")
     # U = alpha_t m r on the target grid
     asm.op("vwmul", dw, at["M"], t0, nw, da="i16", db="i16")
-    asm.raw(f"ldw r{R_T0}, r0, {em}")
+    ldw_abs(asm, R_T0, em)
     asm.raw(f"esetr e{E_X}, r{R_T0}")
     asm.raw(f"eadd e{E_X}, e{E_X}, e{E_T1}")
     asm.raw(f"eaddi e{E_X}, e{E_X}, {-lay.mu_shift}")
@@ -261,7 +263,7 @@ def _moment(asm: Asm, lay: Layout, mom: int, lo: int, e_g: int, word: int, coef:
     with exponent e[e_g]; the old exponent is in DRAM ``word``, the new one goes there (and
     stays in E_LZ)."""
     dw = lay.acc["DW"]
-    asm.raw(f"ldw r{R_T0}, r0, {word}")
+    ldw_abs(asm, R_T0, word)
     asm.raw(f"esetr e{E_T1}, r{R_T0}")  # e_m
     asm.raw(f"emv r{R_T1}, e{e_g}")
     asm.raw(f"bge r{R_T0}, r{R_T1}, {label}.c")
@@ -276,7 +278,7 @@ def _moment(asm: Asm, lay: Layout, mom: int, lo: int, e_g: int, word: int, coef:
     efit(asm, E_LZ, dw, nw, E_T1, "i16")
     rq(asm, mom, dw, nw, E_LZ, E_T1, "uniform", "i16")
     asm.raw(f"emv r{R_T0}, e{E_LZ}")
-    asm.raw(f"stw r{R_T0}, r0, {word}")
+    stw_abs(asm, R_T0, word, R_T1)
 
 
 # ------------------------------------------------------------------------------ exponents

@@ -110,6 +110,7 @@ class EpochStats:
     y_zero_fraction: float  # wrong-class softmax outputs quantized to 0 (lost components)
     counters: dict[str, int] = field(default_factory=dict)
     validation_accuracy: float | None = None  # on the chip, after the epoch (with a split)
+    param_exponents: list[int] = field(default_factory=list)  # after the epoch (compiler order)
 
     @property
     def mean_sparsity(self) -> float:
@@ -423,6 +424,7 @@ class ChipTrainer:
             roundoff_max_abs=float(np.abs(ro.astype(np.float64)).max() * 2.0 ** -(bw - 1)),
             y_zero_fraction=float(((prob == 0) & wrong).sum() / max(int(wrong.sum()), 1)),
             counters={n: int(delta[:, i].sum()) for i, n in enumerate(COUNTERS)},
+            param_exponents=self.param_exponents(),
         )
         if d.has_validation:
             best = self.best_epoch()

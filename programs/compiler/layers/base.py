@@ -17,6 +17,7 @@ from programs.compiler.emit import (
     R_T0,
     Asm,
     efit,
+    ldw_abs,
     rq,
     vcvt,
 )
@@ -279,7 +280,7 @@ def input_grad(lay: Layout, w: Param) -> Grad:
 
     def exp(asm: Asm) -> int:
         if lay.dynamic:
-            asm.raw(f"ldw r{R_T0}, r0, {lay.exps.mem[f'da{w.layer.pos}']}")
+            ldw_abs(asm, R_T0, lay.exps.mem[f"da{w.layer.pos}"])
             asm.raw(f"esetr e{E_T0}, r{R_T0}")
         else:
             lay.exps.add(asm, E_T0, name, E_DZ)
