@@ -495,7 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     x = sub.add_parser("experiment", help="reproduce a paper's claim on the emulator")
     x.add_argument("name", help="lazy-update, qbp-sweep, classifier-width, perceptron, "
-                   "update-modes, lenet-lazy, qbp-table")
+                   "update-modes, sr-floor, lenet-lazy, qbp-table")
     x.add_argument("--config", help="hardware config YAML (default: built-in defaults)")
     _set_arg(x)
     x.add_argument("--out", default="out/experiments", help="output directory")

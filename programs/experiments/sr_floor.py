@@ -72,8 +72,8 @@ class Problem:
         return float(self.f(self.w_star))
 
     def lattice_opt(self, delta: float) -> tuple[float, np.ndarray]:
-        """min F over the lattice Delta Z^d, by enumeration of the box of 4**d points around w*
-        (a strongly convex F with condition number below 2 has its lattice minimizer there)."""
+        """min F over the box of 4**d lattice points of Delta Z^d around w* (floor(w*/Delta) - 1
+        .. + 2 per coordinate): the best lattice point near the optimum, by enumeration."""
         lo = np.floor(self.w_star / delta) - 1
         pts = np.array(list(itertools.product(range(4), repeat=len(lo))), np.float64)
         cand = (lo + pts) * delta
@@ -89,8 +89,8 @@ class Problem:
 
 
 def make_problem(e_y: int, seed: int = 0) -> Problem:
-    """A [N, D] INT8 with columns of different scale (condition number about 1.7), w_true in
-    [-1, 1], y = A w_true + noise rounded to 2**e_y."""
+    """A [N, D] INT8 with columns of different scale (condition number of A^T A about 2),
+    w_true in [-1, 1], y = A w_true + noise rounded to 2**e_y."""
     rng = np.random.default_rng([seed, 2002])
     scale = np.linspace(0.75, 1.0, D)
     a = np.clip(np.rint(rng.normal(0, 8, (N, D)) * scale), -127, 127).astype(np.int8)
