@@ -139,6 +139,8 @@ def test_update_modes_quick_is_smaller(monkeypatch):
     # a constant and a decaying (inverse) learning rate; t0 = one epoch of steps
     assert {s.update.schedule.kind for s in runs} == {"constant", "inverse"}
     assert {s.update.schedule.t0 for s in runs} == {10.0}
+    assert {(s.update.schedule.kind, s.update.lr) for s in runs} == {("constant", 0.01),
+                                                                      ("inverse", 0.1)}
     assert {(r["mode"], r["readout"]) for r in quick} >= {("shadow", "uniform"),
                                                           ("shadow", "nearest")}
 

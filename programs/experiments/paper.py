@@ -171,8 +171,8 @@ def perceptron(cfg: Config, quick: bool, note: Note = _silent,
 def update_modes(cfg: Config, quick: bool, note: Note = _silent,
                  base: ModelSpec | None = None) -> list[Row]:
     """Stochastic rounding vs BinaryConnect (shadow copy, nearest and dithered read-out) vs
-    lazy vs plain at a small learning rate (002), with a constant and a decaying learning rate
-    (``inverse``: lr t0 / (t0 + t), t0 = one epoch of steps; 002's alpha_t = 1 / (mu (t + t0)))."""
+    lazy vs plain (002): at a constant learning rate 0.01, and decaying from 0.1 (``inverse``:
+    0.1 t0 / (t0 + t) at step t, t0 = one epoch of steps; 002's alpha_t = 1 / (mu (t + t0)))."""
     base = with_overrides(base or ModelSpec(), **{"update.lr": 0.01})
     if quick:
         base = with_overrides(base, epochs=5)
@@ -185,7 +185,8 @@ def update_modes(cfg: Config, quick: bool, note: Note = _silent,
     total = len(modes) * len(schedules)
     for sched in schedules:
         sbase = with_overrides(base, **{"update.schedule.kind": sched,
-                                        "update.schedule.t0": float(steps)})
+                                        "update.schedule.t0": float(steps),
+                                        "update.lr": 0.1 if sched == "inverse" else 0.01})
         ref = None
         for mode, readout in modes:
             note(f"{mode} update ({readout} read-out), {sched} lr", total)
@@ -337,7 +338,8 @@ def figure(name: str, rows: list[Row]) -> Any:
         ax.set_title("test accuracy")
         ax2.set_ylabel("final training loss (cross-entropy)")
         ax2.set_title("final training loss")
-        fig.suptitle(f"update-modes: INT8 update rules at lr 0.01, {rows[0]['epochs']} epochs")
+        fig.suptitle(f"update-modes: INT8 update rules, lr 0.01 constant and 0.1 t0/(t0 + t), "
+                     f"{rows[0]['epochs']} epochs")
     elif name == "sr-floor":
         fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
         ds = [r["delta"] for r in rows]
