@@ -370,6 +370,10 @@ def figure(name: str, rows: list[Row]) -> Any:
         fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
         _qbp_axes(ax, ax2, rows)
         fig.suptitle("qbp-sweep: QBP step and dither vs accuracy and gradient sparsity")
+    elif name in TABLES:
+        from programs.experiments.tables import figure as table_figure
+
+        fig = table_figure(name, rows, plt)
     elif name == "perceptron":
         fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 4))
         r0 = rows[0]

@@ -184,3 +184,43 @@ def qbp_table(cfg: Config, quick: bool, note: Note, data: str | None = None,
 
 
 TABLES = {"lenet-lazy": lenet_lazy, "qbp-table": qbp_table}
+
+
+def figure(name: str, rows: list[Row], plt: Any) -> Any:
+    """The table's plot beside the paper's MNIST numbers (``plt``: matplotlib.pyplot)."""
+    runs = f"{rows[0]['dataset']}, {rows[0]['epochs']} epochs"
+    if name == "lenet-lazy":
+        fig, ax = plt.subplots(figsize=(7, 4))
+        xs = np.arange(len(rows))
+        ax.bar(xs - 0.2, [r["mean"] for r in rows], 0.4, yerr=[r["std"] for r in rows],
+               capsize=4, label=f"lpemu ({runs}; mean, s.d. of seeds)")
+        ax.bar(xs + 0.2, [r["paper_001_mnist"] for r in rows], 0.4, color="lightgrey",
+               label="001 Table 1 (MNIST)")
+        for x, r in zip(xs, rows, strict=True):
+            ax.annotate(f"{r['mean']:.2f}", (x - 0.2, r["mean"]), ha="center", fontsize=8,
+                        textcoords="offset points", xytext=(0, 6))
+        ax.set_xticks(xs, [r["variant"] for r in rows])
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_ylim(min(50.0, min(r["mean"] for r in rows) - 10), 100)
+        ax.legend(fontsize=8, loc="lower right")
+        ax.set_title("lenet-lazy: LeNet in FP32, INT8 and INT8 + lazy update")
+        return fig
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in rows:
+        if math.isnan(r["sparsity_mean"]):  # float32 back propagation: no dz~
+            ax.axhline(r["accuracy_mean"], color="black", linestyle="--", linewidth=0.9,
+                       label=f"{r['variant']} ({runs})")
+            continue
+        ax.errorbar([r["sparsity_mean"]], [r["accuracy_mean"]], xerr=[r["sparsity_std"]],
+                    yerr=[r["accuracy_std"]], marker="o", capsize=3, linestyle="none",
+                    label=r["variant"])
+    ax.plot([PAPER_004_MNIST["qbp"][2]], [PAPER_004_MNIST["qbp"][0]], marker="*",
+            markersize=12, color="grey", linestyle="none",
+            label="004 Table 6.1, QBP-UD step 1 (MNIST)")
+    ax.axhline(PAPER_004_MNIST["bp"][0], color="grey", linestyle=":", linewidth=0.9,
+               label="004 Table 6.1, BP (MNIST)")
+    ax.set_xlabel("mean sparsity of dz~ (%)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.legend(fontsize=7)
+    ax.set_title("qbp-table: 784-500-500-10 with and without QBP (uniform dither)")
+    return fig
