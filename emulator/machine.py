@@ -34,7 +34,7 @@ class Machine(State):
 
     def __init__(self, cfg: Config, program: Program, datapath: str = "fast",
                  fuse: bool = True) -> None:
-        super().__init__(cfg, datapath)
+        super().__init__(cfg, datapath, len(program.words))
         self.program = program
         # decode once: (handler, operands, static cost) per pc
         self.decoded = []
