@@ -19,6 +19,7 @@ import numpy as np
 
 from emulator.config import Config
 from emulator.counters import COUNTERS, ENERGY_COMPONENTS, INSTRUCTIONS, energy_breakdown
+from emulator.files import atomic_write
 from emulator.machine import Machine
 from isa.asm import format_instruction
 from isa.spec import TABLE
@@ -82,7 +83,14 @@ def chrome_trace(m: Machine, tracer: Tracer, cycle_offset: int = 0) -> dict[str,
 
 
 def write_trace(path: str | Path, m: Machine, tracer: Tracer) -> None:
-    Path(path).write_text(json.dumps(chrome_trace(m, tracer)) + "\n")
+    """Write the timeline as Chrome trace-event JSON, atomically (emulator/files.py)."""
+    write_text(path, json.dumps(chrome_trace(m, tracer), allow_nan=False) + "\n")
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write a text output file atomically (a device or FIFO in place)."""
+    data = text.encode()
+    atomic_write(path, lambda f: f.write(data))
 
 
 # ---------------------------------------------------------------------------- tables
@@ -207,6 +215,11 @@ def plot_groups(groups: list[dict[str, Any]], key: str, path: str | Path, title:
     ax2.set_xticks(x)
     ax2.set_xticklabels(names, rotation=60, ha="right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    fmt = Path(path).suffix[1:].lower() or "png"
+    if fmt not in fig.canvas.get_supported_filetypes():
+        fmt = "png"
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=120))
+    finally:
+        plt.close(fig)
     return True

@@ -5,13 +5,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 from emulator.config import Config
+from programs.cli.profile import write_text
 from programs.compiler.spec import ModelSpec
 from programs.host.datasets import load
-from programs.host.driver import ChipTrainer, EpochStats, classifier_bits_bound
+from programs.host.driver import (
+    ChipTrainer,
+    EpochStats,
+    check_dataset_fits,
+    classifier_bits_bound,
+)
 
 
 def classifier_warning(spec: ModelSpec) -> str | None:
@@ -28,14 +33,21 @@ def run_training(spec: ModelSpec, cfg: Config, json_out: str | None = None,
                  quiet: bool = False, trace_out: str | None = None,
                  plot_out: str | None = None,
                  trace_limit: int = 1_000_000, checkpoint: str | None = None,
-                 checkpoint_every: int = 0, resume: str | None = None) -> dict[str, Any]:
-    """Train ``spec`` on the chip with progress and tables. With ``checkpoint`` and
-    ``checkpoint_every`` = N, the run is saved every N training steps (a resumable point at
-    the firmware's batch-loop head); ``resume`` continues from such a file with the model and
-    config stored in it, ending bit-identical to an uninterrupted run."""
+                 checkpoint_every: int = 0, resume: str | None = None,
+                 run_id: str | None = None,
+                 overwrite_checkpoint: bool = False) -> dict[str, Any]:
+    """Train ``spec`` on the chip with progress and tables. With ``checkpoint`` the run is
+    saved at the end of its last epoch (before the test evaluation) and, with
+    ``checkpoint_every`` = N, every N training steps (a resumable point at the firmware's
+    batch-loop head). ``resume`` continues from such a file (the caller takes the model and
+    config from it, possibly with more epochs), ending bit-identical to an uninterrupted run.
+    The checkpoint file belongs to this run (``run_id``, inherited when resuming): another
+    run's file is not overwritten unless ``overwrite_checkpoint``."""
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
+
+    from emulator import checkpoint as ckpt
 
     con = Console(stderr=False, quiet=quiet)
     if not con.is_terminal:  # files and pipes get the whole table, unwrapped
@@ -43,6 +55,10 @@ def run_training(spec: ModelSpec, cfg: Config, json_out: str | None = None,
     warn = classifier_warning(spec)
     if warn:
         con.print(f"[yellow]warning:[/yellow] {warn}")
+    run_id = run_id or ckpt.new_run_id()
+    target = (ckpt.CheckpointTarget(checkpoint, run_id, overwrite_checkpoint) if checkpoint
+              else None)
+    check_dataset_fits(spec, cfg)  # before the dataset is generated or loaded
     data = load(spec.dataset, spec.classes, spec.seed)
     if data.features != spec.layers[0] or data.classes != spec.classes:
         from emulator.errors import ConfigError
@@ -52,21 +68,20 @@ def run_training(spec: ModelSpec, cfg: Config, json_out: str | None = None,
     t0 = time.perf_counter()
     tr = ChipTrainer(spec, cfg, data)
     if resume:
-        from emulator import checkpoint as ckpt
-
         extra = ckpt.restore(resume, tr.m)
         tr.set_host_state(extra.get("host"), resume)
-        con.print(f"resumed from {resume}: epoch {tr.epoch}"
-                  + (f", step {tr.global_step()}" if tr.in_epoch else ""))
-    on_ckpt = None
-    if checkpoint and checkpoint_every > 0:
-        from emulator import checkpoint as ckpt
+        con.print(f"resumed run {run_id} of {spec.name} from {resume}: epoch {tr.epoch}"
+                  + (f", step {tr.global_step()}" if tr.in_epoch else "")
+                  + f" of {spec.epochs}")
 
-        def on_ckpt(t: ChipTrainer) -> None:
-            ckpt.save(checkpoint, t.m, {"kind": "lpemu-train", "model": spec.to_dict(),
-                                        "config": cfg.to_dict(), "host": t.host_state()})
+    def save_checkpoint(t: ChipTrainer) -> None:
+        assert target is not None
+        target.save(t.m, {"kind": "lpemu-train", "host": t.host_state()},
+                    ckpt.identity(t.m, "lpemu-train", run_id, model=spec.to_dict()))
+
+    on_ckpt = save_checkpoint if target is not None and checkpoint_every > 0 else None
     if asm_out:
-        Path(asm_out).write_text(tr.asm_text)
+        write_text(asm_out, tr.asm_text)
     tracer = None
     if trace_out:
         from programs.cli.profile import Tracer
@@ -91,6 +106,8 @@ def run_training(spec: ModelSpec, cfg: Config, json_out: str | None = None,
             prog.update(task, advance=1, status=(
                 f"loss {st.loss:.3f}  train acc {100 * st.train_accuracy:.1f}%  "
                 f"dz sparsity {100 * st.mean_sparsity:.1f}%"))
+    if target is not None:  # the end of training: resumable, e.g. with more --epochs
+        save_checkpoint(tr)
     history: list[EpochStats] = tr.history
     test_acc = tr.evaluate()
     wall = time.perf_counter() - t0
@@ -117,9 +134,10 @@ def run_training(spec: ModelSpec, cfg: Config, json_out: str | None = None,
               f"{100 * tot['macs_skipped'] / all_macs:.1f}" if all_macs else "-",
               f"{summary.energy_pj / 1e6:,.2f}", style="bold")
     con.print(t)
-    mean_sparsity = sum(h.mean_sparsity for h in history) / len(history)
+    mean_sparsity = sum(h.mean_sparsity for h in history) / max(len(history), 1)
     con.print(f"mean dz~ sparsity {100 * mean_sparsity:.1f}%, mean |round-off sum of dL/ds| "
-              f"{history[-1].roundoff_mean_abs:.2e} (last epoch), wall time {wall:.1f} s")
+              f"{history[-1].roundoff_mean_abs if history else 0.0:.2e} (last epoch), "
+              f"wall time {wall:.1f} s")
     result: dict[str, Any] = {
         "model": spec.to_dict(),
         "test_accuracy": test_acc,
@@ -151,5 +169,5 @@ def run_training(spec: ModelSpec, cfg: Config, json_out: str | None = None,
             con.print("[yellow]warning:[/yellow] --plot needs matplotlib "
                       "(pip install 'lpemu[plot]'); no plot written")
     if json_out:
-        Path(json_out).write_text(json.dumps(result, indent=2) + "\n")
+        write_text(json_out, json.dumps(result, indent=2, allow_nan=False) + "\n")
     return result

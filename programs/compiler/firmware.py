@@ -16,13 +16,17 @@ Labels name layer and phase (``train.fwd.l1``, ``train.softmax``, ``train.bwd.l3
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 
 from emulator.config import Config
 from emulator.errors import ConfigError
-from programs.compiler.spec import ModelSpec
+from programs.compiler.spec import (  # noqa: F401 - init_bound is part of this module's API
+    ModelSpec,
+    init_bound,
+    mu_shift,
+    weight_exponents,
+)
 
 # PARAMS block (int32 words at DRAM address 0)
 P_MODE, P_NBATCH, P_MU, P_SEED, P_XBASE, P_TBASE, P_OBASE, P_RBASE, P_LOADW = range(9)
@@ -110,26 +114,6 @@ class Layout:
     @property
     def batch_logit_bytes(self) -> int:
         return self.spec.batch_size * self.spec.classes * 2
-
-
-def init_bound(n_in: int) -> float:
-    """He-uniform bound for ReLU layers: U(-b, b), b = sqrt(6 / n_in)."""
-    return math.sqrt(6.0 / n_in)
-
-
-def weight_exponents(spec: ModelSpec) -> list[int]:
-    """Fixed INT8 weight exponent per layer: the init bound times the headroom fits in 127."""
-    out = []
-    for n_in in spec.layers[:-1]:
-        top = init_bound(n_in) * spec.weight_headroom
-        out.append(math.ceil(math.log2(top / 127 * 128)) - 7)
-    return out
-
-
-def mu_shift(spec: ModelSpec) -> int:
-    """Shift t with lr/B = mu * 2**-t and mu in [2**12, 2**13) at the initial learning rate."""
-    x = spec.update.lr / spec.batch_size
-    return 12 - math.floor(math.log2(x))
 
 
 MOMENTUM_FRAC_BITS = 15  # the momentum factor is a Q15 multiplier: beta_q = round(beta 2**15)

@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from emulator import limits as lim
 from emulator.config import read_yaml
 from emulator.errors import ConfigError
+from emulator.limits import cut, short_repr
 
 DATASETS = ("digits", "synthetic")
 DITHERS = ("uniform", "triangular", "none")
@@ -110,14 +112,16 @@ def _build(cls: type, d: Any, prefix: str, file: str) -> Any:
     if d is None:
         d = {}
     if not isinstance(d, dict):
-        raise ConfigError(f"must be a mapping, got {type(d).__name__}", prefix.rstrip("."), file)
+        raise ConfigError(f"must be a mapping, got {type(d).__name__} {short_repr(d)}",
+                          prefix.rstrip("."), file)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in d.items():
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f"did you mean {close[0]!r}?" if close else "valid keys: " + ", ".join(names)
-            raise ConfigError(f"unknown key {str(key)!r}; {hint}", f"{prefix}{key}", file)
+            raise ConfigError(f"unknown key {short_repr(str(key))}; {hint}",
+                              f"{prefix}{cut(str(key), 100)}", file)
         if key in _NESTED:
             value = _build(_NESTED[key], value, f"{prefix}{key}.", file)
         kwargs[key] = value
@@ -137,17 +141,63 @@ def _is_num(v: object) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def init_bound(n_in: int) -> float:
+    """He-uniform bound for ReLU layers: U(-b, b), b = sqrt(6 / n_in)."""
+    return math.sqrt(6.0 / n_in)
+
+
+def weight_exponents(spec: ModelSpec) -> list[int]:
+    """Fixed INT8 weight exponent per layer: the init bound times the headroom fits in 127."""
+    out = []
+    for n_in in spec.layers[:-1]:
+        top = init_bound(n_in) * spec.weight_headroom
+        out.append(math.ceil(math.log2(top / 127 * 128)) - 7)
+    return out
+
+
+def mu_shift(spec: ModelSpec) -> int:
+    """Shift t with lr/B = mu * 2**-t and mu in [2**12, 2**13) at the initial learning rate."""
+    x = spec.update.lr / spec.batch_size
+    return 12 - math.floor(math.log2(x))
+
+
+MAX_RQ_SHIFT = 31  # the requantizer's shift range is [-31, 31] (emulator/semantics.py)
+
+
+def first_update_shift(spec: ModelSpec) -> int | None:
+    """The requantize shift of layer 1's SGD update (``rqm`` of dW x mu onto the update grid)
+    when every exponent in it is known at compile time (QBP on: the gradient's exponent is the
+    fixed step, the layer's input is the input exponent); ``None`` when QBP is off.
+
+    dW of layer 1 sits at exponent ``input_exponent + step``; ``lr/B = mu * 2**-t``; the update
+    lands on the weights' grid (plain, stochastic) or on the ``2**acc_shift`` finer grid (lazy,
+    shadow), so ``shift = e_W1 [- acc_shift] - (input_exponent + step - t)``."""
+    steps = spec.qbp_steps()
+    if steps is None:
+        return None
+    grid = weight_exponents(spec)[0]
+    if spec.update.mode in ("lazy", "shadow"):
+        grid -= spec.update.acc_shift
+    return grid - (spec.input_exponent + steps[0] - mu_shift(spec))
+
+
 def validate(spec: ModelSpec, file: str = "") -> ModelSpec:
     """Check every field; raise ConfigError naming the key path of the first problem."""
     n = spec.layers
-    _need(isinstance(spec.name, str), "must be a string", "name", file)
-    _need(spec.dataset in DATASETS, f"must be one of {DATASETS}", "dataset", file)
-    _need(isinstance(n, list) and len(n) >= 2 and all(_is_int(x) and x >= 1 for x in n),
-          "must be a list of at least two positive integers", "layers", file)
-    _need(len(n) <= 6, "at most 5 weight layers are supported", "layers", file)
-    for key in ("batch_size", "epochs"):
+    _need(isinstance(spec.name, str) and len(spec.name) <= 200,
+          "must be a string of at most 200 characters", "name", file)
+    _need(isinstance(spec.dataset, str) and spec.dataset in DATASETS,
+          f"must be one of {DATASETS}, got {short_repr(spec.dataset)}", "dataset", file)
+    _need(isinstance(n, list) and 2 <= len(n) <= 6,
+          f"must be a list of 2 to 6 layer widths (at most 5 weight layers), got "
+          f"{short_repr(n)}", "layers", file)
+    _need(all(_is_int(x) and 1 <= x <= lim.MAX_LAYER_WIDTH for x in n),
+          f"every width must be an integer in [1, {lim.MAX_LAYER_WIDTH:,}], got {short_repr(n)}",
+          "layers", file)
+    for key, hi in (("batch_size", lim.MAX_BATCH_SIZE), ("epochs", lim.MAX_EPOCHS)):
         v = getattr(spec, key)
-        _need(_is_int(v) and v >= 1, f"must be an integer >= 1, got {v!r}", key, file)
+        _need(_is_int(v) and 1 <= v <= hi, f"must be an integer in [1, {hi:,}], got "
+              f"{short_repr(v)}", key, file)
     _need(_is_int(spec.seed) and 0 <= spec.seed < 2**31, "must be an integer in [0, 2**31)",
           "seed", file)
     _need(_is_int(spec.input_exponent) and -16 <= spec.input_exponent <= 16,
@@ -184,10 +234,18 @@ def validate(spec: ModelSpec, file: str = "") -> ModelSpec:
     _need(u.momentum == 0 or u.mode in ("lazy", "shadow"),
           "momentum needs the INT16 fine grid of update.mode lazy or shadow", "update.momentum",
           file)
+    shift = first_update_shift(spec)
+    if shift is not None and not -MAX_RQ_SHIFT <= shift <= MAX_RQ_SHIFT:
+        # the compiler would emit an update whose requantize shift the hardware cannot do
+        what = "small" if shift > 0 else "large"
+        raise ConfigError(f"learning rate {u.lr!r} is too {what} for this model: layer 1's "
+                          f"update would requantize by a shift of {shift}, outside "
+                          f"[-{MAX_RQ_SHIFT}, {MAX_RQ_SHIFT}] (lr/batch_size = mu * 2**-t with "
+                          f"t = {mu_shift(spec)}; see docs/training.md)", "update.lr", file)
     s = u.schedule
     _need(s.kind in SCHEDULES, f"must be one of {SCHEDULES}", "update.schedule.kind", file)
-    _need(_is_int(s.every) and s.every >= 1, "must be an integer >= 1", "update.schedule.every",
-          file)
+    _need(_is_int(s.every) and 1 <= s.every <= lim.MAX_SCHEDULE_EVERY,
+          f"must be an integer in [1, {lim.MAX_SCHEDULE_EVERY:,}]", "update.schedule.every", file)
     _need(_is_num(s.gamma) and 0 < s.gamma <= 1, "must be a number in (0, 1]",
           "update.schedule.gamma", file)
     return spec

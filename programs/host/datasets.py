@@ -10,6 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+DIGITS_SAMPLES, DIGITS_FEATURES = 1797, 64
+SYNTHETIC_TRAIN, SYNTHETIC_TEST = 30, 10  # samples per class
+
 
 @dataclass(frozen=True)
 class Dataset:
@@ -37,8 +40,9 @@ def digits(seed: int = 0) -> Dataset:
     return Dataset("digits", xtr, ytr, xte, yte, 10)
 
 
-def synthetic(classes: int = 100, features: int = 64, per_class_train: int = 30,
-              per_class_test: int = 10, seed: int = 0, noise: float = 6.0) -> Dataset:
+def synthetic(classes: int = 100, features: int = 64, per_class_train: int = SYNTHETIC_TRAIN,
+              per_class_test: int = SYNTHETIC_TEST, seed: int = 0,
+              noise: float = 6.0) -> Dataset:
     """Gaussian clusters, one per class, quantized to integers in [0, 16] like the digits.
 
     The default noise makes clusters overlap, so the softmax keeps its mass spread over many
@@ -61,6 +65,15 @@ def synthetic(classes: int = 100, features: int = 64, per_class_train: int = 30,
     xtr, ytr = draw(per_class_train)
     xte, yte = draw(per_class_test)
     return Dataset(f"synthetic-{classes}", xtr, ytr, xte, yte, classes)
+
+
+def sizes(name: str, classes: int, features: int = 64) -> tuple[int, int, int]:
+    """(train samples, test samples, features) that :func:`load` would return, computed
+    without loading or generating anything (so a size can be checked first)."""
+    if name == "digits":
+        test = -(-DIGITS_SAMPLES // 4)  # train_test_split's test_size=0.25 rounds up
+        return DIGITS_SAMPLES - test, test, DIGITS_FEATURES
+    return SYNTHETIC_TRAIN * classes, SYNTHETIC_TEST * classes, 64
 
 
 def load(name: str, classes: int, seed: int = 0) -> Dataset:

@@ -93,6 +93,54 @@ def label_key(label: str) -> tuple[str, str]:
     return "-", "control/io"
 
 
+def dram_plan(spec: ModelSpec, lay: Any, n_train: int, n_test: int) -> dict[str, int]:
+    """Where the data of a run lives in DRAM (above the compiler's DATA address): batch counts,
+    the address of each area, and ``top``, the first byte past them."""
+    b = spec.batch_size
+    plan = {"nb_train": n_train // b, "nb_test": math.ceil(n_test / b)}
+    top = lay.dram["DATA"]
+    for name, nbytes in (("x_train", plan["nb_train"] * lay.batch_x_bytes),
+                         ("t_train", plan["nb_train"] * lay.batch_t_bytes),
+                         ("y", plan["nb_train"] * lay.batch_y_bytes),
+                         ("ro", plan["nb_train"] * 4 * b),
+                         ("x_test", plan["nb_test"] * lay.batch_x_bytes),
+                         ("logit", plan["nb_test"] * lay.batch_logit_bytes)):
+        plan[name] = top
+        top += -(-nbytes // 4096) * 4096
+    plan["top"] = top
+    return plan
+
+
+def check_dram(plan: dict[str, int], cfg: Config) -> None:
+    """The run's data fits the configured DRAM (ConfigError naming memory.dram_bytes)."""
+    if plan["top"] > cfg.memory.dram_bytes:
+        from emulator.errors import ConfigError
+
+        raise ConfigError(f"the dataset needs {plan['top']:,} bytes of DRAM, more than the "
+                          f"{cfg.memory.dram_bytes:,} configured", "memory.dram_bytes")
+
+
+def check_dataset_fits(spec: ModelSpec, cfg: Config) -> None:
+    """Before a dataset is generated or loaded: its samples fit the DRAM the run places them
+    in (the synthetic set's size follows from its class count, so a huge one is refused
+    before anything is allocated)."""
+    from programs.compiler.firmware import plan
+    from programs.host.datasets import sizes
+
+    n_train, n_test, features = sizes(spec.dataset, spec.classes, spec.layers[0])
+    if n_train < spec.batch_size:
+        from emulator.errors import ConfigError
+
+        raise ConfigError(f"the {spec.dataset} dataset has {n_train:,} training samples, "
+                          f"fewer than one batch of {spec.batch_size:,}", "batch_size")
+    if features != spec.layers[0]:
+        from emulator.errors import ConfigError
+
+        raise ConfigError(f"dataset {spec.dataset} has {features} features; layers are "
+                          f"{spec.layers}", "layers")
+    check_dram(dram_plan(spec, plan(spec, cfg), n_train, n_test), cfg)
+
+
 class ChipTrainer:
     """Trains a model spec on the emulated chip."""
 
@@ -132,29 +180,14 @@ class ChipTrainer:
                 self.m.load_dram(lay.dram[f"VL{l}"], np.zeros(w.shape, "<i2"))
 
     def _plan_dram(self) -> None:
-        lay, spec, d = self.layout, self.spec, self.data
-        b = spec.batch_size
-        self.nb_train = len(d.x_train) // b
-        self.nb_test = math.ceil(len(d.x_test) / b)
-        top = lay.dram["DATA"]
-
-        def take(nbytes: int) -> int:
-            nonlocal top
-            addr = top
-            top += -(-nbytes // 4096) * 4096
-            return addr
-
-        self.x_train_addr = take(self.nb_train * lay.batch_x_bytes)
-        self.t_train_addr = take(self.nb_train * lay.batch_t_bytes)
-        self.y_addr = take(self.nb_train * lay.batch_y_bytes)
-        self.ro_addr = take(self.nb_train * 4 * b)
-        self.x_test_addr = take(self.nb_test * lay.batch_x_bytes)
-        self.logit_addr = take(self.nb_test * lay.batch_logit_bytes)
-        if top > self.cfg.memory.dram_bytes:
-            from emulator.errors import ConfigError
-
-            raise ConfigError(f"the dataset needs {top:,} bytes of DRAM", "memory.dram_bytes")
-        xte = self._pad(d.x_test, self.nb_test * b)
+        d = self.data
+        plan = dram_plan(self.spec, self.layout, len(d.x_train), len(d.x_test))
+        self.nb_train, self.nb_test = plan["nb_train"], plan["nb_test"]
+        self.x_train_addr, self.t_train_addr = plan["x_train"], plan["t_train"]
+        self.y_addr, self.ro_addr = plan["y"], plan["ro"]
+        self.x_test_addr, self.logit_addr = plan["x_test"], plan["logit"]
+        check_dram(plan, self.cfg)
+        xte = self._pad(d.x_test, self.nb_test * self.spec.batch_size)
         self.m.load_dram(self.x_test_addr, self._batches_x(xte))
 
     def _pad(self, x: np.ndarray, n: int) -> np.ndarray:
@@ -333,16 +366,32 @@ class ChipTrainer:
         }
 
     def set_host_state(self, st: Any, file: str = "<checkpoint>") -> None:
-        """Restore :meth:`host_state`; a malformed document raises CheckpointError."""
+        """Restore :meth:`host_state`; a malformed document (a missing field, a value of the
+        wrong type or shape, an epoch outside the run) raises CheckpointError."""
         try:
-            epoch, loaded, in_epoch = int(st["epoch"]), bool(st["loaded"]), bool(st["in_epoch"])
-            start = (np.array(st["epoch_start_counts"], dtype=np.int64) if in_epoch
-                     else self.epoch_start_counts)
-            history = [EpochStats(**h) for h in st["history"]]
-            if in_epoch and start.shape != self.m.counts.shape:
-                raise ValueError(f"epoch_start_counts has shape {start.shape}")
+            if not isinstance(st, dict):
+                raise ValueError(f"host state is {type(st).__name__}, not an object")
+            epoch, loaded, in_epoch = st["epoch"], st["loaded"], st["in_epoch"]
+            if not (_is_int(epoch) and isinstance(loaded, bool) and isinstance(in_epoch, bool)):
+                raise ValueError("epoch must be an integer, loaded and in_epoch booleans")
             if not 0 <= epoch <= self.spec.epochs:
                 raise ValueError(f"epoch {epoch} outside 0..{self.spec.epochs}")
+            if in_epoch and epoch >= self.spec.epochs:
+                raise ValueError(f"mid-epoch at epoch {epoch} of {self.spec.epochs}")
+            start = self.epoch_start_counts
+            if in_epoch:
+                rows = st["epoch_start_counts"]
+                if not (isinstance(rows, list) and len(rows) == self.m.counts.shape[0]
+                        and all(isinstance(r, list) and len(r) == self.m.counts.shape[1]
+                                and all(_is_int(v) and 0 <= v < 1 << 63 for v in r)
+                                for r in rows)):
+                    raise ValueError("epoch_start_counts is not a matrix of counters of this "
+                                     f"program's shape {self.m.counts.shape}")
+                start = np.array(rows, dtype=np.int64)
+            history = st["history"]
+            if not isinstance(history, list) or len(history) != epoch:
+                raise ValueError(f"history must list the {epoch} finished epochs")
+            history = [_epoch_stats(h, i) for i, h in enumerate(history)]
         except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise CheckpointError(f"training driver state is malformed: {e!r}", file) from None
         self.epoch, self.loaded, self.in_epoch = epoch, loaded, in_epoch
@@ -365,6 +414,29 @@ class ChipTrainer:
             d.update({f"energy_{k}_pj": v for k, v in en.items()})
             out.append(d)
         return out
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _epoch_stats(h: Any, i: int) -> EpochStats:
+    """One finished epoch's statistics from a checkpoint, every field of its type."""
+    if not isinstance(h, dict) or set(h) != {f.name for f in dataclasses.fields(EpochStats)}:
+        raise ValueError(f"history[{i}] is not an epoch record")
+    floats = ("lr", "loss", "train_accuracy", "roundoff_mean_abs", "roundoff_mean",
+              "roundoff_max_abs", "y_zero_fraction")
+    ok = (h["epoch"] == i and _is_int(h["epoch"]) and all(_is_num(h[k]) for k in floats)
+          and isinstance(h["sparsity"], list) and all(_is_num(v) for v in h["sparsity"])
+          and isinstance(h["counters"], dict)
+          and all(k in IDX and _is_int(v) for k, v in h["counters"].items()))
+    if not ok:
+        raise ValueError(f"history[{i}] has a field of the wrong type")
+    return EpochStats(**h)
 
 
 def train(spec: ModelSpec, cfg: Config, data: Dataset, on_epoch=None,
