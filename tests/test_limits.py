@@ -131,7 +131,8 @@ def _mapped(pid: int, name: str) -> bool:
         return False
 
 
-def _sigint_when(moment: str, tmp_path: Path) -> subprocess.CompletedProcess:
+def _sigint_when(moment: str, tmp_path: Path, sig: int = signal.SIGINT,
+                 extra: tuple[str, ...] | list[str] = ()) -> subprocess.CompletedProcess:
     """Send SIGINT to ``lpemu train`` at a moment recognised from the libraries it has mapped:
     while numpy is being imported (its extension module just mapped), while numba is, or
     during the run (sklearn's dataset loading done, a little later)."""
@@ -139,7 +140,7 @@ def _sigint_when(moment: str, tmp_path: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     p = subprocess.Popen([sys.executable, "-c", "import sys; from programs.cli import main; "
                           "sys.exit(main())", "train", str(tmp_path / "m.yaml"), "--no-float",
-                          "-q"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                          "-q", *extra], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True,
                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     marker = {"numpy": "_multiarray_umath", "numba": "llvmlite", "run": "_cython_blas"}[moment]
@@ -148,7 +149,7 @@ def _sigint_when(moment: str, tmp_path: Path) -> subprocess.CompletedProcess:
         time.sleep(0.001)
     if moment == "run":
         time.sleep(0.3)
-    p.send_signal(signal.SIGINT)
+    p.send_signal(sig)
     out, err = p.communicate(timeout=120)
     return subprocess.CompletedProcess(p.args, p.returncode, out, err)
 
@@ -160,6 +161,13 @@ def test_ctrl_c_at_start_up_or_later_is_one_line(tmp_path, moment):
     res = _sigint_when(moment, tmp_path)
     assert res.returncode == 130, res.stderr
     assert res.stderr == "lpemu: interrupted\n"
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc")
+def test_sigterm_is_one_line_and_leaves_no_partial_output(tmp_path):
+    res = _sigint_when("run", tmp_path, signal.SIGTERM, ["--json", str(tmp_path / "o.json")])
+    assert res.returncode == 143 and res.stderr == "lpemu: terminated\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.yaml"]
 
 
 # ============================================================================ silently wrong
