@@ -53,7 +53,16 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 CODE: list[Path] = [ROOT]  # the code tree under test (--code)
-ENTRY = "import sys; from programs.cli import main; sys.exit(main())"
+# the console script's two lines, plus the child's own peak RSS (VmHWM) on stderr at exit:
+# wait4's ru_maxrss would include the parent's memory at fork time
+ENTRY = ("import atexit, sys\n"
+         "def _hwm():\n"
+         "    with open('/proc/self/status') as f:\n"
+         "        kb = next(ln.split()[1] for ln in f if ln.startswith('VmHWM'))\n"
+         "    sys.stderr.write(f'VMHWM_KB {kb}\\n')\n"
+         "atexit.register(_hwm)\n"
+         "from programs.cli import main\n"
+         "sys.exit(main())\n")
 TYPED_CODES = {2, 3, 4, 5, 6, 7, 8, 9, 10, 11}
 
 SMALL_MODEL = "name: tiny\nlayers: [64, 10]\nepochs: 1\n"
@@ -520,8 +529,12 @@ def run_cli(code: Path, argv: list[str], cwd: Path, mem_gib: float, timeout: flo
         secs = time.perf_counter() - t0
         fo.seek(0)
         fe.seek(0)
-        return Run(p.returncode, fo.read().decode(errors="replace"),
-                   fe.read(200_000_000).decode(errors="replace"), secs, ru.ru_maxrss / 1024,
+        err = fe.read(200_000_000).decode(errors="replace")
+        lines = err.split("\n")
+        hwm = [ln for ln in lines if ln.startswith("VMHWM_KB ")]
+        err = "\n".join(ln for ln in lines if not ln.startswith("VMHWM_KB "))
+        rss = int(hwm[-1].split()[1]) / 1024 if hwm else ru.ru_maxrss / 1024
+        return Run(p.returncode, fo.read().decode(errors="replace"), err, secs, rss,
                    timed_out)
 
 

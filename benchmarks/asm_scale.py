@@ -33,7 +33,16 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ENTRY = "import sys; from programs.cli import main; sys.exit(main())"
+# the child reports its own peak RSS (VmHWM of its address space): wait4's ru_maxrss would
+# include the parent's memory at fork time, and the parent holds the generated source
+ENTRY = ("import atexit, sys\n"
+         "def hwm():\n"
+         "    with open('/proc/self/status') as f:\n"
+         "        kb = next(ln.split()[1] for ln in f if ln.startswith('VmHWM'))\n"
+         "    sys.stderr.write(f'\\nVMHWM_KB {kb}\\n')\n"
+         "atexit.register(hwm)\n"
+         "from programs.cli import main\n"
+         "sys.exit(main())\n")
 
 
 def source(kind: str, n: int) -> str:
@@ -71,8 +80,11 @@ def run_once(code: Path, path: Path, out: Path) -> dict[str, float]:
     _, status, ru = os.wait4(p.pid, 0)
     wall = time.perf_counter() - t0
     err = p.stderr.read().decode() if p.stderr else ""  # type: ignore[union-attr]
+    hwm = [ln for ln in err.splitlines() if ln.startswith("VMHWM_KB ")]
+    err = "\n".join(ln for ln in err.splitlines() if ln and not ln.startswith("VMHWM_KB "))
     return {"exit": os.waitstatus_to_exitcode(status), "wall_s": wall,
-            "cpu_s": ru.ru_utime + ru.ru_stime, "peak_rss_mib": ru.ru_maxrss / 1024,
+            "cpu_s": ru.ru_utime + ru.ru_stime,
+            "peak_rss_mib": int(hwm[-1].split()[1]) / 1024 if hwm else float("nan"),
             "stderr": err.strip()[:200]}
 
 

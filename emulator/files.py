@@ -41,7 +41,7 @@ class TooLarge(Exception):
         return f"holds more than the limit of {self.limit:,} bytes"
 
 
-def read_bounded(path: str | Path, limit: int, prefix: bool = False) -> bytes:
+def read_bounded(path: str | Path, limit: int, prefix: bool = False) -> bytearray:
     """Read at most ``limit`` bytes of ``path``; raise :class:`TooLarge` if it holds more (so
     ``/dev/zero`` stops after ``limit + 1`` bytes), or with ``prefix`` return its first
     ``limit`` bytes. The file is opened without blocking, so a FIFO with no writer does not
@@ -56,18 +56,16 @@ def read_bounded(path: str | Path, limit: int, prefix: bool = False) -> bytes:
             raise TooLarge(st.st_size, limit)
         if not stat.S_ISREG(st.st_mode):
             os.set_blocking(fd, True)  # a pipe or device: read until EOF or the bound
-        chunks: list[bytes] = []
-        total = 0
         want = limit if prefix else limit + 1
-        while total < want:
-            b = os.read(fd, min(1 << 20, want - total))
+        buf = bytearray()  # grows in place: the peak is the data, not data + a joined copy
+        while len(buf) < want:
+            b = os.read(fd, min(1 << 20, want - len(buf)))
             if not b:
                 break
-            chunks.append(b)
-            total += len(b)
-            if total > limit:
-                raise TooLarge(total, limit, exact=False)
-        return b"".join(chunks)
+            buf += b
+        if len(buf) > limit:
+            raise TooLarge(len(buf), limit, exact=False)
+        return buf
     finally:
         os.close(fd)
 

@@ -47,7 +47,7 @@ WORK_BYTES_PER_ACC_ENTRY = 16
 BYTES_PER_INSTRUCTION = 1024
 
 # --- files and text ------------------------------------------------------------------------
-MAX_PROGRAM_FILE_BYTES = 256 << 20  # a program (assembly or binary) read by the CLI
+MAX_PROGRAM_FILE_BYTES = 512 << 20  # a program (assembly or binary) read by the CLI
 MAX_YAML_FILE_BYTES = 1 << 20  # a config or model spec
 MAX_YAML_NODES = 100_000  # YAML nodes after alias expansion
 MAX_DUMP_DIMS = 16  # dimensions of a --dump shape
@@ -87,7 +87,7 @@ LIMITS: tuple[Limit, ...] = (
     Limit("config or model YAML file", "1 MiB", "ConfigError"),
     Limit("YAML nodes with every alias expanded", "100,000", "ConfigError"),
     Limit("YAML mapping keys", "each once", "ConfigError"),
-    Limit("program file (assembly or binary)", "256 MiB", "UsageError"),
+    Limit("program file (assembly or binary)", "512 MiB", "UsageError"),
     Limit("integer literal (assembly, command line)", "100 characters",
           "AsmError, UsageError"),
     Limit("`.equ` constant", "defined once", "AsmError"),

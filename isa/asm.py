@@ -141,7 +141,7 @@ def assemble(text: str, file: str = "<asm>") -> Program:
     consts: dict[str, int] = {}
     const_line: dict[str, int] = {}
     labels: dict[str, int] = {}
-    label_pos: dict[str, tuple[int, int]] = {}
+    label_line: dict[str, int] = {}
     words = array("Q")
     line_of = array("I")
     pending: list[_Pending] = []
@@ -172,12 +172,12 @@ def assemble(text: str, file: str = "<asm>") -> Program:
             name = m.group(1)
             col = col0 + pos + 1
             if name in labels:
-                prev = label_pos[name]
-                raise err(f"label {name!r} already defined at line {prev[0]}", lineno, col)
+                raise err(f"label {name!r} already defined at line {label_line[name]}", lineno,
+                          col)
             if name in BY_MNEMONIC:
                 raise err(f"label {name!r} is a mnemonic", lineno, col)
             labels[name] = len(words)
-            label_pos[name] = (lineno, col)
+            label_line[name] = lineno
             pos = m.end()
         if pos >= len(rest):
             continue
