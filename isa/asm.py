@@ -102,21 +102,23 @@ def _is_name(tok: str) -> bool:
     return bool(_IDENT.match(tok[1:] if tok.startswith("-") else tok))
 
 
-def _lines(text: str):
-    """``(line number, line)`` for every line: lines end at "\n" only (an optional "\r" before
-    it is dropped), as editors and compilers count them; str.splitlines would also split at
-    \f, \v, \x1c-\x1e, \x85, ... The text is split a chunk at a time, so a huge file never
-    has a list of all its lines in memory."""
-    lineno = 0
+def _line_chunks(text: str):
+    """``(number of the first line, lines)`` a chunk of the text at a time, so a huge file
+    never has a list of all its lines in memory. Lines end at "\n" only (an optional "\r"
+    before it is dropped), as editors and compilers count them; str.splitlines would also
+    split at \f, \v, \x1c-\x1e, \x85, ..."""
+    lineno = 1
     start, n = 0, len(text)
     while True:
-        end = text.find("\n", min(start + _CHUNK, n)) if start + _CHUNK < n else -1
+        end = text.find("\n", start + _CHUNK) if start + _CHUNK < n else -1
         chunk = text[start:end] if end >= 0 else text[start:]
-        for raw in chunk.split("\n"):
-            lineno += 1
-            yield lineno, raw[:-1] if raw.endswith("\r") else raw
+        lines = chunk.split("\n")
+        if "\r" in chunk:
+            lines = [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
+        yield lineno, lines
         if end < 0:
             return
+        lineno += len(lines)
         start = end + 1
 
 
@@ -150,75 +152,76 @@ def assemble(text: str, file: str = "<asm>") -> Program:
     def err(msg: str, lineno: int, col: int) -> AsmError:
         return AsmError(msg, file, lineno, col)
 
-    for lineno, raw in _lines(text):
-        w = cache.get(raw)
-        if w is not None:
+    for first, lines in _line_chunks(text):
+        for lineno, raw in enumerate(lines, first):
+            w = cache.get(raw)
+            if w is not None:
+                words.append(w)
+                line_of.append(lineno)
+                continue
+            line = _strip_comment(raw)
+            rest = line.lstrip()
+            if not rest:
+                continue
+            col0 = len(line) - len(rest)  # 0-based column of `rest`
+            pos = 0
+            has_label = False
+            # labels (possibly several) at the start of the line
+            while True:
+                m = _LABEL.match(rest, pos)
+                if not m:
+                    break
+                has_label = True
+                name = m.group(1)
+                col = col0 + pos + 1
+                if name in labels:
+                    raise err(f"label {name!r} already defined at line {label_line[name]}", lineno,
+                              col)
+                if name in BY_MNEMONIC:
+                    raise err(f"label {name!r} is a mnemonic", lineno, col)
+                labels[name] = len(words)
+                label_line[name] = lineno
+                pos = m.end()
+            if pos >= len(rest):
+                continue
+            m = _MNEMONIC.match(rest, pos)
+            assert m is not None
+            mnemonic = m.group(1)
+            operand_text = rest[m.end():]
+            mcol = col0 + pos + 1
+            op_col = col0 + m.end() + 1
+            if mnemonic == ".equ":
+                ops = _split_operands(operand_text, op_col)
+                if len(ops) != 2:
+                    raise err(".equ takes a name and a value", lineno, mcol)
+                (name, ncol), (val, vcol) = ops
+                if not _IDENT.match(name):
+                    raise err(f"bad constant name {name!r}", lineno, ncol)
+                if name in consts:
+                    raise err(f"constant {name!r} already defined at line {const_line[name]} "
+                              "(a constant is defined once)", lineno, ncol)
+                try:
+                    v = _parse_int(val, consts)
+                except _TooLong as e:
+                    raise err(str(e), lineno, vcol) from None
+                if v is None:
+                    raise err(f"bad constant value {val!r}", lineno, vcol)
+                consts[name] = v
+                const_line[name] = lineno
+                continue
+            if mnemonic.startswith("."):
+                raise err(f"unknown directive {mnemonic!r}", lineno, mcol)
+            ins = BY_MNEMONIC.get(mnemonic.lower())
+            if ins is None:
+                raise err(f"unknown mnemonic {mnemonic!r}", lineno, mcol)
+            parts = operand_text.split(",") if operand_text else []
+            w, names = _parse_line(ins, parts, op_col, consts, labels, mcol, lineno, file)
+            if names:
+                pending.append(_Pending(len(words), ins, names, lineno))
+            elif not has_label and len(cache) < 100_000:
+                cache[raw] = w
             words.append(w)
             line_of.append(lineno)
-            continue
-        line = _strip_comment(raw)
-        rest = line.lstrip()
-        if not rest:
-            continue
-        col0 = len(line) - len(rest)  # 0-based column of `rest`
-        pos = 0
-        has_label = False
-        # labels (possibly several) at the start of the line
-        while True:
-            m = _LABEL.match(rest, pos)
-            if not m:
-                break
-            has_label = True
-            name = m.group(1)
-            col = col0 + pos + 1
-            if name in labels:
-                raise err(f"label {name!r} already defined at line {label_line[name]}", lineno,
-                          col)
-            if name in BY_MNEMONIC:
-                raise err(f"label {name!r} is a mnemonic", lineno, col)
-            labels[name] = len(words)
-            label_line[name] = lineno
-            pos = m.end()
-        if pos >= len(rest):
-            continue
-        m = _MNEMONIC.match(rest, pos)
-        assert m is not None
-        mnemonic = m.group(1)
-        operand_text = rest[m.end():]
-        mcol = col0 + pos + 1
-        op_col = col0 + m.end() + 1
-        if mnemonic == ".equ":
-            ops = _split_operands(operand_text, op_col)
-            if len(ops) != 2:
-                raise err(".equ takes a name and a value", lineno, mcol)
-            (name, ncol), (val, vcol) = ops
-            if not _IDENT.match(name):
-                raise err(f"bad constant name {name!r}", lineno, ncol)
-            if name in consts:
-                raise err(f"constant {name!r} already defined at line {const_line[name]} "
-                          "(a constant is defined once)", lineno, ncol)
-            try:
-                v = _parse_int(val, consts)
-            except _TooLong as e:
-                raise err(str(e), lineno, vcol) from None
-            if v is None:
-                raise err(f"bad constant value {val!r}", lineno, vcol)
-            consts[name] = v
-            const_line[name] = lineno
-            continue
-        if mnemonic.startswith("."):
-            raise err(f"unknown directive {mnemonic!r}", lineno, mcol)
-        ins = BY_MNEMONIC.get(mnemonic.lower())
-        if ins is None:
-            raise err(f"unknown mnemonic {mnemonic!r}", lineno, mcol)
-        parts = operand_text.split(",") if operand_text else []
-        w, names = _parse_line(ins, parts, op_col, consts, labels, mcol, lineno, file)
-        if names:
-            pending.append(_Pending(len(words), ins, names, lineno))
-        elif not has_label and len(cache) < 100_000:
-            cache[raw] = w
-        words.append(w)
-        line_of.append(lineno)
 
     for p in pending:  # forward references, now that every label and constant is known
         w = words[p.pc]

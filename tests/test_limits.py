@@ -815,3 +815,29 @@ def test_property_model_specs_near_and_past_every_limit(data):
     out, peak = peak_bytes(build)
     assert not isinstance(out, Exception) or isinstance(out, ConfigError), out
     assert peak < CAP_BYTES
+
+
+@settings(max_examples=80, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.sampled_from(["nop", "nop\r", "", "x: nop", "li r1, 5", "  ; c", "frob",
+                                 "jmp x", "jmp y", "y:", "halt\r", ".equ A, 3",
+                                 "li r2, A"]), max_size=40))
+def test_line_chunks_do_not_change_the_result(monkeypatch, lines):
+    """The assembler splits a text into lines a chunk at a time: with tiny chunks (every
+    boundary inside or between lines, after a \\r) the result or error is the same."""
+    import isa.asm as asm
+
+    text = "\n".join(lines)
+
+    def outcome():
+        try:
+            p = assemble(text, "c.s")
+            return p.words, p.labels, list(p.source)
+        except AsmError as e:
+            return str(e)
+
+    want = outcome()
+    for chunk in (1, 2, 7):
+        monkeypatch.setattr(asm, "_CHUNK", chunk)
+        assert outcome() == want, chunk
+    monkeypatch.undo()

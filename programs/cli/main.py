@@ -189,8 +189,9 @@ def read_npy(file: str, arg: str, room: int) -> np.ndarray:
                 raise ValueError(f".npy format version {version} (1.0 and 2.0 are read)")
         except (ValueError, EOFError, SyntaxError) as e:
             raise UsageError(f"not a readable .npy array: {short_repr(str(e))}", arg) from None
-        if dtype.hasobject:
-            raise UsageError("the array holds Python objects; give a numeric array", arg)
+        if dtype.hasobject or dtype.itemsize == 0:
+            raise UsageError(f"the array's dtype {dtype} cannot be loaded (Python objects or "
+                             "zero-size elements); give a numeric array", arg)
         nbytes = math.prod(shape) * dtype.itemsize
         held = st.st_size - f.tell()
         if nbytes > held:
