@@ -40,7 +40,6 @@ from isa.spec import (
 
 _IDENT = re.compile(NAME_PATTERN + r"\Z")
 _LABEL = re.compile(f"({NAME_PATTERN})\\s*:\\s*")
-_MNEMONIC = re.compile(r"(\S+)\s*")
 _REGS = {f"r{i}": i for i in range(N_SCALAR_REGS)}
 _EREGS = {f"e{i}": i for i in range(N_EXP_REGS)}
 _REG_DIGITS = re.compile(r"[re](\d+)")
@@ -167,7 +166,7 @@ def assemble(text: str, file: str = "<asm>") -> Program:
             pos = 0
             has_label = False
             # labels (possibly several) at the start of the line
-            while True:
+            while ":" in rest:
                 m = _LABEL.match(rest, pos)
                 if not m:
                     break
@@ -184,12 +183,11 @@ def assemble(text: str, file: str = "<asm>") -> Program:
                 pos = m.end()
             if pos >= len(rest):
                 continue
-            m = _MNEMONIC.match(rest, pos)
-            assert m is not None
-            mnemonic = m.group(1)
-            operand_text = rest[m.end():]
+            head = rest.split(None, 1) if pos == 0 else rest[pos:].split(None, 1)
+            mnemonic = head[0]
+            operand_text = head[1] if len(head) > 1 else ""
             mcol = col0 + pos + 1
-            op_col = col0 + m.end() + 1
+            op_col = col0 + len(rest) - len(operand_text) + 1
             if mnemonic == ".equ":
                 ops = _split_operands(operand_text, op_col)
                 if len(ops) != 2:
