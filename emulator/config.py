@@ -52,6 +52,12 @@ def _float(default: float, lo: float, hi: float) -> Any:
     return field(default=default, metadata={"kind": float, "lo": lo, "hi": hi})
 
 
+def _opt_float(lo: float, hi: float) -> Any:
+    """An optional finite float field: ``None`` (YAML ``null``, the default) or
+    ``lo <= v <= hi``."""
+    return field(default=None, metadata={"kind": float, "lo": lo, "hi": hi, "optional": True})
+
+
 def _bool(default: bool) -> Any:
     """A boolean field (YAML true/false; integers rejected)."""
     return field(default=default, metadata={"kind": bool})
@@ -69,6 +75,8 @@ def _type_name(value: object) -> str:
 def _check_value(key: str, value: object, meta: dict[str, Any]) -> object:
     """Check one value against its field metadata; return it normalised (int -> float)."""
     kind = meta["kind"]
+    if value is None and meta.get("optional"):
+        return None
     if kind is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"must be true or false, got {_type_name(value)} "
@@ -192,14 +200,24 @@ class BudgetConfig(_Section):
 @dataclass(frozen=True, slots=True)
 class EnergyConfig(_Section):
     """Energy per event in picojoules (sources in configs/default.yaml). Each in [0, 1e9], so
-    energy = events x entry stays finite."""
+    energy = events x entry stays finite.
+
+    On-chip SRAM (scratchpad, accumulator memory) is priced per 64-bit access at its capacity,
+    interpolated between the three ``sram_*_per_64b`` points (emulator/energy.py);
+    ``sram_per_64b`` / ``acc_per_64b``, when set, fix the price of the scratchpad /
+    accumulator memory instead (the meaning those keys had before capacities were modelled).
+    The accumulate add is priced at ``accumulator.bits`` between ``add_int8`` and ``add_int32``.
+    """
 
     SECTION: ClassVar[str] = "energy"
     mult_int8: float = _float(0.2, 0.0, lim.MAX_ENERGY_PJ)
     add_int8: float = _float(0.03, 0.0, lim.MAX_ENERGY_PJ)
     add_int32: float = _float(0.1, 0.0, lim.MAX_ENERGY_PJ)
-    sram_per_64b: float = _float(10.0, 0.0, lim.MAX_ENERGY_PJ)
-    acc_per_64b: float = _float(10.0, 0.0, lim.MAX_ENERGY_PJ)
+    sram_8kb_per_64b: float = _float(10.0, 0.0, lim.MAX_ENERGY_PJ)
+    sram_32kb_per_64b: float = _float(20.0, 0.0, lim.MAX_ENERGY_PJ)
+    sram_1mb_per_64b: float = _float(100.0, 0.0, lim.MAX_ENERGY_PJ)
+    sram_per_64b: float | None = _opt_float(0.0, lim.MAX_ENERGY_PJ)
+    acc_per_64b: float | None = _opt_float(0.0, lim.MAX_ENERGY_PJ)
     dram_per_64b: float = _float(1950.0, 0.0, lim.MAX_ENERGY_PJ)
     rng_draw: float = _float(1.0, 0.0, lim.MAX_ENERGY_PJ)
     requant_element: float = _float(0.1, 0.0, lim.MAX_ENERGY_PJ)

@@ -1,4 +1,5 @@
-"""The counter list (one source of truth) and energy = events x the config's energy table.
+"""The counter list (one source of truth) and energy = events x the prices of the energy model
+(:mod:`emulator.energy`).
 
 Counters are integers kept per program counter (so per-instruction, per-label and total views
 are sums over rows). Energy is derived from them at report time; it is never accumulated
@@ -7,11 +8,12 @@ separately, so it cannot drift from the events it is made of.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from emulator.config import Config
+from emulator.energy import TERMS, Price, price_table, prices
 
 # name -> meaning. Order is the column order of every counter matrix.
 COUNTER_DOCS: dict[str, str] = {
@@ -54,27 +56,36 @@ ENERGY_COMPONENTS = (
 )
 
 
+def _vector(counts: np.ndarray) -> np.ndarray:
+    c = np.asarray(counts, dtype=np.int64)
+    return c.sum(axis=0) if c.ndim == 2 else c
+
+
+def energy_terms(counts: np.ndarray, cfg: Config) -> list[tuple[str, Price, float]]:
+    """(component, price, pJ) of every term of the energy sum, for one counter vector (or the
+    column sums of a matrix); terms in :data:`emulator.energy.TERMS` order."""
+    c = _vector(counts)
+    p = prices(cfg)
+    return [(comp, p[price], float(sum(int(c[IDX[n]]) for n in names)) * scale * p[price].pj)
+            for comp, price, names, scale in TERMS]
+
+
 def energy_breakdown(counts: np.ndarray, cfg: Config) -> dict[str, float]:
     """Energy in pJ per component for one counter vector (or the column sums of a matrix)."""
-    c = np.asarray(counts, dtype=np.int64)
-    if c.ndim == 2:
-        c = c.sum(axis=0)
-    en = cfg.energy
-    per_byte_sram = en.sram_per_64b / 8.0
-    per_byte_acc = en.acc_per_64b / 8.0
-    per_byte_dram = en.dram_per_64b / 8.0
-    return {
-        "multiply": float(c[MAC_OPS]) * en.mult_int8,
-        "accumulate": float(c[MAC_OPS]) * en.add_int32,
-        "scratchpad": float(c[SPAD_RD] + c[SPAD_WR]) * per_byte_sram,
-        "accumulator": float(c[ACC_RD] + c[ACC_WR]) * per_byte_acc,
-        "dram": float(c[DRAM_RD] + c[DRAM_WR]) * per_byte_dram,
-        "rng": float(c[RNG_DRAWS]) * en.rng_draw,
-        "alu": float(c[ALU_PASSES]) * en.add_int8
-        + float(c[ALU_MUL_PASSES]) * en.mult_int8
-        + float(c[RQ_ELEMS]) * en.requant_element,
-        "control": float(c[INSTRUCTIONS]) * en.instruction,
-    }
+    out = dict.fromkeys(ENERGY_COMPONENTS, 0.0)
+    for comp, _, pj in energy_terms(counts, cfg):
+        out[comp] += pj
+    return out
+
+
+def assumed_breakdown(counts: np.ndarray, cfg: Config) -> dict[str, float]:
+    """The part of each component's energy that rests on assumed prices (every price whose
+    kind is not ``paper``: derived, assumed or set in the config)."""
+    out = dict.fromkeys(ENERGY_COMPONENTS, 0.0)
+    for comp, price, pj in energy_terms(counts, cfg):
+        if price.assumed:
+            out[comp] += pj
+    return out
 
 
 def energy_pj(counts: np.ndarray, cfg: Config) -> float:
@@ -83,24 +94,33 @@ def energy_pj(counts: np.ndarray, cfg: Config) -> float:
 
 @dataclass(frozen=True)
 class Summary:
-    """Totals of one run: every counter plus energy."""
+    """Totals of one run: every counter plus energy (per component, and the part of each that
+    rests on assumed prices) and the prices used."""
 
     totals: dict[str, int]
     energy: dict[str, float]
+    assumed_energy: dict[str, float] = field(default_factory=dict)
+    prices: dict[str, dict[str, object]] = field(default_factory=dict)
 
     @property
     def energy_pj(self) -> float:
         return float(sum(self.energy.values()))
 
+    @property
+    def assumed_energy_pj(self) -> float:
+        return float(sum(self.assumed_energy.values()))
+
     def to_dict(self) -> dict[str, object]:
         d: dict[str, object] = dict(self.totals)
         d["energy_pj"] = self.energy_pj
         d["energy_breakdown_pj"] = dict(self.energy)
+        d["assumed_energy_pj"] = self.assumed_energy_pj
+        d["assumed_energy_breakdown_pj"] = dict(self.assumed_energy)
+        d["energy_prices"] = dict(self.prices)
         return d
 
 
 def summarize(counts: np.ndarray, cfg: Config) -> Summary:
-    c = np.asarray(counts, dtype=np.int64)
-    if c.ndim == 2:
-        c = c.sum(axis=0)
-    return Summary({n: int(c[i]) for i, n in enumerate(COUNTERS)}, energy_breakdown(c, cfg))
+    c = _vector(counts)
+    return Summary({n: int(c[i]) for i, n in enumerate(COUNTERS)}, energy_breakdown(c, cfg),
+                   assumed_breakdown(c, cfg), price_table(cfg))

@@ -6,6 +6,7 @@ from isa.errors import (  # noqa: F401
     BudgetExceeded,
     CheckpointError,
     ConfigError,
+    DatasetError,
     ExecutionError,
     LpemuError,
     MemoryAccessError,

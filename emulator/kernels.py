@@ -32,6 +32,13 @@ from emulator.reference import (
     uses_rng,
 )
 from emulator.rng import mix
+from isa.conventions import (
+    EXP_E_FOLD,
+    LAZY_SHIFT_FOLD,
+    NORM_F_FOLD,
+    RQ_SHIFT_FOLD,
+    RSQRT_K_FOLD,
+)
 
 __all__ = ["gemm_passes", "type_range", "uses_rng"]
 
@@ -235,18 +242,91 @@ def fit_acc(values: np.ndarray, bits: int, wrap: bool) -> tuple[np.ndarray, int]
     return np.clip(v, lo, hi), n
 
 
+_U0, _U1 = np.uint64(0), np.uint64(1)
+_U63, _U64MAX = np.uint64(63), np.uint64((1 << 64) - 1)
+
+
+@njit(inline="always")
+def _umask(s):  # pragma: no cover - compiled
+    """2**s - 1 as uint64, 0 <= s <= 63."""
+    return (_U1 << np.uint64(s)) - _U1
+
+
+@njit(inline="always")
+def _nearest(p, s):  # pragma: no cover - compiled
+    """floor((p + 2**(s-1)) / 2**s) for |p| < 2**63 and 1 <= s <= 63, without overflow."""
+    return (p >> s) + ((p >> (s - 1)) & 1)
+
+
+@njit(inline="always")
+def _dither31(p, s, us, mask, half, tri, z):  # pragma: no cover - compiled
+    """Dithered rounding for 1 <= s <= 31 (``us``, ``mask``, ``half`` = s, 2**s - 1 and
+    2**(s-1), hoisted by the caller): uniform u on s bits; triangular adds v on the next s bits
+    and one fair bit. Int64 sums cannot overflow: |p| <= 2**62 and u + v + b < 2**33."""
+    u = np.int64(z & mask)
+    if tri:
+        u += np.int64((z >> us) & mask) + np.int64((z >> (us + us)) & _U1) - half
+    return (p + u) >> s
+
+
+@njit(inline="always")
+def _round_one(p, s, mode, z):  # pragma: no cover - compiled
+    """The requantizer's rounding of one value ``p`` (|p| <= 2**62) by a right shift
+    1 <= s <= 128 with the 64-bit draw ``z``: exactly :func:`emulator.reference.round_shift`.
+
+    Shifts up to 31 (and 62 without dither) use plain int64 sums, which cannot overflow there.
+    Wider shifts split p = q * 2**s + r (0 <= r < 2**s) and decide the carries out of the
+    fraction in uint64, as a 64-bit datapath would."""
+    if mode == 0:  # nearest, ties up
+        if s <= 62:
+            return (p + (np.int64(1) << (s - 1))) >> s
+        return _nearest(p, s) if s == 63 else np.int64(0)  # |p| < 2**63 rounds to 0
+    if mode == 1:  # truncate (floor)
+        return p >> min(s, np.int64(63))
+    if mode >= 2 and s <= 31:
+        return _dither31(p, s, np.uint64(s), _umask(s), np.int64(1) << (s - 1), mode == 3, z)
+    if mode == 3 and s <= 63:  # triangular, v narrowed to t = 63 - s bits
+        t = min(s, 63 - s)
+        us, ut = np.uint64(s), np.uint64(t)
+        mask = _umask(s)
+        q = p >> s
+        r = np.uint64(p) & mask
+        x = r + (z & mask)  # < 2**(s+1) <= 2**64: no wrap
+        c1 = np.int64(x >> us)
+        x &= mask
+        dv = (((z >> us) & _umask(t)) + ((z >> (us + ut)) & _U1)) << (us - ut)  # <= 2**s
+        x += dv  # < 2**(s+1)
+        half = _U1 << (us - _U1)
+        k = np.int64(-1) if x < half else (np.int64(1) if x - half >= (_U1 << us)
+                                            else np.int64(0))
+        return q + c1 + k
+    # uniform dither (and triangular with s >= 64, which is uniform)
+    if s <= 62:
+        return (p + np.int64(z & _umask(s))) >> s  # p + u < 2**62 + 2**62
+    if s == 63:
+        r = np.uint64(p) & _umask(63)
+        return (p >> 63) + np.int64((r + (z & _umask(63))) >> _U63)
+    if s > 64:  # round to nearest by the s - 64 bits the draw cannot cover
+        c = s - 64
+        p = _nearest(p, c) if c <= 63 else np.int64(0)  # |p| <= 2**62 < 2**(c-1)
+    r = np.uint64(p)  # p mod 2**64; floor(p / 2**64) = p >> 63
+    total = r + z  # wraps exactly when r + z >= 2**64
+    return (p >> 63) + (np.int64(1) if total < z else np.int64(0))
+
+
 @njit(cache=True)
 def _requant(src, out, mul, shift, mode, lo, hi, relu, seed, counter):  # pragma: no cover
     """Requantizer over int64 ``src * mul``; returns the saturation count.
 
     Nothing overflows int64: sources are accumulator (<= 32-bit) or scratchpad values and
-    ``|mul| < 2**31``; left shifts (shift <= 0) saturate before shifting. Only the dither
-    RNG wraps (uint64, on purpose; see :func:`_wrapping`).
+    ``|mul| <= 2**31``, so ``|src * mul| <= 2**62``; left shifts (shift <= 0) saturate before
+    shifting; ``shift`` is clamped to [-64, 128] by the caller (isa.conventions.RQ_SHIFT_FOLD).
+    Only the dither RNG wraps (uint64, on purpose; see :func:`_wrapping`).
     """
     nsat = 0
     n = src.shape[0]
     if shift <= 0:
-        sh = -shift
+        sh = min(-shift, np.int64(63))  # every nonzero value saturates from 16 on
         top = hi >> sh
         bottom = -((-lo) >> sh)  # smallest v with v << sh >= lo
         for i in range(n):
@@ -261,9 +341,9 @@ def _requant(src, out, mul, shift, mode, lo, hi, relu, seed, counter):  # pragma
                 y = v << sh
             out[i] = y
         return nsat
-    half = np.int64(1) << (shift - 1)
-    if mode <= 1:  # nearest (ties up) or truncate (floor): a loop of its own, which vectorizes
-        add = half if mode == 0 else np.int64(0)
+    if mode <= 1 and shift <= 62:
+        # nearest (ties up) or truncate (floor): a loop of its own, which vectorizes
+        add = (np.int64(1) << (shift - 1)) if mode == 0 else np.int64(0)
         for i in range(n):
             y = (src[i] * mul + add) >> shift
             if relu:
@@ -272,19 +352,24 @@ def _requant(src, out, mul, shift, mode, lo, hi, relu, seed, counter):  # pragma
             nsat += c != y
             out[i] = c
         return nsat
-    mask = (np.uint64(1) << np.uint64(shift)) - np.uint64(1)
-    ush = np.uint64(shift)
-    one = np.int64(1)
-    for i in range(n):  # uniform (mode 2) or triangular (mode 3) dither
-        z = mix(seed, counter + np.uint64(i))
-        u = np.int64(z & mask)
-        if mode == 2:
-            d = u - half
-        else:
-            v = np.int64((z >> ush) & mask)
-            bit = np.int64((z >> (ush + ush)) & np.uint64(1))
-            d = u + v - (one << shift) + bit
-        y = (src[i] * mul + d + half) >> shift
+    if mode >= 2 and shift <= 31:  # the common dithered shifts: constants hoisted
+        us, mask, half, tri = np.uint64(shift), _umask(shift), np.int64(1) << (shift - 1), \
+            mode == 3
+        for i in range(n):
+            y = _dither31(src[i] * mul, shift, us, mask, half, tri,
+                          mix(seed, counter + np.uint64(i)))
+            if relu and y < 0:
+                y = 0
+            if y > hi:
+                y, nsat = hi, nsat + 1
+            elif y < lo:
+                y, nsat = lo, nsat + 1
+            out[i] = y
+        return nsat
+    dither = mode >= 2
+    for i in range(n):
+        z = mix(seed, counter + np.uint64(i)) if dither else _U0
+        y = _round_one(src[i] * mul, shift, mode, z)
         if relu and y < 0:
             y = 0
         if y > hi:
@@ -293,6 +378,31 @@ def _requant(src, out, mul, shift, mode, lo, hi, relu, seed, counter):  # pragma
             y, nsat = lo, nsat + 1
         out[i] = y
     return nsat
+
+
+@njit(cache=True)
+def _round_draws(p, s, mode, z, out):  # pragma: no cover - compiled
+    for i in range(p.shape[0]):
+        out[i] = _round_one(p[i], s, mode, z[i])
+
+
+def round_shift_draws(p: np.ndarray, s: int, mode: int, z: np.ndarray) -> np.ndarray:
+    """The compiled rounding of each ``p[i]`` by a right shift ``s`` >= 1 with the given draws
+    ``z[i]``: the requantizer's element function, exposed so that tests can feed it chosen
+    draws (around every decision boundary) instead of the generator's."""
+    if s < 1:
+        raise ValueError("round_shift_draws takes right shifts (s >= 1)")
+    p = np.ascontiguousarray(p, dtype=np.int64)
+    out = np.empty(p.size, np.int64)
+    with _wrapping():
+        _round_draws(p, _I64(min(s, RQ_SHIFT_FOLD[1])), _I64(mode),
+                     np.ascontiguousarray(z, dtype=np.uint64), out)
+    return out
+
+
+def _fold_shift(shift: int) -> int:
+    """Shifts beyond [-64, 128] give the same results as the bound (isa.conventions)."""
+    return max(RQ_SHIFT_FOLD[0], min(shift, RQ_SHIFT_FOLD[1]))
 
 
 def requant(
@@ -309,8 +419,8 @@ def requant(
     out = np.empty_like(src)
     lo, hi = type_range(out_bits)
     with _wrapping():
-        nsat = _requant(src, out, _I64(mul), _I64(shift), _I64(mode), _I64(lo), _I64(hi),
-                        bool(relu), np.uint64(seed), np.uint64(counter))
+        nsat = _requant(src, out, _I64(mul), _I64(_fold_shift(shift)), _I64(mode), _I64(lo),
+                        _I64(hi), bool(relu), np.uint64(seed), np.uint64(counter))
     return out, int(nsat)
 
 
@@ -386,18 +496,26 @@ def _exp_kernel(x, out, sh, lut):  # pragma: no cover - compiled
 def exp_q14(x: np.ndarray, e: int) -> np.ndarray:
     v = np.ascontiguousarray(x).ravel()
     out = np.empty(v.size, dtype=np.int64)
+    e = max(EXP_E_FOLD[0], min(e, EXP_E_FOLD[1]))  # results stop changing beyond these
     _exp_kernel(v, out, _I64(8 - e), _EXP_LUT)
     return out
 
 
 @njit(cache=True)
 def _norm_kernel(p, sums, out, f, lo, hi):  # pragma: no cover - compiled
+    """round-half-up(p * 2**f / S); -17 <= f <= 47 keeps every term within int64."""
     nsat = 0
-    scale = np.int64(1) << (f + 1)
+    g = max(-f, np.int64(0))  # f < 0: multiply numerator and denominator by 2**-f
+    scale = np.int64(1) << (max(f, np.int64(-1)) + 1)
     for i in range(p.shape[0]):
         s = np.int64(sums[i])
         for j in range(p.shape[1]):
-            y = (np.int64(p[i, j]) * scale + s) // (2 * s) if s > 0 else np.int64(0)
+            if s <= 0:
+                y = np.int64(0)
+            elif g == 0:
+                y = (np.int64(p[i, j]) * scale + s) // (2 * s)
+            else:
+                y = (2 * np.int64(p[i, j]) + (s << g)) // ((2 * s) << g)
             c = min(max(y, lo), hi)
             nsat += c != y
             out[i, j] = c
@@ -407,16 +525,85 @@ def _norm_kernel(p, sums, out, f, lo, hi):  # pragma: no cover - compiled
 def norm_rows(p: np.ndarray, sums: np.ndarray, frac_bits: int, out_bits: int):
     lo, hi = type_range(out_bits)
     out = np.empty(np.shape(p), dtype=np.int64)
-    nsat = _norm_kernel(np.asarray(p), np.asarray(sums), out, _I64(frac_bits), _I64(lo), _I64(hi))
+    f = max(NORM_F_FOLD[0], min(frac_bits, NORM_F_FOLD[1]))  # results stop changing beyond
+    nsat = _norm_kernel(np.asarray(p), np.asarray(sums), out, _I64(f), _I64(lo), _I64(hi))
     return out, int(nsat)
 
 
+@njit(cache=True)
+def _rsqrt_kernel(x, out, k, hi):  # pragma: no cover - compiled
+    """y = sat((isqrt(2**(k+2) // x) + 1) // 2), x = max(x, 0) = 0 saturating; -3 <= k <= 46,
+    so the radicand is below 2**49 and a float64 square root is within one of the integer
+    root, which two correction loops make exact."""
+    nsat = 0
+    for i in range(x.shape[0]):
+        v = max(np.int64(x[i]), np.int64(0))
+        if v == 0:
+            out[i] = hi
+            nsat += 1
+            continue
+        if k + 2 < 0:
+            out[i] = 0
+            continue
+        n = (np.int64(1) << (k + 2)) // v
+        w = np.int64(np.sqrt(np.float64(n)))
+        while w * w > n:
+            w -= 1
+        while (w + 1) * (w + 1) <= n:
+            w += 1
+        y = (w + 1) >> 1
+        if y > hi:
+            y = hi
+            nsat += 1
+        out[i] = y
+    return nsat
+
+
+def rsqrt_q(x: np.ndarray, k: int, out_bits: int = 16) -> tuple[np.ndarray, int]:
+    """vrsqrt over an INT16 array (see :func:`emulator.reference.rsqrt_q`)."""
+    v = np.ascontiguousarray(x).ravel()
+    out = np.empty(v.size, dtype=np.int64)
+    k = max(RSQRT_K_FOLD[0], min(k, RSQRT_K_FOLD[1]))  # results stop changing beyond these
+    nsat = _rsqrt_kernel(v, out, _I64(k), _I64(type_range(out_bits)[1]))
+    return out, int(nsat)
+
+
+@njit(cache=True)
+def _wmul_kernel(d, a, b, accumulate, lo, hi, wrap):  # pragma: no cover - compiled
+    """Exact products into a temporary first (the accumulator cannot alias the scratchpad
+    operands, but this keeps the loop free of possible aliasing), then fit and count."""
+    n = d.shape[0]
+    novf = 0
+    span = hi - lo + 1
+    for i in range(n):
+        v = np.int64(a[i]) * np.int64(b[i])
+        if accumulate:
+            v += d[i]
+        if v > hi or v < lo:
+            novf += 1
+            v = ((v - lo) % span) + lo if wrap else (hi if v > hi else lo)
+        d[i] = v
+    return novf
+
+
+def wmul_into(d: np.ndarray, a: np.ndarray, b: np.ndarray, accumulate: bool, bits: int,
+              wrap: bool) -> int:
+    lo, hi = type_range(bits)
+    return int(_wmul_kernel(d, a, b, bool(accumulate), _I64(lo), _I64(hi), bool(wrap)))
+
+
 def lazy_update(theta: np.ndarray, acc: np.ndarray, s: int) -> tuple[np.ndarray, np.ndarray]:
+    return _lazy_numpy(theta, acc, s)[:2]
+
+
+def _lazy_numpy(theta: np.ndarray, acc: np.ndarray, s: int) -> tuple[np.ndarray, np.ndarray,
+                                                                     int]:
+    s = min(s, LAZY_SHIFT_FOLD)  # from 16 on nothing moves
     t = np.asarray(theta, dtype=np.int64)
     a = np.asarray(acc, dtype=np.int64)
     d = (a + (1 << (s - 1))) >> s if s > 0 else a
     tn = np.clip(t + d, -128, 127)
-    return tn, a - ((tn - t) << s)
+    return tn, a - ((tn - t) << s), int(np.count_nonzero(tn != t + d))
 
 
 @njit(cache=True)
@@ -507,24 +694,30 @@ def alu_into(op: str, d: np.ndarray, a: np.ndarray, b: np.ndarray | None, bits: 
 @njit(cache=True)
 def _lazy_kernel(theta, acc, s):  # pragma: no cover - compiled
     half = (np.int64(1) << (s - 1)) if s > 0 else np.int64(0)
+    nsat = 0
     for i in range(theta.shape[0]):
-        theta[i], acc[i] = _lazy_one(np.int64(theta[i]), np.int64(acc[i]), s, half)
+        theta[i], acc[i], sat = _lazy_one(np.int64(theta[i]), np.int64(acc[i]), s, half)
+        nsat += sat
+    return nsat
 
 
 @njit(inline="always")
 def _lazy_one(t, a, s, half):  # pragma: no cover - compiled
-    """One lazy-update element: (new parameter, new residual); ``half`` = 2**(s-1), or 0."""
-    tn = min(max(t + ((a + half) >> s), np.int64(-128)), np.int64(127))
-    return tn, a - ((tn - t) << s)
+    """One lazy-update element: (new parameter, new residual, 1 if the parameter saturated);
+    ``half`` = 2**(s-1), or 0."""
+    v = t + ((a + half) >> s)
+    tn = min(max(v, np.int64(-128)), np.int64(127))
+    return tn, a - ((tn - t) << s), np.int64(tn != v)
 
 
-def lazy_update_into(theta: np.ndarray, acc: np.ndarray, s: int) -> None:
+def lazy_update_into(theta: np.ndarray, acc: np.ndarray, s: int) -> int:
+    """vlazy in place (s >= 0); returns the number of parameters that saturated."""
     if np.may_share_memory(theta, acc):
-        tn, an = lazy_update(theta, acc, s)
+        tn, an, nsat = _lazy_numpy(theta, acc, s)
         theta[...] = tn
         acc[...] = an
-        return
-    _lazy_kernel(theta, acc, _I64(s))
+        return nsat
+    return int(_lazy_kernel(theta, acc, _I64(min(s, LAZY_SHIFT_FOLD))))
 
 
 def requant_into(dst: np.ndarray, src: np.ndarray, shift: int, mode: int, out_bits: int,
@@ -536,21 +729,24 @@ def requant_into(dst: np.ndarray, src: np.ndarray, shift: int, mode: int, out_bi
         return nsat
     lo, hi = type_range(out_bits)
     with _wrapping():
-        return int(_requant(src, dst, _I64(mul), _I64(shift), _I64(mode), _I64(lo),
-                            _I64(hi), bool(relu), np.uint64(seed), np.uint64(counter)))
+        return int(_requant(src, dst, _I64(mul), _I64(_fold_shift(shift)), _I64(mode),
+                            _I64(lo), _I64(hi), bool(relu), np.uint64(seed),
+                            np.uint64(counter)))
 
 
 @njit(cache=True)
 def _update_kernel(src, dst, res, theta, mul, shift, mode, relu, s):  # pragma: no cover
-    """``rqm dst <- src`` (INT16, nearest or truncate, shift > 0), ``vsub res <- res - dst``
-    (INT16) and ``vlazy theta, res`` (shift ``s``) in one pass. Exact when ``dst``, ``res`` and
-    ``theta`` are pairwise disjoint (every element then depends only on the same element of the
-    earlier steps). Returns the two saturation counts (requantizer, subtract)."""
+    """``rqm dst <- src`` (INT16, nearest or truncate, 0 < shift <= 31), ``vsub res <- res -
+    dst`` (INT16) and ``vlazy theta, res`` (0 <= s <= 15) in one pass. Exact when ``dst``,
+    ``res`` and ``theta`` are pairwise disjoint (every element then depends only on the same
+    element of the earlier steps). Returns the three saturation counts (requantizer, subtract,
+    parameter)."""
     add = (np.int64(1) << (shift - 1)) if mode == 0 else np.int64(0)
     half = (np.int64(1) << (s - 1)) if s > 0 else np.int64(0)
     lo, hi = np.int64(-32768), np.int64(32767)
     n_rq = 0
     n_sub = 0
+    n_lz = 0
     for i in range(dst.shape[0]):
         y = (np.int64(src[i]) * mul + add) >> shift
         if relu:
@@ -561,13 +757,15 @@ def _update_kernel(src, dst, res, theta, mul, shift, mode, relu, s):  # pragma: 
         r = np.int64(res[i]) - q
         a = min(max(r, lo), hi)
         n_sub += a != r
-        theta[i], res[i] = _lazy_one(np.int64(theta[i]), a, s, half)
-    return n_rq, n_sub
+        theta[i], res[i], sat = _lazy_one(np.int64(theta[i]), a, s, half)
+        n_lz += sat
+    return n_rq, n_sub, n_lz
 
 
 def update_into(dst: np.ndarray, src: np.ndarray, res: np.ndarray, theta: np.ndarray, mul: int,
-                shift: int, mode: int, relu: bool, s: int) -> tuple[int, int]:
-    """The fused lazy-update sequence (see :mod:`emulator.fusion`); arrays must be disjoint."""
-    n_rq, n_sub = _update_kernel(src, dst, res, theta, _I64(mul), _I64(shift), _I64(mode),
-                                 bool(relu), _I64(s))
-    return int(n_rq), int(n_sub)
+                shift: int, mode: int, relu: bool, s: int) -> tuple[int, int, int]:
+    """The fused lazy-update sequence (see :mod:`emulator.fusion`); arrays must be disjoint.
+    Returns the saturation counts of the three steps (requantizer, subtract, parameter)."""
+    n_rq, n_sub, n_lz = _update_kernel(src, dst, res, theta, _I64(mul), _I64(shift),
+                                       _I64(mode), bool(relu), _I64(s))
+    return int(n_rq), int(n_sub), int(n_lz)

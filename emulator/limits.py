@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from isa.limits import (  # noqa: F401 - re-exported: every limit is importable from here
     MAX_INT_LITERAL_CHARS,
     MAX_MESSAGE_CHARS,
+    MAX_PROGRAM_FILE_BYTES,
     cut,
     short_repr,
 )
@@ -47,7 +48,6 @@ WORK_BYTES_PER_ACC_ENTRY = 16
 BYTES_PER_INSTRUCTION = 1024
 
 # --- files and text ------------------------------------------------------------------------
-MAX_PROGRAM_FILE_BYTES = 512 << 20  # a program (assembly or binary) read by the CLI
 MAX_YAML_FILE_BYTES = 1 << 20  # a config or model spec
 MAX_YAML_NODES = 100_000  # YAML nodes after alias expansion
 MAX_DUMP_DIMS = 16  # dimensions of a --dump shape
@@ -105,13 +105,13 @@ LIMITS: tuple[Limit, ...] = (
           "`--checkpoint`, `-o`)", "writable, distinct, checked before the run", "UsageError"),
     # model specs
     Limit("`epochs`, `--epochs`", "1 .. 1,000,000", "ConfigError, UsageError"),
-    Limit("`batch_size`", "1 .. 65,536 and at most the training samples", "ConfigError"),
+    Limit("`batch_size`", "1 .. 65,536", "ConfigError"),
     Limit("`layers`", "2 .. 6 widths, each 1 .. 2^20", "ConfigError"),
     Limit("`update.schedule.every`", "1 .. 1,000,000", "ConfigError"),
-    Limit("`update.lr`", "(0, 16], and layer 1's update shift (QBP) within [-31, 31]",
+    Limit("`update.lr`", "(0, 16]", "ConfigError"),
+    Limit("`synthetic` dataset (40 samples of 64 features per class)", "fits "
+          "`memory.dram_bytes` and the memory budget, checked before it is generated",
           "ConfigError"),
-    Limit("dataset (`synthetic`: 40 samples per class)", "fits `memory.dram_bytes`, checked "
-          "before it is generated", "ConfigError"),
     # checkpoints
     Limit("checkpoint meta document", "1 MiB", "CheckpointError"),
     Limit("checkpoint payload, inflated", "what a checkpoint of its machine holds (state, "

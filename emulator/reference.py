@@ -9,9 +9,12 @@ same interface and must agree bit for bit.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from emulator.rng import draw_ref
+from isa.conventions import DRAW_BITS
 
 ROUND_NEAREST, ROUND_TRUNC, ROUND_UNIFORM, ROUND_TRIANGULAR = range(4)
 
@@ -77,24 +80,38 @@ def gemm_passes(a_bits: int, b_bits: int) -> int:
     return (a_bits // 8) * (b_bits // 8)
 
 
-def round_shift(a: int, s: int, mode: int, z: int) -> int:
-    """Requantizer rounding of one accumulator value by shift ``s`` with draw ``z``."""
+# The reference clamps its shifts only to keep Python integers small. Its bounds are far wider
+# than the ones the instructions' results stop changing at (isa.conventions: *_FOLD), which the
+# fast kernels clamp to; comparing the two over large shifts tests the kernels' bounds.
+REF_SHIFT_CLAMP = 4096
+
+
+def round_shift(a: int, s: int, mode: int, z: int, width: int = DRAW_BITS) -> int:
+    """Requantizer rounding of one value ``a`` by shift ``s`` with the draw ``z`` (``width``
+    random bits; the machine's draws have 64). Left shifts (s <= 0) are exact: the caller
+    saturates. See the requantizer section of docs/isa.md."""
+    s = max(-REF_SHIFT_CLAMP, min(s, REF_SHIFT_CLAMP))
     if s <= 0:
         return a << -s
     half = 1 << (s - 1)
-    mask = (1 << s) - 1
     if mode == ROUND_NEAREST:
         return (a + half) // (1 << s)
     if mode == ROUND_TRUNC:
         return a // (1 << s)
-    u = z & mask
-    if mode == ROUND_UNIFORM:
-        d = u - half
-    else:
-        v = (z >> s) & mask
-        bit = (z >> (2 * s)) & 1
-        d = u + v - (1 << s) + bit
-    return (a + d + half) // (1 << s)
+    if mode == ROUND_TRIANGULAR and s < width:
+        # u: s bits (exact unbiasedness); v: t bits, b: 1 bit, so that s + t + 1 <= width
+        t = min(s, width - 1 - s)
+        u = z % (1 << s)
+        v = (z >> s) % (1 << t)
+        b = (z >> (s + t)) & 1
+        return (a + u + (v + b) * (1 << (s - t)) - half) // (1 << s)
+    # uniform dither, and triangular with s >= width
+    if s > width:
+        c = s - width  # round to nearest by the bits the draw cannot cover, then dither
+        a = (a + (1 << (c - 1))) // (1 << c)
+        s = width
+    u = z % (1 << s)
+    return (a + u) // (1 << s)
 
 
 def uses_rng(mode: int, s: int) -> bool:
@@ -185,7 +202,6 @@ def row_sum(x: np.ndarray) -> np.ndarray:
 
 # --------------------------------------------------------------------------- softmax helpers
 LOG2E_Q16 = 94548  # round(log2(e) * 2**16)
-EXP_MIN_E, EXP_MAX_E = -24, 8
 
 
 def _exp_lut() -> tuple[int, ...]:
@@ -206,7 +222,7 @@ EXP_LUT = _exp_lut()
 def exp_q14(x: np.ndarray, e: int) -> np.ndarray:
     """The vexp unit: round(2**14 * exp(min(x, 0) * 2**e)) by LUT and shifter (Python ints)."""
     out = []
-    sh = 8 - e
+    sh = 8 - max(-64, min(e, 64))  # a clamp far outside [-25, 9], where results stop changing
     for v in np.asarray(x).ravel().tolist():
         t = min(v, 0) * LOG2E_Q16
         u = (t + (1 << (sh - 1))) >> sh if sh > 0 else t << -sh
@@ -222,27 +238,78 @@ def exp_q14(x: np.ndarray, e: int) -> np.ndarray:
 
 
 def norm_rows(p: np.ndarray, sums: np.ndarray, frac_bits: int, out_bits: int):
-    """y = round_half_up(p * 2**f / S) per row (0 where S <= 0), saturated; (values, nsat)."""
+    """y = floor(p * 2**f / S + 1/2) per row (0 where S <= 0), saturated; (values, nsat).
+
+    ``f`` may be negative (a result grid coarser than 1)."""
     lo, hi = type_range(out_bits)
+    f = max(-64, min(frac_bits, 64))  # far outside [-17, 47], where results stop changing
     out, nsat = [], 0
     for row, s in zip(np.asarray(p).tolist(), np.asarray(sums).tolist(), strict=True):
         for v in row:
-            y = (v * (1 << (frac_bits + 1)) + s) // (2 * s) if s > 0 else 0
+            if s <= 0:
+                y = 0
+            elif f >= 0:
+                y = (v * (1 << (f + 1)) + s) // (2 * s)
+            else:  # multiply through by 2**-f
+                y = (2 * v + s * (1 << -f)) // (2 * s * (1 << -f))
             c = min(max(y, lo), hi)
             nsat += c != y
             out.append(c)
     return np.array(out, dtype=np.int64).reshape(np.shape(p)), nsat
 
 
+def rsqrt_one(x: int, k: int) -> int:
+    """The vrsqrt unit before saturation: round-half-up(sqrt(2**k / x)) for x >= 1, exactly:
+    with N = floor(2**(k+2) / x), y = (isqrt(N) + 1) // 2. (Python ints.)"""
+    k = max(-64, min(k, 256))  # far outside [-3, 46], where results stop changing
+    if k + 2 < 0:
+        return 0  # 2**(k+2) < 1 <= x
+    return (math.isqrt((1 << (k + 2)) // x) + 1) // 2
+
+
+def rsqrt_q(x: np.ndarray, k: int, out_bits: int = 16) -> tuple[np.ndarray, int]:
+    """vrsqrt: y = sat(round(sqrt(2**k / max(x, 0)))), x = 0 saturating (an infinite
+    result); (values, nsat)."""
+    lo, hi = type_range(out_bits)
+    out, nsat = [], 0
+    for v in np.asarray(x).ravel().tolist():
+        v = max(v, 0)
+        y = rsqrt_one(v, k) if v else hi + 1
+        c = min(max(y, lo), hi)
+        nsat += c != y
+        out.append(c)
+    return np.array(out, dtype=np.int64), nsat
+
+
+def wmul_into(d: np.ndarray, a: np.ndarray, b: np.ndarray, accumulate: bool, bits: int,
+              wrap: bool) -> int:
+    """vwmul: d = fit_acc((d if accumulate else 0) + a * b) with exact products; returns the
+    overflow count."""
+    out, n = [], 0
+    for x, y, c in zip(np.asarray(a).tolist(), np.asarray(b).tolist(), np.asarray(d).tolist(),
+                       strict=True):
+        v, over = fit_int((c if accumulate else 0) + x * y, bits, wrap)
+        out.append(v)
+        n += over
+    d[...] = out
+    return n
+
+
 def lazy_update(theta: np.ndarray, acc: np.ndarray, s: int) -> tuple[np.ndarray, np.ndarray]:
-    """Kahan lazy update: (new INT8 parameters, new INT16 residual accumulators)."""
-    th_out, acc_out = [], []
+    """Kahan lazy update (s >= 0): (new INT8 parameters, new INT16 residual accumulators)."""
+    return _lazy(theta, acc, s)[:2]
+
+
+def _lazy(theta: np.ndarray, acc: np.ndarray, s: int) -> tuple[np.ndarray, np.ndarray, int]:
+    s = min(s, 64)  # far beyond 16, from where nothing moves
+    th_out, acc_out, nsat = [], [], 0
     for t, a in zip(np.asarray(theta).tolist(), np.asarray(acc).tolist(), strict=True):
         d = (a + (1 << (s - 1))) >> s if s > 0 else a
         tn = min(max(t + d, -128), 127)
+        nsat += tn != t + d
         th_out.append(tn)
         acc_out.append(a - ((tn - t) << s))
-    return np.array(th_out, dtype=np.int64), np.array(acc_out, dtype=np.int64)
+    return np.array(th_out, dtype=np.int64), np.array(acc_out, dtype=np.int64), nsat
 
 
 def sub_rows(a: np.ndarray, b: np.ndarray, bits: int) -> tuple[np.ndarray, int]:
@@ -268,10 +335,12 @@ def alu_into(op: str, d: np.ndarray, a: np.ndarray, b: np.ndarray | None, bits: 
     return nsat
 
 
-def lazy_update_into(theta: np.ndarray, acc: np.ndarray, s: int) -> None:
-    tn, an = lazy_update(theta, acc, s)
+def lazy_update_into(theta: np.ndarray, acc: np.ndarray, s: int) -> int:
+    """vlazy in place; returns the number of parameters that saturated."""
+    tn, an, nsat = _lazy(theta, acc, s)
     theta[...] = tn
     acc[...] = an
+    return nsat
 
 
 def requant_into(dst: np.ndarray, src: np.ndarray, shift: int, mode: int, out_bits: int,

@@ -25,11 +25,13 @@ from emulator.config import Config
 from emulator.counters import CYCLES, DMA_STALL_CYCLES, N_COUNTERS, Summary, summarize
 from emulator.errors import ConfigError, ExecutionError, MemoryAccessError
 from emulator.timing import HOOKS
+from isa.conventions import (  # noqa: F401 - re-exported: the sticky flag bits
+    FLAG_ACC_OVERFLOW,
+    FLAG_ALU_SATURATION,
+    FLAG_RQ_SATURATION,
+)
 
 MASK64 = (1 << 64) - 1
-
-# sticky flag bits (the ``flags`` instruction reads them)
-FLAG_ACC_OVERFLOW, FLAG_RQ_SATURATION, FLAG_ALU_SATURATION = 1, 2, 4
 
 DATAPATHS: dict[str, ModuleType] = {"fast": kernels, "reference": reference}
 _I8, _I16 = np.dtype(np.int8), np.dtype("<i2")

@@ -15,7 +15,7 @@ Model:
 * GEMM: ``P`` byte-passes, each ``folds * (fixed + streamed)`` cycles for the configured
   dataflow (weight-, output- or input-stationary; ``gemm_mapping``), minus the cycles zero-skipping
   saves at the configured granularity (``gemm_skip_cycles_saved``). Matches SCALE-Sim's dense
-  compute cycles (benchmarks/scalesim_compare.py).
+  compute cycles (benchmarks/scalesim_compare.py). An empty GEMM costs nothing (:func:`gemm`).
 """
 
 from __future__ import annotations
@@ -129,11 +129,19 @@ def gemm(
     dimension. Partial sums of successive K-folds (weight- and input-stationary) and of the
     byte-passes are accumulated in the accumulator memory (read-modify-write); output-stationary
     keeps the K reduction inside the PEs.
+
+    An empty GEMM (M, K or N zero) runs no byte-pass and reads no operand: every counter is 0,
+    except that K = 0 without ``acc`` (and M, N > 0) clears C: ``ceil(M N / C)`` cycles and
+    ``M N Ba`` accumulator bytes written.
     """
     passes = a_bytes * b_bytes
-    if m == 0 or k == 0 or n == 0:
-        return {CYCLES: 0, MAC_PASSES: passes}
     acc_entry = cfg.acc_bytes_per_entry
+    if m == 0 or k == 0 or n == 0:
+        # no product runs: nothing at all, except that K = 0 without accumulation clears
+        # C[M,N] (an empty sum is 0) through the array's output port, C entries per cycle
+        if k or not m or not n or accumulate:
+            return {}
+        return {CYCLES: ceil(m * n / cfg.array.cols), ACC_WR: m * n * acc_entry}
     r, c = cfg.array.rows, cfg.array.cols
     df = cfg.array.dataflow
     if df == "weight_stationary":
@@ -315,6 +323,35 @@ def lazy(cfg: Config, n: int) -> Cost:
     }
 
 
+def rsqrt(cfg: Config, n: int) -> Cost:
+    """Reciprocal square root: a restoring divider makes the 32-bit radicand (one quotient bit
+    per cycle), then a restoring square root its 16 root bits (one per cycle)."""
+    return {
+        CYCLES: cfg.alu.latency_cycles + 48 * ceil(n / cfg.alu.lanes),
+        ALU_OPS: n,
+        ALU_PASSES: 48 * n,
+        SPAD_RD: 2 * n,
+        SPAD_WR: 2 * n,
+    }
+
+
+def wmul(cfg: Config, n: int, a_bytes: int, b_bytes: int, accumulate: bool) -> Cost:
+    """Widening multiply into the accumulator: ``a_bytes * b_bytes`` 8-bit multiply passes per
+    element (as vmul), the exact product written (or added) to accumulator memory."""
+    passes = a_bytes * b_bytes
+    acc_bytes = n * cfg.acc_bytes_per_entry
+    out = {
+        CYCLES: cfg.alu.latency_cycles + passes * ceil(n / cfg.alu.lanes),
+        ALU_OPS: n,
+        ALU_MUL_PASSES: passes * n,
+        SPAD_RD: n * (a_bytes + b_bytes),
+        ACC_WR: acc_bytes,
+    }
+    if accumulate:
+        out[ACC_RD] = acc_bytes
+    return out
+
+
 def scan(cfg: Config, n: int) -> Cost:
     return {
         CYCLES: cfg.alu.latency_cycles + ceil(n / cfg.alu.lanes),
@@ -345,6 +382,8 @@ HOOKS = {
     "convert": convert,
     "exp": exp,
     "divide": divide,
+    "rsqrt": rsqrt,
+    "wmul": wmul,
     "lazy": lazy,
     "scan": scan,
     "dma": dma,

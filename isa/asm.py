@@ -23,10 +23,12 @@ import re
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
-from isa.encoding import Program, decode, field_value_to_bits
-from isa.errors import AsmError
-from isa.limits import MAX_INT_LITERAL_CHARS, short_repr
+from isa.encoding import MAGIC, Program, decode, field_value_to_bits, from_bytes
+from isa.errors import AsmError, UsageError
+from isa.files import TooLarge, read_bounded
+from isa.limits import MAX_INT_LITERAL_CHARS, MAX_PROGRAM_FILE_BYTES, short_repr
 from isa.spec import (
     BY_MNEMONIC,
     N_EXP_REGS,
@@ -133,7 +135,8 @@ class _Pending:
 
 
 def assemble(text: str, file: str = "<asm>") -> Program:
-    """Assemble source text into a :class:`Program` (labels and a source map included).
+    """Assemble source text into a :class:`Program` (labels and its debug information: the
+    file, line and text of every instruction, included).
 
     One pass over the lines, linear in the size of the text: each instruction is encoded as it
     is read (identical instruction lines are encoded once); only instructions naming a label or
@@ -142,21 +145,23 @@ def assemble(text: str, file: str = "<asm>") -> Program:
     consts: dict[str, int] = {}
     const_line: dict[str, int] = {}
     labels: dict[str, int] = {}
-    label_line: dict[str, int] = {}
     words = array("Q")
     line_of = array("I")
+    texts: list[str] = []  # each instruction as written (labels and comment removed)
     pending: list[_Pending] = []
-    cache: dict[str, int] = {}  # instruction line (no labels, no names) -> its word
+    # instruction line (no labels, no names) -> its word and text (one str shared by repeats)
+    cache: dict[str, tuple[int, str]] = {}
 
     def err(msg: str, lineno: int, col: int) -> AsmError:
         return AsmError(msg, file, lineno, col)
 
     for first, lines in _line_chunks(text):
         for lineno, raw in enumerate(lines, first):
-            w = cache.get(raw)
-            if w is not None:
-                words.append(w)
+            hit = cache.get(raw)
+            if hit is not None:
+                words.append(hit[0])
                 line_of.append(lineno)
+                texts.append(hit[1])
                 continue
             line = _strip_comment(raw)
             rest = line.lstrip()
@@ -174,12 +179,11 @@ def assemble(text: str, file: str = "<asm>") -> Program:
                 name = m.group(1)
                 col = col0 + pos + 1
                 if name in labels:
-                    raise err(f"label {name!r} already defined at line {label_line[name]}", lineno,
-                              col)
+                    raise err(f"label {name!r} already defined at line "
+                              f"{_label_line(text, name)}", lineno, col)
                 if name in BY_MNEMONIC:
                     raise err(f"label {name!r} is a mnemonic", lineno, col)
                 labels[name] = len(words)
-                label_line[name] = lineno
                 pos = m.end()
             if pos >= len(rest):
                 continue
@@ -214,12 +218,14 @@ def assemble(text: str, file: str = "<asm>") -> Program:
                 raise err(f"unknown mnemonic {mnemonic!r}", lineno, mcol)
             parts = operand_text.split(",") if operand_text else []
             w, names = _parse_line(ins, parts, op_col, consts, labels, mcol, lineno, file)
+            written = rest[pos:] if pos else rest
             if names:
                 pending.append(_Pending(len(words), ins, names, lineno))
             elif not has_label and len(cache) < 100_000:
-                cache[raw] = w
+                cache[raw] = (w, written)
             words.append(w)
             line_of.append(lineno)
+            texts.append(written)
 
     for p in pending:  # forward references, now that every label and constant is known
         w = words[p.pc]
@@ -227,7 +233,20 @@ def assemble(text: str, file: str = "<asm>") -> Program:
             v = _resolve(f, tok, col, consts, labels, p.ins, p.lineno, file)
             w |= (v & f.mask) << f.lo
         words[p.pc] = w
-    return Program(words.tolist(), labels, SourceMap(file, line_of), file)
+    return Program(words.tolist(), labels, SourceMap(file, line_of), file, texts)
+
+
+def _label_line(text: str, name: str) -> int:
+    """The line that first defines label ``name`` (for the error on its second definition:
+    found again by scanning, so no line number is kept per label)."""
+    for first, lines in _line_chunks(text):
+        for lineno, raw in enumerate(lines, first):
+            rest, pos = _strip_comment(raw).lstrip(), 0
+            while ":" in rest and (m := _LABEL.match(rest, pos)):
+                if m.group(1) == name:
+                    return lineno
+                pos = m.end()
+    return 0  # pragma: no cover - the caller saw the definition
 
 
 class SourceMap(Sequence):
@@ -412,3 +431,29 @@ def disassemble(prog: Program) -> str:
     for name in sorted(by_pc.get(len(prog.words), [])):
         out.append(f"{name}:")
     return "\n".join(out) + "\n"
+
+
+def load_program(path: str | Path) -> Program:
+    """Read a program file: assembly text (``.s``/``.asm`` or any UTF-8 text) or a binary
+    program file (``.bin``/``.lpem`` or anything starting with the magic ``LPEM``). At most
+    ``MAX_PROGRAM_FILE_BYTES`` are read (a device or pipe given as the program stops there:
+    UsageError naming the path)."""
+    try:
+        data = read_bounded(path, MAX_PROGRAM_FILE_BYTES)
+    except TooLarge as e:
+        raise UsageError(f"program file {e.describe()}", str(path)) from None
+    suffix = Path(path).suffix.lower()
+    if suffix in (".s", ".asm"):
+        return assemble(_utf8(data, str(path)), str(path))
+    if data[:4] == MAGIC or suffix in (".bin", ".lpem"):
+        return from_bytes(data, str(path))  # type: ignore[arg-type]
+    return assemble(_utf8(data, str(path)), str(path))
+
+
+def _utf8(data: bytes | bytearray, path: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise AsmError("source is not UTF-8 text", path, line, col) from None

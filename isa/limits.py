@@ -8,6 +8,7 @@ import reprlib
 
 MAX_MESSAGE_CHARS = 1000  # an error message (longer ones are cut, marked with "...")
 MAX_INT_LITERAL_CHARS = 100  # an integer in assembly or on the command line
+MAX_PROGRAM_FILE_BYTES = 512 << 20  # a program file (assembly or binary) read by load_program
 
 _REPR = reprlib.Repr()
 _REPR.maxlevel = 2

@@ -56,9 +56,10 @@ def test_detector_reports_the_first_diverging_instruction_and_shrinks(monkeypatc
     found = None
     for seed in range(400):
         case = difftest.make_case(seed)
-        # (cases with the lazy-update sequence are left out: its chunk alone is 15 lines)
+        # (cases with the lazy-update sequence or loops are left out: such a chunk alone can
+        # exceed 12 lines)
         if "vsub" in case.source() and "vlazy" not in case.source() \
-                and difftest.mismatch(case):
+                and "loop" not in case.source() and difftest.mismatch(case):
             found = case
             break
     assert found is not None, "the planted bug was never triggered"

@@ -104,7 +104,7 @@ def bench_step(quick: bool) -> dict[str, Any]:
                                                              scratchpad_bytes=4 << 20))
     tr_res = ChipTrainer(spec, big, data)
     weights = tr.float_init()
-    x = data.x_train.astype(np.float32) * np.float32(2.0**spec.input_exponent)
+    x = data.x_train.astype(np.float32) * np.float32(2.0**tr.spec.input_exponent)
     y = data.y_train
     b = spec.batch_size
 

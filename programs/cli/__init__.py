@@ -7,29 +7,29 @@ numpy, numba or the rest of lpemu are still being imported gives the same one-li
 
 from __future__ import annotations
 
-import signal
 import sys
 import types
 
-from programs.cli.interrupt import interrupted
+from programs.cli.interrupt import install, interrupted, restore, seen
 
 __all__ = ["build_parser", "load_program", "main"]
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``lpemu`` command line (see :mod:`programs.cli.main`); returns the exit code."""
+    previous = install()
     try:
         try:
             from programs.cli.main import main as run
-        except KeyboardInterrupt:
-            return interrupted()
+        except BaseException:  # Ctrl-C inside a C extension's import may come out as another
+            if seen():  # error (numpy: ImportError)
+                return interrupted()
+            raise
         return run(argv)
     except KeyboardInterrupt:  # arrived while an error line was being printed
         return interrupted()
     finally:
-        # the work is done and reported: a Ctrl-C while the interpreter exits changes nothing
-        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        restore(previous)
 
 
 def __getattr__(name: str):  # build_parser, load_program: imported when first used

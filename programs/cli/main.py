@@ -14,11 +14,13 @@ import re
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from emulator.errors import LpemuError, UsageError
+from isa.asm import load_program
 
 EXIT_IO = 9
 EXIT_INTERNAL = 70
@@ -29,38 +31,35 @@ DUMP_DTYPES = ("int8", "uint8", "int16", "int32", "int64")
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, typed, instead of usage + exit
-        raise UsageError(message, self.prog)
+        # the location is the subcommand ("run"), never "lpemu" again after the "lpemu: " prefix
+        raise UsageError(message, self.prog.removeprefix("lpemu").strip())
 
 
-def load_program(path: str):
-    """Read a program: assembly text (.s/.asm or any UTF-8 text) or a binary file. At most
-    MAX_PROGRAM_FILE_BYTES are read (a device or pipe given as the program stops there)."""
-    from emulator.files import TooLarge, read_bounded
-    from emulator.limits import MAX_PROGRAM_FILE_BYTES
-    from isa.asm import assemble
-    from isa.encoding import MAGIC, from_bytes
+def version() -> str:
+    """The installed lpemu version (from the package metadata)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as _version
 
     try:
-        data = read_bounded(path, MAX_PROGRAM_FILE_BYTES)
-    except TooLarge as e:
-        raise UsageError(f"program file {e.describe()}", path) from None
-    suffix = Path(path).suffix.lower()
-    if suffix in (".s", ".asm"):
-        return assemble(_text(data, path), path)
-    if data[:4] == MAGIC or suffix in (".bin", ".lpem"):
-        return from_bytes(data, path)
-    return assemble(_text(data, path), path)
+        return _version("lpemu")
+    except PackageNotFoundError:  # pragma: no cover - a checkout that is not installed
+        return "0+unknown"
 
 
-def _text(data: bytes, path: str) -> str:
-    from emulator.errors import AsmError
+def _count(lo: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``lo`` (decimal, 0x hex, _ separators)."""
 
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
-        raise AsmError("source is not UTF-8 text", path, line, col) from None
+    def parse(text: str) -> int:
+        try:
+            v = int(text.replace("_", ""), 0)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {lo}, got {v}")
+        return v
+
+    parse.__name__ = f"integer >= {lo}"
+    return parse
 
 
 # an integer as assembly writes it: decimal, 0x hex, 0o octal or 0b binary, "_" separators
@@ -211,16 +210,16 @@ def _write_text(path: str, text: str) -> None:
 
 
 def _cmd_asm(args) -> int:
+    from emulator.files import atomic_write
     from isa.encoding import to_bytes
 
     out = args.output or str(Path(args.source).with_suffix(".bin"))
     check_outputs([("-o", out)])
     prog = load_program(args.source)
-    data = to_bytes(prog)
-    from emulator.files import atomic_write
-
+    data = to_bytes(prog, debug=not args.no_debug)
     atomic_write(out, lambda f: f.write(data))
-    print(f"{args.source}: {len(prog)} instructions, {len(prog.labels)} labels -> {out}")
+    what = "" if args.no_debug or not prog.has_debug_info else ", source lines"
+    print(f"{args.source}: {len(prog)} instructions, {len(prog.labels)} labels{what} -> {out}")
     return 0
 
 
@@ -265,6 +264,7 @@ def _prepare(args, dumps: list[tuple[int, tuple[int, ...], str, str]] = ()):
     every --load and --dump range is checked against DRAM before anything runs."""
     from emulator.config import load_config
     from emulator.errors import ConfigError
+    from emulator.host import load_array
     from emulator.machine import Machine
 
     cfg = load_config(args.config)
@@ -282,9 +282,8 @@ def _prepare(args, dumps: list[tuple[int, tuple[int, ...], str, str]] = ()):
     for spec in args.load or []:
         file, addr = parse_load(spec)
         arr = read_npy(file, f"--load {spec}", m.dram.size - addr)
-        data = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
         try:
-            m.load_dram(addr, data)
+            load_array(m, addr, arr)
         except LpemuError as e:
             raise UsageError(f"{e.message}", f"--load {spec}") from None
     return m
@@ -299,6 +298,7 @@ class _Chunks:
 
 
 def _budgets(args) -> None:
+    """The budget flags within the config's limits (argparse already refused values < 1)."""
     from emulator.limits import MAX_CYCLES, MAX_STEPS
 
     for arg, v, hi in (("--max-steps", args.max_steps, MAX_STEPS),
@@ -307,13 +307,15 @@ def _budgets(args) -> None:
             raise UsageError(f"must be in [1, {hi:,}], got {v}", arg)
 
 
-def _run_to_stop(m, args):
-    """Run; a budget that stops the run is returned (to be recorded in the outputs, which are
-    written before it is raised), not raised."""
+def _run_to_stop(m, args, **trace):
+    """Run (faults annotated with their source, emulator/debug.py); a budget that stops the run
+    is returned (to be recorded in the outputs, which are written before it is raised), not
+    raised."""
+    from emulator import debug
     from emulator.errors import BudgetExceeded
 
     try:
-        m.run(max_steps=args.max_steps, max_cycles=args.max_cycles)
+        debug.run(m, max_steps=args.max_steps, max_cycles=args.max_cycles, **trace)
     except BudgetExceeded as e:
         return e
     return None
@@ -327,7 +329,10 @@ def _stop_record(stop) -> dict | None:
 
 
 def _cmd_run(args) -> int:
+    from emulator import debug
+    from emulator.errors import ExecutionError
     from emulator.files import atomic_write
+    from emulator.host import read_array
     from programs.cli.report import print_summary, run_report
 
     _budgets(args)
@@ -336,17 +341,24 @@ def _cmd_run(args) -> int:
                                              for s, d in zip(args.dump or [], dumps,
                                                              strict=True)])
     m = _prepare(args, dumps)
-    stop = _run_to_stop(m, args)
+    if args.trace_steps:
+        print(f"first {args.trace_steps:,} steps (effects: what each step changed):")
+    try:
+        stop = _run_to_stop(m, args, trace_steps=args.trace_steps, on_step=print)
+    except ExecutionError:
+        if args.regs:  # the state at the fault, for inspection
+            print(debug.format_registers(m))
+        raise
     summary = m.summary()
     for addr, shape, dtype, file in dumps:
-        dt = np.dtype(dtype).newbyteorder("<")
-        raw = m.read_dram(addr, _dump_bytes(shape, dtype))
-        arr = np.frombuffer(raw, dtype=dt).reshape(shape).astype(dt.newbyteorder("="))
+        arr = read_array(m, addr, shape, dtype)
         atomic_write(file, lambda f, arr=arr: np.save(_Chunks(f), arr, allow_pickle=False))
     if args.json:  # the full report (per label, per instruction, state digest) only if asked
         report = run_report(m, summary)
         report["stopped"] = _stop_record(stop)
         _write_text(args.json, json.dumps(report, indent=2, allow_nan=False) + "\n")
+    if args.regs:
+        print(debug.format_registers(m))
     if stop is not None:
         raise stop
     if not args.quiet:
@@ -355,11 +367,12 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_profile(args) -> int:
+    from emulator.energy import price_table
     from programs.cli import profile
 
     _budgets(args)
-    if args.trace_limit < 1:
-        raise UsageError("must be >= 1", "--trace-limit")
+    if args.plot:
+        profile.require_matplotlib("--plot")
     check_outputs([("--json", args.json), ("--csv", args.csv), ("--trace", args.trace),
                    ("--plot", args.plot)])
     m = _prepare(args)
@@ -371,26 +384,23 @@ def _cmd_profile(args) -> int:
     if args.json:
         _write_text(args.json, json.dumps(
             {"program": m.program.name, "by": args.by, "rows": rows, "total": tot,
-             "config": m.cfg.to_dict(), "stopped": _stop_record(stop)}, indent=2,
-            allow_nan=False) + "\n")
+             "energy_prices": price_table(m.cfg), "config": m.cfg.to_dict(),
+             "stopped": _stop_record(stop)}, indent=2, allow_nan=False) + "\n")
     if args.csv:
         _write_text(args.csv, profile.to_csv(rows))
     if tracer is not None:
         profile.write_trace(args.trace, m, tracer)
-    plotted = None
     if args.plot:
         groups = rows if args.by == "label" else profile.by_label(m)
-        plotted = profile.plot_groups(groups, "label", args.plot,
-                                      f"{m.program.name}: cycles and energy by label")
+        profile.plot_groups(groups, "label", args.plot,
+                            f"{Path(m.program.name).name}: cycles and energy by label")
     if stop is not None:
         raise stop
     if not args.quiet:
-        profile.print_profile(rows, tot, args.by, f"{m.program.name}: profile by {args.by}")
+        profile.print_profile(rows, tot, args.by, f"{m.program.name}: profile by {args.by}",
+                              m.cfg)
         if tracer is not None and tracer.dropped:
             print(f"trace: kept the first {len(tracer):,} events, dropped {tracer.dropped:,}")
-    if plotted is False:
-        print("lpemu: --plot needs matplotlib (pip install 'lpemu[plot]'); no plot written",
-              file=sys.stderr)
     return 0
 
 
@@ -407,10 +417,12 @@ def _cmd_train(args) -> int:
         raise UsageError("needs --checkpoint FILE", "--checkpoint-every")
     if args.overwrite_checkpoint and not args.checkpoint:
         raise UsageError("needs --checkpoint FILE", "--overwrite-checkpoint")
-    if args.epochs is not None and not 1 <= args.epochs <= MAX_EPOCHS:
+    if args.epochs is not None and args.epochs > MAX_EPOCHS:
         raise UsageError(f"must be in [1, {MAX_EPOCHS:,}], got {args.epochs}", "--epochs")
-    if args.trace_limit < 1:
-        raise UsageError("must be >= 1", "--trace-limit")
+    if args.plot:
+        from programs.cli.profile import require_matplotlib
+
+        require_matplotlib("--plot")
     check_outputs([("--json", args.json), ("--emit-asm", args.emit_asm),
                    ("--trace", args.trace), ("--plot", args.plot),
                    ("--checkpoint", args.checkpoint)])
@@ -471,45 +483,62 @@ def _resumed_run(args):
 
 def _cmd_experiment(args) -> int:
     from emulator.config import load_config
+    from programs.cli.console import make_console, print_table
     from programs.experiments import EXPERIMENTS, run_experiment
+    from programs.experiments.paper import table_rows
 
     if args.name not in EXPERIMENTS:
         raise UsageError(f"unknown experiment; choose from {', '.join(EXPERIMENTS)}", args.name)
     cfg = load_config(args.config)
     out = Path(args.out)
-    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
     from rich.table import Table
 
-    con = Console()
-    with con.status(f"running experiment {args.name} ...") as status:
-        runs = 0
+    con = make_console()
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("parts, elapsed"), TimeElapsedColumn(), TextColumn("ETA"),
+                  TimeRemainingColumn(), TextColumn("{task.fields[what]}"),
+                  console=con) as progress:
+        task = progress.add_task(args.name, total=None, what="")
 
-        def note(what: str) -> None:
-            nonlocal runs
-            runs += 1
-            status.update(f"running experiment {args.name}: {what} (part {runs})")
+        def note(what: str, total: int) -> None:
+            t = progress.tasks[0]
+            if t.total is None:
+                progress.update(task, total=total)
+            elif t.fields["what"]:
+                progress.advance(task)
+            progress.update(task, what=what)
 
         rows = run_experiment(args.name, cfg, out, quick=args.quick, note=note)
+        progress.update(task, completed=progress.tasks[0].total or 0, what="done")
+    shown = table_rows(rows)
     t = Table(title=args.name)
-    for c in rows[0]:
+    for c in shown[0]:
         t.add_column(c, justify="right")
-    for r in rows:
+    for r in shown:
         t.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in r.values()))
-    con.print(t)
+    print_table(con, t)
+    png = out / (args.name + ".png")
     con.print(f"wrote {out / (args.name + '.md')}, {out / (args.name + '.csv')}"
-              + (f", {out / (args.name + '.png')}" if (out / (args.name + '.png')).exists()
-                 else " (install lpemu[plot] for a PNG)"))
+              + (f", {png}" if png.exists() else " (no plot: pip install 'lpemu[plot]')"),
+              markup=False, highlight=False)
     return 0
 
 
 def _cmd_bench(args) -> int:
     from programs.bench.suite import print_suite, run_suite
 
-    check_outputs([("--json", args.json)])
     res = run_suite(args.quick)
     print_suite(res)
     if args.json:
-        _write_text(args.json, json.dumps(res, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
     return 0
 
 
@@ -521,15 +550,17 @@ def _machine_args(p: argparse.ArgumentParser) -> None:
                    help="copy an array's bytes into DRAM before running (repeatable)")
     p.add_argument("--datapath", choices=("fast", "reference"), default="fast",
                    help="fast kernels (default) or the slow reference model")
-    p.add_argument("--max-steps", type=int, default=None, help="step budget (config default)")
-    p.add_argument("--max-cycles", type=int, default=None, help="cycle budget (config default)")
+    p.add_argument("--max-steps", type=_count(1), default=None, metavar="N",
+                   help="step budget, >= 1 (default: the config's budget.max_steps)")
+    p.add_argument("--max-cycles", type=_count(1), default=None, metavar="N",
+                   help="cycle budget, >= 1 (default: the config's budget.max_cycles)")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
 
 
 def _trace_args(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--trace", metavar="OUT.json",
                    help="write a Chrome trace-event timeline (Perfetto, chrome://tracing)")
-    p.add_argument("--trace-limit", type=int, default=1_000_000, metavar="N",
+    p.add_argument("--trace-limit", type=_count(1), default=1_000_000, metavar="N",
                    help="keep at most N trace events (default 1,000,000)")
     p.add_argument("--plot", metavar="OUT.png",
                    help=f"plot cycles and energy by {what} (needs lpemu[plot])")
@@ -538,11 +569,15 @@ def _trace_args(p: argparse.ArgumentParser, what: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="lpemu", description="Bit-accurate emulator of a low-precision DNN "
                 "training accelerator: values, cycles and energy from one run.")
+    p.add_argument("--version", action="version", version=f"lpemu {version()}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     a = sub.add_parser("asm", help="assemble a program to a binary file")
     a.add_argument("source")
     a.add_argument("-o", "--output")
+    a.add_argument("--no-debug", action="store_true",
+                   help="leave out the debug section (source file, line and text per "
+                   "instruction): a version-1 file")
     a.set_defaults(fn=_cmd_asm)
 
     d = sub.add_parser("disasm", help="disassemble a binary (or assembly) program")
@@ -557,11 +592,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run a program and report its counters")
     _machine_args(r)
-    r.add_argument("--dump", action="append", metavar="ADDR:LEN:DTYPE:FILE.npy",
+    r.add_argument("--dump", action="append", metavar="ADDR:LEN:DTYPE:FILE",
                    help="save DRAM contents after the run; LEN is a count or a shape like 64x50")
     r.add_argument("--json", metavar="OUT", help="write counters and energy as JSON")
     r.add_argument("--per-instruction", action="store_true",
                    help="also print counters per instruction")
+    r.add_argument("--regs", action="store_true",
+                   help="print the final scalar and exponent registers, flags and RNG state "
+                   "(also after a fault)")
+    r.add_argument("--trace-steps", type=_count(0), default=0, metavar="N",
+                   help="print the first N executed instructions with their effects "
+                   "(register and memory changes)")
     r.set_defaults(fn=_cmd_run)
 
     pr = sub.add_parser("profile", help="run a program and profile cycles and energy")
@@ -577,7 +618,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("model", nargs="?", help="model spec YAML (default: configs/digits_mlp.yaml)")
     t.add_argument("--config", help="hardware config YAML (default: built-in defaults)")
     t.add_argument("--json", metavar="OUT", help="write results and counters as JSON")
-    t.add_argument("--epochs", type=int, help="override the spec's epoch count")
+    t.add_argument("--epochs", type=_count(1), metavar="N",
+                   help="override the spec's epoch count (>= 1)")
     t.add_argument("--emit-asm", metavar="FILE", help="write the compiled firmware")
     t.add_argument("--no-float", action="store_true",
                    help="skip the float32 reference run")
@@ -620,12 +662,15 @@ def _on_sigterm(signum, frame):  # noqa: ARG001 - signal handler signature
 
 def main(argv: list[str] | None = None) -> int:
     """Parse and run one command; every error is one line on stderr and an exit code."""
-    from programs.cli.interrupt import interrupted
+    from programs.cli.interrupt import interrupted, seen
 
     in_main = threading.current_thread() is threading.main_thread()
     old = signal.signal(signal.SIGTERM, _on_sigterm) if in_main else None
     try:
-        args = build_parser().parse_args(argv)
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as e:  # --help and --version print and exit 0
+            return e.code if isinstance(e.code, int) else 0
         return args.fn(args)
     except LpemuError as e:
         print(f"lpemu: {e}", file=sys.stderr)
@@ -640,6 +685,8 @@ def main(argv: list[str] | None = None) -> int:
         print("lpemu: terminated", file=sys.stderr)
         return EXIT_TERMINATED
     except Exception as e:  # pragma: no cover - a bug in lpemu, still one line
+        if seen():  # a Ctrl-C inside C code can come out as another exception
+            return interrupted()
         if os.environ.get("LPEMU_DEBUG"):
             raise
         print(f"lpemu: internal error: {type(e).__name__}: {e} (set LPEMU_DEBUG=1 for a "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,21 @@ from emulator.config import read_yaml
 from emulator.errors import ConfigError
 from emulator.limits import cut, short_repr
 
-DATASETS = ("digits", "synthetic")
+DATASETS = ("digits", "synthetic", "iris", "wine", "breast_cancer")
+DATASET_KINDS = ("idx", "npz")
 DITHERS = ("uniform", "triangular", "none")
 UPDATE_MODES = ("lazy", "plain", "stochastic", "shadow")
 SCHEDULES = ("constant", "step")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A dataset read from files: ``kind: idx`` (a directory of the four MNIST-format files)
+    or ``kind: npz`` (one file with ``x_train, y_train, x_test, y_test``). A relative ``path``
+    in a spec file is resolved against that file's directory when the spec is loaded."""
+
+    kind: str = ""
+    path: str = ""
 
 
 @dataclass(frozen=True)
@@ -68,12 +80,14 @@ class UpdateSpec:
 @dataclass(frozen=True)
 class ModelSpec:
     name: str = "digits-mlp"
-    dataset: str = "digits"
+    dataset: str | DatasetSpec = "digits"
     layers: list[int] = field(default_factory=lambda: [64, 100, 100, 10])
     batch_size: int = 10
     epochs: int = 20
     seed: int = 0
-    input_exponent: int = -4
+    data_seed: int = 0
+    validation: float | None = None
+    input_exponent: int | None = None
     weight_headroom: float = 2.0
     classifier_alpha: float = 0.5
     bits: BitsSpec = field(default_factory=BitsSpec)
@@ -108,7 +122,7 @@ class ModelSpec:
 _NESTED = {"bits": BitsSpec, "qbp": QbpSpec, "update": UpdateSpec, "schedule": ScheduleSpec}
 
 
-def _build(cls: type, d: Any, prefix: str, file: str) -> Any:
+def _build(cls: type, d: Any, prefix: str, file: str) -> Any:  # noqa: C901 - one loop
     if d is None:
         d = {}
     if not isinstance(d, dict):
@@ -124,6 +138,8 @@ def _build(cls: type, d: Any, prefix: str, file: str) -> Any:
                               f"{prefix}{cut(str(key), 100)}", file)
         if key in _NESTED:
             value = _build(_NESTED[key], value, f"{prefix}{key}.", file)
+        elif cls is ModelSpec and key == "dataset" and isinstance(value, dict):
+            value = _build(DatasetSpec, value, "dataset.", file)
         kwargs[key] = value
     return cls(**kwargs)
 
@@ -141,67 +157,34 @@ def _is_num(v: object) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def init_bound(n_in: int) -> float:
-    """He-uniform bound for ReLU layers: U(-b, b), b = sqrt(6 / n_in)."""
-    return math.sqrt(6.0 / n_in)
-
-
-def weight_exponents(spec: ModelSpec) -> list[int]:
-    """Fixed INT8 weight exponent per layer: the init bound times the headroom fits in 127."""
-    out = []
-    for n_in in spec.layers[:-1]:
-        top = init_bound(n_in) * spec.weight_headroom
-        out.append(math.ceil(math.log2(top / 127 * 128)) - 7)
-    return out
-
-
-def mu_shift(spec: ModelSpec) -> int:
-    """Shift t with lr/B = mu * 2**-t and mu in [2**12, 2**13) at the initial learning rate."""
-    x = spec.update.lr / spec.batch_size
-    return 12 - math.floor(math.log2(x))
-
-
-MAX_RQ_SHIFT = 31  # the requantizer's shift range is [-31, 31] (emulator/semantics.py)
-
-
-def first_update_shift(spec: ModelSpec) -> int | None:
-    """The requantize shift of layer 1's SGD update (``rqm`` of dW x mu onto the update grid)
-    when every exponent in it is known at compile time (QBP on: the gradient's exponent is the
-    fixed step, the layer's input is the input exponent); ``None`` when QBP is off.
-
-    dW of layer 1 sits at exponent ``input_exponent + step``; ``lr/B = mu * 2**-t``; the update
-    lands on the weights' grid (plain, stochastic) or on the ``2**acc_shift`` finer grid (lazy,
-    shadow), so ``shift = e_W1 [- acc_shift] - (input_exponent + step - t)``."""
-    steps = spec.qbp_steps()
-    if steps is None:
-        return None
-    grid = weight_exponents(spec)[0]
-    if spec.update.mode in ("lazy", "shadow"):
-        grid -= spec.update.acc_shift
-    return grid - (spec.input_exponent + steps[0] - mu_shift(spec))
-
-
 def validate(spec: ModelSpec, file: str = "") -> ModelSpec:
     """Check every field; raise ConfigError naming the key path of the first problem."""
     n = spec.layers
     _need(isinstance(spec.name, str) and len(spec.name) <= 200,
           "must be a string of at most 200 characters", "name", file)
-    _need(isinstance(spec.dataset, str) and spec.dataset in DATASETS,
-          f"must be one of {DATASETS}, got {short_repr(spec.dataset)}", "dataset", file)
-    _need(isinstance(n, list) and 2 <= len(n) <= 6,
-          f"must be a list of 2 to 6 layer widths (at most 5 weight layers), got "
-          f"{short_repr(n)}", "layers", file)
-    _need(all(_is_int(x) and 1 <= x <= lim.MAX_LAYER_WIDTH for x in n),
-          f"every width must be an integer in [1, {lim.MAX_LAYER_WIDTH:,}], got {short_repr(n)}",
-          "layers", file)
+    _validate_dataset(spec.dataset, file)
+    _need(isinstance(n, list) and len(n) >= 2 and all(_is_int(x) and x >= 1 for x in n),
+          f"must be a list of at least two positive integers, got {short_repr(n)}", "layers",
+          file)
+    _need(len(n) <= 6, "at most 5 weight layers are supported", "layers", file)
+    _need(all(x <= lim.MAX_LAYER_WIDTH for x in n),
+          f"every width must be at most {lim.MAX_LAYER_WIDTH:,}, got {short_repr(n)}", "layers",
+          file)
     for key, hi in (("batch_size", lim.MAX_BATCH_SIZE), ("epochs", lim.MAX_EPOCHS)):
         v = getattr(spec, key)
         _need(_is_int(v) and 1 <= v <= hi, f"must be an integer in [1, {hi:,}], got "
               f"{short_repr(v)}", key, file)
     _need(_is_int(spec.seed) and 0 <= spec.seed < 2**31, "must be an integer in [0, 2**31)",
           "seed", file)
-    _need(_is_int(spec.input_exponent) and -16 <= spec.input_exponent <= 16,
-          "must be an integer in [-16, 16]", "input_exponent", file)
+    _need(_is_int(spec.data_seed) and 0 <= spec.data_seed < 2**31,
+          "must be an integer in [0, 2**31)", "data_seed", file)
+    v = spec.validation
+    _need(v is None or (_is_num(v) and 0 < v < 1),
+          "must be null or a fraction of the training set in (0, 1)", "validation", file)
+    e = spec.input_exponent
+    _need(e is None or (_is_int(e) and -16 <= e <= 16),
+          "must be null (the dataset's own grid) or an integer in [-16, 16]",
+          "input_exponent", file)
     _need(_is_num(spec.weight_headroom) and spec.weight_headroom >= 1, "must be a number >= 1",
           "weight_headroom", file)
     _need(_is_num(spec.classifier_alpha) and 0 < spec.classifier_alpha < 1,
@@ -234,14 +217,6 @@ def validate(spec: ModelSpec, file: str = "") -> ModelSpec:
     _need(u.momentum == 0 or u.mode in ("lazy", "shadow"),
           "momentum needs the INT16 fine grid of update.mode lazy or shadow", "update.momentum",
           file)
-    shift = first_update_shift(spec)
-    if shift is not None and not -MAX_RQ_SHIFT <= shift <= MAX_RQ_SHIFT:
-        # the compiler would emit an update whose requantize shift the hardware cannot do
-        what = "small" if shift > 0 else "large"
-        raise ConfigError(f"learning rate {u.lr!r} is too {what} for this model: layer 1's "
-                          f"update would requantize by a shift of {shift}, outside "
-                          f"[-{MAX_RQ_SHIFT}, {MAX_RQ_SHIFT}] (lr/batch_size = mu * 2**-t with "
-                          f"t = {mu_shift(spec)}; see docs/training.md)", "update.lr", file)
     s = u.schedule
     _need(s.kind in SCHEDULES, f"must be one of {SCHEDULES}", "update.schedule.kind", file)
     _need(_is_int(s.every) and 1 <= s.every <= lim.MAX_SCHEDULE_EVERY,
@@ -251,21 +226,55 @@ def validate(spec: ModelSpec, file: str = "") -> ModelSpec:
     return spec
 
 
-def spec_from_dict(d: Any, file: str = "") -> ModelSpec:
+def _validate_dataset(ds: object, file: str) -> None:
+    if isinstance(ds, DatasetSpec):
+        _need(ds.kind in DATASET_KINDS,
+              f"must be one of {DATASET_KINDS} (a named dataset is written as a plain name, "
+              f"e.g. 'dataset: iris')", "dataset.kind", file)
+        _need(isinstance(ds.path, str) and ds.path != "",
+              "must be a non-empty path" + (" to a directory" if ds.kind == "idx" else
+                                            " to an .npz file"), "dataset.path", file)
+        return
+    if isinstance(ds, str) and ds not in DATASETS:
+        close = difflib.get_close_matches(ds, DATASETS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"unknown dataset {short_repr(ds)}: must be one of {DATASETS} or a "
+                          f"mapping {{kind: idx|npz, path: ...}}{hint}", "dataset", file)
+    _need(isinstance(ds, str), f"must be a name {DATASETS} or a mapping "
+          "{kind: idx|npz, path: ...}", "dataset", file)
+
+
+def _resolve_paths(spec: ModelSpec, base_dir: str | Path | None) -> ModelSpec:
+    """A relative dataset path made absolute against ``base_dir`` (the spec file's directory);
+    ``~`` is expanded."""
+    ds = spec.dataset
+    if not isinstance(ds, DatasetSpec) or base_dir is None:
+        return spec
+    p = os.path.expanduser(ds.path)
+    p = os.path.abspath(os.path.join(base_dir, p))
+    return dataclasses.replace(spec, dataset=dataclasses.replace(ds, path=p))
+
+
+def spec_from_dict(d: Any, file: str = "", base_dir: str | Path | None = None) -> ModelSpec:
+    """Build and validate a spec from a mapping. With ``base_dir``, a relative
+    ``dataset.path`` is resolved against it (otherwise it stays relative to the working
+    directory)."""
     try:
         spec = _build(ModelSpec, d, "", file)
     except TypeError as e:  # pragma: no cover - _build passes only known keys
         raise ConfigError(str(e), "", file) from None
     if isinstance(spec.layers, tuple):
         spec = dataclasses.replace(spec, layers=list(spec.layers))
-    return validate(spec, file)
+    return _resolve_paths(validate(spec, file), base_dir)
 
 
 def load_model(path: str | Path | None = None) -> ModelSpec:
-    """Load a model spec (``None``: the default digits MLP)."""
+    """Load a model spec (``None``: the default digits MLP). A relative ``dataset.path`` is
+    resolved against the directory of the spec file."""
     if path is None:
         return validate(ModelSpec())
-    return spec_from_dict(read_yaml(path, "model spec"), str(path))
+    return spec_from_dict(read_yaml(path, "model spec"), str(path),
+                          base_dir=Path(path).parent)
 
 
 def with_overrides(spec: ModelSpec, **changes: Any) -> ModelSpec:
@@ -275,8 +284,10 @@ def with_overrides(spec: ModelSpec, **changes: Any) -> ModelSpec:
         node = d
         *path, last = key.split(".")
         for p in path:
+            if not isinstance(node, dict) or p not in node:
+                raise ConfigError(f"unknown key {p!r}", key)
             node = node[p]
-        if last not in node:
+        if not isinstance(node, dict) or last not in node:
             raise ConfigError(f"unknown key {last!r}", key)
         node[last] = value
     return spec_from_dict(d)

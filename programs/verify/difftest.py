@@ -11,7 +11,9 @@ where ``tests/test_differential.py`` replays it on every datapath.
 
 Programs are built from one generator per mnemonic (``GENERATORS``; a test checks every
 instruction of the table has one) with edge operands (-128, -1, 0, 1, 127, accumulator limits,
-shift 0 and maximum), aliased source and destination ranges, bounded loops and forward branches,
+shift 0 and maximum, exponents anywhere in 32 bits: requantizer shifts past every internal
+width, ``WIDE_SHIFTS``), INT16 operands at odd addresses, aliased source and destination
+ranges, bounded loops and forward branches,
 and the compiler's lazy-update sequence (which the fast machine runs fused, emulator/fusion.py),
 over randomly drawn small hardware configs (array shape and dataflow, skip granularity,
 accumulator width and overflow mode, DMA overlap).
@@ -78,8 +80,10 @@ class Gen:
         return self.pick(0, 1, 2, 3, 4, 5, 7, 8, 16, 17, 31, 64)
 
     def addr(self, nbytes: int, align: int = 1) -> int:
+        """A scratchpad address with room for ``nbytes``; INT16 operands (``align`` 2) land
+        on an odd address one time in four (INT16 elements have no alignment rule)."""
         a = self.rng.randrange(0, SPAD - max(nbytes, 1) - 64)
-        return a - a % align
+        return a - a % align + (align > 1 and self.rng.random() < 0.25)
 
     def region_pair(self, nbytes: int, elem: int) -> tuple[int, int]:
         """Two scratchpad ranges: disjoint, identical, or overlapping at an offset."""
@@ -170,11 +174,39 @@ def _exps(x: Gen, lo: int, hi: int) -> tuple[list[str], int]:
     return [f"eset e1, {e1}", f"eset e2, {e1 + s}"], s
 
 
+E32 = (-(1 << 31), (1 << 31) - 1)
+# requantizer shifts at and past every internal width: 31-bit sums, 62/63-bit products, the
+# 64-bit draw, the fold bounds, and the extremes of a 32-bit exponent difference
+WIDE_SHIFTS = [-(1 << 32) + 1, -(1 << 31), -70, -64, -63, -17, -16, -9, -8, 31, 32, 33, 62, 63,
+               64, 65, 126, 127, 128, 129, 1000, (1 << 31), (1 << 32) - 1]
+
+
+def _eset_any(x: Gen, ereg: int, value: int) -> list[str]:
+    """Set an exponent register to any 32-bit value (eset takes 16 bits; else via r16)."""
+    if -(1 << 15) <= value < (1 << 15):
+        return [f"eset e{ereg}, {value}"]
+    return [*x.li(16, value), f"esetr e{ereg}, r16"]
+
+
+def _exp_pair(x: Gen, ein: int, eout: int, s: int) -> list[str]:
+    """e[eout] - e[ein] = s, both within 32 bits, placed at random where that allows."""
+    lo, hi = max(E32[0], E32[0] - s), min(E32[1], E32[1] - s)
+    e_in = x.pick(lo, hi, max(lo, min(hi, x.rng.randrange(-12, 13))))
+    return _eset_any(x, ein, e_in) + _eset_any(x, eout, e_in + s)
+
+
+def _wide_exps(x: Gen) -> list[str]:
+    """e1 (input), e2 (output) with a shift from WIDE_SHIFTS."""
+    return _exp_pair(x, 1, 2, x.pick(*WIDE_SHIFTS))
+
+
 def g_rq(x: Gen, mul: bool = False) -> None:
     n = x.n_elems()
     dt, b = x.dt()
     racc = x.rng.randrange(0, ACC - n)
-    lines, _ = _exps(x, -31, 31) if x.rng.random() < 0.3 else _exps(x, 0, 16)
+    pick = x.rng.random()
+    lines = _wide_exps(x) if pick < 0.3 else (_exps(x, -31, 31) if pick < 0.45
+                                              else _exps(x, 0, 16))[0]
     rnd = x.pick(*ROUND)
     relu = x.rng.randrange(2)
     d = x.addr(n * b, b)
@@ -193,7 +225,7 @@ def g_vcvt(x: Gen) -> None:
     ddt, db = x.dt()
     a = x.addr(n * sb, sb)
     d = x.pick(a, x.addr(n * db, db))
-    lines, _ = _exps(x, -8, 16)
+    lines = _wide_exps(x) if x.rng.random() < 0.3 else _exps(x, -8, 16)[0]
     x.emit(*lines, *x.li(1, d), *x.li(2, a), *x.li(3, n),
            f"vcvt r1, r2, r3, e2, e1, rnd={x.pick(*ROUND)}, sdt={sdt}, ddt={ddt}, "
            f"relu={x.rng.randrange(2)}")
@@ -248,8 +280,8 @@ def g_vsubrow(x: Gen) -> None:
 def g_vexp(x: Gen) -> None:
     n = x.n_elems()
     a, d = x.region_pair(2 * n, 2)
-    e = x.pick(-24, -16, -8, -3, 0, 5, 8)
-    x.emit(f"eset e3, {e}", *x.li(1, d), *x.li(2, a), *x.li(3, n), "vexp r1, r2, r3, e3")
+    e = x.pick(-24, -16, -8, -3, 0, 5, 8, -25, -26, 9, 10, *E32)
+    x.emit(*_eset_any(x, 3, e), *x.li(1, d), *x.li(2, a), *x.li(3, n), "vexp r1, r2, r3, e3")
 
 
 def g_vnormrow(x: Gen) -> None:
@@ -258,8 +290,8 @@ def g_vnormrow(x: Gen) -> None:
     a = x.addr(2 * r * c, 2)
     d = x.pick(a, x.addr(r * c * b, b))
     racc = x.rng.randrange(0, ACC - r)
-    f = x.pick(0, 7, 14, 15, 30)
-    x.emit(f"eset e4, {-f}", *x.li(1, d), *x.li(2, a), *x.li(3, racc), *x.li(4, r), *x.li(5, c),
+    f = x.pick(0, 7, 14, 15, 30, -1, -17, -18, 31, 46, 47, 48, -E32[1], -E32[0])
+    x.emit(*_eset_any(x, 4, -f), *x.li(1, d), *x.li(2, a), *x.li(3, racc), *x.li(4, r), *x.li(5, c),
            f"vnormrow r1, r2, r3, r4, r5, e4, dt={dt}")
 
 
@@ -267,10 +299,33 @@ def g_vlazy(x: Gen) -> None:
     n = x.n_elems()
     t = x.addr(n, 1)
     a = x.pick(x.addr(2 * n, 2), t)
-    s = x.pick(0, 1, 7, 8, 15)
-    e = x.rng.randrange(-8, 8)
-    x.emit(f"eset e5, {e}", f"eset e6, {e - s}", *x.li(1, t), *x.li(2, a), *x.li(3, n),
+    s = x.pick(0, 1, 7, 8, 15, 16, 17, 40, (1 << 32) - 1) if x.rng.random() < 0.97 else -1
+    x.emit(*_exp_pair(x, 6, 5, s), *x.li(1, t), *x.li(2, a), *x.li(3, n),
            "vlazy r1, r2, r3, e5, e6")
+
+
+def g_vrsqrt(x: Gen) -> None:
+    n = x.n_elems()
+    a, d = x.region_pair(2 * n, 2)
+    if x.rng.random() < 0.2:  # K = -e[ein] - 2 e[eout] far past both fold bounds
+        e_out, e_in = x.pick(*E32), x.pick(*E32)
+    else:
+        k = x.pick(-4, -3, -2, 0, 1, 14, 28, 29, 30, 31, 44, 45, 46, 47)
+        e_out = x.rng.randrange(-20, 21)
+        e_in = -k - 2 * e_out
+    x.emit(*_eset_any(x, 7, e_out), *_eset_any(x, 8, e_in), *x.li(1, d), *x.li(2, a),
+           *x.li(3, n), "vrsqrt r1, r2, r3, e7, e8")
+
+
+def g_vwmul(x: Gen) -> None:
+    n = x.n_elems()
+    da, ea = x.dt()
+    db, eb = x.dt()
+    a = x.addr(n * ea, ea)
+    b = x.pick(a, x.addr(n * eb, eb))
+    racc = x.rng.randrange(0, ACC - n)
+    x.emit(*x.li(1, racc), *x.li(2, a), *x.li(3, b), *x.li(4, n),
+           f"vwmul r1, r2, r3, r4, da={da}, db={db}, acc={x.rng.randrange(2)}")
 
 
 def g_update(x: Gen) -> None:
@@ -391,6 +446,8 @@ GENERATORS: dict[str, Callable[[Gen], None]] = {
     "vexp": g_vexp,
     "vnormrow": g_vnormrow,
     "vlazy": g_vlazy,
+    "vrsqrt": g_vrsqrt,
+    "vwmul": g_vwmul,
 }
 BODY_OPS = [m for m in GENERATORS if m not in ("halt", "beq", "bne", "blt", "bge", "jmp")]
 
