@@ -4,9 +4,11 @@ memory (the child's max RSS).
 
     python benchmarks/asm_scale.py [--lines 10000000] [--repeat 3] [--code DIR] [--json OUT]
 
-Three sources, each N lines plus ``frob`` on line N + 1 (an unknown mnemonic):
+Sources of N lines plus an error on line N + 1 (``frob``, an unknown mnemonic, unless said):
 
-* ``nop``       every line ``nop`` (the shape of the issue's 10-million-line file);
+* ``nop``       every line ``nop``;
+* ``li-badreg``  every line ``li r1, 5``, the last one ``li r99, 5`` (a bad operand, which
+                the old two-pass assembler found only after encoding every line);
 * ``loop``      a 4-line loop body (labels, ``li``/``addi``/``blt`` with a forward label)
                 repeated: few distinct lines;
 * ``distinct``  every line different (random registers and immediates): the assembler's
@@ -48,6 +50,8 @@ ENTRY = ("import atexit, sys\n"
 def source(kind: str, n: int) -> str:
     if kind == "nop":
         return "nop\n" * n + "frob\n"
+    if kind == "li-badreg":  # the error is an operand: found only after encoding, before
+        return "li r1, 5\n" * n + "li r99, 5\n"
     if kind == "loop":
         body = "top:\n li r1, 0\n addi r1, r1, 1\n blt r1, r2, top\n"  # 4 lines
         reps = n // 4
@@ -75,8 +79,10 @@ def source(kind: str, n: int) -> str:
 def run_once(code: Path, path: Path, out: Path) -> dict[str, float]:
     env = dict(os.environ, PYTHONPATH=str(code))
     t0 = time.perf_counter()
+    # cwd: ``python -c`` puts the current directory first on sys.path, before PYTHONPATH
     p = subprocess.Popen([sys.executable, "-c", ENTRY, "asm", str(path), "-o", str(out)],
-                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                         env=env, cwd=path.parent, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE)
     _, status, ru = os.wait4(p.pid, 0)
     wall = time.perf_counter() - t0
     err = p.stderr.read().decode() if p.stderr else ""  # type: ignore[union-attr]
@@ -93,7 +99,7 @@ def main() -> int:
     ap.add_argument("--lines", type=int, default=10_000_000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--code", default=str(ROOT))
-    ap.add_argument("--kinds", default="nop,loop,distinct,labels")
+    ap.add_argument("--kinds", default="nop,li-badreg,loop,distinct,labels")
     ap.add_argument("--json")
     args = ap.parse_args()
     code = Path(args.code).resolve()
