@@ -545,9 +545,10 @@ def classify(case: Case, r: Run, d: Path) -> str:
     err = r.stderr
     if r.timed_out:
         return "timeout"
-    if case.sigint_ms is not None and (r.code == -2 or "Fatal Python error: init" in err):
+    if case.sigint_ms is not None and ((r.code == -2 and not err.strip())
+                                       or "Fatal Python error: init" in err):
         return "startup"  # the signal came while CPython itself was starting, before any
-        # line of lpemu ran (killed by SIGINT, or CPython's own fatal error)
+        # line of lpemu ran (killed by SIGINT silently, or CPython's own fatal error)
     if "MemoryError" in err or r.code in (-9, -11, 137) or "Cannot allocate memory" in err:
         return "memory"
     if "Traceback" in err or r.code == 1:

@@ -443,11 +443,11 @@ def load_program(path: str | Path) -> Program:
     except TooLarge as e:
         raise UsageError(f"program file {e.describe()}", str(path)) from None
     suffix = Path(path).suffix.lower()
-    if suffix in (".s", ".asm"):
-        return assemble(_utf8(data, str(path)), str(path))
-    if data[:4] == MAGIC or suffix in (".bin", ".lpem"):
+    if suffix not in (".s", ".asm") and (data[:4] == MAGIC or suffix in (".bin", ".lpem")):
         return from_bytes(data, str(path))  # type: ignore[arg-type]
-    return assemble(_utf8(data, str(path)), str(path))
+    source = _utf8(data, str(path))
+    del data  # the bytes are not needed while the text is assembled
+    return assemble(source, str(path))
 
 
 def _utf8(data: bytes | bytearray, path: str) -> str:
