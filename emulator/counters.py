@@ -40,6 +40,8 @@ COUNTER_DOCS: dict[str, str] = {
     "dma_stall_cycles": "cycles waiting for the DMA engine (dma.overlap: engine busy or hazard)",
     "gemm_a_rd_bytes": "scratchpad bytes the matrix unit read for operand A (in spad_rd_bytes)",
     "gemm_b_rd_bytes": "scratchpad bytes the matrix unit read for operand B (in spad_rd_bytes)",
+    "array_cycles": "cycles the MAC array is busy with matrix instructions (after zero-skip "
+                    "savings; DMA stalls excluded)",
 }
 COUNTERS: tuple[str, ...] = tuple(COUNTER_DOCS)
 N_COUNTERS = len(COUNTERS)
@@ -49,7 +51,33 @@ IDX: dict[str, int] = {n: i for i, n in enumerate(COUNTERS)}
     INSTRUCTIONS, CYCLES, MACS, MACS_SKIPPED, MAC_OPS, MAC_PASSES, SPAD_RD, SPAD_WR, ACC_RD,
     ACC_WR, DRAM_RD, DRAM_WR, ALU_OPS, ALU_PASSES, ALU_MUL_PASSES, RQ_ELEMS, RNG_DRAWS,
     ACC_OVERFLOWS, SATURATIONS, SKIP_CYCLES_SAVED, DMA_STALL_CYCLES, GEMM_A_RD, GEMM_B_RD,
+    ARRAY_CYCLES,
 ) = range(N_COUNTERS)
+
+# derived metrics (ratios of counters; docs/timing.md "Array utilization"): name -> meaning
+DERIVED_DOCS: dict[str, str] = {
+    "array_utilization": "useful MAC-cycles / array-cycles: mac_ops / (rows x cols x "
+                         "array_cycles), 0 with no matrix work",
+    "array_utilization_run": "mac_ops / (rows x cols x cycles): the array's share of the "
+                             "whole run's peak",
+}
+
+
+def derived(counts: np.ndarray, cfg: Config) -> dict[str, float]:
+    """The derived metrics of one counter vector (or the column sums of a matrix).
+
+    A *useful MAC-cycle* is one PE performing one 8-bit multiply-accumulate that is not
+    skipped (``mac_ops``: performed MACs x byte-passes); *array-cycles* are ``rows x cols`` PE
+    slots for every cycle the array is busy (``array_cycles``). Both ratios lie in [0, 1]."""
+    c = np.asarray(counts, dtype=np.int64)
+    if c.ndim == 2:
+        c = c.sum(axis=0)
+    pes = cfg.macs_per_cycle
+    busy, run = int(c[ARRAY_CYCLES]), int(c[CYCLES])
+    return {
+        "array_utilization": float(c[MAC_OPS]) / (pes * busy) if busy else 0.0,
+        "array_utilization_run": float(c[MAC_OPS]) / (pes * run) if run else 0.0,
+    }
 
 ENERGY_COMPONENTS = (
     "multiply", "accumulate", "scratchpad", "accumulator", "dram", "rng", "alu", "control",
@@ -101,6 +129,7 @@ class Summary:
     energy: dict[str, float]
     assumed_energy: dict[str, float] = field(default_factory=dict)
     prices: dict[str, dict[str, object]] = field(default_factory=dict)
+    derived: dict[str, float] = field(default_factory=dict)
 
     @property
     def energy_pj(self) -> float:
@@ -117,10 +146,12 @@ class Summary:
         d["assumed_energy_pj"] = self.assumed_energy_pj
         d["assumed_energy_breakdown_pj"] = dict(self.assumed_energy)
         d["energy_prices"] = dict(self.prices)
+        d.update(self.derived)
         return d
 
 
 def summarize(counts: np.ndarray, cfg: Config) -> Summary:
     c = _vector(counts)
     return Summary({n: int(c[i]) for i, n in enumerate(COUNTERS)}, energy_breakdown(c, cfg),
-                   assumed_breakdown(c, cfg), price_table(cfg))
+                   assumed_breakdown(c, cfg), price_table(cfg),
+                   derived(c, cfg))

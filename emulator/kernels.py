@@ -20,6 +20,7 @@ import numba
 import numpy as np
 from numba import njit
 
+from emulator.geometry import CONV_FWD, CONV_WGRAD, padded, window_view
 from emulator.reference import (
     EXP_LUT,
     LOG2E_Q16,
@@ -33,6 +34,7 @@ from emulator.reference import (
 )
 from emulator.rng import mix
 from isa.conventions import (
+    BIAS_SHIFT_FOLD,
     EXP_E_FOLD,
     LAZY_SHIFT_FOLD,
     NORM_F_FOLD,
@@ -769,3 +771,422 @@ def update_into(dst: np.ndarray, src: np.ndarray, res: np.ndarray, theta: np.nda
     n_rq, n_sub, n_lz = _update_kernel(src, dst, res, theta, _I64(mul), _I64(shift),
                                        _I64(mode), bool(relu), _I64(s))
     return int(n_rq), int(n_sub), int(n_lz)
+
+
+
+# ============================================================================ conv and pooling
+# conv, vmaxpool, vsumpool, vunpool and vbias (same interface as emulator/reference.py).
+#
+# Exactness of the float paths: a sum of integer terms computed in floating point is exact in
+# any order (BLAS may reorder, block or use FMA) while every partial sum is an integer of
+# magnitude <= 2**24 (float32) or 2**53 (float64); every partial sum of sum_k A[i,k] B[k,j] is
+# bounded by sum_k |A[i,k]| |B[k,j]| <= min(terms * max|A| max|B|, max|A| * max_j
+# sum_k |B[k,j]|, max|B| * max_i sum_k |A[i,k]|). So a product runs as one float32 matmul when
+# such a bound (static, or from the operands' absolute column/row sums) is <= 2**24, as float64
+# when INT16 operands need it, and otherwise in chunks of the reduction whose exact results
+# are summed in float64 or int64.
+F32_LIMIT, F64_LIMIT = 1 << 24, 1 << 53
+
+
+def _max_product(a_bytes: int, b_bytes: int) -> int:
+    """The largest |a b| of two elements: 2**14, 2**22 or 2**30."""
+    return 1 << (8 * (a_bytes + b_bytes) - 2)
+
+
+@njit(cache=True)
+def _abs_stats(x2):  # pragma: no cover - compiled
+    """(max |x|, max over columns of sum |x[:, j]|, max over rows of sum |x[i, :]|) of a 2-D
+    integer array, as int64, in one pass."""
+    rows, cols = x2.shape
+    colsum = np.zeros(cols, np.int64)
+    amax = np.int64(0)
+    rmax = np.int64(0)
+    for i in range(rows):
+        r = np.int64(0)
+        for j in range(cols):
+            v = abs(np.int64(x2[i, j]))
+            r += v
+            colsum[j] += v
+            amax = max(amax, v)
+        rmax = max(rmax, r)
+    cmax = np.int64(0)
+    for j in range(cols):
+        cmax = max(cmax, colsum[j])
+    return amax, cmax, rmax
+
+
+def _abs_max(x: np.ndarray) -> int:
+    return max(int(x.max()), -int(x.min())) if x.size else 0
+
+
+class _ColCache:
+    """im2col results of the last few (geometry, element type, float type) triples, each with a
+    copy of the X it was built from: a weight gradient right after the forward pass of the same
+    layer reuses the forward's im2col whenever X is still byte-for-byte the same (compared in
+    full on every use, so a reuse is exact by construction)."""
+
+    def __init__(self, max_bytes: int = 128 << 20) -> None:
+        self._d: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+        self.max_bytes = max_bytes
+
+    def get(self, x: np.ndarray, g, ftype: type) -> np.ndarray:
+        key = (g._replace(f=0), x.dtype.str, ftype)  # im2col does not depend on F
+        hit = self._d.pop(key, None)
+        if hit is not None and np.array_equal(hit[0], x):
+            self._d[key] = hit  # most recent last
+            return hit[1]
+        col = np.empty((g.m, g.k), ftype)
+        xp = padded(x, g, ftype, 0, out=_WS.get("conv_xp", g.padded, ftype))
+        np.copyto(col.reshape(g.n, g.oh, g.ow, g.kh, g.kw, g.c), window_view(xp, g))
+        self._d[key] = (x.copy(), col)
+        total = sum(c.nbytes for _, c in self._d.values())
+        while total > self.max_bytes and len(self._d) > 1:
+            oldest = next(iter(self._d))
+            total -= self._d.pop(oldest)[1].nbytes
+        return col
+
+
+_COLS = _ColCache()
+
+
+def _exact_matmul(a: np.ndarray, b: np.ndarray, bound: int, a_bytes: int, b_bytes: int,
+                  name: str) -> np.ndarray:
+    """a @ b for integer-valued float operands whose partial sums are bounded by ``bound``
+    (see above): one matmul when that is exact in the operands' float type, otherwise the
+    reduction in chunks of static exactness (float32: 1024 INT8 terms; float64: 2**53 over the
+    largest product), chunk results summed in float64 (float32 chunks, each <= 2**24: exact up
+    to 2**29 chunks) or int64. Returns a float workspace array or a fresh float64/int64 one."""
+    m, k = a.shape
+    n = b.shape[1]
+    out = _WS.get(name, (m, n), a.dtype)
+    limit = F32_LIMIT if a.dtype == np.float32 else F64_LIMIT
+    if bound <= limit:
+        if k < SERIAL_K and m * n >= SERIAL_MIN_OUTPUT:
+            _BLAS.matmul_serial(a, b, out)
+        else:
+            np.matmul(a, b, out=out)
+        return out
+    chunk = limit // _max_product(a_bytes, b_bytes)
+    in_f64 = a.dtype == np.float32 and -(-k // chunk) <= F64_LIMIT // F32_LIMIT
+    total = np.zeros((m, n), np.float64 if in_f64 else np.int64)
+    for k0 in range(0, k, chunk):
+        np.matmul(a[:, k0 : k0 + chunk], b[k0 : k0 + chunk], out=out)
+        total += out if in_f64 else out.astype(np.int64)
+    return total
+
+
+def _store(c: np.ndarray, p: np.ndarray, accumulate: bool, bits: int, wrap: bool,
+           bound: int) -> int:
+    """c (2-D accumulator view) = fit((c if accumulate else 0) + p); ``bound`` >= max |p|."""
+    lo, hi = type_range(bits)
+    if not accumulate and bound <= hi:
+        np.copyto(c, p, casting="unsafe")
+        return 0
+    return int(_fit_into(c, p, bool(accumulate), _I64(lo), _I64(hi), bool(wrap)))
+
+
+def conv_into(out: np.ndarray, a: np.ndarray, b: np.ndarray, mode: int, g, accumulate: bool,
+              bits: int, wrap: bool) -> int:
+    """conv on exact BLAS: fwd col(X) @ W, wgrad col(X)^T @ dZ (reusing the forward's im2col
+    when X is unchanged), dgrad dZ @ W^T then col2im in one compiled pass over the product.
+    Returns the overflow count."""
+    if out.size == 0:
+        return 0
+    ba, bb = a.itemsize, b.itemsize
+    if g.m * g.k * g.f == 0:  # no products: the output is fit(acc or 0)
+        return _store(out.reshape(1, -1), np.zeros((1, out.size), np.int64), accumulate, bits,
+                      wrap, 0)
+    ftype = np.float32 if ba == bb == 1 else np.float64
+    maxp = _max_product(ba, bb)
+    if mode == CONV_FWD:
+        w2 = b.reshape(g.k, g.f)
+        bound = g.k * maxp
+        if bound > F32_LIMIT:
+            _, bcol, _ = _abs_stats(w2)
+            bound = min(bound, _abs_max(a) * int(bcol))
+        p = _exact_matmul(_COLS.get(a, g, ftype), _as_float(w2, "b", ftype), bound, ba, bb,
+                          "conv_p")
+        return _store(out.reshape(g.m, g.f), p, accumulate, bits, wrap, bound)
+    if mode == CONV_WGRAD:
+        dz = b.reshape(g.m, g.f)
+        bound = g.m * maxp
+        if bound > F32_LIMIT:
+            _, dcol, _ = _abs_stats(dz)
+            bound = min(bound, _abs_max(a) * int(dcol))
+        p = _exact_matmul(_COLS.get(a, g, ftype).T, _as_float(dz, "b", ftype), bound, ba, bb,
+                          "conv_p")
+        return _store(out.reshape(g.k, g.f), p, accumulate, bits, wrap, bound)
+    dz, w2 = a.reshape(g.m, g.f), b.reshape(g.k, g.f)
+    # |P[m, k]| <= min(F max|dZ| max|W|, max_m sum_f |dZ[m, f]| max|W|, ...); each input
+    # position receives at most ceil(KH/SH) ceil(KW/SW) window products
+    amax, _, arow = _abs_stats(dz)
+    bmax, _, brow = _abs_stats(w2)
+    pbound = min(g.f * maxp, int(arow) * int(bmax), int(brow) * int(amax))
+    p = _exact_matmul(_as_float(dz, "a", ftype), _as_float(w2, "b", ftype).T, pbound, ba, bb,
+                      "conv_p")  # [M, K]
+    bound = -(-g.kh // g.sh) * -(-g.kw // g.sw) * pbound
+    stype = np.float32 if bound <= F32_LIMIT else np.float64 if bound <= F64_LIMIT else np.int64
+    if stype is np.int64 and p.dtype != np.int64:
+        p = p.astype(np.int64)
+    s = _WS.get("conv_dx", (g.n, g.h, g.w, g.c), stype)
+    _col2im_add(s, p, g)
+    return _store(out.reshape(1, -1), s.reshape(1, -1), accumulate, bits, wrap, bound)
+
+
+@njit(inline="always")
+def _taps(o, stride, pad, k, size):  # pragma: no cover - compiled
+    """The window offsets [lo, hi) of output row (column) ``o`` whose input position
+    ``o stride + t - pad`` lies inside [0, size)."""
+    start = o * stride - pad
+    return max(0, -start), max(0, min(k, size - start))
+
+
+@njit(cache=True)
+def _col2im_kernel(s, p, c, oh_n, ow_n, kh_n, kw_n, sh, sw, ph, pw):  # pragma: no cover
+    """s[n, ih, iw c + ch] += p[m, (kh KW + kw) C + ch] over every (m, kh, kw) whose window
+    position (ih, iw) is inside the input: one sequential pass over P (the caller zeroes s,
+    viewed as [N, H, W C]). With SW = 1 the inside taps kw0..kw1 of a window row are adjacent
+    in both P and s, so each is one contiguous run of (kw1 - kw0) C additions."""
+    nb, h, wc = s.shape
+    w = wc // c
+    for n in range(nb):
+        for oh in range(oh_n):
+            kh0, kh1 = _taps(oh, sh, ph, kh_n, h)
+            for ow in range(ow_n):
+                m = (n * oh_n + oh) * ow_n + ow
+                kw0, kw1 = _taps(ow, sw, pw, kw_n, w)
+                for kh in range(kh0, kh1):  # (indexing, not views: views cost in this loop)
+                    ih = oh * sh + kh - ph
+                    if sw == 1:
+                        d0 = (ow + kw0 - pw) * c
+                        p0 = (kh * kw_n + kw0) * c
+                        for t in range((kw1 - kw0) * c):
+                            s[n, ih, d0 + t] += p[m, p0 + t]
+                        continue
+                    for kw in range(kw0, kw1):
+                        d0 = (ow * sw + kw - pw) * c
+                        p0 = (kh * kw_n + kw) * c
+                        for ch in range(c):
+                            s[n, ih, d0 + ch] += p[m, p0 + ch]
+
+
+def _col2im_add(s: np.ndarray, p: np.ndarray, g) -> None:
+    """s[n, ih, iw, c] = sum of P[m, k] over the (m, k) whose window position is (ih, iw)."""
+    s[...] = 0
+    _col2im_kernel(s.reshape(g.n, g.h, g.w * g.c), p, _I64(g.c), _I64(g.oh), _I64(g.ow),
+                   _I64(g.kh), _I64(g.kw), _I64(g.sh), _I64(g.sw), _I64(g.ph), _I64(g.pw))
+
+
+@njit(cache=True)
+def _maxpool_kernel(x, y, ix, write_idx, oh_n, ow_n, kh_n, kw_n, sh, sw, ph, pw):
+    """Max over the window positions inside the input, the first maximum in scan order, and
+    its index kh KW + kw; per output pixel a branch-free pass over the channels of each
+    position. (Every window has an inside position: checked by the semantics.)"""
+    nb, h, w, c = x.shape
+    best = np.empty(c, x.dtype)
+    arg = np.empty(c, np.uint8)
+    for n in range(nb):
+        for oh in range(oh_n):
+            for ow in range(ow_n):
+                first = True
+                kh0, kh1 = _taps(oh, sh, ph, kh_n, h)
+                kw0, kw1 = _taps(ow, sw, pw, kw_n, w)
+                for kh in range(kh0, kh1):
+                    ih = oh * sh + kh - ph
+                    for kw in range(kw0, kw1):
+                        iw = ow * sw + kw - pw
+                        code = np.uint8(kh * kw_n + kw)
+                        row = x[n, ih, iw]
+                        if first:
+                            for ch in range(c):
+                                best[ch] = row[ch]
+                                arg[ch] = code
+                            first = False
+                            continue
+                        for ch in range(c):
+                            v = row[ch]
+                            gt = v > best[ch]
+                            best[ch] = v if gt else best[ch]
+                            arg[ch] = code if gt else arg[ch]
+                base = ((n * oh_n + oh) * ow_n + ow) * c
+                for ch in range(c):
+                    y[base + ch] = best[ch]
+                if write_idx:
+                    for ch in range(c):
+                        ix[base + ch] = arg[ch]
+
+
+def maxpool_into(y: np.ndarray, idx: np.ndarray | None, x: np.ndarray, g) -> None:
+    if y.size == 0:
+        return
+    x4 = x.reshape(g.n, g.h, g.w, g.c)
+    # X is read completely before anything is written, and Y before the indices: when the
+    # ranges share memory, compute into temporaries and store in that order
+    direct = not np.may_share_memory(x, y) and (
+        idx is None or not (np.may_share_memory(x, idx) or np.may_share_memory(y, idx)))
+    yy = y if direct else np.empty_like(y)
+    ii = (idx if direct else np.empty(y.size, np.uint8)) if idx is not None else \
+        np.empty(1, np.uint8)
+    _maxpool_kernel(x4, yy, ii, idx is not None, _I64(g.oh), _I64(g.ow), _I64(g.kh),
+                    _I64(g.kw), _I64(g.sh), _I64(g.sw), _I64(g.ph), _I64(g.pw))
+    if not direct:
+        y[...] = yy
+        if idx is not None:
+            idx[...] = ii
+
+
+@njit(cache=True)
+def _sumpool_kernel(x, out, oh_n, ow_n, kh_n, kw_n, sh, sw, ph, pw, lo, hi, wrap):
+    """Window sums (exact in int64) fitted into ``out``; returns the overflow count."""
+    nb, h, w, c = x.shape
+    acc = np.zeros(c, np.int64)
+    novf = 0
+    span = hi - lo + 1
+    for n in range(nb):
+        for oh in range(oh_n):
+            for ow in range(ow_n):
+                acc[:] = 0
+                kh0, kh1 = _taps(oh, sh, ph, kh_n, h)
+                kw0, kw1 = _taps(ow, sw, pw, kw_n, w)
+                for kh in range(kh0, kh1):
+                    ih = oh * sh + kh - ph
+                    for kw in range(kw0, kw1):
+                        iw = ow * sw + kw - pw
+                        for ch in range(c):
+                            acc[ch] += x[n, ih, iw, ch]
+                base = ((n * oh_n + oh) * ow_n + ow) * c
+                for ch in range(c):
+                    v = acc[ch]
+                    if v > hi or v < lo:
+                        novf += 1
+                        v = min(max(v, lo), hi) if not wrap else ((v - lo) % span) + lo
+                    out[base + ch] = v
+    return novf
+
+
+def sumpool_into(out: np.ndarray, x: np.ndarray, g, bits: int, wrap: bool) -> int:
+    if out.size == 0:
+        return 0
+    lo, hi = type_range(bits)
+    return int(_sumpool_kernel(x.reshape(g.n, g.h, g.w, g.c), out, _I64(g.oh), _I64(g.ow),
+                               _I64(g.kh), _I64(g.kw), _I64(g.sh), _I64(g.sw), _I64(g.ph),
+                               _I64(g.pw), _I64(lo), _I64(hi), bool(wrap)))
+
+
+@njit(cache=True)
+def _bad_index_kernel(ix, nb, c, oh_n, ow_n, kh_n, kw_n, sh, sw, ph, pw, h, w):
+    """The first element whose index is >= KH KW or selects a padding position, or -1."""
+    for n in range(nb):
+        for oh in range(oh_n):
+            for ow in range(ow_n):
+                base = ((n * oh_n + oh) * ow_n + ow) * c
+                for ch in range(c):
+                    v = np.int64(ix[base + ch])
+                    ih = oh * sh + v // kw_n - ph
+                    iw = ow * sw + v % kw_n - pw
+                    if v >= kh_n * kw_n or ih < 0 or ih >= h or iw < 0 or iw >= w:
+                        return base + ch
+    return -1
+
+
+def bad_unpool_index(idx: np.ndarray, g) -> tuple[int, int] | None:
+    if idx.size == 0:
+        return None
+    if g.ph == g.pw == 0 and int(idx.max()) < g.kh * g.kw:
+        return None  # without padding every window position is inside the input
+    e = int(_bad_index_kernel(idx, _I64(g.n), _I64(g.c), _I64(g.oh), _I64(g.ow), _I64(g.kh),
+                              _I64(g.kw), _I64(g.sh), _I64(g.sw), _I64(g.ph), _I64(g.pw),
+                              _I64(g.h), _I64(g.w)))
+    return None if e < 0 else (e, int(idx[e]))
+
+
+@njit(cache=True)
+def _unpool_kernel(dy, ix, by_index, s, oh_n, ow_n, kh_n, kw_n, sh, sw, ph, pw):
+    """Scatter-add dY into s [N,H,W,C] (zeroed by the caller): to every window position
+    inside the input, or (``by_index``) only where the element's index is that position's
+    code (selected into a temporary first, so both loops over channels vectorize; indices
+    were checked by the semantics)."""
+    nb, h, w, c = s.shape
+    tmp = np.empty(c, s.dtype)
+    for n in range(nb):
+        for oh in range(oh_n):
+            for ow in range(ow_n):
+                base = ((n * oh_n + oh) * ow_n + ow) * c
+                d = dy[base : base + c]
+                ii = ix[base : base + c]
+                kh0, kh1 = _taps(oh, sh, ph, kh_n, h)
+                kw0, kw1 = _taps(ow, sw, pw, kw_n, w)
+                for kh in range(kh0, kh1):
+                    ih = oh * sh + kh - ph
+                    for kw in range(kw0, kw1):
+                        iw = ow * sw + kw - pw
+                        dst = s[n, ih, iw]
+                        if by_index:
+                            code = kh * kw_n + kw
+                            for ch in range(c):
+                                tmp[ch] = d[ch] if ii[ch] == code else 0
+                            for ch in range(c):
+                                dst[ch] += tmp[ch]
+                        else:
+                            for ch in range(c):
+                                dst[ch] += d[ch]
+
+
+def unpool_into(out: np.ndarray, dy: np.ndarray, idx: np.ndarray | None, g, accumulate: bool,
+                bits: int, wrap: bool) -> int:
+    if out.size == 0:
+        return 0
+    lo, hi = type_range(bits)
+    # every input position receives at most ceil(KH/SH) ceil(KW/SW) gradient elements
+    bound = -(-g.kh // g.sh) * -(-g.kw // g.sw) * _abs_max(dy)
+    direct = not accumulate and bound <= hi  # no fit can change a value: add in place
+    s = out.reshape(g.n, g.h, g.w, g.c) if direct else \
+        _WS.get("unpool_s", (g.n, g.h, g.w, g.c), np.int64)
+    s[...] = 0
+    if dy.size:
+        _unpool_kernel(dy, dy if idx is None else idx, idx is not None, s, _I64(g.oh),
+                       _I64(g.ow), _I64(g.kh), _I64(g.kw), _I64(g.sh), _I64(g.sw), _I64(g.ph),
+                       _I64(g.pw))
+    if direct:
+        return 0
+    return int(_fit_into(out.reshape(1, -1), s.reshape(1, -1), bool(accumulate), _I64(lo),
+                         _I64(hi), bool(wrap)))
+
+
+@njit(cache=True)
+def _bias_kernel(c, b, lo, hi, wrap):  # pragma: no cover - compiled
+    """c[i, j] = fit(c[i, j] + b[j]); returns the overflow count."""
+    rows, cols = c.shape
+    novf = 0
+    if not wrap:
+        for i in range(rows):
+            for j in range(cols):
+                v = np.int64(c[i, j]) + b[j]
+                r = min(max(v, lo), hi)
+                novf += r != v
+                c[i, j] = r
+        return novf
+    span = hi - lo + 1
+    for i in range(rows):
+        for j in range(cols):
+            v = np.int64(c[i, j]) + b[j]
+            if v > hi or v < lo:
+                novf += 1
+                v = ((v - lo) % span) + lo
+            c[i, j] = v
+    return novf
+
+
+def bias_into(out: np.ndarray, b: np.ndarray, s: int, bits: int, wrap: bool) -> int:
+    if out.size == 0:
+        return 0
+    s = max(BIAS_SHIFT_FOLD[0], min(s, BIAS_SHIFT_FOLD[1]))  # results constant beyond
+    v = b.astype(np.int64)
+    shifted = v << -s if s <= 0 else (v + (1 << (s - 1))) >> s
+    lo, hi = type_range(bits)
+    return int(_bias_kernel(out, shifted, _I64(lo), _I64(hi), bool(wrap)))
+
+
+def clear_caches() -> None:
+    """Forget cached host-side temporaries (im2col results); values never depend on them."""
+    _COLS._d.clear()

@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 
+from emulator.geometry import CONV_FWD, CONV_WGRAD
 from emulator.rng import draw_ref
 from isa.conventions import DRAW_BITS
 
@@ -348,3 +349,167 @@ def requant_into(dst: np.ndarray, src: np.ndarray, shift: int, mode: int, out_bi
     vals, nsat = requant(src, shift, mode, out_bits, relu, seed, counter, mul)
     dst[...] = vals
     return nsat
+
+
+# ============================================================================ conv and pooling
+# The documented semantics of conv, vmaxpool, vsumpool, vunpool and vbias written as loops over
+# Python integers (docs/isa.md); ``g`` is an emulator.geometry.Geometry. Operands are the
+# scratchpad/accumulator views the semantics pass (1-D, in the documented layouts).
+
+
+def _window(g, oh: int, ow: int):
+    """The window positions of output pixel (oh, ow): (kh, kw, ih, iw, inside)."""
+    for kh in range(g.kh):
+        for kw in range(g.kw):
+            ih, iw = oh * g.sh + kh - g.ph, ow * g.sw + kw - g.pw
+            yield kh, kw, ih, iw, 0 <= ih < g.h and 0 <= iw < g.w
+
+
+def im2col(x: np.ndarray, g) -> np.ndarray:
+    """col(X)[m, k] as an [M, K] int64 array, element by element."""
+    xs = np.asarray(x).reshape(g.n, g.h, g.w, g.c).tolist()
+    out = np.zeros((g.m, g.k), dtype=np.int64)
+    for n in range(g.n):
+        for oh in range(g.oh):
+            for ow in range(g.ow):
+                m = (n * g.oh + oh) * g.ow + ow
+                for kh, kw, ih, iw, inside in _window(g, oh, ow):
+                    for c in range(g.c):
+                        if inside:
+                            out[m, (kh * g.kw + kw) * g.c + c] = xs[n][ih][iw][c]
+    return out
+
+
+def col2im(p: np.ndarray, g) -> np.ndarray:
+    """S[n, ih, iw, c] = sum of P[m, k] over the (m, k) whose window position is (ih, iw);
+    products in the padding are dropped. [N, H, W, C] int64."""
+    ps = np.asarray(p).reshape(g.m, g.k).tolist()
+    out = [[[[0] * g.c for _ in range(g.w)] for _ in range(g.h)] for _ in range(g.n)]
+    for n in range(g.n):
+        for oh in range(g.oh):
+            for ow in range(g.ow):
+                m = (n * g.oh + oh) * g.ow + ow
+                for kh, kw, ih, iw, inside in _window(g, oh, ow):
+                    if inside:
+                        for c in range(g.c):
+                            out[n][ih][iw][c] += ps[m][(kh * g.kw + kw) * g.c + c]
+    return np.array(out, dtype=np.int64).reshape(g.n, g.h, g.w, g.c)
+
+
+def _fit_into_flat(out: np.ndarray, total: np.ndarray, accumulate: bool, bits: int,
+                   wrap: bool) -> int:
+    t = np.asarray(total, dtype=np.int64).ravel()
+    if accumulate:
+        t = t + np.asarray(out, dtype=np.int64)
+    fitted, n = fit_acc(t, bits, wrap)
+    out[...] = fitted.reshape(out.shape)
+    return n
+
+
+def conv_into(out: np.ndarray, a: np.ndarray, b: np.ndarray, mode: int, g, accumulate: bool,
+              bits: int, wrap: bool) -> int:
+    """conv in every mode: the GEMM over the im2col view by explicit byte-passes
+    (:func:`gemm`), then col2im for dgrad; one fit per output entry. Returns overflows."""
+    if mode == CONV_FWD:
+        total = gemm(im2col(a, g).astype(a.dtype), np.asarray(b).reshape(g.k, g.f))
+    elif mode == CONV_WGRAD:
+        total = gemm(im2col(a, g).astype(a.dtype).T, np.asarray(b).reshape(g.m, g.f))
+    else:
+        p = gemm(np.asarray(a).reshape(g.m, g.f), np.asarray(b).reshape(g.k, g.f).T)
+        total = col2im(p, g)
+    # (the operands keep their element types, so gemm's byte-passes are those of da and db)
+    return _fit_into_flat(out, total, accumulate, bits, wrap)
+
+
+def maxpool(x: np.ndarray, g) -> tuple[np.ndarray, np.ndarray]:
+    """(Y, indices) of max pooling, both [M*C]: the first maximum in (kh, kw) scan order over
+    the window positions inside the input (every window has one: checked by the semantics)."""
+    xs = np.asarray(x).reshape(g.n, g.h, g.w, g.c).tolist()
+    ys, idx = [], []
+    for n in range(g.n):
+        for oh in range(g.oh):
+            for ow in range(g.ow):
+                for c in range(g.c):
+                    best, arg = None, None
+                    for kh, kw, ih, iw, inside in _window(g, oh, ow):
+                        if inside and (best is None or xs[n][ih][iw][c] > best):
+                            best, arg = xs[n][ih][iw][c], kh * g.kw + kw
+                    ys.append(best)
+                    idx.append(arg)
+    return np.array(ys, dtype=np.int64), np.array(idx, dtype=np.int64)
+
+
+def maxpool_into(y: np.ndarray, idx: np.ndarray | None, x: np.ndarray, g) -> None:
+    vals, args = maxpool(x, g)  # every input is read before anything is written
+    y[...] = vals
+    if idx is not None:
+        idx[...] = args
+
+
+def sumpool(x: np.ndarray, g) -> np.ndarray:
+    """Window sums over the positions inside the input, [M*C] int64."""
+    xs = np.asarray(x).reshape(g.n, g.h, g.w, g.c).tolist()
+    out = []
+    for n in range(g.n):
+        for oh in range(g.oh):
+            for ow in range(g.ow):
+                for c in range(g.c):
+                    out.append(sum(xs[n][ih][iw][c]
+                                   for _, _, ih, iw, inside in _window(g, oh, ow) if inside))
+    return np.array(out, dtype=np.int64)
+
+
+def sumpool_into(out: np.ndarray, x: np.ndarray, g, bits: int, wrap: bool) -> int:
+    return _fit_into_flat(out, sumpool(x, g), False, bits, wrap)
+
+
+def bad_unpool_index(idx: np.ndarray, g) -> tuple[int, int] | None:
+    """(element, value) of the first index that is >= KH KW or selects a padding position."""
+    flat = np.asarray(idx).tolist()
+    for n in range(g.n):
+        for oh in range(g.oh):
+            for ow in range(g.ow):
+                for c in range(g.c):
+                    e = ((n * g.oh + oh) * g.ow + ow) * g.c + c
+                    v = flat[e]
+                    ih, iw = oh * g.sh + v // g.kw - g.ph, ow * g.sw + v % g.kw - g.pw
+                    if v >= g.kh * g.kw or not (0 <= ih < g.h and 0 <= iw < g.w):
+                        return e, v
+    return None
+
+
+def unpool_into(out: np.ndarray, dy: np.ndarray, idx: np.ndarray | None, g, accumulate: bool,
+                bits: int, wrap: bool) -> int:
+    """vunpool: scatter-add dY to the indexed position (``idx``) or to every window position
+    inside the input (``idx`` None); one fit per destination entry. Returns overflows."""
+    ds = np.asarray(dy).reshape(g.n, g.oh, g.ow, g.c).tolist()
+    ix = None if idx is None else np.asarray(idx).reshape(g.n, g.oh, g.ow, g.c).tolist()
+    s = [[[[0] * g.c for _ in range(g.w)] for _ in range(g.h)] for _ in range(g.n)]
+    for n in range(g.n):
+        for oh in range(g.oh):
+            for ow in range(g.ow):
+                for c in range(g.c):
+                    v = ds[n][oh][ow][c]
+                    for kh, kw, ih, iw, inside in _window(g, oh, ow):
+                        if ix is None:
+                            if inside:
+                                s[n][ih][iw][c] += v
+                        elif ix[n][oh][ow][c] == kh * g.kw + kw:
+                            s[n][ih][iw][c] += v
+    return _fit_into_flat(out, np.array(s, dtype=np.int64), accumulate, bits, wrap)
+
+
+def bias_into(out: np.ndarray, b: np.ndarray, s: int, bits: int, wrap: bool) -> int:
+    """vbias on an accumulator block ``out`` [rows, cols]: add b[j] shifted onto its grid,
+    exactly in Python integers, then fit. Returns the overflow count."""
+    s = max(-REF_SHIFT_CLAMP, min(s, REF_SHIFT_CLAMP))  # (only keeps Python integers small)
+    shifted = [v << -s if s <= 0 else (v + (1 << (s - 1))) >> s for v in np.asarray(b).tolist()]
+    rows, cols = out.shape
+    vals, n = [], 0
+    for i in range(rows):
+        for j in range(cols):
+            y, over = fit_int(int(out[i, j]) + shifted[j], bits, wrap)
+            vals.append(y)
+            n += over
+    out[...] = np.array(vals, dtype=np.int64).reshape(rows, cols)
+    return n

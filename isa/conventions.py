@@ -25,7 +25,8 @@ N_FLAG_BITS = 3
 
 # which instructions can set which flag; the counter each event is added to
 FLAG_SOURCES: dict[int, tuple[str, tuple[str, ...]]] = {
-    FLAG_ACC_OVERFLOW: ("acc_overflows", ("gemm", "vrsum", "vtoacc", "vwmul", "dmaldacc")),
+    FLAG_ACC_OVERFLOW: ("acc_overflows", ("gemm", "vrsum", "vtoacc", "vwmul", "dmaldacc",
+                                          "conv", "vsumpool", "vunpool", "vbias")),
     FLAG_RQ_SATURATION: ("saturations", ("rq", "rqm", "vcvt")),
     FLAG_ALU_SATURATION: ("saturations", ("vadd", "vsub", "vmul", "vsll", "vsubrow",
                                           "vnormrow", "vlazy", "vrsqrt")),
@@ -40,6 +41,10 @@ LAZY_SHIFT_FOLD = 16  # vlazy: every s >= 16 moves nothing
 EXP_E_FOLD = (-25, 9)  # vexp input exponent
 NORM_F_FOLD = (-17, 47)  # vnormrow fraction bits f = -e[eout]
 RSQRT_K_FOLD = (-3, 46)  # vrsqrt K = -e[ein] - 2 e[eout]
+# vbias s = e[eacc] - e[eb]: from s >= 16 every shifted INT16 bias rounds to 0; from s <= -33
+# every nonzero one is at least 2**33 in magnitude, so a saturating sum lands on the limit of
+# its sign and a wrapping one (bits <= 32) on the old value, both counted as an overflow
+BIAS_SHIFT_FOLD = (-33, 16)
 
 
 def _hex(v: int) -> str:
@@ -102,9 +107,13 @@ def conventions_markdown() -> str:
         "  sources and destination may overlap in any way (identical, offset, partial) and the",
         "  result is that of reading first. `vlazy`, whose two ranges are both read and",
         "  written, writes all parameters and then all residuals: where its two ranges overlap,",
-        "  the residual's bytes are the ones left.",
+        "  the residual's bytes are the ones left. `vmaxpool` with `idx=1` writes all of Y and",
+        "  then all indices: where those two ranges overlap, the indices' bytes are the ones",
+        "  left.",
         "- An instruction with a zero count changes nothing (except `gemm` with K = 0 and",
-        "  M, N > 0, which clears C unless `acc`). Its addresses must still lie in [0, size]",
+        "  M, N > 0, which clears C unless `acc`, and likewise `conv` whose output is not",
+        "  empty but whose sum is: C = 0 (fwd, dgrad), N = 0 (wgrad) or F = 0 (dgrad); a",
+        "  `vunpool` with acc=0 clears dX). Its addresses must still lie in [0, size]",
         "  of their memory (an empty range may start at the very end), except a DMA",
         "  transfer's DRAM and scratchpad sides (see DMA rules). Its cost follows",
         "  `docs/timing.md`: an empty vector or DMA instruction still costs its latency, an",
@@ -232,6 +241,8 @@ def conventions_markdown() -> str:
         f"| `vnormrow` | f = -e[eout] | f <= {NORM_F_FOLD[0]}, f >= {NORM_F_FOLD[1]} | none |",
         f"| `vrsqrt` | K = -e[ein] - 2 e[eout] | K <= {RSQRT_K_FOLD[0]}, "
         f"K >= {RSQRT_K_FOLD[1]} | none |",
+        f"| `vbias` | s = e[eacc] - e[eb] | s <= {BIAS_SHIFT_FOLD[0]}, "
+        f"s >= {BIAS_SHIFT_FOLD[1]} | none |",
         f"| `vlazy` | s = e[et] - e[ea] | s >= {LAZY_SHIFT_FOLD} (nothing moves) | s < 0 "
         "(a residual grid coarser than the parameter grid) |",
         "| `efit`, `eadd`, `eaddi`, `esetr` | the exponent written | - | result outside "
@@ -262,6 +273,10 @@ def conventions_markdown() -> str:
         "outside its memory; an exponent write outside 32 bits; an `rqm` multiplier outside",
         "32 bits; a negative `vsra`/`vsll` shift amount; `vrmax` of rows > 0 with 0 columns;",
         "a negative DMA stride or overlapping destination rows; a negative `vlazy` shift; a",
-        "pc outside the program; and the step or cycle budget running out (`BudgetExceeded`).",
+        "geometry register outside [0, 2**32), a zero window or stride, or a window larger",
+        "than the padded input (`conv`, `vmaxpool`, `vsumpool`, `vunpool`); a `vmaxpool`",
+        "window entirely in the padding, or `idx=1` with KH KW > 256; a `vunpool` index that",
+        "is >= KH KW or selects a padding position; a pc outside the program; and the step or",
+        "cycle budget running out (`BudgetExceeded`).",
     ]
     return "\n".join(lines) + "\n"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from isa.conventions import conventions_markdown
-from isa.spec import OPCODE_LO, TABLE, UNITS, WORD_BITS, Field, Instr
+from isa.spec import GEOMETRY_DOC, OPCODE_LO, TABLE, UNITS, WORD_BITS, Field, Instr
 
 
 def operand_syntax(ins: Instr) -> str:
@@ -67,6 +67,11 @@ def markdown() -> str:
     for op, mn, ops, unit, cost, doc in rows():
         out.append(f"| {op} | `{mn}` | `{ops}` | {unit} | {cost} | {doc} |")
     out += ["", conventions_markdown().rstrip("\n")]
+    geo_users = ", ".join(f"`{i.mnemonic}`" for i in TABLE if "rsz" in i.by_name)
+    out += ["", "## Geometry registers", "",
+            f"Used by {geo_users} (operands `rsz, rhw, rkw, rpf`); the pseudo-code below calls "
+            "this `geometry(...)`. Image tensors are NHWC (channels last), row-major.", "",
+            "```python", GEOMETRY_DOC, "```"]
     for unit in UNITS:
         out += ["", f"## {unit} unit", ""]
         for i in TABLE:

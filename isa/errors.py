@@ -181,6 +181,36 @@ class CheckpointError(LpemuError):
         return self.file if self.offset is None else f"{self.file}@byte {self.offset}"
 
 
+class CountOnlyError(ExecutionError):
+    """Count-only mode refused a program: at ``pc`` a counter (or a fault, or the control flow)
+    depends on values that only running the datapath would produce (docs/timing.md)."""
+
+    exit_code = 12
+    kind = "count-only refused"
+
+    def __init__(self, message: str, pc: int, instruction: str = "") -> None:
+        super().__init__(message, pc)
+        self.instruction = instruction
+
+    def location(self) -> str:
+        return f"pc {self.pc} ({self.instruction})" if self.instruction else f"pc {self.pc}"
+
+
+class SweepError(LpemuError):
+    """A sweep's results file cannot be used (unreadable, not a results table of lpemu), or
+    the Dask cluster cannot be reached. Names the file or the scheduler address."""
+
+    exit_code = 13
+    kind = "sweep error"
+
+    def __init__(self, message: str, where: str) -> None:
+        super().__init__(message)
+        self.where = where
+
+    def location(self) -> str:
+        return self.where
+
+
 class DatasetError(LpemuError):
     """A dataset file that cannot be used: missing, unreadable, truncated or malformed (IDX,
     npz, gzip). Names the file, the npz member when there is one, and the byte offset of the

@@ -611,8 +611,183 @@ for i in range(r[rn]):
 """,
 )
 
+# ---------------------------------------------------------------------------------------------
+# Convolution, pooling and bias (opcodes 0x68-0x6F). Image tensors are NHWC (channels last),
+# row-major, INT8/INT16 little-endian. Every instruction below reads the same four geometry
+# registers (GEOMETRY_DOC; docs/isa.md prints it once, under "Geometry registers").
+
+GEOMETRY_DOC = """
+Four scalar registers describe an image geometry. Each must hold a value in [0, 2**32) (else the
+instruction faults, naming the register); the fields are unsigned bit ranges of that value:
+
+    rsz: N = bits [15:0] (batch),          C  = bits [31:16] (channels)
+    rhw: H = bits [15:0] (input height),   W  = bits [31:16] (input width)
+    rkw: KH = [7:0], KW = [15:8] (window), SH = [23:16], SW = [31:24] (strides)
+    rpf: PH = [7:0], PW = [15:8] (zero padding on each side), F = [31:16] (filters; conv only)
+
+    require KH, KW, SH, SW >= 1                      # else fault (bad geometry)
+    require H + 2*PH >= KH and W + 2*PW >= KW        # else fault (window larger than the input)
+    OH = (H + 2*PH - KH) // SH + 1;  OW = (W + 2*PW - KW) // SW + 1
+    M = N*OH*OW    # output pixels, rows m = (n, oh, ow) in that order: m = (n*OH + oh)*OW + ow
+    K = KH*KW*C    # window elements, columns k = (kh, kw, c):            k = (kh*KW + kw)*C + c
+    inside(ih, iw) = 0 <= ih < H and 0 <= iw < W
+    # window position (kh, kw) of output pixel (oh, ow) is input position
+    #   ih = oh*SH + kh - PH,  iw = ow*SW + kw - PW       (outside the input: padding)
+    col(X)[m, k] = X[n, ih, iw, c] if inside(ih, iw) else 0            # the im2col view
+
+N, C, H, W and F may be 0 (no work; costs as the hook gives for empty shapes). An image X of
+shape [N,H,W,C] at scratchpad address a holds X[n,ih,iw,c] at element ((n*H + ih)*W + iw)*C + c;
+every operand's whole extent is bounds-checked, and every geometry rule checked, before any
+state changes. The im2col view is walked by the address generators: no copy of it exists in any
+memory.
+""".strip("\n")
+
+CONV_MODES = ("fwd", "wgrad", "dgrad")
+_GEO = (R("rsz", "N, C"), R("rhw", "H, W"), R("rkw", "KH, KW, SH, SW"), R("rpf", "PH, PW, F"))
+
+_def(
+    "conv", 0x68,
+    (
+        R("rc", "accumulator address of the output"),
+        R("rx", "scratchpad address of X (fwd, wgrad) or dZ (dgrad)"),
+        R("rw", "scratchpad address of W (fwd, dgrad) or dZ (wgrad)"),
+        *_GEO,
+        ENUM("mode", CONV_MODES, "which GEMM over the im2col view"),
+        FLAG("acc", "add to the output instead of overwriting it"),
+        FLAG("sa", "skip MACs whose A element is zero (padding zeros of col(X) included)"),
+        FLAG("sb", "skip MACs whose B element is zero"),
+        ENUM("da", DTYPES, "type of the rx operand"),
+        ENUM("db", DTYPES, "type of the rw operand"),
+    ),
+    "matrix", "conv",
+    "A whole convolution (forward, weight gradient or input gradient) as one GEMM over the "
+    "im2col view of an NHWC image; INT16 operands run as byte-passes as in gemm.",
+    """
+geometry(r[rsz], r[rhw], r[rkw], r[rpf])  # N C H W KH KW SH SW PH PW F, OH OW M K, col(): see above
+if mode == fwd:     # the GEMM (M, K, F):  A = col(X) [M,K],  B = Wt [K,F]
+    X = sp[r[rx]] as da, [N,H,W,C];   Wt = sp[r[rw]] as db, [K,F]
+    for m, f:  acc[r[rc] + m*F + f] = fit_acc((acc[..] if acc else 0)
+                                              + sum_k col(X)[m,k] * Wt[k,f])      # out: [M,F]
+if mode == wgrad:   # the GEMM (K, M, F):  A = col(X)^T [K,M],  B = dZ [M,F]
+    X = sp[r[rx]] as da, [N,H,W,C];   dZ = sp[r[rw]] as db, [M,F]
+    for k, f:  acc[r[rc] + k*F + f] = fit_acc((acc[..] if acc else 0)
+                                              + sum_m col(X)[m,k] * dZ[m,f])      # out: [K,F]
+if mode == dgrad:   # the GEMM (M, F, K):  A = dZ [M,F],  B = Wt^T [F,K];  then col2im
+    dZ = sp[r[rx]] as da, [M,F];      Wt = sp[r[rw]] as db, [K,F]
+    P[m,k] = sum_f dZ[m,f] * Wt[k,f]
+    S[n,ih,iw,c] = sum of P[m,k] over the (m, k) = ((n,oh,ow), (kh,kw,c)) whose window position
+                   is (ih, iw); a P[m,k] whose position is in the padding is computed, discarded
+    for n, ih, iw, c:                                                             # out: [N,H,W,C]
+        acc[r[rc] + ((n*H + ih)*W + iw)*C + c] = fit_acc((acc[..] if acc else 0) + S[n,ih,iw,c])
+# every sum is exact (one fit_acc per output entry; positions no window covers get
+# fit_acc(0) = 0, or keep their value with acc=1); INT16 operands as gemm (P = bytes(da)*bytes(db))
+# macs + macs_skipped = M*K*F in every mode; skipped MACs are gemm's formula on the mode's A, B:
+#   |{(i,k,j) : (sa and A[i,k] == 0) or (sb and B[k,j] == 0)}|  (zeros of col(X) in the padding count)
+""",
+)
+_def(
+    "vmaxpool", 0x69,
+    (
+        R("rd", "scratchpad address of Y [N,OH,OW,C]"),
+        R("ra", "scratchpad address of X [N,H,W,C]"),
+        R("ri", "scratchpad address of the uint8 indices (idx=1)"),
+        *_GEO,
+        DT,
+        FLAG("idx", "also write the index of each maximum (for vunpool mode=max)"),
+    ),
+    "vector", "pool",
+    "Max pooling of an NHWC image; optionally records where each maximum came from.",
+    """
+geometry(r[rsz], r[rhw], r[rkw], r[rpf])  # F is ignored
+require every output pixel's window has a position inside the input   # else fault; as
+    # windows fit the padded input, this holds exactly when H, W >= 1, KH > PH and KW > PW
+require KH*KW <= 256 if idx                                          # else fault; ri is
+    # ignored (not read, written or checked) when idx == 0
+X = sp[r[ra]] as dt, [N,H,W,C]            # read completely before anything is written
+for n, oh, ow, c:
+    best = arg = None
+    for kh in range(KH), kw in range(KW):                          # scan order
+        ih, iw = oh*SH + kh - PH, ow*SW + kw - PW
+        if inside(ih, iw) and (best is None or X[n,ih,iw,c] > best):   # padding never wins;
+            best, arg = X[n,ih,iw,c], kh*KW + kw                      # the first maximum wins
+    Y[n,oh,ow,c] = best                   # Y = sp[r[rd]] as dt, [N,OH,OW,C]
+    if idx: sp[r[ri] + ((n*OH + oh)*OW + ow)*C + c] as u8 = arg   # written after all of Y
+""",
+)
+_def(
+    "vsumpool", 0x6A,
+    (R("racc", "accumulator address of the sums [N,OH,OW,C]"),
+     R("ra", "scratchpad address of X [N,H,W,C]"), *_GEO, DT),
+    "vector", "pool",
+    "Window sums of an NHWC image into the accumulator (average pooling before its 1/(KH KW) "
+    "scale, which rq/rqm apply).",
+    """
+geometry(r[rsz], r[rhw], r[rkw], r[rpf])  # F is ignored
+X = sp[r[ra]] as dt, [N,H,W,C]
+for n, oh, ow, c:
+    acc[r[racc] + ((n*OH + oh)*OW + ow)*C + c] = fit_acc(
+        sum(X[n,ih,iw,c] for kh, kw in window if inside(ih, iw)))   # exact; padding adds 0
+""",
+)
+_def(
+    "vunpool", 0x6B,
+    (
+        R("racc", "accumulator address of dX [N,H,W,C]"),
+        R("ra", "scratchpad address of dY [N,OH,OW,C]"),
+        R("ri", "scratchpad address of the uint8 indices (mode=max)"),
+        *_GEO,
+        ENUM("mode", ("max", "sum"), "backward of vmaxpool (indices) or of vsumpool"),
+        FLAG("acc", "add to dX instead of overwriting it"),
+        DT,
+    ),
+    "vector", "unpool",
+    "Pooling backward: scatter-add dY into dX in the accumulator, to the recorded maximum "
+    "(mode=max) or to every window position (mode=sum).",
+    """
+geometry(r[rsz], r[rhw], r[rkw], r[rpf])  # F is ignored
+dY = sp[r[ra]] as dt, [N,OH,OW,C];  S[n,ih,iw,c] = 0
+if mode == max:
+    I = sp[r[ri]] as u8, [N,OH,OW,C]
+    require every I < KH*KW and selects a position inside the input   # else fault
+    for n, oh, ow, c:
+        kh, kw = I[n,oh,ow,c] // KW, I[n,oh,ow,c] % KW
+        S[n, oh*SH + kh - PH, ow*SW + kw - PW, c] += dY[n,oh,ow,c]
+if mode == sum:
+    for n, oh, ow, c, kh, kw:
+        if inside(ih, iw): S[n, ih, iw, c] += dY[n,oh,ow,c]     # ih, iw as in the geometry
+for n, ih, iw, c:                                               # one exact sum, then one fit
+    acc[r[racc] + ((n*H + ih)*W + iw)*C + c] = fit_acc((acc[..] if acc else 0) + S[n,ih,iw,c])
+""",
+)
+_def(
+    "vbias", 0x6C,
+    (
+        R("racc", "accumulator address of the [rows, cols] block"),
+        R("rb", "scratchpad address of the bias vector [cols]"),
+        R("rrows"), R("rcols"),
+        E("eacc", "exponent of the accumulator block"),
+        E("eb", "exponent of the bias"),
+        DT,
+    ),
+    "vector", "bias",
+    "Add a per-column bias vector, brought onto the accumulator's grid, to every row of an "
+    "accumulator block.",
+    """
+s = e[eacc] - e[eb]                       # any difference of two 32-bit exponents
+for j in range(r[rcols]):
+    v = sp[r[rb]][j] as dt
+    b[j] = v * 2**-s if s <= 0 else floor((v + 2**(s-1)) / 2**s)   # exact / nearest, ties up
+for i in range(r[rrows]), j in range(r[rcols]):
+    acc[r[racc] + i*r[rcols] + j] = fit_acc(acc[r[racc] + i*r[rcols] + j] + b[j])   # exact sum
+# results are constant for s >= 16 (every b[j] = 0) and for s <= -33 (every nonzero b[j] is
+# at least 2**33: fit_acc saturates to its sign's limit, or wraps back to the old value, and
+# counts an overflow), so s may be clamped to [-33, 16]
+""",
+)
+CONV_COST_HOOKS = ("conv", "pool", "unpool", "bias")
+
 TABLE: tuple[Instr, ...] = tuple(_ENTRIES)
 BY_MNEMONIC: dict[str, Instr] = {i.mnemonic: i for i in TABLE}
 BY_OPCODE: dict[int, Instr] = {i.opcode: i for i in TABLE}
 UNITS = ("scalar", "dma", "matrix", "vector")
-COST_HOOKS = ("scalar", "scalar_mem", "scalar_acc", "branch", "convert", "exp", "divide", "lazy", "scan", "dma", "dma_acc", "gemm", "requant", "alu", "reduce", "rsqrt", "wmul")
+COST_HOOKS = ("scalar", "scalar_mem", "scalar_acc", "branch", "convert", "exp", "divide", "lazy", "scan", "dma", "dma_acc", "gemm", "requant", "alu", "reduce", "rsqrt", "wmul") + CONV_COST_HOOKS

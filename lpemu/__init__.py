@@ -11,6 +11,8 @@ The public Python API (``docs/api.md`` shows each part with examples the tests r
 * models: :class:`ModelSpec`, :func:`load_model`, :func:`model_from_dict`,
   :func:`with_overrides`, :func:`compile_model`;
 * training: :mod:`datasets` (:class:`Dataset`), :func:`train` (checked like ``lpemu train``);
+* design-space sweeps on Dask: :func:`sweep`, :func:`load_sweep`, :class:`SweepRun`
+  (``docs/sweep.md``); counters without the datapath: :class:`CountOnlyMachine`;
 * errors: :class:`LpemuError` and its typed subclasses.
 
 The ``lpemu`` command line is a thin layer over the same functions.
@@ -22,6 +24,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from emulator.config import Config, config_from_dict, load_config
 from emulator.counters import COUNTER_DOCS, COUNTERS, ENERGY_COMPONENTS, Summary
+from emulator.countonly import CountOnlyMachine
 from emulator.debug import StepRecord, format_registers, registers, run, step
 from emulator.errors import (
     AsmError,
@@ -29,9 +32,11 @@ from emulator.errors import (
     BudgetExceeded,
     CheckpointError,
     ConfigError,
+    CountOnlyError,
     ExecutionError,
     LpemuError,
     MemoryAccessError,
+    SweepError,
     UsageError,
 )
 from emulator.host import load_array, read_array
@@ -43,6 +48,7 @@ from programs.compiler.spec import ModelSpec, load_model, with_overrides
 from programs.host import datasets
 from programs.host.datasets import Dataset
 from programs.host.driver import EpochStats
+from programs.sweep import SweepRun, load_sweep, sweep
 
 try:
     __version__ = version("lpemu")
@@ -59,6 +65,8 @@ __all__ = [
     "CheckpointError",
     "Config",
     "ConfigError",
+    "CountOnlyError",
+    "CountOnlyMachine",
     "Dataset",
     "EpochStats",
     "ExecutionError",
@@ -70,6 +78,8 @@ __all__ = [
     "Program",
     "StepRecord",
     "Summary",
+    "SweepError",
+    "SweepRun",
     "TrainResult",
     "UsageError",
     "__version__",
@@ -83,6 +93,7 @@ __all__ = [
     "load_config",
     "load_model",
     "load_program",
+    "load_sweep",
     "model_from_dict",
     "profile",
     "read_array",
@@ -90,6 +101,7 @@ __all__ = [
     "registers",
     "run",
     "step",
+    "sweep",
     "train",
     "with_overrides",
     "write_program",

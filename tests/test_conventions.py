@@ -177,6 +177,21 @@ PROVOKE = {
                          m.sp_elems(8, 2, 2).__setitem__(slice(None), [1, 1]))),
     "vrsqrt": ("li r3, 2\nli r4, 8\nvrsqrt r4, r0, r3, e0, e0\n",
                lambda m: m.sp_elems(0, 2, 2).__setitem__(slice(None), [0, 1])),
+    # conv/pooling geometry: r4 = rsz (N=1, C=1), r5 = rhw, r6 = rkw, r7 = rpf
+    "conv": ("li r3, 64\nli r4, 65537\nli r5, 65537\nli r6, 16843009\nli r7, 131072\n"
+             "conv r0, r0, r3, r4, r5, r6, r7, acc=1\n",  # 1x1 input, 1x1 window, F = 2
+             lambda m: (m.spad.__setitem__(0, 100), m.spad.__setitem__(64, 100),
+                        m.spad.__setitem__(65, 1), m.acc.__setitem__(0, 30000))),
+    "vsumpool": ("li r4, 65537\nli r5, 131073\nli r6, 16843265\nli r7, 0\n"
+                 "vsumpool r0, r0, r4, r5, r6, r7, dt=i16\n",  # one 1x2 window
+                 lambda m: m.sp_elems(0, 2, 2).__setitem__(slice(None), [32767, 1])),
+    "vunpool": ("li r4, 65537\nli r5, 131073\nli r6, 16843009\nli r7, 0\n"
+                "vunpool r0, r0, r0, r4, r5, r6, r7, mode=sum, acc=1, dt=i16\n",
+                lambda m: (m.sp_elems(0, 2, 2).__setitem__(slice(None), [5, 5]),
+                           m.acc.__setitem__(0, 32765))),
+    "vbias": ("li r2, 1\nli r3, 2\nvbias r0, r0, r2, r3, e0, e0, dt=i16\n",
+              lambda m: (m.sp_elems(0, 2, 2).__setitem__(slice(None), [5, 0]),
+                         m.acc.__setitem__(0, 32765))),
 }
 
 

@@ -54,7 +54,7 @@ def test_detector_reports_the_first_diverging_instruction_and_shrinks(monkeypatc
 
     monkeypatch.setattr(kernels, "alu_into", planted)
     found = None
-    for seed in range(400):
+    for seed in range(1500):  # (the first hit moves with the generator set: 707 today)
         case = difftest.make_case(seed)
         # (cases with the lazy-update sequence or loops are left out: such a chunk alone can
         # exceed 12 lines)

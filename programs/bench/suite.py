@@ -12,7 +12,9 @@ measured in the same run (medians of several repeats).
    when SCALE-Sim's venv from ``benchmarks/scalesim_compare.py`` is absent);
 5. start-up: ``lpemu run`` of a 10-instruction program with a warm numba cache;
 6. a small training run with ``NUMBA_DISABLE_JIT=1`` vs with numba, to show what compiling buys
-   (and that values and counters are identical).
+   (and that values and counters are identical);
+7. each convolution/pooling instruction on LeNet's shapes at batch 64 vs the equivalent float32
+   numpy operation (``programs/bench/conv.py``).
 """
 
 from __future__ import annotations
@@ -260,7 +262,8 @@ def run_suite(quick: bool = False, progress: bool = True) -> dict[str, Any]:
     res: dict[str, Any] = {"quick": quick}
     parts = [("gemm", lambda: bench_gemm(quick)), ("training_step", lambda: bench_step(quick)),
              ("epoch", lambda: bench_epoch(quick)), ("scalesim", bench_scalesim),
-             ("startup", lambda: bench_startup(quick)), ("jit_off", lambda: bench_jit_off(quick))]
+             ("startup", lambda: bench_startup(quick)), ("jit_off", lambda: bench_jit_off(quick)),
+             ("conv", lambda: bench_conv(quick))]
     for name, fn in parts:
         with con.status(f"bench: {name} ..."):
             t0 = time.perf_counter()
@@ -318,7 +321,22 @@ def print_suite(res: dict[str, Any]) -> None:
     t.add_row(f"digits training, {j['samples']} samples, NUMBA_DISABLE_JIT=1 (vs numba)",
               f"{j['nojit_s']:.2f} s", f"{j['jit_s']:.2f} s", f"{j['ratio']:.1f}x slower",
               "identical values" if j["identical"] else "VALUES DIFFER")
+    for row in conv_rows(res.get("conv") or []):
+        t.add_row(*row)
     con.print(t)
+
+
+# ----------------------------------------------------------------------------- 7. conv and pooling
+def bench_conv(quick: bool) -> list[dict[str, Any]]:
+    from programs.bench.conv import bench_conv as run
+
+    return run(quick)
+
+
+def conv_rows(results: list[dict[str, Any]]) -> list[tuple[str, str, str, str, str]]:
+    from programs.bench.conv import rows
+
+    return rows(results) if results else []
 
 
 def main(argv: list[str] | None = None) -> int:

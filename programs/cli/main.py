@@ -259,18 +259,36 @@ def _cmd_isa(args) -> int:
     return 0
 
 
+def _hw_config(args):
+    """The hardware config of a command: ``--config`` (or the defaults) with its ``--set``
+    overrides (``hw.`` keys only: run and profile have no model)."""
+    from emulator.config import load_config
+    from programs.sweep.overrides import apply, parse_sets
+
+    cfg, _ = apply(load_config(args.config), None, parse_sets(args.set))
+    return cfg
+
+
 def _prepare(args, dumps: list[tuple[int, tuple[int, ...], str, str]] = ()):
     """Config, program and a machine with every --load applied (shared by run and profile);
     every --load and --dump range is checked against DRAM before anything runs."""
-    from emulator.config import load_config
     from emulator.errors import ConfigError
     from emulator.host import load_array
     from emulator.machine import Machine
 
-    cfg = load_config(args.config)
+    cfg = _hw_config(args)
     prog = load_program(args.program)
     try:
-        m = Machine(cfg, prog, datapath=args.datapath)
+        if args.count_only:
+            from emulator.countonly import CountOnlyMachine
+
+            if args.datapath != "fast":
+                raise UsageError("count-only mode runs no datapath", "--datapath")
+            if getattr(args, "dump", None):
+                raise UsageError("count-only mode computes no values to dump", "--dump")
+            m = CountOnlyMachine(cfg, prog)
+        else:
+            m = Machine(cfg, prog, datapath=args.datapath)
     except ConfigError as e:  # over the memory budget: name the config file
         raise ConfigError(e.message, e.key, e.file or args.config or "") from None
     for (addr, shape, dtype, _), spec in zip(dumps, getattr(args, "dump", None) or [],
@@ -381,6 +399,11 @@ def _cmd_profile(args) -> int:
     stop = _run_to_stop(m, args)
     rows = profile.by_instruction(m) if args.by == "instruction" else profile.by_label(m)
     tot = profile.total(m)
+    if getattr(m, "count_only", False):  # value events are not counted in count-only mode
+        from emulator.countonly import UNCOUNTED
+
+        for r in [*rows, tot]:
+            r.update({k: None for k in UNCOUNTED})
     if args.json:
         _write_text(args.json, json.dumps(
             {"program": m.program.name, "by": args.by, "rows": rows, "total": tot,
@@ -419,6 +442,9 @@ def _cmd_train(args) -> int:
         raise UsageError("needs --checkpoint FILE", "--overwrite-checkpoint")
     if args.epochs is not None and args.epochs > MAX_EPOCHS:
         raise UsageError(f"must be in [1, {MAX_EPOCHS:,}], got {args.epochs}", "--epochs")
+    if args.resume and args.set:
+        raise UsageError("a resumed run takes its model and config from the checkpoint; "
+                         "do not pass --set", f"--resume {args.resume}")
     if args.plot:
         from programs.cli.profile import require_matplotlib
 
@@ -431,9 +457,10 @@ def _cmd_train(args) -> int:
     else:
         from emulator.config import load_config
         from programs.compiler.spec import load_model
+        from programs.sweep.overrides import apply, parse_sets
 
-        cfg = load_config(args.config)
-        spec = load_model(args.model)
+        cfg, spec = apply(load_config(args.config), load_model(args.model),
+                          parse_sets(args.set))
         run_id = None
     if args.epochs is not None:
         spec = validate(dataclasses.replace(spec, epochs=args.epochs))
@@ -489,7 +516,14 @@ def _cmd_experiment(args) -> int:
 
     if args.name not in EXPERIMENTS:
         raise UsageError(f"unknown experiment; choose from {', '.join(EXPERIMENTS)}", args.name)
-    cfg = load_config(args.config)
+    from programs.compiler.spec import load_model
+    from programs.sweep.overrides import apply, parse_sets
+
+    sets = parse_sets(args.set)
+    if args.name == "perceptron" and any(k.startswith("model.") for k, _ in sets):
+        raise UsageError("the perceptron experiment has no model spec: only hw. keys apply",
+                         "--set")
+    cfg, base = apply(load_config(args.config), load_model(None), sets)
     out = Path(args.out)
     from rich.progress import (
         BarColumn,
@@ -516,7 +550,7 @@ def _cmd_experiment(args) -> int:
                 progress.advance(task)
             progress.update(task, what=what)
 
-        rows = run_experiment(args.name, cfg, out, quick=args.quick, note=note)
+        rows = run_experiment(args.name, cfg, out, quick=args.quick, note=note, base=base)
         progress.update(task, completed=progress.tasks[0].total or 0, what="done")
     shown = table_rows(rows)
     t = Table(title=args.name)
@@ -542,6 +576,19 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+def _cmd_sweep(args) -> int:
+    from programs.sweep import command
+
+    return command(args)
+
+
+def _set_arg(p: argparse.ArgumentParser, model: bool = True) -> None:
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a hardware config key (hw.array.rows=32)"
+                   + (" or a model spec key (model.update.lr=0.01)" if model else "")
+                   + "; VALUE is YAML (repeatable, later wins)")
+
+
 def _machine_args(p: argparse.ArgumentParser) -> None:
     """Arguments shared by ``run`` and ``profile``: program, config, inputs, budgets."""
     p.add_argument("program", help="assembly (.s) or binary program")
@@ -550,11 +597,15 @@ def _machine_args(p: argparse.ArgumentParser) -> None:
                    help="copy an array's bytes into DRAM before running (repeatable)")
     p.add_argument("--datapath", choices=("fast", "reference"), default="fast",
                    help="fast kernels (default) or the slow reference model")
+    p.add_argument("--count-only", action="store_true",
+                   help="counters from the closed forms without running the datapath; refused "
+                   "where a counter depends on values (docs/timing.md)")
     p.add_argument("--max-steps", type=_count(1), default=None, metavar="N",
                    help="step budget, >= 1 (default: the config's budget.max_steps)")
     p.add_argument("--max-cycles", type=_count(1), default=None, metavar="N",
                    help="cycle budget, >= 1 (default: the config's budget.max_cycles)")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    _set_arg(p, model=False)
 
 
 def _trace_args(p: argparse.ArgumentParser, what: str) -> None:
@@ -617,6 +668,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model on the emulated chip (default: digits MLP)")
     t.add_argument("model", nargs="?", help="model spec YAML (default: configs/digits_mlp.yaml)")
     t.add_argument("--config", help="hardware config YAML (default: built-in defaults)")
+    _set_arg(t)
     t.add_argument("--json", metavar="OUT", help="write results and counters as JSON")
     t.add_argument("--epochs", type=_count(1), metavar="N",
                    help="override the spec's epoch count (>= 1)")
@@ -646,9 +698,28 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("name", help="lazy-update, qbp-sweep, classifier-width, perceptron, "
                    "update-modes")
     x.add_argument("--config", help="hardware config YAML (default: built-in defaults)")
+    _set_arg(x)
     x.add_argument("--out", default="out/experiments", help="output directory")
     x.add_argument("--quick", action="store_true", help="a smaller sweep")
     x.set_defaults(fn=_cmd_experiment)
+
+    s = sub.add_parser("sweep", help="design-space exploration on Dask (docs/sweep.md)")
+    s.add_argument("file", help="sweep file (YAML): what each point runs, axes, seeds, metrics")
+    s.add_argument("--out", help="results folder (default out/sweeps/<name>); finished "
+                   "points there are skipped")
+    _set_arg(s)
+    s.add_argument("--scheduler", metavar="ADDRESS",
+                   help="submit to a running Dask scheduler (tcp://host:8786) instead of an "
+                   "embedded LocalCluster")
+    s.add_argument("--workers", type=int, metavar="N",
+                   help="LocalCluster worker processes (default: one per core; 0: run in "
+                   "this process without Dask)")
+    s.add_argument("--retries", type=int, default=2, metavar="N",
+                   help="re-run a task that raised up to N times (default 2)")
+    s.add_argument("--plot", action="store_true",
+                   help="write pareto.png and axis_<key>.png (needs lpemu[plot])")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar or table")
+    s.set_defaults(fn=_cmd_sweep)
     return p
 
 

@@ -23,6 +23,7 @@ from emulator.counters import (
     ENERGY_COMPONENTS,
     INSTRUCTIONS,
     assumed_breakdown,
+    derived,
     energy_breakdown,
 )
 from emulator.errors import UsageError
@@ -107,6 +108,7 @@ def _row(c: np.ndarray, cfg: Config) -> dict[str, Any]:
     d["energy_pj"] = float(sum(en.values()))
     d.update({f"energy_{k}_pj": v for k, v in en.items()})
     d["assumed_energy_pj"] = float(sum(assumed_breakdown(c, cfg).values()))
+    d.update(derived(c, cfg))
     return d
 
 
@@ -172,6 +174,8 @@ def print_profile(rows: list[dict[str, Any]], tot: dict[str, Any], by: str,
         ("MACs", lambda r: f"{r['macs']:,}"),
         ("skipped", lambda r: f"{r['macs_skipped']:,}"),
         ("cyc saved", lambda r: f"{r['skip_cycles_saved']:,}"),
+        ("util %", lambda r: f"{100 * r['array_utilization']:.1f}" if r["array_cycles"]
+         else "-"),
         ("DRAM B", lambda r: f"{r['dram_rd_bytes'] + r['dram_wr_bytes']:,}"),
         ("uJ", lambda r: f"{r['energy_pj'] / 1e6:,.3f}"),
         ("E %", lambda r: f"{100 * r['energy_pj'] / en:.1f}"),

@@ -170,18 +170,22 @@ def run_training(spec: ModelSpec, cfg: Config, json_out: str | None = None,
               + (f" (float32 reference {100 * ref:.2f}%"
                  + (f" at its epoch {ref_best + 1}" if ref_best is not None else "") + ")"
                  if ref is not None else ""))
-    for col in ("layer", "phase", "cycles", "macs", "macs_skipped", "skipped %", "energy uJ"):
+    for col in ("layer", "phase", "cycles", "macs", "macs_skipped", "skipped %", "util %",
+                "energy uJ"):
         t.add_column(col, justify="left" if col in ("layer", "phase") else "right")
     for r in rows:
         total = r["macs"] + r["macs_skipped"]
         t.add_row(r["layer"], r["phase"], f"{r['cycles']:,}", f"{r['macs']:,}",
                   f"{r['macs_skipped']:,}",
                   f"{100 * r['macs_skipped'] / total:.1f}" if total else "-",
+                  f"{100 * r['array_utilization']:.1f}" if r["array_cycles"] else "-",
                   f"{r['energy_pj'] / 1e6:,.2f}")
     tot = summary.totals
     all_macs = tot["macs"] + tot["macs_skipped"]
     t.add_row("all", "total", f"{tot['cycles']:,}", f"{tot['macs']:,}", f"{tot['macs_skipped']:,}",
               f"{100 * tot['macs_skipped'] / all_macs:.1f}" if all_macs else "-",
+              f"{100 * summary.derived['array_utilization']:.1f}" if tot["array_cycles"]
+              else "-",
               f"{summary.energy_pj / 1e6:,.2f}", style="bold")
     print_table(con, t)
     print_table(con, component_table(summary.energy, summary.assumed_energy,

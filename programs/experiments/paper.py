@@ -54,9 +54,10 @@ def _silent(_: str, __: int) -> None:
     pass
 
 
-def lazy_update(cfg: Config, quick: bool, note: Note = _silent) -> list[Row]:
+def lazy_update(cfg: Config, quick: bool, note: Note = _silent,
+                base: ModelSpec | None = None) -> list[Row]:
     """Float32 reference vs INT8 plain vs INT8 lazy on digits, over learning rates (001 sec. 2)."""
-    base = ModelSpec()
+    base = base or ModelSpec()
     data = digits(base.data_seed)
     rows = []
     lrs = (0.01, 0.02) if quick else (0.01, 0.02, 0.05, 0.1)
@@ -73,9 +74,10 @@ def lazy_update(cfg: Config, quick: bool, note: Note = _silent) -> list[Row]:
     return rows
 
 
-def qbp_sweep(cfg: Config, quick: bool, note: Note = _silent) -> list[Row]:
+def qbp_sweep(cfg: Config, quick: bool, note: Note = _silent,
+              base: ModelSpec | None = None) -> list[Row]:
     """Accuracy vs gradient sparsity over QBP steps and dither modes (004 Fig. 6.3, Table 6.1)."""
-    base = ModelSpec()
+    base = base or ModelSpec()
     data = digits(base.data_seed)
     steps = (-3, -1) if quick else (-5, -4, -3, -2, -1, 0, 1)
     dithers = ("uniform", "none") if quick else ("uniform", "triangular", "none")
@@ -96,13 +98,15 @@ def qbp_sweep(cfg: Config, quick: bool, note: Note = _silent) -> list[Row]:
     return rows
 
 
-def classifier_spec(classes: int, bits: int, epochs: int) -> ModelSpec:
-    return with_overrides(ModelSpec(), **{
+def classifier_spec(classes: int, bits: int, epochs: int,
+                    base: ModelSpec | None = None) -> ModelSpec:
+    return with_overrides(base or ModelSpec(), **{
         "name": f"synthetic-{classes}", "dataset": "synthetic", "layers": [64, 100, classes],
         "bits.classifier": bits, "epochs": epochs, "update.lr": 0.05, "qbp.step_log2": None})
 
 
-def classifier_width(cfg: Config, quick: bool, note: Note = _silent) -> list[Row]:
+def classifier_width(cfg: Config, quick: bool, note: Note = _silent,
+                     base: ModelSpec | None = None) -> list[Row]:
     """Round-off of dL/ds vs classifier width and class count on a synthetic task (001 sec. 3)."""
     rows = []
     class_counts = (10, 100) if quick else (10, 30, 100)
@@ -110,7 +114,7 @@ def classifier_width(cfg: Config, quick: bool, note: Note = _silent) -> list[Row
     for classes in class_counts:
         data = synthetic(classes=classes, features=64, seed=0)
         for bits in widths:
-            spec = classifier_spec(classes, bits, epochs=5 if quick else 10)
+            spec = classifier_spec(classes, bits, epochs=5 if quick else 10, base=base)
             note(f"{classes} classes, INT{bits} classifier", len(class_counts) * len(widths))
             r = chip_run(spec, cfg, data)
             rows.append({
@@ -126,7 +130,8 @@ def classifier_width(cfg: Config, quick: bool, note: Note = _silent) -> list[Row
     return rows
 
 
-def perceptron(cfg: Config, quick: bool, note: Note = _silent) -> list[Row]:
+def perceptron(cfg: Config, quick: bool, note: Note = _silent,
+               base: ModelSpec | None = None) -> list[Row]:
     """The Perceptron program vs an exact integer Perceptron on integer data (000 Theorem 2)."""
     from programs.experiments.perceptron import exact_perceptron, run_perceptron
 
@@ -152,9 +157,10 @@ def perceptron(cfg: Config, quick: bool, note: Note = _silent) -> list[Row]:
     return rows
 
 
-def update_modes(cfg: Config, quick: bool, note: Note = _silent) -> list[Row]:
+def update_modes(cfg: Config, quick: bool, note: Note = _silent,
+                 base: ModelSpec | None = None) -> list[Row]:
     """Stochastic rounding vs shadow copy vs lazy vs plain at a small learning rate (002)."""
-    base = with_overrides(ModelSpec(), **{"update.lr": 0.01})
+    base = with_overrides(base or ModelSpec(), **{"update.lr": 0.01})
     if quick:
         base = with_overrides(base, epochs=5)
     data = digits(base.data_seed)
@@ -171,7 +177,7 @@ def update_modes(cfg: Config, quick: bool, note: Note = _silent) -> list[Row]:
     return rows
 
 
-EXPERIMENTS: dict[str, Callable[[Config, bool, Note], list[Row]]] = {
+EXPERIMENTS: dict[str, Callable[..., list[Row]]] = {
     "lazy-update": lazy_update,
     "qbp-sweep": qbp_sweep,
     "classifier-width": classifier_width,
@@ -351,9 +357,10 @@ def plot(name: str, rows: list[Row], path: Path) -> Path | None:
 
 
 def run_experiment(name: str, cfg: Config, out: Path, quick: bool = False,
-                   note: Note = _silent) -> list[Row]:
+                   note: Note = _silent, base: ModelSpec | None = None) -> list[Row]:
     """Run one experiment; ``note(what, total)`` is told what each part is before it starts
-    and how many parts there are."""
-    rows = EXPERIMENTS[name](cfg, quick, note)
+    and how many parts there are. ``base`` is the model every run starts from (default: the
+    digits MLP); the keys an experiment varies are set on top of it."""
+    rows = EXPERIMENTS[name](cfg, quick, note, base)
     write_outputs(name, rows, out)
     return rows

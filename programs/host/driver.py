@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from emulator.config import Config
-from emulator.counters import COUNTERS, IDX, assumed_breakdown, energy_breakdown
+from emulator.counters import COUNTERS, IDX, assumed_breakdown, derived, energy_breakdown
 from emulator.debug import annotate
 from emulator.errors import CheckpointError, ConfigError, ExecutionError
 from emulator.machine import Machine
@@ -539,6 +539,7 @@ class ChipTrainer:
             d["energy_pj"] = float(sum(en.values()))
             d.update({f"energy_{k}_pj": v for k, v in en.items()})
             d["assumed_energy_pj"] = float(sum(assumed_breakdown(c, self.cfg).values()))
+            d.update(derived(c, self.cfg))
             out.append(d)
         return out
 

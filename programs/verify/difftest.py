@@ -13,10 +13,11 @@ Programs are built from one generator per mnemonic (``GENERATORS``; a test check
 instruction of the table has one) with edge operands (-128, -1, 0, 1, 127, accumulator limits,
 shift 0 and maximum, exponents anywhere in 32 bits: requantizer shifts past every internal
 width, ``WIDE_SHIFTS``), INT16 operands at odd addresses, aliased source and destination
-ranges, bounded loops and forward branches,
-and the compiler's lazy-update sequence (which the fast machine runs fused, emulator/fusion.py),
-over randomly drawn small hardware configs (array shape and dataflow, skip granularity,
-accumulator width and overflow mode, DMA overlap).
+ranges, bounded loops and forward branches, the compiler's lazy-update sequence (which the fast
+machine runs fused, emulator/fusion.py), and convolution/pooling instructions over random small
+image geometries (empty, odd, strided, padded, now and then invalid), over randomly drawn small
+hardware configs (array shape and dataflow, skip granularity, accumulator width and overflow
+mode, DMA overlap).
 """
 
 from __future__ import annotations
@@ -399,6 +400,103 @@ def g_loop(x: Gen) -> None:
            f"bne r20, r0, {lab}")
 
 
+# ---------------------------------------------------------------- conv and pooling
+def _geometry(x: Gen, pool: bool = False) -> tuple[list[str], dict[str, int]]:
+    """li r4..r7 with a random small image geometry (rsz, rhw, rkw, rpf): usually valid, with
+    empty dimensions, odd sizes, strides 1-3 and padding; one time in 12 a bad one (a window
+    larger than the padded input, a zero window or stride, a register outside [0, 2**32)).
+    ``pool``: mostly windows that reach into the input (max pooling faults otherwise)."""
+    while True:
+        g = {"n": x.pick(0, 1, 1, 2, 3), "c": x.pick(0, 1, 2, 3, 5), "h": x.pick(0, 1, 2, 3, 5, 6),
+             "w": x.pick(1, 2, 3, 4, 7), "kh": x.pick(1, 2, 3), "kw": x.pick(1, 2, 3),
+             "sh": x.pick(1, 1, 2, 3), "sw": x.pick(1, 2), "ph": x.pick(0, 0, 1, 2),
+             "pw": x.pick(0, 1), "f": x.pick(0, 1, 2, 3, 5)}
+        in_pad = g["kh"] <= g["ph"] or g["kw"] <= g["pw"]
+        if g["h"] + 2 * g["ph"] >= g["kh"] and g["w"] + 2 * g["pw"] >= g["kw"] and not (
+                pool and in_pad and x.rng.random() < 0.9):
+            break
+    regs = [g["n"] | g["c"] << 16, g["h"] | g["w"] << 16,
+            g["kh"] | g["kw"] << 8 | g["sh"] << 16 | g["sw"] << 24,
+            g["ph"] | g["pw"] << 8 | g["f"] << 16]
+    if x.rng.random() < 1 / 12:
+        i = x.rng.randrange(4)
+        regs[i] = x.pick(-1, 1 << 32, regs[i] & ~0xFF, regs[i] | 0x70)
+    lines = [ln for i, v in enumerate(regs) for ln in x.li(4 + i, v)]
+    oh = (g["h"] + 2 * g["ph"] - g["kh"]) // g["sh"] + 1
+    ow = (g["w"] + 2 * g["pw"] - g["kw"]) // g["sw"] + 1
+    g.update(oh=oh, ow=ow, m=g["n"] * oh * ow, k=g["kh"] * g["kw"] * g["c"],
+             inputs=g["n"] * g["h"] * g["w"] * g["c"])
+    return lines, g
+
+
+def _acc_addr(x: Gen, n: int) -> int:
+    """An accumulator address for n entries; one time in 20 one that runs off the end."""
+    return ACC - n // 2 - 1 if n and x.rng.random() < 0.05 else x.rng.randrange(0, ACC - n + 1)
+
+
+def g_conv(x: Gen) -> None:
+    lines, g = _geometry(x)
+    mode = x.pick("fwd", "wgrad", "dgrad")
+    da, ea = x.dt()
+    db, eb = x.dt()
+    if mode == "dgrad":
+        na, nb, nout = g["m"] * g["f"], g["k"] * g["f"], g["inputs"]
+    else:
+        na, nb = g["inputs"], (g["k"] if mode == "fwd" else g["m"]) * g["f"]
+        nout = (g["m"] if mode == "fwd" else g["k"]) * g["f"]
+    flags = ", ".join(f"{f}={x.rng.randrange(2)}" for f in ("acc", "sa", "sb"))
+    x.emit(*lines, *x.li(1, _acc_addr(x, nout)), *x.li(2, x.addr(na * ea)),
+           *x.li(3, x.addr(nb * eb)),
+           f"conv r1, r2, r3, r4, r5, r6, r7, mode={mode}, {flags}, da={da}, db={db}")
+
+
+def g_vmaxpool(x: Gen) -> None:
+    lines, g = _geometry(x, pool=True)
+    dt, b = x.dt()
+    a, d = x.region_pair(max(g["inputs"], g["m"] * g["c"]) * b, b)
+    ri = x.pick(x.addr(g["m"] * g["c"]), d, a)
+    x.emit(*lines, *x.li(1, d), *x.li(2, a), *x.li(3, ri),
+           f"vmaxpool r1, r2, r3, r4, r5, r6, r7, dt={dt}, idx={x.rng.randrange(2)}")
+
+
+def g_vsumpool(x: Gen) -> None:
+    lines, g = _geometry(x)
+    dt, b = x.dt()
+    x.emit(*lines, *x.li(1, _acc_addr(x, g["m"] * g["c"])), *x.li(2, x.addr(g["inputs"] * b)),
+           f"vsumpool r1, r2, r4, r5, r6, r7, dt={dt}")
+
+
+def g_vunpool(x: Gen) -> None:
+    """Usually the indices of a vmaxpool on the same geometry (so mode=max has valid ones);
+    otherwise whatever the scratchpad holds (which mostly faults)."""
+    lines, g = _geometry(x, pool=True)
+    dt, b = x.dt()
+    mc = g["m"] * g["c"]
+    ri, dy = x.addr(mc), x.addr(mc * b)
+    pool = []
+    if x.rng.random() < 0.8:
+        pool = [*x.li(1, x.addr(mc * b)), *x.li(2, x.addr(g["inputs"] * b)), *x.li(3, ri),
+                f"vmaxpool r1, r2, r3, r4, r5, r6, r7, dt={dt}, idx=1"]
+    x.emit(*lines, *pool, *x.li(3, ri), *x.li(1, _acc_addr(x, g["inputs"])), *x.li(2, dy),
+           f"vunpool r1, r2, r3, r4, r5, r6, r7, mode={x.pick('max', 'sum')}, "
+           f"acc={x.rng.randrange(2)}, dt={dt}")
+
+
+def g_vbias(x: Gen) -> None:
+    dt, b = x.dt()
+    rows, cols = _rows_cols(x)
+    s = x.pick(-16, -1, 0, 1, 2, 7, 15, 16, *WIDE_SHIFTS)  # any shift: e9 = e8 - s
+    x.emit(*_exp_pair(x, 9, 8, s), *x.li(1, _acc_addr(x, rows * cols)),
+           *x.li(2, x.addr(cols * b)), *x.li(3, rows), *x.li(4, cols),
+           f"vbias r1, r2, r3, r4, e8, e9, dt={dt}")
+
+
+CONV_GENERATORS: dict[str, Callable[[Gen], None]] = {
+    "conv": g_conv, "vmaxpool": g_vmaxpool, "vsumpool": g_vsumpool, "vunpool": g_vunpool,
+    "vbias": g_vbias,
+}
+
+
 GENERATORS: dict[str, Callable[[Gen], None]] = {
     "nop": lambda x: x.emit("nop"),
     "halt": lambda x: None,  # every program ends with one
@@ -449,6 +547,7 @@ GENERATORS: dict[str, Callable[[Gen], None]] = {
     "vrsqrt": g_vrsqrt,
     "vwmul": g_vwmul,
 }
+GENERATORS.update(CONV_GENERATORS)
 BODY_OPS = [m for m in GENERATORS if m not in ("halt", "beq", "bne", "blt", "bge", "jmp")]
 
 
