@@ -2,6 +2,7 @@
 
     python benchmarks/adversarial.py [--code DIR] [--json OUT] [--only NAME,...] [--heavy]
                                      [--mem-gib 8] [--timeout 60]
+    python benchmarks/adversarial.py --compare BEFORE.json AFTER.json   # the two side by side
 
 Each case builds its input files in a fresh temporary directory and runs the ``lpemu`` command
 line of the code tree ``--code`` (default: this checkout) the way the console script does
@@ -599,8 +600,29 @@ def run_case(case: Case, code: Path, mem_gib: float, timeout: float) -> dict:
                 "stderr": r.stderr.strip()[:300], "stderr_chars": len(r.stderr)}
 
 
+def compare(before: Path, after: Path) -> None:
+    """Outcome counts before and after (all cases and per group of the issue), and every case
+    whose outcome changed."""
+    b = {r["name"]: r for r in json.loads(before.read_text())["results"]}
+    a = {r["name"]: r for r in json.loads(after.read_text())["results"]}
+    names = [n for n in a if n in b]
+    groups = ["all"] + sorted({a[n]["group"] for n in names})
+    for g in groups:
+        sel = [n for n in names if g == "all" or a[n]["group"] == g]
+        cb = Counter(b[n]["outcome"] for n in sel)
+        ca = Counter(a[n]["outcome"] for n in sel)
+        print(f"{g:10s} {len(sel):3d} cases  before {dict(sorted(cb.items()))}  "
+              f"after {dict(sorted(ca.items()))}")
+    print()
+    for n in names:
+        print(f"{n:32s} {b[n]['outcome']:9s} {b[n]['seconds']:7.2f}s {b[n]['peak_rss_mb']:6d}MB"
+              f"  ->  {a[n]['outcome']:9s} {a[n]['seconds']:7.2f}s {a[n]['peak_rss_mb']:6d}MB")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"),
+                    help="print two result files side by side and exit")
     ap.add_argument("--code", default=str(ROOT), help="the code tree to run (default: here)")
     ap.add_argument("--json", help="write the results as JSON")
     ap.add_argument("--only", help="comma-separated case names (or name prefixes)")
@@ -608,6 +630,9 @@ def main() -> int:
     ap.add_argument("--mem-gib", type=float, default=8.0, help="address-space cap per run")
     ap.add_argument("--timeout", type=float, default=60.0, help="seconds per run")
     args = ap.parse_args()
+    if args.compare:
+        compare(Path(args.compare[0]), Path(args.compare[1]))
+        return 0
     code = Path(args.code).resolve()
     CODE[0] = code
     todo = [c for c in cases() if args.heavy or not c.heavy]
