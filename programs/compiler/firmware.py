@@ -55,13 +55,16 @@ from programs.compiler.layers.base import momentum_q15 as _momentum_q15
 from programs.compiler.layout import Grad, Layout, fixed_exp
 from programs.compiler.net import Net
 from programs.compiler.spec import ModelSpec
-from programs.compiler.update import beta_q15, eps2_parts
+from programs.compiler.update import DIAG_BYTES, LANES, beta_q15, eps2_parts
 
 # PARAMS block (int32 words at DRAM address 0); P_MUTAB: the per-batch mu table (per-step lr)
 P_MODE, P_NBATCH, P_MU, P_SEED, P_XBASE, P_TBASE, P_OBASE, P_RBASE, P_LOADW, P_MUTAB = range(10)
 PARAMS_BYTES = 64
-CONST_BYTES = 16  # Adam: [beta1_q, 2**15 - beta1_q, beta2_q, 2**15 - beta2_q] INT16, eps_q
-ADAM_TEMP_BYTES = 6  # Adam's INT16 temporaries per element of a tile: g, g**2, [m; g]
+# Adam's constants: the INT16 16 x 16 diagonal matrices beta1_q I, (2**15 - beta1_q) I,
+# beta2_q I, (2**15 - beta2_q) I, then eps_q (INT16)
+CONST_BYTES = 4 * DIAG_BYTES + 16
+ADAM_TEMP_BYTES = 6  # Adam's INT16 temporaries per element of a tile: [m; g], g**2
+ADAM_PAD = 64  # the moment GEMMs read and write up to 15 elements past a tile
 MODE_TRAIN, MODE_EVAL = 0, 1
 E_IN = 1  # the input's exponent register (register mode)
 
@@ -223,7 +226,7 @@ def _plan(spec: ModelSpec, cfg: Config) -> Layout:
         s["ONES"] = sp.take("ONES", lay.ones)
     if lay.adam:  # Q15 [beta1, 1 - beta1], [beta2, 1 - beta2] and eps on v's grid (INT16)
         s["CONST"] = sp.take("CONST", CONST_BYTES)
-        s["EPSQ"] = s["CONST"] + 8
+        s["EPSQ"] = s["CONST"] + 4 * DIAG_BYTES
     names = ["W"] + lay.state_names()
     for p in params:
         if p.is_bias:
@@ -237,7 +240,7 @@ def _plan(spec: ModelSpec, cfg: Config) -> Layout:
     per_elem = {p.key(): sum(lay.state_bytes(x, p) for x in names) for p in weights}
     temp = 2 + (ADAM_TEMP_BYTES if lay.adam else 0)
     resident_bytes = (sum(_align(per_elem[p.key()] * p.size, sp.align) for p in weights)
-                      + temp * max(p.size for p in weights))
+                      + temp * max(p.size for p in weights) + (ADAM_PAD if lay.adam else 0))
     streamed = sp.top + resident_bytes + len(weights) * 2 * sp.align > sp.capacity
     # the accumulator: the forward output and the input gradient in transit (one region when
     # two do not fit: each gradient is quantized into the scratchpad before the next is made)
@@ -285,9 +288,9 @@ def _plan(spec: ModelSpec, cfg: Config) -> Layout:
             s[f"{x}T"] = sp.take(f"{x}T", lay.state_bytes(x) * tmax)
     s["U"] = sp.take("U", 2 * tmax)
     if lay.adam:
-        s["AT"] = sp.take("AT", ADAM_TEMP_BYTES * tmax)
+        s["AT"] = sp.take("AT", ADAM_TEMP_BYTES * tmax + ADAM_PAD)
     sp.check("weights do not fit even in tiles")
-    a["DW"] = acc.take("DW", tmax)
+    a["DW"] = acc.take("DW", tmax + (LANES if lay.adam else 0))
     acc.check("use a config with more accumulator entries")
     d: dict[str, int] = {"PARAMS": 0}
     top = PARAMS_BYTES
@@ -318,7 +321,7 @@ def _plan(spec: ModelSpec, cfg: Config) -> Layout:
         top += _align(lay.exps.dram_bytes, 64)
     if lay.adam:
         d["CONST"] = top
-        top += 64
+        top += _align(CONST_BYTES + 4, 64)
     if lay.staging:
         d["STG"] = top
         top += _align(lay.staging, 64)
@@ -408,15 +411,18 @@ def _params_dma(asm: Asm, lay: Layout, store: bool) -> None:
 
 
 def constants(lay: Layout) -> tuple[bytes, int] | None:
-    """Adam's constants: the bytes of the scratchpad's ``CONST`` (Q15 [beta1, 1 - beta1, beta2,
-    1 - beta2], INT16 little-endian) and the accumulator entry ``EPS`` (-mantissa of (B eps)**2);
-    None without Adam. The host puts them at DRAM ``CONST`` (the entry as int32 at +16)."""
+    """Adam's constants: the bytes of the scratchpad's ``CONST`` (the Q15 diagonal matrices
+    beta1_q I, (2**15 - beta1_q) I, beta2_q I, (2**15 - beta2_q) I, INT16 little-endian, then
+    room for eps_q) and the accumulator entry ``EPS`` (-mantissa of (B eps)**2); None without
+    Adam. The host puts them at DRAM ``CONST`` (the entry as int32 at +CONST_BYTES)."""
     if not lay.adam:
         return None
+    import numpy as np
+
     a = lay.spec.update.adam
     b1, b2 = beta_q15(a.beta1), beta_q15(a.beta2)
-    vals = [b1, 2**15 - b1, b2, 2**15 - b2, 0, 0, 0, 0]
-    raw = b"".join(int(v).to_bytes(2, "little", signed=True) for v in vals)
+    mats = [np.diag(np.full(LANES, v, "<i2")) for v in (b1, 2**15 - b1, b2, 2**15 - b2)]
+    raw = b"".join(m.astype("<i2").tobytes() for m in mats) + bytes(16)
     return raw, -eps2_parts(lay)[0]
 
 

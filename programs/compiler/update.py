@@ -45,6 +45,8 @@ from programs.compiler.layout import Layout, Param
 
 MOMENTUM_FRAC_BITS = 15  # the momentum factor is a Q15 multiplier: beta_q = round(beta 2**15)
 ADAM_FRAC_BITS = 15  # Adam's betas are Q15: beta_q = round(beta 2**15), 1 - beta = 2**15 - beta_q
+LANES = 16  # Adam's moment sums: [R, 16] rows times 16 x 16 diagonal constants
+DIAG_BYTES = 2 * LANES * LANES  # one INT16 16 x 16 diagonal matrix
 RSQRT_K = 29  # vrsqrt's K = -e_v - 2 e_r is 28 or 29 (y(1) = 2**14.5 at most: no saturation)
 EPS_MANT_BITS = 15  # Adam's eps**2 as an integer of 15 bits times a power of two
 
@@ -202,8 +204,9 @@ def adam_step(asm: Asm, lay: Layout, p: Param, at: dict[str, int], nw: int, tile
 
     g = rq(dW) INT16 (efit exponent e_g); g2 = rq(g * g) INT16 (``vwmul``, efit e_g2);
     m' = rq(beta1_q m + (2**15 - beta1_q) g) and v' likewise, each sum exact in the accumulator
-    (a K = 2 GEMM of [m; g] on the common exponent max(e_m, e_g), both brought there by
-    nearest ``vcvt``) and requantized onto a fresh efit exponent with uniform dither;
+    (two GEMMs of the vectors as [R, 16] rows by diagonal Q15 constants, on the common exponent
+    max(e_m, e_g), both brought there by nearest ``vcvt``) and requantized onto a fresh efit
+    exponent with uniform dither;
     r = vrsqrt(sat16(v' + eps_q)) (eps_q = (B eps)**2 on v's grid rounded up: at least one
     step, so v' + eps_q > 0); U = rqm(m' r, mu_t)
     with mu_t the host's per-step multiplier of alpha_t = lr sqrt(1 - beta2^t) / (1 - beta1^t).
@@ -223,7 +226,7 @@ def adam_step(asm: Asm, lay: Layout, p: Param, at: dict[str, int], nw: int, tile
     rq(asm, t2, dw, nw, E_T0, E_T1, "nearest", "i16")
     # the moments
     _moment(asm, lay, at["M"], t0, E_X, em, sp["CONST"], nw, f"{base}.m")
-    _moment(asm, lay, at["V"], t1, E_T0, ev, sp["CONST"] + 4, nw, f"{base}.v")
+    _moment(asm, lay, at["V"], t1, E_T0, ev, sp["CONST"] + 2 * DIAG_BYTES, nw, f"{base}.v")
     # r = 1 / sqrt(v + eps) at e_r = -(e_v + K) / 2, K in {28, 29} with e_v + K even
     src = at["V"]
     if eps2_parts(lay)[0]:
@@ -259,9 +262,10 @@ def adam_step(asm: Asm, lay: Layout, p: Param, at: dict[str, int], nw: int, tile
 
 def _moment(asm: Asm, lay: Layout, mom: int, lo: int, e_g: int, word: int, coef: int,
             nw: int, label: str) -> None:
-    """mom' = beta mom + (1 - beta) g (Q15 coefficients at ``coef``), g INT16 at ``lo + 2 nw``
-    with exponent e[e_g]; the old exponent is in DRAM ``word``, the new one goes there (and
-    stays in E_LZ)."""
+    """mom' = beta mom + (1 - beta) g (Q15 diagonal matrices beta I, (1 - beta) I at ``coef``),
+    g INT16 at ``lo + 2 nw`` with exponent e[e_g]; the old exponent is in DRAM ``word``, the new
+    one goes there (and stays in E_LZ). The GEMMs read up to 15 elements past each vector and
+    write up to 15 accumulator entries past ``nw`` (the buffers are padded for it)."""
     dw = lay.acc["DW"]
     ldw_abs(asm, R_T0, word)
     asm.raw(f"esetr e{E_T1}, r{R_T0}")  # e_m
@@ -272,8 +276,13 @@ def _moment(asm: Asm, lay: Layout, mom: int, lo: int, e_g: int, word: int, coef:
     asm.raw(f"esetr e{E_LZ}, r{R_T0}")  # the common exponent max(e_m, e_g)
     vcvt(asm, lo, mom, nw, E_LZ, E_T1, "nearest", "i16", "i16")
     vcvt(asm, lo + 2 * nw, lo + 2 * nw, nw, E_LZ, e_g, "nearest", "i16", "i16")
-    # [beta, 1 - beta] applied to [mom; g] stored as the rows of A^T [2, nw]: exact sums
-    asm.op("gemm", dw, lo, coef, nw, 2, 1, ta=1, da="i16", db="i16")
+    # beta mom + (1 - beta) g, exact: each vector as the rows of an [R, 16] matrix times a
+    # diagonal 16 x 16 constant (beta I, (1 - beta) I), the second GEMM accumulating; the
+    # zeros of the diagonal are skipped (sb=1); the last row's lanes past n are not used
+    rows = -(-nw // LANES)
+    asm.op("gemm", dw, lo, coef, rows, LANES, LANES, sb=1, da="i16", db="i16")
+    asm.op("gemm", dw, lo + 2 * nw, coef + DIAG_BYTES, rows, LANES, LANES, acc=1, sb=1,
+           da="i16", db="i16")
     asm.raw(f"eaddi e{E_T1}, e{E_LZ}, {-ADAM_FRAC_BITS}")
     efit(asm, E_LZ, dw, nw, E_T1, "i16")
     rq(asm, mom, dw, nw, E_LZ, E_T1, "uniform", "i16")
