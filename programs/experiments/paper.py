@@ -343,28 +343,26 @@ def figure(name: str, rows: list[Row]) -> Any:
     elif name == "sr-floor":
         fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
         ds = [r["delta"] for r in rows]
-        for key, label in (("sr_gap", "SR weights"), ("bound_002", "002 bound sqrt(d) Delta G/2"),
-                           ("lattice_opt_gap", "best lattice point"),
-                           ("bc_weights_gap", "BC weights (dithered read-out)"),
-                           ("lazy_gap", "lazy weights")):
-            ax.plot(ds, [max(r[key], 1e-12) for r in rows], marker="o", label=label)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("lattice step Delta")
-        ax.set_ylabel("F - F(w*)")
-        ax.set_title(f"SR floor (log-log slope {rows[0]['sr_loglog_slope']:.2f})", fontsize=9)
-        ax.legend(fontsize=7)
-        for key, label in (("bc_shadow_gap", "BC shadow copy (mean)"),
-                           ("bc_nearest_shadow_gap", "BC shadow, nearest read-out"),
-                           ("lazy_value_gap", "lazy w + residual (mean)"),
-                           ("float_sgd_gap", "float64 SGD (mean)")):
-            ax2.plot(ds, [max(r[key], 1e-12) for r in rows], marker="o", label=label)
-        ax2.set_xscale("log", base=2)
-        ax2.set_yscale("log")
-        ax2.set_xlabel("lattice step Delta")
-        ax2.set_ylabel("F - F(w*)")
-        ax2.set_title("BC and lazy: the wide copy reaches the optimum", fontsize=9)
-        ax2.legend(fontsize=7)
+        panels = (
+            (ax, f"SR floor (log-log slope {rows[0]['sr_loglog_slope']:.2f})",
+             (("sr_gap", "SR weights"), ("bound_002", "002 bound sqrt(d) Delta G/2"),
+              ("lattice_opt_gap", "best lattice point"),
+              ("bc_weights_gap", "BC weights (dithered read-out)"),
+              ("lazy_gap", "lazy weights"))),
+            (ax2, "BC and lazy: the wide copy reaches the optimum",
+             (("bc_shadow_gap", "BC shadow copy (mean)"),
+              ("bc_nearest_shadow_gap", "BC shadow, nearest read-out"),
+              ("lazy_value_gap", "lazy w + residual (mean)"),
+              ("float_sgd_gap", "float64 SGD (mean)"))))
+        for a, title, curves in panels:
+            for key, label in curves:
+                a.plot(ds, [max(r[key], 1e-12) for r in rows], marker="o", label=label)
+            a.set_xscale("log", base=2)
+            a.set_yscale("log")
+            a.set_xlabel("lattice step Delta")
+            a.set_ylabel("F - F(w*)")
+            a.set_title(title, fontsize=9)
+            a.legend(fontsize=7)
         fig.suptitle("sr-floor: least squares on the chip, alpha_t = 1/(mu (t + t0))")
     elif name == "qbp-sweep":
         fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
