@@ -34,14 +34,18 @@ class Machine(State):
 
     def __init__(self, cfg: Config, program: Program, datapath: str = "fast",
                  fuse: bool = True) -> None:
-        super().__init__(cfg, datapath)
+        super().__init__(cfg, datapath, len(program.words))
         self.program = program
-        # decode once: (handler, operands, static cost) per pc
+        # decode once: (handler, operands, static cost) per pc; a word repeated in the program
+        # shares one entry (handlers only read the operand dict)
         self.decoded = []
+        seen: dict[int, tuple] = {}
         for w in program.words:
-            ins, ops = decode(w)
-            handler = SEMANTICS[ins.mnemonic]
-            self.decoded.append((handler, ops, ins))
+            entry = seen.get(w)
+            if entry is None:
+                ins, ops = decode(w)
+                entry = seen[w] = (SEMANTICS[ins.mnemonic], ops, ins)
+            self.decoded.append(entry)
         n = len(program.words)
         self.counts = np.zeros((max(n, 1), N_COUNTERS), dtype=np.int64)
         # the same program with hot sequences fused (emulator/fusion.py), for plain runs on

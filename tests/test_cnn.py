@@ -84,6 +84,12 @@ def sat(v: np.ndarray, bits: int) -> np.ndarray:
     return np.clip(v, -(1 << (bits - 1)), (1 << (bits - 1)) - 1)
 
 
+def fit32(v: np.ndarray) -> np.ndarray:
+    """fit_acc of the default accumulator (32 bits, saturate): INT16 x INT16 products can
+    exceed it."""
+    return sat(v, 32)
+
+
 def windows(x: np.ndarray, k, s, p, fill=0) -> np.ndarray:
     """[B, OH, OW, KH, KW, C] windows of an NHWC int64 image (padding = ``fill``), plus a mask
     of positions inside the input."""
@@ -129,11 +135,12 @@ class Probe:
     def param(self, wp, x: str = "W") -> np.ndarray:
         """A parameter as the next instruction would read it: from the scratchpad when
         resident, from its DRAM home when it streams (the home is current between tiles)."""
-        n = wp.size
+        n, eb = wp.size, self.lay.state_bytes(x, wp)
         if not self.lay.streams(wp):
-            return self.sp(wp.key(x), wp.shape)
-        raw = self.m.read_dram(self.lay.dram[wp.key(x)], n)
-        return np.frombuffer(raw, np.int8).astype(np.int64).reshape(wp.shape)
+            return self.sp(wp.key(x), wp.shape, eb)
+        raw = self.m.read_dram(self.lay.dram[wp.key(x)], n * eb)
+        return np.frombuffer(raw, np.int8 if eb == 1 else "<i2").astype(np.int64).reshape(
+            wp.shape)
 
     def acc(self, name: str, shape) -> np.ndarray:
         a = self.lay.acc[name]
@@ -158,12 +165,13 @@ class Probe:
         """Layer pos's output as stored: NHWC for images; vectors [B, n] or [n, B]."""
         net = self.lay.net
         shape = net.input_shape if pos == 0 else net.layers[pos - 1].out_shape
+        eb = self.lay.act_eb(pos)  # bits.activations
         if len(shape) == 3:
             c, h, w = shape
-            return self.sp(f"A{pos}", (b, h, w, c))
+            return self.sp(f"A{pos}", (b, h, w, c), eb)
         if self.sample_major(pos):
-            return self.sp(f"A{pos}", (b, shape[0]))
-        return self.sp(f"A{pos}", (shape[0], b))
+            return self.sp(f"A{pos}", (b, shape[0]), eb)
+        return self.sp(f"A{pos}", (shape[0], b), eb)
 
 
 def fresh(spec: ModelSpec, data: Dataset, cfg: Config | None = None) -> tuple[ChipTrainer, Probe]:
@@ -254,7 +262,9 @@ def _forward_oracle(p: Probe, layer, x: np.ndarray, b: int) -> tuple[np.ndarray,
         sums = windows(x, layer.kernel, layer.stride, layer.padding).sum(axis=(3, 4))
         e_out = efit(sums, e_in, 8) - int(math.floor(math.log2(area)))
         mul = round(2**16 / area)
-        return sat(round_shift(sums * mul, e_out - (e_in - 16)), 8), e_out
+        bits = 8 * lay.act_eb(layer.pos)
+        e_out = efit(sums, e_in, bits) - int(math.floor(math.log2(area)))
+        return sat(round_shift(sums * mul, e_out - (e_in - 16)), bits), e_out
     wp = lay.param_of(layer)
     w = p.param(wp)
     if layer.kind == "conv":
@@ -263,12 +273,13 @@ def _forward_oracle(p: Probe, layer, x: np.ndarray, b: int) -> tuple[np.ndarray,
         z = z.reshape(win.shape[:3] + (layer.units,))
     else:
         z = (x if p.sample_major(layer.pos - 1) else x.T) @ w  # [B, n_out]
+    z = fit32(z)
     e_acc = wp.exp + e_in
     if layer.bias:
         bp = lay.param_of(layer, bias=True)
-        z = z + round_shift(p.param(bp), e_acc - bp.exp)
+        z = fit32(z + round_shift(p.param(bp), e_acc - bp.exp))
     last = layer.pos == len(lay.net.layers)
-    bits = 16 if last else 8
+    bits = 16 if last else 8 * lay.act_eb(layer.pos)
     e_out = efit(z, e_acc, bits)
     if last:
         e_out = max(e_out, -24)
@@ -292,11 +303,12 @@ def feature_major(monkeypatch) -> None:
     monkeypatch.setattr(firmware, "_choose_layouts", lambda lay: None)
 
 
-@pytest.mark.parametrize("weights", ["resident", "streamed"])
-def test_cnn_forward_equals_int64_oracle_layer_by_layer(weights, monkeypatch):
+@pytest.mark.parametrize(("weights", "widths"), [("resident", False), ("streamed", False),
+                                                 ("resident", True), ("streamed", True)])
+def test_cnn_forward_equals_int64_oracle_layer_by_layer(weights, widths, monkeypatch):
     """Resident weights with the sample-major shortcut; streamed weights with every layout
-    change through DRAM."""
-    spec = cnn_spec()
+    change through DRAM; INT8 and mixed INT8/INT16 widths."""
+    spec = cnn_spec(**(WIDTHS if widths else {}))
     cfg = Config()
     if weights == "streamed":
         cfg = small_scratchpad(spec)
@@ -363,14 +375,22 @@ def _skipped(tr: ChipTrainer, before: np.ndarray, pos: int) -> int:
     return int((tr.m.counts - before)[rows, IDX["macs_skipped"]].sum())
 
 
-@pytest.mark.parametrize(("dither", "weights"), [("uniform", "resident"), ("none", "resident"),
-                                                 ("uniform", "streamed")])
-def test_cnn_backward_equals_int64_oracle_with_exact_skips(dither, weights, monkeypatch):
+# per-layer widths: INT16 weights, activations and dz~ on some layers (byte-pass GEMMs, INT16
+# pooling and flatten, masks converted between widths), a 12-bit classifier (INT16 dz~ on top)
+WIDTHS = {"bits.weights": [16, 8, 16, 16], "bits.activations": [16, 8, 16],
+          "bits.gradients": [8, 16, 16], "bits.classifier": 12}
+
+
+@pytest.mark.parametrize(("dither", "weights", "widths"), [
+    ("uniform", "resident", False), ("none", "resident", False), ("uniform", "streamed", False),
+    ("uniform", "resident", True), ("none", "streamed", True)])
+def test_cnn_backward_equals_int64_oracle_with_exact_skips(dither, weights, widths, monkeypatch):
     """One training step stopped at every backward label: dz~ (QBP step, dither drawn from the
     documented generator, ReLU mask), dW and db before the update, dX by col2im / unpooling /
     the flatten transpose, and the skipped MACs of each weight layer = zeros(dz~) x (K per
-    product + 1 for the bias gradient)."""
-    spec = cnn_spec(**{"qbp.step_log2": [-4, -5, -4, -2], "qbp.dither": dither})
+    product + 1 for the bias gradient); with mixed INT8/INT16 widths too."""
+    spec = cnn_spec(**{"qbp.step_log2": [-4, -5, -4, -2], "qbp.dither": dither,
+                       **(WIDTHS if widths else {})})
     cfg = Config()
     if weights == "streamed":
         cfg = small_scratchpad(spec)
@@ -402,10 +422,11 @@ def test_cnn_backward_equals_int64_oracle_with_exact_skips(dither, weights, monk
             if dither == "uniform" and s > 0:
                 u = np.array([draw_ref(seed, counter + i) & ((1 << s) - 1)
                               for i in range(v.size)], np.int64).reshape(v.shape)
-            dz = sat(round_shift(v, s, u), 8)
+            geb = tr.layout.grad_eb(layer)  # the last layer's dz~ has the classifier's width
+            dz = sat(round_shift(v, s, u), 8 * geb)
             if layer.relu:
                 dz = dz * (out > 0)
-            got_dz = p.sp(f"DZ{layer.pos}", dz.shape)
+            got_dz = p.sp(f"DZ{layer.pos}", dz.shape, geb)
             np.testing.assert_array_equal(got_dz, dz, err_msg=str(layer))
             assert p.m.e[E_DZ] == step
             zeros = int(np.count_nonzero(dz == 0))
@@ -414,20 +435,21 @@ def test_cnn_backward_equals_int64_oracle_with_exact_skips(dither, weights, monk
                 cols = windows(x_in, layer.kernel, layer.stride, layer.padding)
                 dzm = dz.reshape(-1, layer.units)
                 np.testing.assert_array_equal(p.acc("DW", wp.shape),
-                                              cols.reshape(-1, layer.fan_in).T @ dzm)
+                                              fit32(cols.reshape(-1, layer.fan_in).T @ dzm))
                 if need_dx:
                     dcols = (dzm @ w.T).reshape(cols.shape)
                     np.testing.assert_array_equal(
                         p.acc("DA", (x_in.size,)).reshape(x_in.shape),
-                        col2im(dcols, x_in.shape, layer.kernel, layer.stride, layer.padding))
+                        fit32(col2im(dcols, x_in.shape, layer.kernel, layer.stride,
+                                     layer.padding)))
             else:
                 dzr = dz if p.sample_major(layer.pos) else dz.T  # [B, n_out]
                 xs = p.sample_major(layer.pos - 1)  # x_in is [B, n_in]
                 np.testing.assert_array_equal(p.acc("DW", wp.shape),
-                                              (x_in.T if xs else x_in) @ dzr)
+                                              fit32((x_in.T if xs else x_in) @ dzr))
                 if need_dx:
                     np.testing.assert_array_equal(p.acc("DA", x_in.shape),
-                                                  dzr @ w.T if xs else w @ dzr.T)
+                                                  fit32(dzr @ w.T if xs else w @ dzr.T))
             if layer.bias:
                 p.run_to(f"train.upd.l{layer.pos}.b")
                 bsum = dz.reshape(-1, layer.units).sum(axis=0) if (

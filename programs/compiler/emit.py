@@ -12,6 +12,8 @@ from emulator.errors import ConfigError
 # scalar registers
 R_B, R_NB, R_MU, R_MODE, R_XB, R_TB, R_OB, R_RB, R_T0, R_T1 = 20, 21, 22, 23, 24, 25, 26, 27, 28, 29
 TEMPS = tuple(range(1, 20))  # r1..r19: constants and addresses, reused across ops
+R_X0, R_X1 = 30, 31  # scratch of multi-instruction sequences (dither counter, exponent scans)
+R_CTR = R_X0
 
 # exponent registers with a fixed role (e1..e10 hold activation and parameter exponents, see
 # programs/compiler/exps.py)
@@ -88,6 +90,7 @@ class Asm:
         self.lines: list[str] = []
         self.known: dict[int, int] = {}  # temp register -> value it holds
         self.targets = targets  # labels some branch jumps to; None: assume every label
+        self.temps = TEMPS  # the temporaries constants may take (fewer when some are reserved)
 
     def label(self, name: str, comment: str = "") -> None:
         if self.targets is None or name in self.targets:
@@ -109,7 +112,7 @@ class Asm:
                 del self.known[r]
                 self.known[r] = v  # most recently used
                 return r
-        free = [r for r in TEMPS if r not in self.known and r not in avoid]
+        free = [r for r in self.temps if r not in self.known and r not in avoid]
         if free:
             r = free[0]
         else:
@@ -140,6 +143,28 @@ class Asm:
 
     def text(self) -> str:
         return "\n".join(self.lines) + "\n"
+
+
+IMM_LIMIT = 1 << 23  # ldw/stw take a signed 24-bit offset
+
+
+def ldw_abs(asm: Asm, rd: int, addr: int) -> None:
+    """r[rd] = the DRAM word at ``addr`` (through rd itself when addr is past the offset's
+    range)."""
+    if addr < IMM_LIMIT:
+        asm.raw(f"ldw r{rd}, r0, {addr}")
+    else:
+        asm.raw(f"li r{rd}, {addr}")
+        asm.raw(f"ldw r{rd}, r{rd}, 0")
+
+
+def stw_abs(asm: Asm, rs: int, addr: int, tmp: int) -> None:
+    """The DRAM word at ``addr`` = r[rs] (``tmp`` holds a far address)."""
+    if addr < IMM_LIMIT:
+        asm.raw(f"stw r{rs}, r0, {addr}")
+    else:
+        asm.raw(f"li r{tmp}, {addr}")
+        asm.raw(f"stw r{rs}, r{tmp}, 0")
 
 
 def efit(asm: Asm, ed: int, acc_addr: int, count: int, ein: int, dt: str) -> None:

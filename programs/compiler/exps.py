@@ -13,11 +13,17 @@ E_T1`` = e11..e15 and the scratch e0) are not assigned here; e1..e10 are:
   later layer needs it). Depth is then limited by nothing but memory.
 
 Max pooling and flatten keep their input's exponent (``alias``).
+
+With ``bits.weight_exponent: dynamic`` the parameter exponents are state the chip changes
+(``dyn``): each has a 32-bit word in the parameter area of DRAM (saved, restored and checkpointed
+with the parameters). Register mode loads them into their registers with the weights
+(:meth:`load_dyn`) and stores them back at the end (:meth:`store_dyn`); memory mode reads and
+writes the word where it is used. ``words`` are further scratch words in DRAM (both modes).
 """
 
 from __future__ import annotations
 
-from programs.compiler.emit import R_T0, Asm
+from programs.compiler.emit import R_T0, R_T1, Asm, ldw_abs, stw_abs
 
 # memory-mode scratch registers
 X_IN, X_OUT, X_W, X_B, X_UP = 1, 2, 3, 4, 5
@@ -26,12 +32,16 @@ FIRST_ACT_REG, FIRST_PARAM_REG, SLOTS = 1, 6, 5
 
 class Exps:
     def __init__(self, acts: list[str], fixed: dict[str, int], alias: dict[str, str],
-                 dram_base: int) -> None:
+                 dram_base: int, dyn: dict[str, int] | None = None,
+                 words: list[str] | None = None) -> None:
         """``acts``: activation exponent names in layer order, ``a0`` first (its value is in
         ``fixed``: the input grid); ``fixed``: the constant exponents (input, weights, biases)
-        in preload order; ``alias``: names that share another's exponent."""
+        in preload order; ``alias``: names that share another's exponent; ``dyn``: parameter
+        exponents the chip changes, with the DRAM address of each one's word; ``words``:
+        scratch words placed after the activation words."""
         self.acts, self.fixed, self.alias = acts, fixed, alias
-        params = [n for n in fixed if n != "a0"]
+        self.dyn = dict(dyn or {})
+        params = [n for n in fixed if n != "a0"] + list(self.dyn)
         self.register_mode = len(acts) + len(params) <= 2 * SLOTS
         self.regs: dict[str, int] = {}
         self.mem: dict[str, int] = {}
@@ -45,10 +55,45 @@ class Exps:
         else:
             for i, n in enumerate(a for a in acts if a not in fixed):
                 self.mem[n] = dram_base + 4 * i
+            self.mem.update(self.dyn)
+        n_act = len([a for a in self.mem if a not in self.dyn])
+        for i, n in enumerate(words or []):
+            self.mem[n] = dram_base + 4 * (n_act + i)
+        self._words = n_act + len(words or [])
 
     @property
     def dram_bytes(self) -> int:
-        return 4 * len(self.mem)
+        """Bytes of the exponent words after ``dram_base`` (the dynamic parameters' words live
+        with the parameters)."""
+        return 4 * self._words
+
+    def load_dyn(self, asm: Asm) -> None:
+        """Register mode: read the dynamic parameter exponents from their DRAM words."""
+        if self.register_mode:
+            for n, addr in self.dyn.items():
+                ldw_abs(asm, R_T0, addr)
+                asm.raw(f"esetr e{self.regs[n]}, r{R_T0}")
+
+    def store_dyn(self, asm: Asm) -> None:
+        """Register mode: write the dynamic parameter exponents back to their words."""
+        if self.register_mode:
+            for n, addr in self.dyn.items():
+                asm.raw(f"emv r{R_T0}, e{self.regs[n]}")
+                stw_abs(asm, R_T0, addr, R_T1)
+
+    def bump(self, asm: Asm, name: str, delta: int) -> None:
+        """Dynamic parameter exponent ``name`` += delta (in its register or its word)."""
+        if name in self.regs:
+            asm.raw(f"eaddi e{self.regs[name]}, e{self.regs[name]}, {delta}")
+        else:
+            ldw_abs(asm, R_T0, self.mem[name])
+            asm.raw(f"addi r{R_T0}, r{R_T0}, {delta}")
+            stw_abs(asm, R_T0, self.mem[name], R_T1)
+
+    def save(self, asm: Asm, name: str, reg: int) -> None:
+        """Store exponent register ``reg`` into the scratch word ``name``."""
+        asm.raw(f"emv r{R_T0}, e{reg}")
+        stw_abs(asm, R_T0, self.mem[name], R_T1)
 
     def _name(self, name: str) -> str:
         while name in self.alias:
@@ -69,7 +114,7 @@ class Exps:
         if name in self.fixed:
             asm.raw(f"eset e{scratch}, {self.fixed[name]}")
         else:
-            asm.raw(f"ldw r{R_T0}, r0, {self.mem[name]}")
+            ldw_abs(asm, R_T0, self.mem[name])
             asm.raw(f"esetr e{scratch}, r{R_T0}")
         return scratch
 
@@ -115,4 +160,4 @@ class Exps:
         n = self._name(name)
         if n in self.mem:
             asm.raw(f"emv r{R_T0}, e{X_OUT}")
-            asm.raw(f"stw r{R_T0}, r0, {self.mem[n]}")
+            stw_abs(asm, R_T0, self.mem[n], R_T1)

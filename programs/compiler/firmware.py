@@ -56,10 +56,16 @@ from programs.compiler.layers.base import momentum_q15 as _momentum_q15
 from programs.compiler.layout import Grad, Layout, fixed_exp
 from programs.compiler.net import Net
 from programs.compiler.spec import ModelSpec
+from programs.compiler.update import DIAG_BYTES, LANES, beta_q15, eps2_parts
 
-# PARAMS block (int32 words at DRAM address 0)
-P_MODE, P_NBATCH, P_MU, P_SEED, P_XBASE, P_TBASE, P_OBASE, P_RBASE, P_LOADW = range(9)
+# PARAMS block (int32 words at DRAM address 0); P_MUTAB: the per-batch mu table (per-step lr)
+P_MODE, P_NBATCH, P_MU, P_SEED, P_XBASE, P_TBASE, P_OBASE, P_RBASE, P_LOADW, P_MUTAB = range(10)
 PARAMS_BYTES = 64
+# Adam's constants: the INT16 16 x 16 diagonal matrices beta1_q I, (2**15 - beta1_q) I,
+# beta2_q I, (2**15 - beta2_q) I, then eps_q (INT16)
+CONST_BYTES = 4 * DIAG_BYTES + 16
+ADAM_TEMP_BYTES = 6  # Adam's INT16 temporaries per element of a tile: [m; g], g**2
+ADAM_PAD = 64  # the moment GEMMs read and write up to 15 elements past a tile
 MODE_TRAIN, MODE_EVAL = 0, 1
 E_IN = 1  # the input's exponent register (register mode)
 
@@ -80,18 +86,21 @@ def init_bound(n_in: int) -> float:
 
 
 def weight_exponents(spec: ModelSpec) -> list[int]:
-    """Fixed INT8 weight exponent per weight layer: the init bound times the headroom fits in
-    127. A layer's bias has its weights' exponent."""
+    """Weight exponent per weight layer (fixed, or the initial one of a dynamic exponent): the
+    init bound times the headroom fits in 2**(B-1) - 1 (127 for INT8, 32767 for INT16). A
+    layer's bias starts on its weights' grid."""
     out = []
-    for layer in spec.net().weight_layers:
+    for layer, bits in zip(spec.net().weight_layers, spec.weight_bits(), strict=True):
         top = init_bound(layer.fan_in) * spec.weight_headroom
-        out.append(math.ceil(math.log2(top / 127 * 128)) - 7)
+        half = 2 ** (bits - 1)
+        out.append(math.ceil(math.log2(top / (half - 1) * half)) - (bits - 1))
     return out
 
 
 def mu_shift(spec: ModelSpec) -> int:
-    """Shift t with lr/B = mu * 2**-t and mu in [2**12, 2**13) at the initial learning rate."""
-    x = spec.update.lr / spec.batch_size
+    """Shift t with lr/B = mu * 2**-t (SGD) or lr = mu * 2**-t (Adam, whose step does not
+    scale with the gradient) and mu in [2**12, 2**13) at the initial learning rate."""
+    x = spec.update.lr / (1 if spec.update.optimizer == "adam" else spec.batch_size)
     return 12 - math.floor(math.log2(x))
 
 
@@ -103,8 +112,19 @@ def momentum_q15(spec: ModelSpec) -> int:
     return _momentum_q15(spec.update.momentum)
 
 
-def lr_multiplier(spec: ModelSpec, layout: Layout, epoch: int) -> int:
-    return max(1, round(spec.lr_at(epoch) / spec.batch_size * 2**layout.mu_shift))
+def lr_multiplier(spec: ModelSpec, layout: Layout, epoch: int, step: int = 0) -> int:
+    """mu for training ``step`` (batches since the start) in ``epoch``: SGD's lr/B, Adam's
+    alpha_t = lr sqrt(1 - beta2^(t+1)) / (1 - beta1^(t+1)) with the chip's Q15 betas (t = step;
+    the bias correction of the (t+1)-th update), times 2**mu_shift, rounded, at least 1."""
+    lr = spec.lr_at(epoch, step)
+    if spec.update.optimizer == "adam":
+        from programs.compiler.update import beta_q15
+
+        b1 = beta_q15(spec.update.adam.beta1) / 2**15
+        b2 = beta_q15(spec.update.adam.beta2) / 2**15
+        alpha = lr * math.sqrt(1 - b2 ** (step + 1)) / (1 - b1 ** (step + 1))
+        return max(1, round(alpha * 2**layout.mu_shift))
+    return max(1, round(lr / spec.batch_size * 2**layout.mu_shift))
 
 
 def _align(n: int, a: int) -> int:
@@ -173,8 +193,9 @@ def _plan(spec: ModelSpec, cfg: Config) -> Layout:
     gbytes = 1 if bw <= 8 else 2
     lows = [LOWERINGS[x.kind](x, i == len(net.layers) - 1) for i, x in enumerate(net.layers)]
     wexp = weight_exponents(spec)
+    wbits = spec.weight_bits()
     params = [p for low in lows if low.layer.is_weight
-              for p in low.params(wexp[low.layer.widx - 1])]
+              for p in low.params(wexp[low.layer.widx - 1], wbits[low.layer.widx - 1])]
     sp = Allocator("memory.scratchpad_bytes", cfg.memory.scratchpad_bytes)
     acc = Allocator("accumulator.entries", cfg.accumulator.entries, align=16)
     lay = Layout(spec, net, lows, params, {}, {}, {}, {}, gbytes, mu_shift(spec), wexp, spa=sp)
@@ -187,8 +208,10 @@ def _plan(spec: ModelSpec, cfg: Config) -> Layout:
     for low in lows:
         low.plan_acts(lay, b)
     if net.is_mlp:
-        s["MASK"] = sp.take("MASK", max((low.mask_size(b) for low in lows[:-1]), default=0)
-                            or b)
+        mask = max((low.mask_size(lay, b) for low in lows[:-1]), default=0) or b
+        s["MASK"] = sp.take("MASK", mask)
+        if any(lay.needs_q0(x) for x in net.layers):
+            s["Q0"] = sp.take("Q0", mask)
     for name in ("S", "XS", "P"):
         s[name] = sp.take(name, 2 * b * c)
     s["MX"] = sp.take("MX", 2 * b)
@@ -204,19 +227,23 @@ def _plan(spec: ModelSpec, cfg: Config) -> Layout:
         lay.need_ones(b)
     if lay.ones:
         s["ONES"] = sp.take("ONES", lay.ones)
-    mom = has_momentum(spec)
+    if lay.adam:  # Q15 [beta1, 1 - beta1], [beta2, 1 - beta2] and eps on v's grid (INT16)
+        s["CONST"] = sp.take("CONST", CONST_BYTES)
+        s["EPSQ"] = s["CONST"] + 4 * DIAG_BYTES
+    names = ["W"] + lay.state_names()
     for p in params:
         if p.is_bias:
-            for x in ["W"] + (["LZ", "VL"] if mom else ["LZ"]):
-                s[p.key(x)] = sp.take(p.key(x), lay.state_bytes(x) * p.size)
+            for x in names:
+                s[p.key(x)] = sp.take(p.key(x), lay.state_bytes(x, p) * p.size)
     sp.check("use a smaller batch or a larger scratchpad",
              what="the activation, gradient and bias buffers")
     weights = lay.weights
-    wsizes = [p.size for p in weights]
-    # bytes per weight on chip: W (1) + LZ (2) [+ velocity VL (2)]; one update buffer U (2)
-    per_weight = 3 + (lay.state_bytes("VL") if mom else 0)
-    resident_bytes = (sum(_align(per_weight * w, sp.align) for w in wsizes)
-                      + 2 * max(wsizes))
+    # bytes per weight on chip: W (1 or 2) + LZ (2) [+ velocity VL] [+ Adam's M, V (2 + 2)];
+    # per element of the largest tile: the update buffer U (2) [and Adam's temporaries (6)]
+    per_elem = {p.key(): sum(lay.state_bytes(x, p) for x in names) for p in weights}
+    temp = 2 + (ADAM_TEMP_BYTES if lay.adam else 0)
+    resident_bytes = (sum(_align(per_elem[p.key()] * p.size, sp.align) for p in weights)
+                      + temp * max(p.size for p in weights) + (ADAM_PAD if lay.adam else 0))
     streamed = sp.top + resident_bytes + len(weights) * 2 * sp.align > sp.capacity
     # the accumulator: the forward output and the input gradient in transit (one region when
     # two do not fit: each gradient is quantized into the scratchpad before the next is made)
@@ -232,6 +259,8 @@ def _plan(spec: ModelSpec, cfg: Config) -> Layout:
     a["RO"] = acc.take("RO", b)
     a["TMP"] = acc.take("TMP", max([b * c] + [low.sp_grad_size(b) for low in lows]))
     qbp.plan_acc(lay, acc, b)
+    if lay.adam and eps2_parts(lay)[0]:
+        a["EPS"] = acc.take("EPS", 1)  # -mantissa of (B eps)**2, loaded at the start
     # the accumulator holds dW one row tile at a time: as many rows as fit
     acc_rows = (acc.capacity - acc.top - acc.align) // widest
     # at least one row of dW (plus alignment) after the buffers above
@@ -239,9 +268,9 @@ def _plan(spec: ModelSpec, cfg: Config) -> Layout:
               what="one row of dW with the buffers")
     tile_rows = acc_rows
     if streamed:
-        # one tile of W (1 byte), LZ (2), U (2) [and VL (2)] per weight, x rows x n_out
-        reserve = (4 if mom else 3) * sp.align  # alignment of the tile buffers
-        per_row = (per_weight + 2) * widest  # one row of every tile buffer
+        # one tile of W, LZ, U [VL, M, V, Adam's temporaries] per weight, x rows x n_out
+        reserve = (len(names) + 1 + (1 if lay.adam else 0)) * sp.align  # their alignment
+        per_row = (max(per_elem.values()) + temp) * widest  # one row of every tile buffer
         room = sp.capacity - sp.top - reserve
         tile_rows = min(tile_rows, room // per_row)
         sp.check("use a larger scratchpad or narrower layers", need=sp.top + reserve + per_row,
@@ -256,34 +285,47 @@ def _plan(spec: ModelSpec, cfg: Config) -> Layout:
                for k0, k1 in lay.tiles[low.layer.pos])
     if not streamed:
         for p in weights:
-            s[p.key("W")] = sp.take(p.key("W"), p.size)
-            s[p.key("LZ")] = sp.take(p.key("LZ"), 2 * p.size)
-            if mom:
-                s[p.key("VL")] = sp.take(p.key("VL"), lay.state_bytes("VL") * p.size)
+            for x in names:
+                s[p.key(x)] = sp.take(p.key(x), lay.state_bytes(x, p) * p.size)
     else:
-        s["WT"] = sp.take("WT", tmax)
-        s["LZT"] = sp.take("LZT", 2 * tmax)
-        if mom:
-            s["VLT"] = sp.take("VLT", lay.state_bytes("VL") * tmax)
+        for x in names:
+            s[f"{x}T"] = sp.take(f"{x}T", lay.state_bytes(x) * tmax)
     s["U"] = sp.take("U", 2 * tmax)
+    if lay.adam:
+        s["AT"] = sp.take("AT", ADAM_TEMP_BYTES * tmax + ADAM_PAD)
     sp.check("weights do not fit even in tiles")
-    a["DW"] = acc.take("DW", tmax)
+    a["DW"] = acc.take("DW", tmax + (LANES if lay.adam else 0))
     acc.check("use a config with more accumulator entries")
     d: dict[str, int] = {"PARAMS": 0}
     top = PARAMS_BYTES
     for p in params:
-        for x in ["W"] + (["LZ", "VL"] if mom else ["LZ"]):
+        for x in names:
             d[p.key(x)] = top
-            top += _align(lay.state_bytes(x) * p.size, 64)
+            top += _align(lay.state_bytes(x, p) * p.size, 64)
+        words = (["E"] if lay.dynamic else []) + (["EM", "EV"] if lay.adam else [])
+        for x in words:  # exponent words: the parameter's, Adam's moments' (one per tile)
+            d[p.key(x)] = top
+            top += _align(4 * (1 if x == "E" else len(lay.tiles[p.layer.pos])), 64)
     acts = ["a0"] + [low.out_exp for low in lows[:-1] if low.exp_alias() is None]
     alias = {low.out_exp: al for low in lows[:-1] if (al := low.exp_alias()) is not None}
     fixed = {"a0": spec.input_exponent}
-    fixed.update({p.ename: p.exp for p in params if not p.is_bias})
-    fixed.update({p.ename: p.exp for p in params if p.is_bias})
-    lay.exps = Exps(acts, fixed, alias, top)
+    dyn = {}
+    for bias in (False, True):
+        for p in params:
+            if p.is_bias != bias:
+                continue
+            if lay.dynamic:
+                dyn[p.ename] = d[p.key("E")]
+            else:
+                fixed[p.ename] = p.exp
+    words = [f"da{x.pos}" for x in net.weight_layers] if lay.dynamic else []
+    lay.exps = Exps(acts, fixed, alias, top, dyn, words)
     if lay.exps.dram_bytes:
         d["EXPS"] = top
         top += _align(lay.exps.dram_bytes, 64)
+    if lay.adam:
+        d["CONST"] = top
+        top += _align(CONST_BYTES + 4, 64)
     if lay.staging:
         d["STG"] = top
         top += _align(lay.staging, 64)
@@ -357,16 +399,37 @@ def _backward(asm: Asm, lay: Layout) -> None:
 
 
 def _params_dma(asm: Asm, lay: Layout, store: bool) -> None:
-    """Resident parameters (and their update state) between DRAM and the scratchpad."""
+    """Resident parameters (and their update state) between DRAM and the scratchpad; dynamic
+    parameter exponents between their words and their registers (register mode)."""
     for p in lay.params:
         if lay.streams(p):
             continue  # streamed weights never stay on chip
         for x in ["W"] + update_state(lay):
-            name, size = p.key(x), lay.state_bytes(x) * p.size
+            name, size = p.key(x), lay.state_bytes(x, p) * p.size
             if store:
                 asm.op("dmast", lay.dram[name], lay.sp[name], 1, size, size, size)
             else:
                 asm.op("dmald", lay.sp[name], lay.dram[name], 1, size, size, size)
+    if store:
+        lay.exps.store_dyn(asm)
+    else:
+        lay.exps.load_dyn(asm)
+
+
+def constants(lay: Layout) -> tuple[bytes, int] | None:
+    """Adam's constants: the bytes of the scratchpad's ``CONST`` (the Q15 diagonal matrices
+    beta1_q I, (2**15 - beta1_q) I, beta2_q I, (2**15 - beta2_q) I, INT16 little-endian, then
+    room for eps_q) and the accumulator entry ``EPS`` (-mantissa of (B eps)**2); None without
+    Adam. The host puts them at DRAM ``CONST`` (the entry as int32 at +CONST_BYTES)."""
+    if not lay.adam:
+        return None
+    import numpy as np
+
+    a = lay.spec.update.adam
+    b1, b2 = beta_q15(a.beta1), beta_q15(a.beta2)
+    mats = [np.diag(np.full(LANES, v, "<i2")) for v in (b1, 2**15 - b1, b2, 2**15 - b2)]
+    raw = b"".join(m.astype("<i2").tobytes() for m in mats) + bytes(16)
+    return raw, -eps2_parts(lay)[0]
 
 
 def _batch_addr(asm: Asm, base_reg: int, stride: int) -> None:
@@ -402,6 +465,8 @@ def _compile(spec: ModelSpec, cfg: Config, targets: set[str] | None) -> tuple[st
     b = spec.batch_size
     sp, acc = lay.sp, lay.acc
     asm = Asm(targets)
+    if lay.qbp.general:  # r18/r19 carry the steps' significands (programs/compiler/qbp.py)
+        asm.temps = qbp.TEMPS
     asm.comment(f"lpemu firmware for {spec.name}: {_describe(spec, lay.net)}, batch {b}, "
                 f"update {spec.update.mode}, QBP {qbp.header(spec)}, "
                 f"classifier INT{spec.bits.classifier}")
@@ -417,6 +482,11 @@ def _compile(spec: ModelSpec, cfg: Config, targets: set[str] | None) -> tuple[st
     asm.raw(f"eset e{E_G}, {-(spec.bits.classifier - 1)}")
     if lay.ones:  # the ones vector of the bias gradients (the host put it in DRAM)
         asm.op("dmald", sp["ONES"], lay.dram["ONES"], 1, lay.ones, lay.ones, lay.ones)
+    if lay.adam:  # Adam's constants (the host put them in DRAM)
+        asm.op("dmald", sp["CONST"], lay.dram["CONST"], 1, CONST_BYTES, CONST_BYTES,
+               CONST_BYTES)
+        if "EPS" in lay.acc:
+            asm.op("dmaldacc", acc["EPS"], lay.dram["CONST"] + CONST_BYTES, 1, 1, 4)
     asm.raw(f"ldw r{R_T0}, r0, {4 * P_LOADW}")
     asm.raw(f"beq r{R_T0}, r0, start.loaded")
     asm.label("start.load_weights")
@@ -428,6 +498,12 @@ def _compile(spec: ModelSpec, cfg: Config, targets: set[str] | None) -> tuple[st
 
     # ---------------------------------------------------------------- training epoch
     asm.label("train.loop", "one batch per iteration")
+    if spec.per_step_lr:  # mu of this step from the host's table
+        asm.raw(f"ldw r{R_T0}, r0, {4 * P_MUTAB}")
+        asm.raw(f"li r{R_T1}, 4")
+        asm.raw(f"mul r{R_T1}, r{R_B}, r{R_T1}")
+        asm.raw(f"add r{R_T0}, r{R_T0}, r{R_T1}")
+        asm.raw(f"ldw r{R_MU}, r{R_T0}, 0")
     _batch_addr(asm, R_XB, lay.batch_x_bytes)
     asm.op("dmald", sp["A0"], Reg(R_T0), 1, lay.batch_x_bytes, lay.batch_x_bytes,
            lay.batch_x_bytes)

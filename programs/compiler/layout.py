@@ -18,12 +18,23 @@ from programs.compiler.spec import ModelSpec
 @dataclass(frozen=True)
 class Param:
     """A tensor the optimizer updates: a weight matrix ``W<pos>`` [K, F] or a bias ``B<pos>``
-    [F], INT8 at a fixed exponent, with INT16 state (lazy residual / shadow copy ``LZ``, velocity
-    ``VL``) of the same shape."""
+    [F], INT8 or INT16 (``bits``) at exponent ``exp`` (the initial one when the exponent is
+    dynamic), with state of the same shape: the lazy residual / shadow copy ``LZ``, the
+    momentum velocity ``VL``, Adam's moments ``M`` and ``V``."""
 
     layer: Layer
     is_bias: bool
     exp: int
+    bits: int = 8
+
+    @property
+    def dt(self) -> str:
+        return "i8" if self.bits == 8 else "i16"
+
+    @property
+    def eb(self) -> int:
+        """Bytes per element."""
+        return self.bits // 8
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -112,15 +123,58 @@ class Layout:
         return 2 * len(self.net.layers) + 2 - pos
 
     # ---------------------------------------------------------------- queries
-    def state_bytes(self, x: str) -> int:
-        """Bytes per element of a parameter (``W``, INT8) or its state: ``LZ`` INT16; the
-        velocity ``VL`` INT16 on the fine grid (lazy, shadow) or INT8 on the parameter's grid
-        (plain, stochastic: everything INT8)."""
+    def state_bytes(self, x: str, p: Param | None = None) -> int:
+        """Bytes per element of a parameter (``W``: its width) or its state: ``LZ``, ``M``,
+        ``V`` INT16; the velocity ``VL`` INT16 on the fine grid (lazy, shadow) or the
+        parameter's width on its grid (plain, stochastic). ``p`` None: the widest parameter."""
+        eb = p.eb if p is not None else max(q.eb for q in self.params)
         if x == "W":
-            return 1
+            return eb
         if x == "VL" and self.spec.update.mode in ("plain", "stochastic"):
-            return 1
+            return eb
         return 2
+
+    def act_dt(self, pos: int) -> str:
+        """Element type of the output of layer ``pos`` (0: the INT8 input; a weight layer's
+        from ``bits.activations``; pooling and flatten keep their input's)."""
+        if pos == 0:
+            return "i8"
+        layer = self.net.layers[pos - 1]
+        if layer.is_weight:
+            return "i8" if self.spec.act_bits()[layer.widx - 1] == 8 else "i16"
+        return self.act_dt(pos - 1)
+
+    def act_eb(self, pos: int) -> int:
+        return 1 if self.act_dt(pos) == "i8" else 2
+
+    def grad_dt(self, layer: Layer) -> str:
+        """Element type of a weight layer's dz~."""
+        return "i8" if self.spec.grad_bits()[layer.widx - 1] == 8 else "i16"
+
+    def grad_eb(self, layer: Layer) -> int:
+        return 1 if self.grad_dt(layer) == "i8" else 2
+
+    def fine_shift(self, p: Param) -> int:
+        """s: the lazy residual / shadow copy / fine-grid velocity of ``p`` lives on
+        2**(e_w - s). ``update.acc_shift`` is counted from an INT8 grid of the same range, so
+        s = acc_shift for INT8 parameters and acc_shift - 8 for INT16 ones."""
+        return self.spec.update.acc_shift - (p.bits - 8)
+
+    def needs_q0(self, layer: Layer) -> bool:
+        """Whether the layer's dz~ needs the Q(0) buffer of 004's order with triangular dither
+        (layers/base.py: quantize_masked)."""
+        q = self.spec.qbp
+        return (layer.relu and self.spec.qbp_steps() is not None and q.dither == "triangular"
+                and q.order == "mask_first")
+
+    @property
+    def dynamic(self) -> bool:
+        """Whether the chip re-chooses parameter exponents (``bits.weight_exponent: dynamic``)."""
+        return self.spec.bits.weight_exponent == "dynamic"
+
+    @property
+    def adam(self) -> bool:
+        return self.spec.update.optimizer == "adam"
 
     def streams(self, p: Param) -> bool:
         """Whether parameter ``p`` passes through the scratchpad in tiles (biases never do)."""
@@ -132,6 +186,28 @@ class Layout:
     @property
     def weights(self) -> list[Param]:
         return [p for p in self.params if not p.is_bias]
+
+    def state_names(self) -> list[str]:
+        """The per-element state next to each parameter's ``W``."""
+        names = ["LZ"]
+        if self.spec.update.momentum != 0:
+            names.append("VL")
+        if self.adam:
+            names += ["M", "V"]
+        return names
+
+    def param_blocks(self) -> list[tuple[Param, str, int]]:
+        """(parameter, block, bytes) of every DRAM block of the parameters, per parameter in
+        the order W, LZ, VL, M, V, then the exponent words E (dynamic), EM, EV (Adam, one
+        per tile)."""
+        out = []
+        for p in self.params:
+            for x in ["W"] + self.state_names():
+                out.append((p, x, self.state_bytes(x, p) * p.size))
+            for x in ("E", "EM", "EV"):
+                if p.key(x) in self.dram:
+                    out.append((p, x, 4 * (1 if x == "E" else len(self.tiles[p.layer.pos]))))
+        return out
 
     @property
     def batch_x_bytes(self) -> int:

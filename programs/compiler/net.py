@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from emulator.errors import ConfigError
+from emulator.limits import MAX_LAYER_WIDTH, short_repr
 
 KINDS = ("input", "conv", "maxpool", "avgpool", "flatten", "dense")
 WEIGHT_KINDS = ("conv", "dense")
@@ -166,7 +167,11 @@ def _flag(d: dict, name: str, default: bool, key: str, file: str) -> bool:
 def _shorthand(widths: list[Any], file: str) -> Net:
     if len(widths) < 2 or not all(_is_int(x) and x >= 1 for x in widths):
         raise ConfigError("must be a list of at least two positive integers (input, hidden..., "
-                          "classes) or a list of layer mappings", "layers", file)
+                          f"classes) or a list of layer mappings, got {short_repr(widths)}",
+                          "layers", file)
+    if not all(x <= MAX_LAYER_WIDTH for x in widths):
+        raise ConfigError(f"every width must be at most {MAX_LAYER_WIDTH:,}, got "
+                          f"{short_repr(widths)}", "layers", file)
     layers = []
     for i in range(1, len(widths)):
         last = i == len(widths) - 1

@@ -21,11 +21,12 @@ for the classifier gradient), the requantizer multiplier is
 
 so the requantizer's grid is the realised step to a relative 2**-28 (the two roundings of the
 reciprocal); the value given to ``y`` downstream is exactly ``M_l 2**(e_l - 15)``. The update
-multiplies ``dW`` by ``mu * M_l`` (r30, < 2**29) with the exponent lowered by 15 more.
+multiplies ``dW`` by ``mu * M_l`` (r18, < 2**29) with the exponent lowered by 15 more.
 
-Registers: r31 holds the significand of the layer quantized last (``M_in`` of the next), r30
-``mu * M`` for the layer's updates, r29 the requantizer multiplier while it is formed; the step
-of the layer being quantized is e[E_DZ] with r31. Between batches (``adapt.every`` > 1) the
+Registers: r19 holds the significand of the layer quantized last (``M_in`` of the next), r18
+``mu * M`` for the layer's updates (both taken out of the compiler's temporaries), r29 the
+requantizer multiplier while it is formed; the step of the layer being quantized is e[E_DZ]
+with r19. Between batches (``adapt.every`` > 1) the
 steps persist in a DRAM step table. A fixed ``qbp.step`` is a compile-time constant
 (:func:`fixed_step`: the binary64 value rounded down to 16 significant bits).
 
@@ -54,7 +55,7 @@ Adaptive steps, on the chip (``qbp.adapt``), before the layer's quantization:
 
 Both are clamped to [2**min_step_log2, 2**max_step_log2] (a zero step, e.g. an unreachable
 variance budget, becomes the smallest; an unconstrained one the largest) and logged per batch
-to the host's log area (PARAMS word 9: 8 bytes (M, e) per weight layer per batch).
+to the host's log area (PARAMS word 10: 8 bytes (M, e) per weight layer per batch).
 
 meProp: dz~ is INT8 with a dynamic exponent (nearest, as without QBP), masked by f', then
 ``vtopk`` keeps the k largest magnitudes of every sample's vector (a column of a feature-major
@@ -86,13 +87,19 @@ from programs.compiler.emit import (
     efit,
     rq,
 )
+from programs.compiler.emit import (
+    TEMPS as TEMPS_ALL,
+)
 from programs.compiler.net import Layer
 
-R_QMU, R_QM = 30, 31  # mu * M of the current layer; M of the layer quantized last
+# mu * M of the current layer; M of the layer quantized last: taken out of the temporaries
+# for the whole program when the general path is on (r30/r31 are other sequences' scratch)
+R_QMU, R_QM = 18, 19
+TEMPS = tuple(r for r in TEMPS_ALL if r not in (R_QMU, R_QM))
 MANT_ONE = 1 << 15  # the significand of 1.0 (Q15)
 RECIP_SHIFT = 16  # R_l = (M_in * Rm_l) >> 16
 EOUT_BIAS = 30  # the requantizer's output exponent is e_l + 30
-P_QLOG = 9  # PARAMS word: DRAM address of the per-batch step log (adaptive steps)
+P_QLOG = 10  # PARAMS word: DRAM address of the per-batch step log (adaptive steps)
 C_BITS = 24  # significand bits of the sparsity mode's constant
 ACC_MAX = (1 << 31) - 1
 A2_MAX = 1 << 14  # the largest a^2 or W^2 of INT8 values (-128)
@@ -337,8 +344,9 @@ def _dither(lay: Any) -> str:
         lay.spec.qbp.dither]
 
 
-def quantize(asm: Asm, lay: Any, layer: Layer, grad: Any, ein: int, count: int) -> None:
-    """dz~ of weight layer ``layer`` (INT8 at ``DZ<pos>``, exponent e[E_DZ], significand r31)
+def quantize(asm: Asm, lay: Any, layer: Layer, grad: Any, ein: int, count: int,
+             dt: str = "i8") -> None:
+    """dz~ of weight layer ``layer`` (``dt`` at ``DZ<pos>``, exponent e[E_DZ], significand r19)
     from the incoming gradient ``grad`` at exponent e[ein]."""
     qp: QbpPlan = lay.qbp
     dst = lay.sp[f"DZ{layer.pos}"]
@@ -349,12 +357,12 @@ def quantize(asm: Asm, lay: Any, layer: Layer, grad: Any, ein: int, count: int) 
     if qp.meprop is not None:  # no QBP: a dynamic exponent, nearest
         if grad.mul is not None:
             asm.raw(f"eaddi e{E_X}, e{ein}, -16")
-            efit(asm, E_DZ, src, count, ein, "i8")
+            efit(asm, E_DZ, src, count, ein, dt)
             mul = asm.const(grad.mul, set())
-            rq(asm, dst, src, count, E_DZ, E_X, "nearest", "i8", mnemonic="rqm", mul=mul)
+            rq(asm, dst, src, count, E_DZ, E_X, "nearest", dt, mnemonic="rqm", mul=mul)
         else:
-            efit(asm, E_DZ, src, count, ein, "i8")
-            rq(asm, dst, src, count, E_DZ, ein, "nearest", "i8")
+            efit(asm, E_DZ, src, count, ein, dt)
+            rq(asm, dst, src, count, E_DZ, ein, "nearest", dt)
         return
     w = layer.widx
     if _top(layer, lay):
@@ -369,7 +377,7 @@ def quantize(asm: Asm, lay: Any, layer: Layer, grad: Any, ein: int, count: int) 
         else:
             _sparsity_step(asm, lay, layer, grad, ein, src, count)
         _log(asm, lay, layer, raw=True)
-        _floor(asm, lay, layer, grad, ein, src, count)
+        _floor(asm, lay, layer, grad, ein, src, count, dt)
         _clamp(asm, lay, layer)
         if qp.every > 1:  # keep it for the batches that do not adapt
             asm.raw(f"stw r{R_QMU}, r0, {qp.table(w)}")
@@ -381,13 +389,13 @@ def quantize(asm: Asm, lay: Any, layer: Layer, grad: Any, ein: int, count: int) 
             asm.raw(f"ldw r{R_T0}, r0, {qp.table(w) + 4}")
             asm.raw(f"esetr e{E_DZ}, r{R_T0}")
             asm.raw(f"ldw r{R_T1}, r0, {qp.table(w) + 8}")
-        m_reg = R_QMU  # the step's significand until r31 takes it
+        m_reg = R_QMU  # the step's significand until r19 takes it
     else:
         m, e, rm = qp.steps[w - 1]
         asm.raw(f"eset e{E_DZ}, {e}")
         _li(asm, R_T1, rm)
         m_reg = None
-    # R_l = (M_in * Rm) >> 16 [* avg-pooling mul >> 16]; then r31 = M_l, r30 = mu * M_l
+    # R_l = (M_in * Rm) >> 16 [* avg-pooling mul >> 16]; then r19 = M_l, r18 = mu * M_l
     asm.raw(f"mul r{R_T1}, r{R_T1}, r{R_QM}")
     sh = asm.const(RECIP_SHIFT, set())
     asm.raw(f"sra r{R_T1}, r{R_T1}, r{sh}")
@@ -402,7 +410,7 @@ def quantize(asm: Asm, lay: Any, layer: Layer, grad: Any, ein: int, count: int) 
         asm.raw(f"add r{R_QM}, r{m_reg}, r0")
     asm.raw(f"mul r{R_QMU}, r{R_MU}, r{R_QM}")
     asm.raw(f"eaddi e{E_X}, e{E_DZ}, {EOUT_BIAS}")
-    rq(asm, dst, src, count, E_X, ein, _dither(lay), "i8", mnemonic="rqm", mul=Reg(R_T1))
+    rq(asm, dst, src, count, E_X, ein, _dither(lay), dt, mnemonic="rqm", mul=Reg(R_T1))
     if qp.adapt is not None:
         _log(asm, lay, layer)
         if qp.variance and not _bottom(layer):
@@ -424,8 +432,8 @@ LOG_BYTES = 16  # per weight layer per batch: M, e used; M, e the rule asked for
 
 
 def _log(asm: Asm, lay: Any, layer: Layer, raw: bool = False) -> None:
-    """The step to the host's log at base + (R_B nw + widx - 1) 16: (M, e) used (r31, after
-    the quantization) or, ``raw``, the rule's own (r30, before the floor and the clamps)."""
+    """The step to the host's log at base + (R_B nw + widx - 1) 16: (M, e) used (r19, after
+    the quantization) or, ``raw``, the rule's own (r18, before the floor and the clamps)."""
     qp: QbpPlan = lay.qbp
     asm.raw(f"ldw r{R_T0}, r0, {4 * P_QLOG}")
     k = asm.const(LOG_BYTES * qp.nw, set())
@@ -437,18 +445,20 @@ def _log(asm: Asm, lay: Any, layer: Layer, raw: bool = False) -> None:
     asm.raw(f"stw r{R_T1}, r{R_T0}, {at + 4}")
 
 
-def saturation_floor(dither: str) -> tuple[int, int]:
-    """(c, k): the least step that keeps |dz / Delta| within INT8 after dithered rounding,
-    as a multiple of max |dz|: 1/127 (nearest, uniform: |y| <= ceil(|x| / Delta)), 1/126
-    (triangular: one step more), raised by 2**-14 for the significand's rounding down."""
-    return fixed_point((1 + 2.0**-14) / (126 if dither == "triangular" else 127), C_BITS)
+def saturation_floor(dither: str, dt: str = "i8") -> tuple[int, int]:
+    """(c, k): the least step that keeps |dz / Delta| within ``dt`` after dithered rounding,
+    as a multiple of max |dz|: 1/127 for INT8, 1/32767 for INT16 (nearest, uniform:
+    |y| <= ceil(|x| / Delta)), one less in the denominator for triangular dither (one step
+    more), raised by 2**-14 for the significand's rounding down."""
+    top = 127 if dt == "i8" else 32767
+    return fixed_point((1 + 2.0**-14) / (top - (dither == "triangular")), C_BITS)
 
 
 def _floor(asm: Asm, lay: Any, layer: Layer, grad: Any, ein: int, src: int,
-           count: int) -> None:
+           count: int, dt: str = "i8") -> None:
     """Raise the step to the saturation floor: vqstep mode=amax combine=max over the entries
     the ReLU keeps (only they survive the mask)."""
-    c, k = saturation_floor(lay.spec.qbp.dither)
+    c, k = saturation_floor(lay.spec.qbp.dither, dt)
     rc = asm.const(c, set())
     asm.raw(f"mul r{R_T1}, r{rc}, r{R_QM}")  # c * M_in
     shift = 15
@@ -477,7 +487,7 @@ def _countdown(asm: Asm, lay: Any, layer: Layer) -> None:
 
 
 def _clamp(asm: Asm, lay: Any, layer: Layer) -> None:
-    """Clamp the step in (r30, e[E_DZ], r29) to [2**lo, 2**hi] (exponent compares: a step is
+    """Clamp the step in (r18, e[E_DZ], r29) to [2**lo, 2**hi] (exponent compares: a step is
     below 2**lo exactly when its exponent is, at least 2**hi when its exponent is)."""
     a = lay.qbp.adapt
     tag = f"train.bwd.l{layer.pos}.qstep"
@@ -513,7 +523,7 @@ def _sparsity_step(asm: Asm, lay: Any, layer: Layer, grad: Any, ein: int, src: i
 
 def _variance_step(asm: Asm, lay: Any, layer: Layer, ein: int, src: int, count: int) -> None:
     """eq. 5.20-5.21 for a dense layer without bias: N, S^T per weight tile, vqstep mode=var.
-    Leaves the step in (r30, e[E_DZ], r29). Exponents: e[E_T1] = 2 e_a (N), e[E_S] = 2 e_a +
+    Leaves the step in (r18, e[E_DZ], r29). Exponents: e[E_T1] = 2 e_a (N), e[E_S] = 2 e_a +
     e_fv (S), e[E_X] = the budget's; r28 keeps e_fv."""
     from programs.compiler.exps import X_IN
 
@@ -616,7 +626,8 @@ def tile_hook(asm: Asm, lay: Any, layer: Layer, w: int, k0: int, k1: int, need_d
         asm.label(skip)
 
 
-def after_mask(asm: Asm, lay: Any, layer: Layer, out_s: bool, count: int) -> None:
+def after_mask(asm: Asm, lay: Any, layer: Layer, out_s: bool, count: int,
+               dt: str = "i8") -> None:
     """meProp: keep the k largest |dz~| of every sample (after the ReLU mask)."""
     qp: QbpPlan = lay.qbp
     if qp.meprop is None:
@@ -628,4 +639,4 @@ def after_mask(asm: Asm, lay: Any, layer: Layer, out_s: bool, count: int) -> Non
         return  # nothing to drop
     dz = lay.sp[f"DZ{layer.pos}"]
     rows, cols = (b, n) if out_s else (n, b)
-    asm.op("vtopk", dz, dz, rows, cols, k, dt="i8", col=int(not out_s))
+    asm.op("vtopk", dz, dz, rows, cols, k, dt=dt, col=int(not out_s))

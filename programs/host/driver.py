@@ -26,11 +26,13 @@ from emulator.errors import CheckpointError, ConfigError, ExecutionError
 from emulator.machine import Machine
 from isa.asm import assemble
 from programs.compiler.firmware import (
+    CONST_BYTES,
     MODE_EVAL,
     MODE_TRAIN,
     P_LOADW,
     P_MODE,
     P_MU,
+    P_MUTAB,
     P_NBATCH,
     P_OBASE,
     P_RBASE,
@@ -39,6 +41,7 @@ from programs.compiler.firmware import (
     P_XBASE,
     R_B,
     compile_model,
+    constants,
     init_bound,
     lr_multiplier,
 )
@@ -66,14 +69,18 @@ def classifier_warning(spec: ModelSpec) -> str | None:
 
 
 def initial_weights(spec: ModelSpec, weight_exp: list[int]) -> list[np.ndarray]:
-    """He-uniform INT8 weights [fan_in, units] on each weight layer's fixed grid (the float
-    trainer starts from the same values, dequantized). Biases start at zero."""
+    """He-uniform weights [fan_in, units] on each weight layer's initial grid, INT8 (int8) or
+    INT16 (int16) by ``bits.weights`` (the float trainer starts from the same values,
+    dequantized). Biases start at zero."""
     rng = np.random.default_rng([spec.seed, 7])
     out = []
-    for layer, e in zip(spec.net().weight_layers, weight_exp, strict=True):
+    for layer, e, bits in zip(spec.net().weight_layers, weight_exp, spec.weight_bits(),
+                              strict=True):
         b = init_bound(layer.fan_in)
         w = rng.uniform(-b, b, size=layer.wshape)
-        out.append(np.clip(np.rint(w / 2.0**e), -127, 127).astype(np.int8))
+        top = 2 ** (bits - 1) - 1
+        out.append(np.clip(np.rint(w / 2.0**e), -top, top).astype(
+            np.int8 if bits == 8 else np.int16))
     return out
 
 
@@ -84,8 +91,11 @@ def initial_params(spec: ModelSpec, weight_exp: list[int]) -> list[np.ndarray]:
                         strict=True):
         out.append(w)
         if layer.bias:
-            out.append(np.zeros(layer.units, np.int8))
+            out.append(np.zeros(layer.units, w.dtype))
     return out
+
+
+MOMENT_EXP0 = -(2**30)  # Adam's moment exponents start "at minus infinity" (the moments are 0)
 
 
 @dataclass
@@ -104,6 +114,7 @@ class EpochStats:
     # adaptive QBP, per weight layer: the step's mean, min and max over the batches and the
     # fraction of batches the saturation floor or the lower clamp raised it
     qbp_steps: list[list[float]] | None = None
+    param_exponents: list[int] = field(default_factory=list)  # after the epoch (compiler order)
 
     @property
     def mean_sparsity(self) -> float:
@@ -172,6 +183,30 @@ def check_training(spec: ModelSpec, data: Dataset) -> ModelSpec:
     return spec
 
 
+def check_dataset_fits(spec: ModelSpec, cfg: Config) -> None:
+    """Before the ``synthetic`` dataset is generated: its samples (40 per class, 64 features,
+    INT8) fit the configured DRAM they are placed in, and generating them fits the memory
+    budget, so a huge class count is a ConfigError, not an allocation. Other datasets check
+    their own sizes when they are read (programs/host/datasets.py)."""
+    if spec.dataset != "synthetic":
+        return
+    from emulator.limits import fmt_bytes, memory_budget
+    from programs.host.datasets import SYNTHETIC_FEATURES, SYNTHETIC_PER_CLASS
+
+    c = spec.classes
+    samples = c * SYNTHETIC_PER_CLASS * SYNTHETIC_FEATURES  # INT8, as placed in DRAM
+    host = samples + 8 * c * (SYNTHETIC_FEATURES + SYNTHETIC_PER_CLASS)  # + centers, labels
+    if samples > cfg.memory.dram_bytes:
+        raise ConfigError(f"the synthetic dataset of {c:,} classes has {fmt_bytes(samples)} of "
+                          f"samples, more than the {cfg.memory.dram_bytes:,} bytes of DRAM",
+                          "layers")
+    budget = memory_budget(cfg.budget.max_memory_bytes)
+    if host > budget:
+        raise ConfigError(f"generating the synthetic dataset of {c:,} classes takes "
+                          f"{fmt_bytes(host)}, over the memory budget of {fmt_bytes(budget)}",
+                          "layers")
+
+
 class ChipTrainer:
     """Trains a model spec on the emulated chip.
 
@@ -196,6 +231,10 @@ class ChipTrainer:
         self._place_params(self.params0)
         if lay.ones:
             self.m.load_dram(lay.dram["ONES"], np.ones(lay.ones, np.int8))
+        consts = constants(lay)
+        if consts is not None:
+            self.m.load_dram(lay.dram["CONST"], np.frombuffer(consts[0], np.uint8))
+            self.m.load_dram(lay.dram["CONST"] + CONST_BYTES, np.array([consts[1]], "<i4"))
         self._plan_dram()
         self.epoch = self.log_epoch = 0
         self.loaded = False
@@ -213,15 +252,22 @@ class ChipTrainer:
     def _place_params(self, params: list[np.ndarray]) -> None:
         lay, spec = self.layout, self.spec
         for p, w in zip(lay.params, params, strict=True):
-            self.m.load_dram(lay.dram[p.key("W")], w.astype(np.int8))
+            self.m.load_dram(lay.dram[p.key("W")], w.astype(np.int8 if p.bits == 8 else "<i2"))
             if spec.update.mode == "shadow":
                 lz = w.astype(np.int16) << spec.update.acc_shift
             else:
                 lz = np.zeros(w.shape, np.int16)
             self.m.load_dram(lay.dram[p.key("LZ")], lz.astype("<i2"))
-            if p.key("VL") in lay.dram:  # momentum: the velocity starts at zero
-                self.m.load_dram(lay.dram[p.key("VL")],
-                                 np.zeros(lay.state_bytes("VL") * w.size, np.uint8))
+            for x in ("VL", "M", "V"):  # momentum, Adam's moments: start at zero
+                if p.key(x) in lay.dram:
+                    self.m.load_dram(lay.dram[p.key(x)],
+                                     np.zeros(lay.state_bytes(x, p) * w.size, np.uint8))
+            if p.key("E") in lay.dram:  # the dynamic exponent starts at the initial grid
+                self.m.load_dram(lay.dram[p.key("E")], np.array([p.exp], "<i4"))
+            for x in ("EM", "EV"):
+                if p.key(x) in lay.dram:
+                    n = len(lay.tiles[p.layer.pos])
+                    self.m.load_dram(lay.dram[p.key(x)], np.full(n, MOMENT_EXP0, "<i4"))
 
     def _plan_dram(self) -> None:
         lay, spec, d = self.layout, self.spec, self.data
@@ -242,6 +288,7 @@ class ChipTrainer:
         self.ro_addr = take(self.nb_train * 4 * b)
         # the adaptive QBP steps of every batch of an epoch (programs/compiler/qbp.py)
         self.qlog_addr = take(self.nb_train * LOG_BYTES * lay.qbp.nw) if lay.qbp.adapt else 0
+        self.mu_addr = take(4 * self.nb_train) if spec.per_step_lr else 0
         self.x_test_addr = take(self.nb_test * lay.batch_x_bytes)
         self.logit_addr = take(self.nb_test * lay.batch_logit_bytes)
         self.nb_val = math.ceil(len(d.x_val) / b) if d.has_validation else 0
@@ -260,14 +307,10 @@ class ChipTrainer:
             self.m.load_dram(self.x_val_addr, self._batches_x(xva))
 
     def _param_regions(self) -> list[tuple[int, int]]:
-        """(DRAM address, bytes) of every parameter and its INT16 update state."""
-        lay = self.layout
-        out = []
-        for p in lay.params:
-            for x in ("W", "LZ", "VL"):
-                if p.key(x) in lay.dram:
-                    out.append((lay.dram[p.key(x)], lay.state_bytes(x) * p.size))
-        return out
+        """(DRAM address, bytes) of every parameter and its update state (lazy residual or
+        shadow copy, velocity, Adam's moments) and exponent words (dynamic exponents, Adam's
+        moment exponents)."""
+        return [(self.layout.dram[p.key(x)], n) for p, x, n in self.layout.param_blocks()]
 
     def _copy_params(self, to_best: bool) -> None:
         """Copy the parameters to the best-epoch area (or back); host access, not counted."""
@@ -306,6 +349,7 @@ class ChipTrainer:
         words[P_XBASE], words[P_TBASE], words[P_OBASE], words[P_RBASE] = xb, tb, ob, rb
         words[P_LOADW] = 0 if self.loaded else 1
         words[P_QLOG] = self.qlog_addr
+        words[P_MUTAB] = self.mu_addr
         self.m.load_dram(0, words)
         self.loaded = True
 
@@ -325,6 +369,11 @@ class ChipTrainer:
         self.m.load_dram(self.x_train_addr, self._batches_x(x))
         self.m.load_dram(self.t_train_addr, self._neg_targets(y))
         mu = lr_multiplier(spec, lay, self.epoch)
+        if spec.per_step_lr:  # one mu per batch: the step size of training step t
+            t0 = self.epoch * self.nb_train
+            self.m.load_dram(self.mu_addr, np.array(
+                [lr_multiplier(spec, lay, self.epoch, t0 + i) for i in range(self.nb_train)],
+                "<i4"))
         seed = (spec.seed * 1_000_003 + self.epoch) & 0x7FFFFFFF
         self._params(MODE_TRAIN, self.nb_train, mu, seed, self.x_train_addr,
                      self.t_train_addr, self.y_addr, self.ro_addr)
@@ -408,6 +457,7 @@ class ChipTrainer:
             y_zero_fraction=float(((prob == 0) & wrong).sum() / max(int(wrong.sum()), 1)),
             counters={n: int(delta[:, i].sum()) for i, n in enumerate(COUNTERS)},
             qbp_steps=self._step_stats(),
+            param_exponents=self.param_exponents(),
         )
         if d.has_validation:
             best = self.best_epoch()
@@ -500,29 +550,45 @@ class ChipTrainer:
         return self.evaluate()
 
     def _read_param(self, p: Param, x: str = "W") -> np.ndarray:
-        dt = np.dtype(np.int8) if x == "W" else np.dtype("<i2")
+        eb = self.layout.state_bytes(x, p)
+        dt = np.dtype(np.int8) if eb == 1 else np.dtype("<i2")
         raw = self.m.read_dram(self.layout.dram[p.key(x)], p.size * dt.itemsize)
         return np.frombuffer(raw, dt).reshape(p.shape).copy()
 
     def weights(self) -> list[np.ndarray]:
-        """The INT8 weight matrices [fan_in, units] of the weight layers."""
+        """The weight matrices [fan_in, units] of the weight layers (int8 or int16)."""
         return [self._read_param(p) for p in self.layout.params if not p.is_bias]
 
     def params(self) -> list[np.ndarray]:
-        """Every INT8 parameter in the compiler's order (per weight layer: W, then bias)."""
+        """Every parameter in the compiler's order (per weight layer: W, then bias)."""
         return [self._read_param(p) for p in self.layout.params]
 
+    def param_exponents(self) -> list[int]:
+        """The current exponent of every parameter (the fixed one, or the dynamic one the
+        chip keeps in its DRAM word)."""
+        out = []
+        for p in self.layout.params:
+            if p.key("E") in self.layout.dram:
+                raw = self.m.read_dram(self.layout.dram[p.key("E")], 4)
+                out.append(int(np.frombuffer(raw, "<i4")[0]))
+            else:
+                out.append(p.exp)
+        return out
+
+    def param_values(self) -> list[np.ndarray]:
+        """Every parameter as float64 values (integers times 2**exponent)."""
+        return [w.astype(np.float64) * 2.0**e
+                for w, e in zip(self.params(), self.param_exponents(), strict=True)]
+
     def weights_digest(self) -> str:
-        """SHA-256 of every parameter (INT8, row-major) and its INT16 update state (lazy
-        residual or shadow copy, and the momentum velocity)."""
+        """SHA-256 of every parameter (row-major) and its update state (lazy residual or shadow
+        copy, momentum velocity, Adam's moments) and exponent words."""
         h = hashlib.sha256()
         for w in self.params():
             h.update(w.tobytes())
-        for p in self.layout.params:
-            for x in ("LZ", "VL"):
-                if p.key(x) in self.layout.dram:
-                    h.update(self.m.read_dram(self.layout.dram[p.key(x)],
-                                              self.layout.state_bytes(x) * p.size))
+        for p, x, n in self.layout.param_blocks():
+            if x != "W":
+                h.update(self.m.read_dram(self.layout.dram[p.key(x)], n))
         return h.hexdigest()
 
     def float_init(self) -> list[np.ndarray]:
@@ -544,16 +610,32 @@ class ChipTrainer:
         }
 
     def set_host_state(self, st: Any, file: str = "<checkpoint>") -> None:
-        """Restore :meth:`host_state`; a malformed document raises CheckpointError."""
+        """Restore :meth:`host_state`; a malformed document (a missing field, a value of the
+        wrong type or shape, an epoch outside the run) raises CheckpointError."""
         try:
-            epoch, loaded, in_epoch = int(st["epoch"]), bool(st["loaded"]), bool(st["in_epoch"])
-            start = (np.array(st["epoch_start_counts"], dtype=np.int64) if in_epoch
-                     else self.epoch_start_counts)
-            history = [EpochStats(**h) for h in st["history"]]
-            if in_epoch and start.shape != self.m.counts.shape:
-                raise ValueError(f"epoch_start_counts has shape {start.shape}")
+            if not isinstance(st, dict):
+                raise ValueError(f"host state is {type(st).__name__}, not an object")
+            epoch, loaded, in_epoch = st["epoch"], st["loaded"], st["in_epoch"]
+            if not (_is_int(epoch) and isinstance(loaded, bool) and isinstance(in_epoch, bool)):
+                raise ValueError("epoch must be an integer, loaded and in_epoch booleans")
             if not 0 <= epoch <= self.spec.epochs:
                 raise ValueError(f"epoch {epoch} outside 0..{self.spec.epochs}")
+            if in_epoch and epoch >= self.spec.epochs:
+                raise ValueError(f"mid-epoch at epoch {epoch} of {self.spec.epochs}")
+            start = self.epoch_start_counts
+            if in_epoch:
+                rows = st["epoch_start_counts"]
+                if not (isinstance(rows, list) and len(rows) == self.m.counts.shape[0]
+                        and all(isinstance(r, list) and len(r) == self.m.counts.shape[1]
+                                and all(_is_int(v) and 0 <= v < 1 << 63 for v in r)
+                                for r in rows)):
+                    raise ValueError("epoch_start_counts is not a matrix of counters of this "
+                                     f"program's shape {self.m.counts.shape}")
+                start = np.array(rows, dtype=np.int64)
+            history = st["history"]
+            if not isinstance(history, list) or len(history) != epoch:
+                raise ValueError(f"history must list the {epoch} finished epochs")
+            history = [_epoch_stats(h, i) for i, h in enumerate(history)]
         except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise CheckpointError(f"training driver state is malformed: {e!r}", file) from None
         self.epoch, self.loaded, self.in_epoch = epoch, loaded, in_epoch
@@ -579,6 +661,32 @@ class ChipTrainer:
             d.update(derived(c, self.cfg))
             out.append(d)
         return out
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _epoch_stats(h: Any, i: int) -> EpochStats:
+    """One finished epoch's statistics from a checkpoint, every field of its type."""
+    if not isinstance(h, dict) or set(h) != {f.name for f in dataclasses.fields(EpochStats)}:
+        raise ValueError(f"history[{i}] is not an epoch record")
+    floats = ("lr", "loss", "train_accuracy", "roundoff_mean_abs", "roundoff_mean",
+              "roundoff_max_abs", "y_zero_fraction")
+    ok = (h["epoch"] == i and _is_int(h["epoch"]) and all(_is_num(h[k]) for k in floats)
+          and (h["validation_accuracy"] is None or _is_num(h["validation_accuracy"]))
+          and isinstance(h["sparsity"], list) and all(_is_num(v) for v in h["sparsity"])
+          and isinstance(h["counters"], dict)
+          and all(k in IDX and _is_int(v) for k, v in h["counters"].items())
+          and isinstance(h["param_exponents"], list)
+          and all(_is_int(v) for v in h["param_exponents"]))
+    if not ok:
+        raise ValueError(f"history[{i}] has a field of the wrong type")
+    return EpochStats(**h)
 
 
 def train(spec: ModelSpec, cfg: Config, data: Dataset, on_epoch=None,

@@ -3,7 +3,8 @@ gradients quantized as 004 specifies (eq. 5.4-5.6) in float64, so a table can sh
 itself does apart from the chip's INT8 arithmetic.
 
 Per weight layer, on the per-sample gradient ``x = B dL/dz`` (004 sec. 6.1: dz scaled by the
-batch size) and in the chip's order (quantize, then the ReLU mask):
+batch size) and in the order ``qbp.order`` gives, as the chip (``mask_first``: ``Q(da f')``,
+004 eq. 5.1, 5.4; ``quantize_first``: ``Q(da) f'``):
 
 * ``uniform``: ``Delta floor(x / Delta + u)``, u ~ U[0, 1); ``triangular``: ``Delta floor(x /
   Delta + u1 + u2 - 1/2)``; ``none``: ``Delta floor(x / Delta + 1/2)`` (004 eq. 4.5, 4.13);
@@ -110,7 +111,10 @@ class FloatQuantizer:
         else:
             d = self.steps[i] if self.steps is not None else self._adaptive(i, layer, x, f, inp)
             self.used[i] = d
-            q = self._round(x, d) * f
+            if self.spec.qbp.order == "mask_first":  # 004 eq. 5.1, 5.4: Q(da f')
+                q = self._round(x * f, d)
+            else:  # quantize_first: Q(da) f'
+                q = self._round(x, d) * f
             if self.adapt is not None and self.adapt.mode == "variance":
                 # eq. 5.18 for the layer below: V_jk = sum_i W_ji^2 (f'^2 V + Delta^2 / 4)
                 v = (f * f * self._v if self._v is not None else 0.0) + d * d / 4

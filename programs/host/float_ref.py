@@ -210,16 +210,52 @@ def accuracy(fnet: FloatNet, params: list[np.ndarray], x: np.ndarray, y: np.ndar
     return hits / max(len(x), 1)
 
 
+@dataclass
+class Adam:
+    """Adam's state (Kingma and Ba 2014, Algorithm 1) in float32: ``t`` updates done, first and
+    second moments per parameter."""
+
+    beta1: float
+    beta2: float
+    eps: float
+    m: list[np.ndarray]
+    v: list[np.ndarray]
+    t: int = 0
+
+    @classmethod
+    def like(cls, params: list[np.ndarray], beta1: float, beta2: float, eps: float) -> Adam:
+        return cls(beta1, beta2, eps, [np.zeros_like(w) for w in params],
+                   [np.zeros_like(w) for w in params])
+
+    def step(self, i: int, g: np.ndarray, lr: float) -> np.ndarray:
+        """The step of parameter i (call for every i, then :meth:`tick`)."""
+        f = np.float32
+        self.m[i] = f(self.beta1) * self.m[i] + f(1 - self.beta1) * g
+        self.v[i] = f(self.beta2) * self.v[i] + f(1 - self.beta2) * g * g
+        t = self.t + 1
+        mh = self.m[i] / f(1 - self.beta1**t)
+        vh = self.v[i] / f(1 - self.beta2**t)
+        return f(lr) * mh / (np.sqrt(vh) + f(self.eps))
+
+    def tick(self) -> None:
+        self.t += 1
+
+
 def train_step(fnet: FloatNet, params: list[np.ndarray], x: np.ndarray, y: np.ndarray,
                lr: float, momentum: float = 0.0,
-               velocity: list[np.ndarray] | None = None, quant: Any = None) -> float:
+               velocity: list[np.ndarray] | None = None, adam: Adam | None = None,
+               quant: Any = None) -> float:
     """One SGD step on the mean cross-entropy; updates ``params`` in place; returns the loss.
     With ``momentum`` beta (heavy ball, as the chip does it): ``v = beta v + lr g``,
-    ``w -= v``, with ``velocity`` updated in place."""
+    ``w -= v``, with ``velocity`` updated in place. With ``adam``, an Adam step instead;
+    ``quant`` quantizes dz (QBP)."""
     loss, grads = loss_and_grad(fnet, params, x, y, quant)
     for i in range(len(params) - 1, -1, -1):
         g = grads[i]
         assert g is not None
+        if adam is not None:
+            params[i] -= adam.step(i, g, lr)
+            continue
         step = np.float32(lr) * g
         if momentum:
             assert velocity is not None
@@ -227,6 +263,8 @@ def train_step(fnet: FloatNet, params: list[np.ndarray], x: np.ndarray, y: np.nd
             velocity[i] += step
             step = velocity[i]
         params[i] -= step
+    if adam is not None:
+        adam.tick()
     return loss
 
 
@@ -250,15 +288,19 @@ def train_float(spec: ModelSpec, data: Dataset, init: list[np.ndarray],
     b = spec.batch_size
     beta = spec.update.momentum
     velocity = [np.zeros_like(w) for w in params]
+    a = spec.update.adam
+    adam = (Adam.like(params, a.beta1, a.beta2, a.eps) if spec.update.optimizer == "adam"
+            else None)
     res = FloatResult(0.0)
+    step = 0
     for epoch in range(spec.epochs if epochs is None else epochs):
         order = epoch_order(len(xtr), b, spec.seed, epoch)
-        lr = spec.lr_at(epoch)
-        losses = [
-            train_step(fnet, params, xtr[order[i : i + b]], data.y_train[order[i : i + b]], lr,
-                       beta, velocity, quant)
-            for i in range(0, len(order), b)
-        ]
+        losses = []
+        for i in range(0, len(order), b):
+            losses.append(train_step(fnet, params, xtr[order[i : i + b]],
+                                     data.y_train[order[i : i + b]], spec.lr_at(epoch, step),
+                                     beta, velocity, adam, quant))
+            step += 1
         h = {"epoch": epoch, "loss": float(np.mean(losses)),
              "test_accuracy": accuracy(fnet, params, xte, data.y_test)}
         if xva is not None:

@@ -11,7 +11,7 @@ Per weight layer of a dense network (``net.is_mlp``), in one pass of the step:
 * at ``train.bwd.l<pos>``: the incoming gradient (the classifier gradient g, INT16 at
   2**-(BW-1), or the accumulator block ``DA``) with its exponent and significand;
 * at ``train.upd.l<pos>[.t<i>]`` (before each tile's update): the tile of dW in the accumulator,
-  dz~ (INT8, after the ReLU mask) and the step that quantized it (e[E_DZ], and r31 on the
+  dz~ (its width, after the ReLU mask) and the step that quantized it (e[E_DZ], and r19 on the
   general path).
 
 :meth:`StepProbe.forward` reads the forward pass: activations (INT8 with their exponents), the
@@ -61,6 +61,8 @@ class StepProbe:
         lay = tr.layout
         if not lay.net.is_mlp:
             raise ValueError("StepProbe reads dense networks without biases (net.is_mlp)")
+        if lay.dynamic:
+            raise ValueError("StepProbe reads fixed weight exponents (bits.weight_exponent)")
         self.m = tr.m
         self.labels = tr.program.labels
         if self.m.pc != self.labels["train.loop"] or self.m.halted:
@@ -118,10 +120,11 @@ class StepProbe:
     def _weights(self, pos: int) -> np.ndarray:
         lay = self.tr.layout
         p = next(p for p in lay.params if p.layer.pos == pos and not p.is_bias)
+        nb = 2 if p.dt == "i16" else 1
         if lay.streams(p):
-            raw = self.m.read_dram(lay.dram[p.key("W")], p.size)
-            return np.frombuffer(raw, np.int8).reshape(p.shape).copy()
-        return self.m.sp_elems(lay.sp[p.key("W")], p.size, 1).reshape(p.shape).copy()
+            raw = self.m.read_dram(lay.dram[p.key("W")], nb * p.size)
+            return np.frombuffer(raw, "<i2" if nb == 2 else np.int8).reshape(p.shape).copy()
+        return self.m.sp_elems(lay.sp[p.key("W")], p.size, nb).reshape(p.shape).copy()
 
     def forward(self) -> ForwardState:
         """Run the step's forward pass and softmax (on a saved machine, restored after) and
@@ -136,7 +139,8 @@ class StepProbe:
             fs.acts[0] = (self.m.sp_elems(lay.sp["A0"], lay.net.features * b, 1)
                           .reshape(-1, b).copy(), self.exponent("a0"))
             for x in self.layers[:-1]:
-                fs.acts[x.pos] = (self.m.sp_elems(lay.sp[f"A{x.pos}"], x.units * b, 1)
+                nb = 2 if lay.act_dt(x.pos) == "i16" else 1
+                fs.acts[x.pos] = (self.m.sp_elems(lay.sp[f"A{x.pos}"], x.units * b, nb)
                                   .reshape(x.units, b).copy(), self.exponent(f"a{x.pos}"))
             for x in self.layers:
                 fs.weights[x.pos] = (self._weights(x.pos), self.exponent(f"w{x.pos}"))
@@ -180,7 +184,8 @@ class StepProbe:
                         k1 - k0, x.units)
                     if t == 0:
                         shape = (b, x.units) if x is self.layers[-1] else (x.units, b)
-                        dz = self.m.sp_elems(lay.sp[f"DZ{x.pos}"], b * x.units, 1).reshape(
+                        nb = 2 if lay.grad_dt(x) == "i16" else 1
+                        dz = self.m.sp_elems(lay.sp[f"DZ{x.pos}"], b * x.units, nb).reshape(
                             shape).copy()
                         dz_exp = int(self.m.e[E_DZ])
                         dz_mant = int(self.m.r[R_QM]) if general else MANT_ONE

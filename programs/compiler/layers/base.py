@@ -12,20 +12,27 @@ from __future__ import annotations
 from programs.compiler import qbp
 from programs.compiler.emit import (
     E_DZ,
-    E_LZ,
     E_T0,
-    E_T1,
     E_X,
+    R_CTR,
+    R_T0,
     Asm,
     efit,
+    ldw_abs,
     rq,
     vcvt,
 )
-from programs.compiler.exps import X_B, X_W
+from programs.compiler.exps import X_B
 from programs.compiler.layout import Grad, Layout, Param
 from programs.compiler.net import Layer
+from programs.compiler.update import (  # noqa: F401 - re-exported
+    MOMENTUM_FRAC_BITS,
+    has_momentum,
+    momentum_q15,
+    param_exponent,
+    update,
+)
 
-MOMENTUM_FRAC_BITS = 15  # the momentum factor is a Q15 multiplier: beta_q = round(beta 2**15)
 POOL_MUL_BITS = 16  # average pooling scales by round(2**16 / (KH KW)) / 2**16
 
 
@@ -45,13 +52,13 @@ class Lowering:
         """The name whose exponent the output shares (max pooling, flatten), if any."""
         return None
 
-    def params(self, weight_exp: int) -> list[Param]:
-        """A weight layer's weights and (if any) its bias, on the weights' grid."""
+    def params(self, weight_exp: int, bits: int = 8) -> list[Param]:
+        """A weight layer's weights and (if any) its bias, on the weights' grid and width."""
         if not self.layer.is_weight:
             return []
-        ps = [Param(self.layer, False, weight_exp)]
+        ps = [Param(self.layer, False, weight_exp, bits)]
         if self.layer.bias:
-            ps.append(Param(self.layer, True, weight_exp))
+            ps.append(Param(self.layer, True, weight_exp, bits))
         return ps
 
     def plan_acts(self, lay: Layout, b: int) -> None:
@@ -64,7 +71,8 @@ class Lowering:
         """Accumulator entries the forward pass writes at once."""
         return 0
 
-    def mask_size(self, b: int) -> int:
+    def mask_size(self, lay: Layout, b: int) -> int:
+        """Bytes of the ReLU mask (in the wider of the output's and dz~'s widths)."""
         return 0
 
     def sp_grad_size(self, b: int) -> int:
@@ -123,13 +131,11 @@ def dither(lay: Layout) -> str:
         lay.spec.qbp.dither]
 
 
-def quantize_dz(asm: Asm, lay: Layout, layer: Layer, grad: Grad, ein: int, count: int) -> None:
-    """dz~ of a weight layer to INT8 at exponent e[E_DZ] (``DZ<pos>``): the QBP fixed step with
-    the configured dither, or (``qbp.step_log2: null``) a dynamic exponent, nearest rounding.
-    Steps that are not powers of two, adaptive steps and meProp: programs/compiler/qbp.py."""
-    if qbp.handles(lay):
-        qbp.quantize(asm, lay, layer, grad, ein, count)
-        return
+def quantize_dz(asm: Asm, lay: Layout, layer: Layer, grad: Grad, ein: int, count: int,
+                dt: str = "i8") -> int:
+    """dz~ of a weight layer to ``dt`` at exponent e[E_DZ] (``DZ<pos>``): the QBP fixed step
+    with the configured dither, or (``qbp.step_log2: null``) a dynamic exponent, nearest
+    rounding. Returns the register holding the source's exponent as the quantizer read it."""
     steps = lay.spec.qbp_steps()
     dst = lay.sp[f"DZ{layer.pos}"]
     src_acc = grad.addr if grad.where == "acc" else None
@@ -143,55 +149,96 @@ def quantize_dz(asm: Asm, lay: Layout, layer: Layer, grad: Grad, ein: int, count
         if src_acc is None:  # bring the gradient to the accumulator to scan its maximum
             asm.op("vtoacc", lay.acc["TMP"], grad.addr, count, dt=grad.dt)
             src_acc = lay.acc["TMP"]
-        efit(asm, E_DZ, src_acc, count, ein, "i8")  # (with a scale <= 1 the result fits too)
+        efit(asm, E_DZ, src_acc, count, ein, dt)  # (with a scale <= 1 the result fits too)
     if grad.mul is not None:
         if src_acc is None:  # pragma: no cover - pooling gradients are in the accumulator
             raise AssertionError("a scaled gradient must be in the accumulator")
         mul = asm.const(grad.mul, set())
-        rq(asm, dst, src_acc, count, E_DZ, E_X, rnd, "i8", mnemonic="rqm", mul=mul)
-    elif src_acc is not None:
-        rq(asm, dst, src_acc, count, E_DZ, ein, rnd, "i8")
+        rq(asm, dst, src_acc, count, E_DZ, E_X, rnd, dt, mnemonic="rqm", mul=mul)
+        return E_X
+    if src_acc is not None:
+        rq(asm, dst, src_acc, count, E_DZ, ein, rnd, dt)
     else:
-        vcvt(asm, dst, grad.addr, count, E_DZ, ein, rnd, grad.dt, "i8")
+        vcvt(asm, dst, grad.addr, count, E_DZ, ein, rnd, grad.dt, dt)
+    return ein
 
 
-def relu_mask(asm: Asm, lay: Layout, layer: Layer, count: int) -> None:
-    """dz~ *= relu'(z), the mask a > 0 of the layer's stored output (after quantization). The
-    mask overwrites the output itself (dead by now: the layer above has used it) except in the
-    dense-only networks, which keep a ``MASK`` buffer."""
+def quantize_masked(asm: Asm, lay: Layout, layer: Layer, grad: Grad, ein: int,
+                    count: int) -> None:
+    """dz~ of a weight layer (``DZ<pos>``, the layer's gradient width): the incoming gradient
+    da quantized by :func:`quantize_dz` and, for a ReLU layer, masked with relu'(z) = [a > 0]
+    of its stored output, in the order ``qbp.order`` gives.
+
+    ``quantize_first`` is Q(da) * m. ``mask_first`` is 004's Q(da * m) (eq. 5.1, 5.4): with
+    nearest rounding or uniform dither Q(0) = 0 (0 <= u < 2**s), so Q(da * m) = Q(da) * m with
+    the same draws and the firmware is the same; with triangular dither Q(0) is -1, 0 or +1, so
+    the firmware saves the dither counter c, quantizes da (draws c .. c+n-1), rewinds to c and
+    quantizes the mask itself with the same shift (each masked element is 0: its Q(0) with its
+    own draw), and selects Q(da) where m = 1, Q(0) where m = 0 (``vsel``). The counter ends at
+    c + n either way; the second pass's n draws are counted in ``rng_draws``."""
+    gdt = lay.grad_dt(layer)
+    if qbp.handles(lay):  # steps that are not powers of two, adaptive steps, meProp
+        qbp.quantize(asm, lay, layer, grad, ein, count, gdt)  # (spec.py: no triangular here)
+        if layer.relu:
+            relu_mask(asm, lay, layer, count)
+        return
+    tri = (lay.spec.qbp_steps() is not None and lay.spec.qbp.dither == "triangular"
+           and lay.spec.qbp.order == "mask_first" and layer.relu)
+    if tri:
+        asm.raw(f"rngrd r{R_CTR}, sel=counter")
+    e_src = quantize_dz(asm, lay, layer, grad, ein, count, gdt)
+    if not layer.relu:
+        return
+    mask = relu_mask(asm, lay, layer, count, apply=not tri)
+    if tri:
+        dz = lay.sp[f"DZ{layer.pos}"]
+        q0 = lay.sp[f"Q0{layer.pos}"] if f"Q0{layer.pos}" in lay.sp else lay.sp["Q0"]
+        asm.raw(f"rngctr r{R_CTR}")
+        vcvt(asm, q0, mask, count, E_DZ, e_src, "triangular", gdt, gdt)
+        asm.op("vsel", dz, mask, dz, q0, count, **_dt(gdt))
+
+
+def relu_mask(asm: Asm, lay: Layout, layer: Layer, count: int, apply: bool = True) -> int:
+    """The mask relu'(z) = [a > 0] of the layer's stored output in the gradient's width, and
+    (``apply``) dz~ *= mask. The mask overwrites the output itself (dead by now: the layer above
+    has used it; the buffer holds the wider of the two widths) except in the dense-only
+    networks, which keep a ``MASK`` buffer. Returns the mask's address."""
     a = lay.sp[f"A{layer.pos}"]
     mask = lay.sp["MASK"] if "MASK" in lay.sp else a
-    asm.op("vrelumask", mask, a, count, dt="i8")
-    asm.op("vmul", lay.sp[f"DZ{layer.pos}"], lay.sp[f"DZ{layer.pos}"], mask, count, dt="i8")
+    adt, gdt = lay.act_dt(layer.pos), lay.grad_dt(layer)
+    asm.op("vrelumask", mask, a, count, **_dt(adt, force=True))
+    if adt != gdt:  # the 0/1 mask in the gradient's width (shift 0: exact)
+        vcvt(asm, mask, mask, count, E_DZ, E_DZ, "nearest", adt, gdt)
+    if apply:
+        dz = lay.sp[f"DZ{layer.pos}"]
+        asm.op("vmul", dz, dz, mask, count, **_dt(gdt, force=True))
+    return mask
+
+
+def _dt(dt: str, force: bool = False, key: str = "dt") -> dict[str, str]:
+    """The ``dt=`` keyword of an instruction (left out for i8 unless ``force``)."""
+    return {key: dt} if force or dt != "i8" else {}
 
 
 # ------------------------------------------------------------------------ weights in and out
-def has_momentum(lay: Layout) -> bool:
-    return lay.spec.update.momentum != 0
-
-
-def momentum_q15(momentum: float) -> int:
-    return round(momentum * 2**MOMENTUM_FRAC_BITS)
-
-
 def update_state(lay: Layout) -> list[str]:
-    """The per-weight INT16 update state next to W: LZ (lazy residual or shadow copy) and, with
-    momentum, the velocity VL."""
-    return ["LZ", "VL"] if has_momentum(lay) else ["LZ"]
+    """The per-element state next to W: LZ (lazy residual or shadow copy), with momentum the
+    velocity VL, with Adam the moments M and V."""
+    return lay.state_names()
 
 
 def tile_in(asm: Asm, lay: Layout, p: Param, k0: int, k1: int,
             with_state: bool) -> dict[str, int]:
-    """Scratchpad addresses of rows k0:k1 of a parameter (and its update state ``LZ``
-    [``VL``]); DMA them in when the weights stream from DRAM."""
+    """Scratchpad addresses of rows k0:k1 of a parameter (and its update state); DMA them in
+    when the weights stream from DRAM."""
     n_out = p.shape[-1]
     names = ["W"] + (update_state(lay) if with_state else [])
     if not lay.streams(p):
-        return {x: lay.sp[p.key(x)] + lay.state_bytes(x) * k0 * n_out for x in names}
+        return {x: lay.sp[p.key(x)] + lay.state_bytes(x, p) * k0 * n_out for x in names}
     nb = (k1 - k0) * n_out
     for x in names:
-        size = lay.state_bytes(x) * nb
-        base = lay.dram[p.key(x)] + lay.state_bytes(x) * k0 * n_out
+        size = lay.state_bytes(x, p) * nb
+        base = lay.dram[p.key(x)] + lay.state_bytes(x, p) * k0 * n_out
         asm.op("dmald", lay.sp[f"{x}T"], base, 1, size, size, size)
     return {x: lay.sp[f"{x}T"] for x in names}
 
@@ -202,85 +249,47 @@ def tile_out(asm: Asm, lay: Layout, p: Param, k0: int, k1: int) -> None:
     n_out = p.shape[-1]
     nb = (k1 - k0) * n_out
     for x in ["W"] + update_state(lay):
-        size = lay.state_bytes(x) * nb
-        base = lay.dram[p.key(x)] + lay.state_bytes(x) * k0 * n_out
+        size = lay.state_bytes(x, p) * nb
+        base = lay.dram[p.key(x)] + lay.state_bytes(x, p) * k0 * n_out
         asm.op("dmast", base, lay.sp[f"{x}T"], 1, size, size, size)
 
 
+def finish_update(asm: Asm, lay: Layout, p: Param, tiles: list[tuple[int, int]],
+                  tag: str = "") -> None:
+    """After the last tile of ``p``'s update: its dynamic exponent (programs/compiler/update.py)."""
+    param_exponent(asm, lay, p, tiles, tag, tile_in, tile_out)
+
+
+def save_input_grad_exp(asm: Asm, lay: Layout, w: Param) -> None:
+    """With dynamic exponents the weights' exponent may change in the update, after the input
+    gradient was made with the old one: its exponent (weights' + dz~'s) is kept in a word."""
+    if lay.dynamic:
+        lay.exps.add(asm, E_T0, w.ename, E_DZ)
+        lay.exps.save(asm, f"da{w.layer.pos}", E_T0)
+
+
 # ------------------------------------------------------------------------ the update
-def update(asm: Asm, lay: Layout, p: Param, at: dict[str, int], nw: int, tag: str,
-           e_grad: int = E_T0) -> None:
-    """SGD step for nw elements of ``p`` at ``at["W"]`` (INT16 state at ``at["LZ"]``, velocity at
-    ``at["VL"]``: INT16 on the fine grid for lazy/shadow, INT8 on the parameter's grid for
-    plain/stochastic) from its gradient in the accumulator (``DW``, exponent e[e_grad]) scaled by
-    lr/B = mu * 2**-t."""
-    spec = lay.spec
-    sp = lay.sp
-    mode = spec.update.mode
-    w = at["W"]
-    what = f"b{p.layer.pos}" if p.is_bias else f"W{p.layer.pos}"
-    asm.label(f"train.upd.l{p.layer.pos}{tag}", f"{mode} update of {what}{tag}"
-              + (f", momentum {spec.update.momentum}" if has_momentum(lay) else ""))
-    qmul, qshift = qbp.update_scale(lay)  # mu (r22), or mu * M of a general QBP step
-    asm.raw(f"eaddi e{E_T1}, e{e_grad}, {-lay.mu_shift - qshift}")  # exponent of dW * mu
-    if mode in ("lazy", "shadow"):
-        lz = at["LZ"]
-        lay.exps.addi(asm, E_LZ, p.ename, -spec.update.acc_shift)  # the fine grid
-        # U = round(lr g) on the fine grid
-        rq(asm, sp["U"], lay.acc["DW"], nw, E_LZ, E_T1, "nearest", "i16", mnemonic="rqm",
-           mul=qmul)
-        step = sp["U"]
-        if has_momentum(lay):
-            # VL = round_dither(beta VL) + U on the fine grid. dW in the accumulator is dead:
-            # VL passes through it for the Q15 multiply. Dithered rounding lets small
-            # velocities decay to zero (round-to-nearest would hold +-1 forever).
-            vl = at["VL"]
-            asm.op("vtoacc", lay.acc["DW"], vl, nw, dt="i16")
-            asm.raw(f"eaddi e{E_T1}, e{E_LZ}, {MOMENTUM_FRAC_BITS}")
-            beta = asm.const(momentum_q15(spec.update.momentum), set())
-            rq(asm, vl, lay.acc["DW"], nw, E_T1, E_LZ, "uniform", "i16", mnemonic="rqm",
-               mul=beta)
-            asm.op("vadd", vl, vl, sp["U"], nw, dt="i16")
-            step = vl
-        asm.op("vsub", lz, lz, step, nw, dt="i16")
-        ew = lay.exps.load(asm, p.ename, X_W)
-        if mode == "lazy":
-            r = [asm.const(v, set()) for v in (w, lz, nw)]
-            asm.raw(f"vlazy r{r[0]}, r{r[1]}, r{r[2]}, e{ew}, e{E_LZ}")
-        else:
-            vcvt(asm, w, lz, nw, ew, E_LZ, "nearest", "i16", "i8")
-    else:
-        rnd = "nearest" if mode == "plain" else "uniform"
-        ew = lay.exps.load(asm, p.ename, X_W)
-        rq(asm, sp["U"], lay.acc["DW"], nw, ew, E_T1, rnd, "i8", mnemonic="rqm", mul=qmul)
-        step = sp["U"]
-        if has_momentum(lay):
-            # everything INT8: VL = sat8(round_dither(beta VL) + U) on the parameter's grid
-            vl = at["VL"]
-            asm.op("vtoacc", lay.acc["DW"], vl, nw, dt="i8")
-            asm.raw(f"eaddi e{E_T1}, e{ew}, {MOMENTUM_FRAC_BITS}")  # shift 15: the Q15 beta
-            beta = asm.const(momentum_q15(spec.update.momentum), set())
-            rq(asm, vl, lay.acc["DW"], nw, E_T1, ew, "uniform", "i8", mnemonic="rqm", mul=beta)
-            asm.op("vadd", vl, vl, sp["U"], nw, dt="i8")
-            step = vl
-        asm.op("vsub", w, w, step, nw, dt="i8")
-
-
 def add_bias(asm: Asm, lay: Layout, layer: Layer, rows: int, cols: int) -> None:
     """``vbias``: the layer's bias onto every row of the [rows, cols] forward output in the
     accumulator (exponent e[E_T0])."""
     eb = lay.exps.load(asm, f"b{layer.pos}", X_B)
+    dt = lay.param_of(layer, bias=True).dt
     r = [asm.const(v, set()) for v in (lay.acc["Z"], lay.sp[f"B{layer.pos}"], rows, cols)]
-    asm.raw(f"vbias r{r[0]}, r{r[1]}, r{r[2]}, r{r[3]}, e{E_T0}, e{eb}, dt=i8")
+    asm.raw(f"vbias r{r[0]}, r{r[1]}, r{r[2]}, r{r[3]}, e{E_T0}, e{eb}, dt={dt}")
 
 
 def input_grad(lay: Layout, w: Param) -> Grad:
     """The input gradient a weight layer leaves in the accumulator (``DA``): its exponent is
-    the weights' plus dz~'s, put into E_T0 by the layer below when it starts."""
+    the weights' plus dz~'s, put into E_T0 by the layer below when it starts (from the word
+    :func:`save_input_grad_exp` wrote, when exponents are dynamic)."""
     name = w.ename
 
     def exp(asm: Asm) -> int:
-        lay.exps.add(asm, E_T0, name, E_DZ)
+        if lay.dynamic:
+            ldw_abs(asm, R_T0, lay.exps.mem[f"da{w.layer.pos}"])
+            asm.raw(f"esetr e{E_T0}, r{R_T0}")
+        else:
+            lay.exps.add(asm, E_T0, name, E_DZ)
         return E_T0
 
     return Grad("acc", lay.acc["DA"], exp)
@@ -300,15 +309,19 @@ def bias_backward(asm: Asm, lay: Layout, p: Param, dz_rows_major: bool, rows: in
     are row sums) on the MAC array with a ones vector and zero-skipping on dz~, then the update;
     db's exponent is that of dz~ (the ones are integers at exponent 0)."""
     dz = lay.sp[f"DZ{p.layer.pos}"]
+    gdt = lay.grad_dt(p.layer)
     asm.label(f"train.bwd.l{p.layer.pos}.b", f"gradient of b{p.layer.pos}")
     if dz_rows_major:  # db [F, 1] = dz~ [F, B] @ ones [B, 1]
-        asm.op("gemm", lay.acc["DW"], dz, lay.sp["ONES"], rows, cols, 1, sa=1)
+        asm.op("gemm", lay.acc["DW"], dz, lay.sp["ONES"], rows, cols, 1, sa=1,
+               **_dt(gdt, key="da"))
         n = rows
     else:  # db [1, F] = ones [1, M] @ dz~ [M, F]
-        asm.op("gemm", lay.acc["DW"], lay.sp["ONES"], dz, 1, rows, cols, sb=1)
+        asm.op("gemm", lay.acc["DW"], lay.sp["ONES"], dz, 1, rows, cols, sb=1,
+               **_dt(gdt, key="db"))
         n = cols
     update(asm, lay, p, {x: lay.sp[p.key(x)] for x in ["W"] + update_state(lay)}, n, ".b",
            e_grad=E_DZ)
+    finish_update(asm, lay, p, [(0, 1)], ".b")
 
 
 # ------------------------------------------------------------------------ layout changes

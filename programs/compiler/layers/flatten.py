@@ -27,7 +27,7 @@ class Flatten(Lowering):
 
     def plan_acts(self, lay: Layout, b: int) -> None:
         p = self.layer.pos
-        lay.buf(f"A{p}", self.layer.out_size * b, lay.t_fwd(p), lay.t_bwd(p))
+        lay.buf(f"A{p}", self.layer.out_size * b * lay.act_eb(p), lay.t_fwd(p), lay.t_bwd(p))
 
     def plan_extra(self, lay: Layout, b: int) -> None:
         n, p = self.layer.out_size * b, self.layer.pos
@@ -48,7 +48,7 @@ class Flatten(Lowering):
             return
         asm.label(f"{prefix}.fwd.l{l}", f"layer {l}: flatten {shape} -> {n} (NHWC [B, {n}] -> "
                   f"[{n}, B])")
-        transpose(asm, lay, lay.sp[f"A{l}"], act_in(lay, layer), b, n, 1)
+        transpose(asm, lay, lay.sp[f"A{l}"], act_in(lay, layer), b, n, lay.act_eb(l))
 
     def backward(self, asm: Asm, lay: Layout, grad: Grad, need_dx: bool) -> Grad | None:
         layer, b = self.layer, lay.spec.batch_size

@@ -46,7 +46,7 @@ class Pool(Lowering):
 
     def plan_acts(self, lay: Layout, b: int) -> None:
         p, n = self.layer.pos, self.layer.out_size * b
-        lay.buf(f"A{p}", n, lay.t_fwd(p), lay.t_bwd(p))
+        lay.buf(f"A{p}", n * lay.act_eb(p), lay.t_fwd(p), lay.t_bwd(p))
         if self.is_max:
             lay.buf(f"IDX{p}", n, lay.t_fwd(p), lay.t_bwd(p))
 
@@ -63,22 +63,23 @@ class Pool(Lowering):
         sp, acc = lay.sp, lay.acc
         image_label(asm, prefix, layer)
         geo = list(layer_geometry(layer, b))
+        dt = lay.act_dt(l)  # the input's width
         if self.is_max:
             train = prefix == "train"
             asm.op("vmaxpool", sp[f"A{l}"], act_in(lay, layer),
-                   sp[f"IDX{l}"] if train else 0, *geo, dt="i8",
+                   sp[f"IDX{l}"] if train else 0, *geo, dt=dt,
                    **({"idx": 1} if train else {}))
             return
         n = layer.out_size * b
-        asm.op("vsumpool", acc["Z"], act_in(lay, layer), *geo, dt="i8")
-        # the sums fit INT8 at e_s (efit); the average at e_s - floor(log2(KH KW))
+        asm.op("vsumpool", acc["Z"], act_in(lay, layer), *geo, dt=dt)
+        # the sums fit the width at e_s (efit); the average at e_s - floor(log2(KH KW))
         x = lay.exps.load(asm, in_exp(layer), X_IN)
-        efit(asm, E_T1, acc["Z"], n, x, "i8")
+        efit(asm, E_T1, acc["Z"], n, x, dt)
         e_out = lay.exps.target(self.out_exp)
         asm.raw(f"eaddi e{e_out}, e{E_T1}, {-int(math.floor(math.log2(self.area)))}")
         asm.raw(f"eaddi e{E_T0}, e{x}, {-POOL_MUL_BITS}")
         mul = asm.const(self.mul, set())
-        rq(asm, sp[f"A{l}"], acc["Z"], n, e_out, E_T0, "nearest", "i8", mnemonic="rqm", mul=mul)
+        rq(asm, sp[f"A{l}"], acc["Z"], n, e_out, E_T0, "nearest", dt, mnemonic="rqm", mul=mul)
         lay.exps.commit(asm, self.out_exp)
 
     def backward(self, asm: Asm, lay: Layout, grad: Grad, need_dx: bool) -> Grad | None:
