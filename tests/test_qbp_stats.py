@@ -219,7 +219,8 @@ def test_float_reference_without_qbp_settings_is_plain_bp():
     ({"step": [0.1, 0.2]}, "qbp.step"),
     ({"adapt": {"mode": "variance", "sigma_max": 0.0}}, "qbp.adapt.sigma_max"),
     ({"adapt": {"mode": "speed"}}, "qbp.adapt.mode"),
-    ({"adapt": {"sparsity": 0.8}, "dither": "triangular"}, "qbp.adapt.sparsity"),
+    ({"adapt": {"sparsity": 0.8}, "dither": "triangular", "order": "quantize_first"},
+     "qbp.adapt.sparsity"),
     ({"adapt": {"every": 0}}, "qbp.adapt.every"),
     ({"adapt": {"min_step_log2": 3, "max_step_log2": 2}}, "qbp.adapt.min_step_log2"),
     ({"adapt": {"mode": "variance"}, "step": 0.1}, "qbp.adapt"),
@@ -304,3 +305,20 @@ def test_new_paths_are_bit_identical_on_reference_datapath_and_with_the_jit_off(
     res = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True,
                          text=True, check=True)
     assert {k: tuple(v) for k, v in json.loads(res.stdout).items()} == fast
+
+
+@pytest.mark.parametrize("model, key", [
+    ({"qbp": {"step": 0.1}, "update": {"optimizer": "adam", "lr": 0.001}}, "qbp.step"),
+    ({"qbp": {"adapt": {"mode": "sparsity"}}, "update": {"optimizer": "adam", "lr": 0.001}},
+     "qbp.adapt"),
+    ({"qbp": {"adapt": {"mode": "variance"}}, "bits": {"activations": 16}}, "qbp.adapt.mode"),
+    ({"qbp": {"adapt": {"mode": "variance"}}, "bits": {"weights": [8, 16, 8]}},
+     "qbp.adapt.mode"),
+])
+def test_general_steps_refuse_what_they_do_not_combine_with(model, key):
+    """Adam, and the variance mode's INT8 squares: refused at validation, naming the key."""
+    with pytest.raises(ConfigError) as e:
+        spec_from_dict(model)
+    assert e.value.key == key
+
+

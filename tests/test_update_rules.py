@@ -284,6 +284,32 @@ def test_qbp_triangular_order(data, order):
         assert abs(p - 0.25) < 5 * math.sqrt(0.25 * 0.75 / masked.size)
 
 
+def test_qbp_triangular_mask_first_with_a_general_step(data):
+    """The same order with a step that is not a power of two (qbp.step, programs/compiler/
+    qbp.py): dz~ = Q(da * f') where Q is the requantizer with multiplier R = floor(M_in Rm /
+    2**16) and shift (e_l + 30) - e_in; the masked elements are Q(0) with their own draws."""
+    from programs.compiler.qbp import fixed_step
+
+    spec = with_overrides(ModelSpec(), **{"epochs": 1, "qbp.dither": "triangular",
+                                          "qbp.step": 0.1})
+    st = Stop(spec, tiny(data, 20))
+    n = 100 * 10
+    st.run_to("train.bwd.l2")
+    da = st.acc("DA", n).astype(np.int64)
+    a = st.sp("A2", n, 1).astype(np.int64)
+    w3e, e_dz3 = int(st.m.e[E_W(3)]), int(st.m.e[E_DZ])
+    seed, ctr = st.m.rng
+    st.run_to("train.upd.l2")
+    m, e, rm = fixed_step(0.1)
+    r = (m * rm) >> 16  # M_in: layer 3's step has the same significand
+    s = (e + 30) - (w3e + e_dz3)
+    q = rq_vec(da * r, s, "triangular", 8, seed, ctr)
+    q0 = rq_vec(np.zeros(n, np.int64), s, "triangular", 8, seed, ctr)
+    np.testing.assert_array_equal(st.sp("DZ2", n, 1), np.where(a > 0, q, q0))
+    assert int(st.m.e[E_DZ]) == e and st.m.rng == [seed, ctr + n]
+    assert np.count_nonzero(q0[a <= 0]) > 0  # not vacuous: some masked elements are +-1
+
+
 def test_qbp_uniform_dither_orders_agree(data):
     """Q(0) = 0 with uniform dither, so both orders give the same bits."""
     digests = []

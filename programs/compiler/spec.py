@@ -387,9 +387,6 @@ def _validate_qbp_more(spec: ModelSpec, q: QbpSpec, net: Net, file: str) -> None
         _need(spec.update.optimizer != "adam", "Adam's moments do not take a step's "
               "significand: with update.optimizer: adam use qbp.step_log2 (powers of two)",
               key, file)
-        _need(not (q.dither == "triangular" and q.order == "mask_first"), "triangular dither "
-              "in 004's order (mask_first) is built for power-of-two steps (qbp.step_log2); "
-              "with this step use qbp.order: quantize_first or another dither", key, file)
     if q.step is not None:
         _need(on, "needs QBP on (step_log2 not null)", "qbp.step", file)
         _per_weight_layer(q.step, nw, lambda x: _is_num(x) and 2.0**-24 <= x <= 2.0**8,

@@ -177,24 +177,24 @@ def quantize_masked(asm: Asm, lay: Layout, layer: Layer, grad: Grad, ein: int,
     own draw), and selects Q(da) where m = 1, Q(0) where m = 0 (``vsel``). The counter ends at
     c + n either way; the second pass's n draws are counted in ``rng_draws``."""
     gdt = lay.grad_dt(layer)
-    if qbp.handles(lay):  # steps that are not powers of two, adaptive steps, meProp
-        qbp.quantize(asm, lay, layer, grad, ein, count, gdt)  # (spec.py: no triangular here)
-        if layer.relu:
-            relu_mask(asm, lay, layer, count)
-        return
-    tri = (lay.spec.qbp_steps() is not None and lay.spec.qbp.dither == "triangular"
-           and lay.spec.qbp.order == "mask_first" and layer.relu)
+    tri = lay.needs_q0(layer)
     if tri:
         asm.raw(f"rngrd r{R_CTR}, sel=counter")
-    e_src = quantize_dz(asm, lay, layer, grad, ein, count, gdt)
+    if qbp.handles(lay):  # steps that are not powers of two, adaptive steps, meProp
+        qbp.quantize(asm, lay, layer, grad, ein, count, gdt)
+        if tri:  # the requantizer's shift: (e[E_DZ] + 30) - e[ein], whatever its multiplier
+            asm.raw(f"eaddi e{E_X}, e{E_DZ}, {qbp.EOUT_BIAS}")
+        e_out, e_src = E_X, ein
+    else:
+        e_out, e_src = E_DZ, quantize_dz(asm, lay, layer, grad, ein, count, gdt)
     if not layer.relu:
         return
     mask = relu_mask(asm, lay, layer, count, apply=not tri)
-    if tri:
+    if tri:  # Q(0) of the masked elements: the mask's zeros with the same draws and shift
         dz = lay.sp[f"DZ{layer.pos}"]
         q0 = lay.sp[f"Q0{layer.pos}"] if f"Q0{layer.pos}" in lay.sp else lay.sp["Q0"]
         asm.raw(f"rngctr r{R_CTR}")
-        vcvt(asm, q0, mask, count, E_DZ, e_src, "triangular", gdt, gdt)
+        vcvt(asm, q0, mask, count, e_out, e_src, "triangular", gdt, gdt)
         asm.op("vsel", dz, mask, dz, q0, count, **_dt(gdt))
 
 
