@@ -339,19 +339,12 @@ def _run_to_stop(m, args, **trace):
     return None
 
 
-def _stop_record(stop) -> dict | None:
-    if stop is None:
-        return None
-    return {"kind": stop.kind, "message": stop.message, "pc": stop.pc, "steps": stop.steps,
-            "cycles": stop.cycles, "error": str(stop)}
-
-
 def _cmd_run(args) -> int:
     from emulator import debug
     from emulator.errors import ExecutionError
     from emulator.files import atomic_write
     from emulator.host import read_array
-    from programs.cli.report import print_summary, run_report
+    from programs.cli.report import print_summary, run_report, stop_record
 
     _budgets(args)
     dumps = [parse_dump(s) for s in args.dump or []]
@@ -373,7 +366,7 @@ def _cmd_run(args) -> int:
         atomic_write(file, lambda f, arr=arr: np.save(_Chunks(f), arr, allow_pickle=False))
     if args.json:  # the full report (per label, per instruction, state digest) only if asked
         report = run_report(m, summary)
-        report["stopped"] = _stop_record(stop)
+        report["stopped"] = stop_record(stop)
         _write_text(args.json, json.dumps(report, indent=2, allow_nan=False) + "\n")
     if args.regs:
         print(debug.format_registers(m))
@@ -387,6 +380,7 @@ def _cmd_run(args) -> int:
 def _cmd_profile(args) -> int:
     from emulator.energy import price_table
     from programs.cli import profile
+    from programs.cli.report import stop_record
 
     _budgets(args)
     if args.plot:
@@ -408,7 +402,7 @@ def _cmd_profile(args) -> int:
         _write_text(args.json, json.dumps(
             {"program": m.program.name, "by": args.by, "rows": rows, "total": tot,
              "energy_prices": price_table(m.cfg), "config": m.cfg.to_dict(),
-             "stopped": _stop_record(stop)}, indent=2, allow_nan=False) + "\n")
+             "stopped": stop_record(stop)}, indent=2, allow_nan=False) + "\n")
     if args.csv:
         _write_text(args.csv, profile.to_csv(rows))
     if tracer is not None:
