@@ -101,6 +101,7 @@ LIMITS: tuple[Limit, ...] = (
           "ADDR on", "UsageError"),
     Limit("`--dump ADDR:LEN:...` shape", "1 .. 16 dimensions, each >= 1, inside DRAM",
           "UsageError"),
+    Limit("`--trace-limit N`", "N >= 1, N x 1 KiB within the memory budget", "UsageError"),
     Limit("output paths (`--json`, `--csv`, `--plot`, `--dump`, `--trace`, `--emit-asm`, "
           "`--checkpoint`, `-o`)", "writable, distinct, checked before the run", "UsageError"),
     # model specs

@@ -703,6 +703,24 @@ def test_budget_stop_in_training_still_writes_the_outputs(tmp_path, capsys):
     assert json.loads((tmp_path / "tr.json").read_text())["traceEvents"]
 
 
+def test_trace_limit_is_bounded_by_the_memory_budget(tmp_path, capsys):
+    """--trace-limit keeps events in memory (about 1 KiB each until written): a limit whose
+    trace cannot fit the memory budget is refused before the run, naming the flag."""
+    prog = tmp_path / "p.s"
+    prog.write_text("halt\n")
+    cfg = tmp_path / "hw.yaml"
+    cfg.write_text("budget:\n  max_memory_bytes: 536870912\n")  # 512 MiB (DRAM: 256)
+    for cmd in (["profile", str(prog)], ["train"]):
+        rc, err = cli(capsys, *cmd, "--config", str(cfg), "--trace", str(tmp_path / "t.json"),
+                      "--trace-limit", "1000000", "-q")
+        assert rc == UsageError.exit_code and one_line(err), err
+        assert err.startswith("lpemu: --trace-limit: usage error") and "976.6 MiB" in err
+        assert not (tmp_path / "t.json").exists()
+    rc, _ = cli(capsys, "profile", str(prog), "--config", str(cfg), "--trace",
+                str(tmp_path / "t.json"), "--trace-limit", "100000", "-q")
+    assert rc == 0 and (tmp_path / "t.json").exists()
+
+
 def err_pc(err: str) -> int:
     return int(err.split("pc ")[1].split(" ")[0])
 

@@ -388,6 +388,8 @@ def _cmd_profile(args) -> int:
     check_outputs([("--json", args.json), ("--csv", args.csv), ("--trace", args.trace),
                    ("--plot", args.plot)])
     m = _prepare(args)
+    if args.trace:
+        profile.check_trace_limit(args.trace_limit, m.cfg)
     tracer = profile.Tracer(args.trace_limit) if args.trace else None
     m.tracer = tracer
     stop = _run_to_stop(m, args)

@@ -133,6 +133,10 @@ def run_training(spec: ModelSpec, cfg: Config, json_out: str | None = None,
     target = (ckpt.CheckpointTarget(checkpoint, run_id, overwrite_checkpoint) if checkpoint
               else None)
     check_dataset_fits(spec, cfg)  # before the synthetic set is generated
+    if trace_out:
+        from programs.cli.profile import check_trace_limit
+
+        check_trace_limit(trace_limit, cfg)
     data = load_for(spec)
     t0 = time.perf_counter()
     tr = ChipTrainer(spec, cfg, data)
