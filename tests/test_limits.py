@@ -721,6 +721,22 @@ def test_trace_limit_is_bounded_by_the_memory_budget(tmp_path, capsys):
     assert rc == 0 and (tmp_path / "t.json").exists()
 
 
+def test_experiment_out_is_checked_before_the_run(tmp_path, capsys, monkeypatch):
+    """--out that cannot hold the tables is refused before any run (none is started)."""
+    import programs.experiments
+
+    monkeypatch.setattr(programs.experiments, "run_experiment",
+                        lambda *a, **k: pytest.fail("ran"))
+    blocker = tmp_path / "f"
+    blocker.write_text("")
+    for out in (blocker / "sub", "/proc/lpemu-no"):
+        rc, err = cli(capsys, "experiment", "perceptron", "--out", str(out))
+        assert rc == UsageError.exit_code and err.startswith("lpemu: --out: usage error"), err
+    (tmp_path / "d" / "perceptron.md").mkdir(parents=True)  # a folder where a table goes
+    rc, err = cli(capsys, "experiment", "perceptron", "--out", str(tmp_path / "d"))
+    assert rc == UsageError.exit_code and err.startswith("lpemu: --out: usage error"), err
+
+
 def err_pc(err: str) -> int:
     return int(err.split("pc ")[1].split(" ")[0])
 

@@ -527,6 +527,11 @@ def _cmd_experiment(args) -> int:
                          "--set")
     cfg, base = apply(load_config(args.config), load_model(None), sets)
     out = Path(args.out)
+    try:  # before the (long) run: the folder and the three files can be written
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create the output folder: {e.strerror}", "--out") from None
+    check_outputs([("--out", str(out / f"{args.name}{ext}")) for ext in (".md", ".csv", ".png")])
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
