@@ -134,6 +134,9 @@ class _Pending:
     lineno: int
 
 
+FAST_MIN_LINES = 100_000  # sources of at least this many lines take the compiled scanner
+
+
 def assemble(text: str, file: str = "<asm>") -> Program:
     """Assemble source text into a :class:`Program` (labels and its debug information: the
     file, line and text of every instruction, included).
@@ -141,99 +144,185 @@ def assemble(text: str, file: str = "<asm>") -> Program:
     One pass over the lines, linear in the size of the text: each instruction is encoded as it
     is read (identical instruction lines are encoded once); only instructions naming a label or
     constant defined further down wait for the end of the file. A constant is defined once
-    (redefining it is an error), so every use of it sees the same value."""
-    consts: dict[str, int] = {}
-    const_line: dict[str, int] = {}
-    labels: dict[str, int] = {}
+    (redefining it is an error), so every use of it sees the same value.
+
+    A source of at least ``FAST_MIN_LINES`` lines is scanned by the compiled scanner of
+    :mod:`isa.fastasm` first (the same result: it hands every line it is not sure of to the
+    code below)."""
+    if len(text) + 1 >= FAST_MIN_LINES and text.count("\n") + 1 >= FAST_MIN_LINES:
+        try:
+            data = text.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate: only the Python assembler takes it
+            return assemble_python(text, file)
+        if len(data) < 1 << 32:
+            return _assemble_scanned(data, file)
+    return assemble_python(text, file)
+
+
+def assemble_python(text: str, file: str = "<asm>") -> Program:
+    """:func:`assemble` without the compiled scanner: every line through Python (the
+    reference the scanner is tested against)."""
+    asm = _Asm(file, lambda name: _label_line(text, name))
     words = array("Q")
     line_of = array("I")
     texts: list[str] = []  # each instruction as written (labels and comment removed)
-    pending: list[_Pending] = []
-    # instruction line (no labels, no names) -> its word and text (one str shared by repeats)
-    cache: dict[str, tuple[int, str]] = {}
-
-    def err(msg: str, lineno: int, col: int) -> AsmError:
-        return AsmError(msg, file, lineno, col)
-
+    cache = asm.cache
     for first, lines in _line_chunks(text):
         for lineno, raw in enumerate(lines, first):
             hit = cache.get(raw)
-            if hit is not None:
-                words.append(hit[0])
-                line_of.append(lineno)
-                texts.append(hit[1])
-                continue
-            line = _strip_comment(raw)
-            rest = line.lstrip()
-            if not rest:
-                continue
-            col0 = len(line) - len(rest)  # 0-based column of `rest`
-            pos = 0
-            has_label = False
-            # labels (possibly several) at the start of the line
-            while ":" in rest:
-                m = _LABEL.match(rest, pos)
-                if not m:
-                    break
-                has_label = True
-                name = m.group(1)
-                col = col0 + pos + 1
-                if name in labels:
-                    raise err(f"label {name!r} already defined at line "
-                              f"{_label_line(text, name)}", lineno, col)
-                if name in BY_MNEMONIC:
-                    raise err(f"label {name!r} is a mnemonic", lineno, col)
-                labels[name] = len(words)
-                pos = m.end()
-            if pos >= len(rest):
-                continue
-            head = rest.split(None, 1) if pos == 0 else rest[pos:].split(None, 1)
-            mnemonic = head[0]
-            operand_text = head[1] if len(head) > 1 else ""
-            mcol = col0 + pos + 1
-            op_col = col0 + len(rest) - len(operand_text) + 1
-            if mnemonic == ".equ":
-                ops = _split_operands(operand_text, op_col)
-                if len(ops) != 2:
-                    raise err(".equ takes a name and a value", lineno, mcol)
-                (name, ncol), (val, vcol) = ops
-                if not _IDENT.match(name):
-                    raise err(f"bad constant name {name!r}", lineno, ncol)
-                if name in consts:
-                    raise err(f"constant {name!r} already defined at line {const_line[name]} "
-                              "(a constant is defined once)", lineno, ncol)
-                try:
-                    v = _parse_int(val, consts)
-                except _TooLong as e:
-                    raise err(str(e), lineno, vcol) from None
-                if v is None:
-                    raise err(f"bad constant value {val!r}", lineno, vcol)
-                consts[name] = v
-                const_line[name] = lineno
-                continue
-            if mnemonic.startswith("."):
-                raise err(f"unknown directive {mnemonic!r}", lineno, mcol)
-            ins = BY_MNEMONIC.get(mnemonic.lower())
-            if ins is None:
-                raise err(f"unknown mnemonic {mnemonic!r}", lineno, mcol)
-            parts = operand_text.split(",") if operand_text else []
-            w, names = _parse_line(ins, parts, op_col, consts, labels, mcol, lineno, file)
-            written = rest[pos:] if pos else rest
-            if names:
-                pending.append(_Pending(len(words), ins, names, lineno))
-            elif not has_label and len(cache) < 100_000:
-                cache[raw] = (w, written)
-            words.append(w)
+            if hit is None:
+                hit = asm.line(raw, lineno, len(words))
+                if hit is None:
+                    continue
+            words.append(hit[0])
             line_of.append(lineno)
-            texts.append(written)
+            texts.append(hit[1])
+    asm.resolve(words)
+    return Program(words.tolist(), asm.labels, SourceMap(file, line_of), file, texts)
 
-    for p in pending:  # forward references, now that every label and constant is known
-        w = words[p.pc]
-        for f, tok, col in p.names:
-            v = _resolve(f, tok, col, consts, labels, p.ins, p.lineno, file)
-            w |= (v & f.mask) << f.lo
-        words[p.pc] = w
-    return Program(words.tolist(), labels, SourceMap(file, line_of), file, texts)
+
+class _Asm:
+    """The assembler's state between lines: constants, labels, instructions waiting for a
+    name defined further down, and the encodings of instruction lines already seen."""
+
+    def __init__(self, file: str, label_line) -> None:
+        self.file = file
+        self.label_line = label_line  # name -> the line that first defines that label
+        self.consts: dict[str, int] = {}
+        self.const_line: dict[str, int] = {}
+        self.labels: dict[str, int] = {}
+        self.pending: list[_Pending] = []
+        # instruction line (no labels, no names) -> its word and text (one str for repeats)
+        self.cache: dict[str, tuple[int, str]] = {}
+
+    def line(self, raw: str, lineno: int, pc: int) -> tuple[int, str] | None:
+        """Assemble line ``lineno`` (``raw``, without its line end), whose instruction, if it
+        has one, gets index ``pc``: its (word, text as written), or None for a line with no
+        instruction. Raises AsmError."""
+        file, consts, labels = self.file, self.consts, self.labels
+
+        def err(msg: str, lineno: int, col: int) -> AsmError:
+            return AsmError(msg, file, lineno, col)
+
+        line = _strip_comment(raw)
+        rest = line.lstrip()
+        if not rest:
+            return None
+        col0 = len(line) - len(rest)  # 0-based column of `rest`
+        pos = 0
+        has_label = False
+        # labels (possibly several) at the start of the line
+        while ":" in rest:
+            m = _LABEL.match(rest, pos)
+            if not m:
+                break
+            has_label = True
+            name = m.group(1)
+            col = col0 + pos + 1
+            if name in labels:
+                raise err(f"label {name!r} already defined at line {self.label_line(name)}",
+                          lineno, col)
+            if name in BY_MNEMONIC:
+                raise err(f"label {name!r} is a mnemonic", lineno, col)
+            labels[name] = pc
+            pos = m.end()
+        if pos >= len(rest):
+            return None
+        head = rest.split(None, 1) if pos == 0 else rest[pos:].split(None, 1)
+        mnemonic = head[0]
+        operand_text = head[1] if len(head) > 1 else ""
+        mcol = col0 + pos + 1
+        op_col = col0 + len(rest) - len(operand_text) + 1
+        if mnemonic == ".equ":
+            ops = _split_operands(operand_text, op_col)
+            if len(ops) != 2:
+                raise err(".equ takes a name and a value", lineno, mcol)
+            (name, ncol), (val, vcol) = ops
+            if not _IDENT.match(name):
+                raise err(f"bad constant name {name!r}", lineno, ncol)
+            if name in consts:
+                raise err(f"constant {name!r} already defined at line "
+                          f"{self.const_line[name]} (a constant is defined once)", lineno, ncol)
+            try:
+                v = _parse_int(val, consts)
+            except _TooLong as e:
+                raise err(str(e), lineno, vcol) from None
+            if v is None:
+                raise err(f"bad constant value {val!r}", lineno, vcol)
+            consts[name] = v
+            self.const_line[name] = lineno
+            return None
+        if mnemonic.startswith("."):
+            raise err(f"unknown directive {mnemonic!r}", lineno, mcol)
+        ins = BY_MNEMONIC.get(mnemonic.lower())
+        if ins is None:
+            raise err(f"unknown mnemonic {mnemonic!r}", lineno, mcol)
+        parts = operand_text.split(",") if operand_text else []
+        w, names = _parse_line(ins, parts, op_col, consts, labels, mcol, lineno, file)
+        written = rest[pos:] if pos else rest
+        if names:
+            self.pending.append(_Pending(pc, ins, names, lineno))
+        elif not has_label and len(self.cache) < 100_000:
+            self.cache[raw] = (w, written)
+        return w, written
+
+    def resolve(self, words) -> None:
+        """Add the bits of forward references to ``words`` (indexed by pc), now that every
+        label and constant is known."""
+        for p in self.pending:
+            w = int(words[p.pc])
+            for f, tok, col in p.names:
+                v = _resolve(f, tok, col, self.consts, self.labels, p.ins, p.lineno,
+                             self.file)
+                w |= (v & f.mask) << f.lo
+            words[p.pc] = w
+
+
+def _assemble_scanned(data: bytes | bytearray, file: str) -> Program:
+    """:func:`assemble` of UTF-8 source bytes (under 4 GiB) through the compiled scanner of
+    :mod:`isa.fastasm`: it encodes the lines it is sure of into arrays, and every other line
+    (labels, ``.equ``, names, anything unusual or invalid) goes, in order, through the same
+    line code as :func:`assemble_python`, so results and errors are the same. Memory: the
+    source bytes plus about 21 bytes per line, and no Python object per scanned line."""
+    import numpy as np
+
+    from isa.fastasm import scan
+
+    n = data.count(b"\n") + 1
+    buf = np.frombuffer(data, np.uint8)
+    words = np.empty(n, np.uint64)
+    lines = np.empty(n, np.uint32)
+    start = np.empty(n, np.uint32)
+    end = np.empty(n, np.uint32)
+    slow = np.empty(n, np.uint8)
+    ns = scan(buf, words, lines, start, end, slow)
+    slow_slots = np.flatnonzero(slow[:ns]).tolist()
+    asm = _Asm(file, lambda name: _label_line_of(data, start, end, lines, slow_slots, name))
+    overrides: dict[int, str] = {}  # pc -> text of the instructions on slow lines
+    dropped: list[int] = []  # slots of slow lines without an instruction
+    cache = asm.cache
+    for slot in slow_slots:
+        raw = data[start[slot]:end[slot]].decode("utf-8")
+        pc = slot - len(dropped)
+        hit = cache.get(raw)
+        if hit is None:
+            hit = asm.line(raw, int(lines[slot]), pc)
+        if hit is None:
+            dropped.append(slot)
+            continue
+        words[slot] = hit[0]
+        overrides[pc] = hit[1]
+    del buf
+    words, lines, start, end = words[:ns], lines[:ns], start[:ns], end[:ns]
+    if dropped:
+        keep = np.ones(ns, bool)
+        keep[dropped] = False
+        words, lines, start, end = words[keep], lines[keep], start[keep], end[keep]
+    asm.resolve(words)
+    line_of = array("I")
+    line_of.frombytes(lines.tobytes())
+    return Program(words.tolist(), asm.labels, SourceMap(file, line_of), file,
+                   SourceText(data, start, end, overrides))
 
 
 def _label_line(text: str, name: str) -> int:
@@ -241,12 +330,28 @@ def _label_line(text: str, name: str) -> int:
     found again by scanning, so no line number is kept per label)."""
     for first, lines in _line_chunks(text):
         for lineno, raw in enumerate(lines, first):
-            rest, pos = _strip_comment(raw).lstrip(), 0
-            while ":" in rest and (m := _LABEL.match(rest, pos)):
-                if m.group(1) == name:
-                    return lineno
-                pos = m.end()
+            if _defines_label(raw, name):
+                return lineno
     return 0  # pragma: no cover - the caller saw the definition
+
+
+def _label_line_of(data: bytes | bytearray, start, end, lines, slots: list[int],
+                   name: str) -> int:
+    """:func:`_label_line` for the scanned path: labels are only on the lines it left to
+    Python (``slots``: their byte ranges ``start``/``end`` and line numbers ``lines``)."""
+    for slot in slots:
+        if _defines_label(data[start[slot]:end[slot]].decode("utf-8"), name):
+            return int(lines[slot])
+    return 0  # pragma: no cover - the caller saw the definition
+
+
+def _defines_label(raw: str, name: str) -> bool:
+    rest, pos = _strip_comment(raw).lstrip(), 0
+    while ":" in rest and (m := _LABEL.match(rest, pos)):
+        if m.group(1) == name:
+            return True
+        pos = m.end()
+    return False
 
 
 class SourceMap(Sequence):
@@ -271,6 +376,41 @@ class SourceMap(Sequence):
 
     def __repr__(self) -> str:
         return f"SourceMap({self.file!r}, {len(self)} lines)"
+
+
+class SourceText(Sequence):
+    """The source text of every pc (as written, labels and comment removed) for a program
+    assembled by the scanner: byte ranges of the source (ASCII there), plus the texts of the
+    instructions on lines Python assembled, so no str is kept per instruction."""
+
+    def __init__(self, data: bytes | bytearray, start, end, overrides: dict[int, str]) -> None:
+        self.data, self.start, self.end, self.overrides = data, start, end, overrides
+
+    def __len__(self) -> int:
+        return len(self.start)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError("pc out of range")
+        text = self.overrides.get(i)
+        if text is None:
+            text = self.data[self.start[i]:self.end[i]].decode("ascii")
+        return text
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self[i]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and not isinstance(other, str) and \
+            len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+
+    def __repr__(self) -> str:
+        return f"SourceText({len(self)} lines)"
 
 
 def _parse_line(ins: Instr, parts: list[str], op_col: int, consts: dict[str, int],
@@ -445,6 +585,11 @@ def load_program(path: str | Path) -> Program:
     suffix = Path(path).suffix.lower()
     if suffix not in (".s", ".asm") and (data[:4] == MAGIC or suffix in (".bin", ".lpem")):
         return from_bytes(data, str(path))  # type: ignore[arg-type]
+    if len(data) + 1 >= FAST_MIN_LINES and data.count(b"\n") + 1 >= FAST_MIN_LINES and \
+            len(data) < 1 << 32:
+        if not data.isascii():
+            _check_utf8(data, str(path))
+        return _assemble_scanned(data, str(path))
     source = _utf8(data, str(path))
     del data  # the bytes are not needed while the text is assembled
     return assemble(source, str(path))
@@ -454,6 +599,24 @@ def _utf8(data: bytes | bytearray, path: str) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
-        raise AsmError("source is not UTF-8 text", path, line, col) from None
+        raise _not_utf8(data, e.start, path) from None
+
+
+def _check_utf8(data: bytes | bytearray, path: str) -> None:
+    """The error :func:`_utf8` raises, if any, without decoding all of ``data`` at once (a
+    chunk at a time, each ending after a line end, which never cuts a character)."""
+    at = 0
+    while at < len(data):
+        cut = data.find(b"\n", at + _CHUNK)
+        cut = len(data) if cut < 0 else cut + 1
+        try:
+            str(memoryview(data)[at:cut], "utf-8")
+        except UnicodeDecodeError as e:
+            raise _not_utf8(data, at + e.start, path) from None
+        at = cut
+
+
+def _not_utf8(data: bytes | bytearray, at: int, path: str) -> AsmError:
+    line = data[:at].count(b"\n") + 1
+    col = at - (data.rfind(b"\n", 0, at) + 1) + 1
+    return AsmError("source is not UTF-8 text", path, line, col)
