@@ -281,48 +281,81 @@ class _Asm:
 def _assemble_scanned(data: bytes | bytearray, file: str) -> Program:
     """:func:`assemble` of UTF-8 source bytes (under 4 GiB) through the compiled scanner of
     :mod:`isa.fastasm`: it encodes the lines it is sure of into arrays, and every other line
-    (labels, ``.equ``, names, anything unusual or invalid) goes, in order, through the same
-    line code as :func:`assemble_python`, so results and errors are the same. Memory: the
-    source bytes plus about 21 bytes per line, and no Python object per scanned line."""
+    (``.equ``, names, anything unusual or invalid) goes, in order, through the same line code
+    as :func:`assemble_python`, so results and errors are the same. Memory: the source bytes
+    plus about 21 bytes per line, and no Python object per scanned line.
+
+    First with labels handled by the scanner; that result stands only where it provably equals
+    the Python assembler's: no label problem (see :func:`isa.fastasm.scan`), and no line left
+    to Python defines a label or constant or names one, nor, if there are labels, lacks an
+    instruction. Otherwise the scanner runs again with labels left to Python."""
+    from isa.fastasm import label_mode_max_lines
+
+    n = data.count(b"\n") + 1
+    if n <= label_mode_max_lines():
+        prog = _scanned(data, file, n, True)
+        if prog is not None:
+            return prog
+    prog = _scanned(data, file, n, False)
+    assert prog is not None
+    return prog
+
+
+def _scanned(data: bytes | bytearray, file: str, n: int, labels: bool) -> Program | None:
+    """One try of :func:`_assemble_scanned` (None: the label mode does not apply)."""
     import numpy as np
 
     from isa.fastasm import scan
 
-    n = data.count(b"\n") + 1
     buf = np.frombuffer(data, np.uint8)
     words = np.empty(n, np.uint64)
     lines = np.empty(n, np.uint32)
     start = np.empty(n, np.uint32)
     end = np.empty(n, np.uint32)
     slow = np.empty(n, np.uint8)
-    ns = scan(buf, words, lines, start, end, slow)
+    ns, status, lab = scan(buf, words, lines, start, end, slow, labels)
+    del buf
+    if status:
+        return None
     slow_slots = np.flatnonzero(slow[:ns]).tolist()
+    del slow
     asm = _Asm(file, lambda name: _label_line_of(data, start, end, lines, slow_slots, name))
-    overrides: dict[int, str] = {}  # pc -> text of the instructions on slow lines
     dropped: list[int] = []  # slots of slow lines without an instruction
     cache = asm.cache
     for slot in slow_slots:
-        raw = data[start[slot]:end[slot]].decode("utf-8")
+        s = int(start[slot])
+        raw = data[s:end[slot]].decode("utf-8")
         pc = slot - len(dropped)
         hit = cache.get(raw)
-        if hit is None:
-            hit = asm.line(raw, int(lines[slot]), pc)
+        try:
+            if hit is None:
+                hit = asm.line(raw, int(lines[slot]), pc)
+        except AsmError:
+            if labels and asm.labels:  # Python would have checked it against all labels
+                return None
+            raise
+        if labels and (asm.labels or asm.consts or asm.pending or hit is None and len(lab)):
+            return None
         if hit is None:
             dropped.append(slot)
             continue
         words[slot] = hit[0]
-        overrides[pc] = hit[1]
-    del buf
+        at = raw.find(hit[1])  # the text as written, kept as its bytes in the source
+        s += at if raw.isascii() else len(raw[:at].encode())
+        start[slot], end[slot] = s, s + len(hit[1].encode())
     words, lines, start, end = words[:ns], lines[:ns], start[:ns], end[:ns]
     if dropped:
         keep = np.ones(ns, bool)
         keep[dropped] = False
         words, lines, start, end = words[keep], lines[keep], start[keep], end[keep]
     asm.resolve(words)
+    if len(lab):
+        names = [data[s:s + k].decode("ascii") for s, k in lab[:, :2].tolist()]
+        asm.labels = dict(zip(names, lab[:, 2].tolist(), strict=True))
     line_of = array("I")
     line_of.frombytes(lines.tobytes())
     return Program(words.tolist(), asm.labels, SourceMap(file, line_of), file,
-                   SourceText(data, start, end, overrides))
+                   SourceText(data, start, end))
 
 
 def _label_line(text: str, name: str) -> int:
@@ -338,9 +371,15 @@ def _label_line(text: str, name: str) -> int:
 def _label_line_of(data: bytes | bytearray, start, end, lines, slots: list[int],
                    name: str) -> int:
     """:func:`_label_line` for the scanned path: labels are only on the lines it left to
-    Python (``slots``: their byte ranges ``start``/``end`` and line numbers ``lines``)."""
+    Python (``slots``: their line numbers ``lines``, and byte ranges ``start``/``end``
+    within the line)."""
     for slot in slots:
-        if _defines_label(data[start[slot]:end[slot]].decode("utf-8"), name):
+        at = int(start[slot])
+        first = data.rfind(b"\n", 0, at) + 1
+        last = data.find(b"\n", at)
+        last = len(data) if last < 0 else last
+        last -= last > first and data[last - 1] == 13  # "\r\n"
+        if _defines_label(data[first:last].decode("utf-8"), name):
             return int(lines[slot])
     return 0  # pragma: no cover - the caller saw the definition
 
@@ -380,11 +419,11 @@ class SourceMap(Sequence):
 
 class SourceText(Sequence):
     """The source text of every pc (as written, labels and comment removed) for a program
-    assembled by the scanner: byte ranges of the source (ASCII there), plus the texts of the
-    instructions on lines Python assembled, so no str is kept per instruction."""
+    assembled by the scanner: kept as byte ranges of the UTF-8 source, so no str is kept per
+    instruction."""
 
-    def __init__(self, data: bytes | bytearray, start, end, overrides: dict[int, str]) -> None:
-        self.data, self.start, self.end, self.overrides = data, start, end, overrides
+    def __init__(self, data: bytes | bytearray, start, end) -> None:
+        self.data, self.start, self.end = data, start, end
 
     def __len__(self) -> int:
         return len(self.start)
@@ -396,10 +435,7 @@ class SourceText(Sequence):
             i += len(self)
         if not 0 <= i < len(self):
             raise IndexError("pc out of range")
-        text = self.overrides.get(i)
-        if text is None:
-            text = self.data[self.start[i]:self.end[i]].decode("ascii")
-        return text
+        return self.data[self.start[i]:self.end[i]].decode("utf-8")
 
     def __iter__(self):
         for i in range(len(self)):

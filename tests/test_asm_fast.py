@@ -32,25 +32,32 @@ def outcome(fn) -> object:
         p = fn()
     except AsmError as e:
         return str(e)
+    if p is None:
+        return None
     return (p.words, p.labels, [tuple(s) for s in p.source], list(p.text), p.name,
             p.has_debug_info)
 
 
 def check(text: str) -> object:
-    """The scanner and the Python assembler agree on ``text``; returns the outcome."""
+    """The scanner and the Python assembler agree on ``text``: with labels left to Python
+    always, with labels in the scanner whenever that try stands; returns the outcome."""
     want = outcome(lambda: asm.assemble_python(text, "f.s"))
     got = outcome(lambda: asm._assemble_scanned(text.encode(), "f.s"))
     assert got == want, (text, got, want)
+    n = text.count("\n") + 1
+    for labels in (False, True):
+        got = outcome(lambda labels=labels: asm._scanned(text.encode(), "f.s", n, labels))
+        assert got == want or labels and got is None, (labels, text, got, want)
     return want
 
 
-def n_slow(text: str) -> int:
+def n_slow(text: str, labels: bool = False) -> int:
     """How many lines of ``text`` the scanner left to Python."""
     data = np.frombuffer(text.encode(), np.uint8)
     n = text.count("\n") + 1
     arrays = (np.zeros(n, np.uint64), np.zeros(n, np.uint32), np.zeros(n, np.uint32),
               np.zeros(n, np.uint32), np.zeros(n, np.uint8))
-    ns = scan(data, *arrays)
+    ns, _, _ = scan(data, *arrays, labels=labels)
     return int(arrays[4][:ns].sum())
 
 
@@ -143,6 +150,9 @@ def test_plain_lines_take_the_compiled_path():
     plain = "nop\n LI r1, -0x10 # c\nGemm r1, r2, r3, r4, r5, r6, acc=1, sb=1 ; c\r\n\n"
     assert n_slow(plain) == 0
     assert n_slow(plain + "x: nop\n.equ A, 1\nli r1, A\nfrob\nli r1, é\n") == 5
+    labelled = "x: nop\n y :\tz:jmp w\nw: blt r1, r2, x\n"
+    assert n_slow(labelled) == 3 and n_slow(labelled, labels=True) == 0
+    assert outcome(lambda: asm._scanned(labelled.encode(), "f.s", 4, True)) == check(labelled)
 
 
 # ------------------------------------------------------------------------------ generated
@@ -208,6 +218,48 @@ def source_text(draw) -> str:
           suppress_health_check=[HealthCheck.too_slow])
 @given(source_text())
 def test_generated_programs(text):
+    check(text)
+
+
+@st.composite
+def labelled_text(draw) -> str:
+    """Mostly valid programs with many labels (several per line, on their own lines or before
+    an instruction), backward and forward references, and now and then a duplicate or
+    undefined label, a label that is a mnemonic, a constant or a line only Python reads."""
+    import random
+
+    rng = random.Random(draw(st.integers(0, 2**32)))
+    n_labels = rng.randrange(1, 12)
+    names = [f"L{i}" if rng.random() < 0.8 else f"_x.{i}" for i in range(n_labels)]
+    defs = list(names)
+    rng.shuffle(defs)
+    odd = rng.random() < 0.5  # one unusual line somewhere
+    lines = []
+    while defs or rng.random() < 0.3:
+        r = rng.random()
+        if defs and r < 0.35:
+            k = rng.randrange(1, 3)
+            head = "".join(d + rng.choice([":", " :", ":  ", ":\t"]) + " " for d in defs[:k])
+            defs = defs[k:]
+            line = head + (random_instruction(rng, True) if rng.random() < 0.5 else "")
+        elif r < 0.7:
+            target = rng.choice(names)
+            line = rng.choice([f"jmp {target}", f"beq r1, r2, {target}",
+                               f"blt\tr3 ,r4,{target}  # back or forward"])
+        else:
+            line = random_instruction(rng, True)
+        lines.append(rng.choice(["", " ", "\t"]) + line)
+    if odd:
+        lines.insert(rng.randrange(len(lines) + 1), rng.choice(
+            ["L0: nop", "jmp nowhere", "nop: halt", ".equ C, 1", "li r1, C", "L1: li r1, é",
+             "jmp -L0", "li r1, L0", "\x0b", "frob", "jmp L0 \x0b", "L9:\x0b"]))
+    return "\n".join(lines) + rng.choice(["", "\n", "\r\n"])
+
+
+@settings(max_examples=150, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(labelled_text())
+def test_generated_programs_with_labels(text):
     check(text)
 
 
