@@ -58,7 +58,8 @@ class Program:
     # (file, line) per pc: a list, or the assembler's compact isa.asm.SourceMap
     source: Sequence[tuple[str, int]] = field(default_factory=list)
     name: str = "<program>"
-    text: list[str] = field(default_factory=list)  # source text per pc ("" if unknown)
+    # source text per pc ("" if unknown): a list, or the assembler's compact isa.asm.SourceText
+    text: Sequence[str] = field(default_factory=list)
 
     @property
     def has_debug_info(self) -> bool:

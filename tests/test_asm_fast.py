@@ -223,12 +223,15 @@ def test_generated_programs(text):
 
 @st.composite
 def labelled_text(draw) -> str:
+    import random
+
+    return labelled_program(random.Random(draw(st.integers(0, 2**32))))
+
+
+def labelled_program(rng) -> str:
     """Mostly valid programs with many labels (several per line, on their own lines or before
     an instruction), backward and forward references, and now and then a duplicate or
     undefined label, a label that is a mnemonic, a constant or a line only Python reads."""
-    import random
-
-    rng = random.Random(draw(st.integers(0, 2**32)))
     n_labels = rng.randrange(1, 12)
     names = [f"L{i}" if rng.random() < 0.8 else f"_x.{i}" for i in range(n_labels)]
     defs = list(names)
@@ -324,6 +327,7 @@ def jit_outcomes() -> list[object]:
     texts.append("".join(rng.choice(["nop\n", "li r1, -7\n", "x: nop\n" if rng.random() < 0.01
                                      else "halt\n", "gemm r1, r2, r3, r4, r5, r6, acc=1\n"])
                          for _ in range(300)))
+    texts += [labelled_program(rng) for _ in range(40)]
     return [json.loads(json.dumps(check(t))) for t in texts]
 
 
