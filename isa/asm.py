@@ -123,7 +123,7 @@ def _line_chunks(text: str):
         start = end + 1
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pending:
     """An instruction with operands naming constants or labels not defined when it was read:
     encoded at the end of the file."""
@@ -278,6 +278,11 @@ class _Asm:
             words[p.pc] = w
 
 
+SLOW_SHARE = 0.25  # a source with more of its lines left to Python is read by Python alone
+_PYTHON = "python"  # _scanned's answer when SLOW_SHARE says so
+_SLOW_CHUNK = 1 << 16  # lines left to Python, taken from the arrays this many at a time
+
+
 def _assemble_scanned(data: bytes | bytearray, file: str) -> Program:
     """:func:`assemble` of UTF-8 source bytes (under 4 GiB) through the compiled scanner of
     :mod:`isa.fastasm`: it encodes the lines it is sure of into arrays, and every other line
@@ -288,21 +293,25 @@ def _assemble_scanned(data: bytes | bytearray, file: str) -> Program:
     First with labels handled by the scanner; that result stands only where it provably equals
     the Python assembler's: no label problem (see :func:`isa.fastasm.scan`), and no line left
     to Python defines a label or constant or names one, nor, if there are labels, lacks an
-    instruction. Otherwise the scanner runs again with labels left to Python."""
+    instruction. Otherwise the scanner runs again with labels left to Python. A source the
+    scanner leaves mostly to Python (over ``SLOW_SHARE`` of its lines) is assembled by
+    :func:`assemble_python` alone, which is faster there (it encodes repeated lines once)."""
     from isa.fastasm import label_mode_max_lines
 
     n = data.count(b"\n") + 1
-    if n <= label_mode_max_lines():
-        prog = _scanned(data, file, n, True)
-        if prog is not None:
+    for labels in (True, False) if n <= label_mode_max_lines() else (False,):
+        prog = _scanned(data, file, n, labels, SLOW_SHARE)
+        if prog == _PYTHON:
+            break
+        if isinstance(prog, Program):
             return prog
-    prog = _scanned(data, file, n, False)
-    assert prog is not None
-    return prog
+    return assemble_python(data.decode("utf-8"), file)
 
 
-def _scanned(data: bytes | bytearray, file: str, n: int, labels: bool) -> Program | None:
-    """One try of :func:`_assemble_scanned` (None: the label mode does not apply)."""
+def _scanned(data: bytes | bytearray, file: str, n: int, labels: bool,
+             slow_share: float = 1.0) -> Program | str | None:
+    """One try of :func:`_assemble_scanned`: the program, None if the label mode does not
+    apply, or ``_PYTHON`` if more than ``slow_share`` of the lines are left to Python."""
     import numpy as np
 
     from isa.fastasm import scan
@@ -317,36 +326,49 @@ def _scanned(data: bytes | bytearray, file: str, n: int, labels: bool) -> Progra
     del buf
     if status:
         return None
-    slow_slots = np.flatnonzero(slow[:ns]).tolist()
+    slow_slots = np.flatnonzero(slow[:ns])
     del slow
+    if len(slow_slots) > slow_share * n:
+        return _PYTHON
     asm = _Asm(file, lambda name: _label_line_of(data, start, end, lines, slow_slots, name))
-    dropped: list[int] = []  # slots of slow lines without an instruction
+    keep = None  # which slots hold an instruction, once a slow line turns out to have none
+    n_dropped = 0
     cache = asm.cache
-    for slot in slow_slots:
-        s = int(start[slot])
-        raw = data[s:end[slot]].decode("utf-8")
-        pc = slot - len(dropped)
-        hit = cache.get(raw)
-        try:
-            if hit is None:
-                hit = asm.line(raw, int(lines[slot]), pc)
-        except AsmError:
-            if labels and asm.labels:  # Python would have checked it against all labels
+    for c0 in range(0, len(slow_slots), _SLOW_CHUNK):  # lists of a chunk: no numpy scalars
+        slots = slow_slots[c0:c0 + _SLOW_CHUNK]
+        new_words, new_start, new_end = [], [], []
+        for slot, s, e, lineno in zip(slots.tolist(), start[slots].tolist(),
+                                      end[slots].tolist(), lines[slots].tolist(), strict=True):
+            raw = data[s:e].decode("utf-8")
+            hit = cache.get(raw)
+            try:
+                if hit is None:
+                    hit = asm.line(raw, lineno, slot - n_dropped)
+            except AsmError:
+                if labels and asm.labels:  # Python would have checked it against all labels
+                    return None
+                raise
+            if labels and (asm.labels or asm.consts or asm.pending or hit is None and len(lab)):
                 return None
-            raise
-        if labels and (asm.labels or asm.consts or asm.pending or hit is None and len(lab)):
-            return None
-        if hit is None:
-            dropped.append(slot)
-            continue
-        words[slot] = hit[0]
-        at = raw.find(hit[1])  # the text as written, kept as its bytes in the source
-        s += at if raw.isascii() else len(raw[:at].encode())
-        start[slot], end[slot] = s, s + len(hit[1].encode())
+            if hit is None:
+                if keep is None:
+                    keep = np.ones(ns, bool)
+                keep[slot] = False
+                n_dropped += 1
+                new_words.append(0)
+                new_start.append(s)
+                new_end.append(e)
+                continue
+            new_words.append(hit[0])
+            at = raw.find(hit[1])  # the text as written, kept as its bytes in the source
+            s += at if raw.isascii() else len(raw[:at].encode())
+            new_start.append(s)
+            new_end.append(s + len(hit[1].encode()))
+        words[slots] = np.array(new_words, np.uint64)
+        start[slots] = new_start
+        end[slots] = new_end
     words, lines, start, end = words[:ns], lines[:ns], start[:ns], end[:ns]
-    if dropped:
-        keep = np.ones(ns, bool)
-        keep[dropped] = False
+    if keep is not None:
         words, lines, start, end = words[keep], lines[keep], start[keep], end[keep]
     asm.resolve(words)
     if len(lab):
@@ -368,12 +390,11 @@ def _label_line(text: str, name: str) -> int:
     return 0  # pragma: no cover - the caller saw the definition
 
 
-def _label_line_of(data: bytes | bytearray, start, end, lines, slots: list[int],
-                   name: str) -> int:
+def _label_line_of(data: bytes | bytearray, start, end, lines, slots, name: str) -> int:
     """:func:`_label_line` for the scanned path: labels are only on the lines it left to
     Python (``slots``: their line numbers ``lines``, and byte ranges ``start``/``end``
     within the line)."""
-    for slot in slots:
+    for slot in slots.tolist():
         at = int(start[slot])
         first = data.rfind(b"\n", 0, at) + 1
         last = data.find(b"\n", at)

@@ -219,6 +219,9 @@ def source_text(draw) -> str:
 @given(source_text())
 def test_generated_programs(text):
     check(text)
+    with pytest.MonkeyPatch.context() as mp:  # the lines left to Python, a few at a time
+        mp.setattr(asm, "_SLOW_CHUNK", 3)
+        check(text)
 
 
 @st.composite
@@ -264,6 +267,22 @@ def labelled_program(rng) -> str:
 @given(labelled_text())
 def test_generated_programs_with_labels(text):
     check(text)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(asm, "_SLOW_CHUNK", 2)
+        check(text)
+
+
+def test_mostly_python_sources_are_assembled_by_python_alone(monkeypatch):
+    calls = []
+    real = asm.assemble_python
+    monkeypatch.setattr(asm, "assemble_python", lambda *a: calls.append(1) or real(*a))
+    text = ".equ C, 5\n" + "li r1, C\n" * 9 + "nop\n" * 20
+    assert check(text)[0][:2] == [encode(asm.BY_MNEMONIC["li"], {"rd": 1, "imm": 5})] * 2
+    n = len(calls)
+    asm._assemble_scanned(text.encode(), "f.s")  # 10 of 31 lines for Python: Python alone
+    assert len(calls) == n + 1
+    asm._assemble_scanned(text.replace("nop\n" * 20, "nop\n" * 40).encode(), "f.s")
+    assert len(calls) == n + 1
 
 
 # ------------------------------------------------------------------------------ entry points
