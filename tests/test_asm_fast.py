@@ -137,6 +137,12 @@ EDGE_SOURCES = [
     "li r1, " + "1" * 101 + "\n", "li r1, 0x" + "0" * 30 + "1\n", "li r1, 0b" + "1" * 31 + "\n",
     "a: b: c: nop\n", "a:b:nop\n", "a : nop\n", "jmp 5\n", "jmp -1\n", "jmp 0x1000000\n",
     "x:\n", "li r1, 5\n" * 5 + "li r99, 5\n", "nop\n" * 3 + "  \n\n\t\n" + "halt",
+    "a.b: nop\njmp a.b\n", "_x: jmp _x\n", "1a: nop\n", "a:: nop\n", "a: : nop\n",
+    "NOP: jmp NOP\n", "li: nop\n", "a: # c\njmp a\n", ":\n", "jmp a-b\na: nop\n",
+    "a\t:\tb :jmp b\n", "jmp a\nnop\na:\n", "jmp a\n\x0b\na: nop\n", "a: nop\n\x0b\njmp a\n",
+    "jmp a\na: nop\na: nop\n", "jmp A\n.equ A, 3\nA: nop\n", "A: nop\n.equ A, 3\njmp A\n",
+    "gemm r1, r2, r3, r4, r5, r6, dt=i8x\n", "li r1, L\nL: nop\n", "jmp L, r1\nL: nop\n",
+    "L: frob\njmp L\n", "jmp L\nL: frob\n", "x: nop\nL: li r1, é\nL: nop\n",
 ]
 
 
