@@ -22,7 +22,6 @@ from __future__ import annotations
 import re
 from array import array
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from isa.encoding import MAGIC, Program, decode, field_value_to_bits, from_bytes
@@ -123,18 +122,8 @@ def _line_chunks(text: str):
         start = end + 1
 
 
-@dataclass(slots=True)
-class _Pending:
-    """An instruction with operands naming constants or labels not defined when it was read:
-    encoded at the end of the file."""
-
-    pc: int
-    ins: Instr
-    names: list[tuple[Field, str, int]]  # (field, token, column)
-    lineno: int
-
-
 FAST_MIN_LINES = 100_000  # sources of at least this many lines take the compiled scanner
+_CACHE_LINES = 100_000  # distinct instruction lines whose encoding is kept for repeats
 
 
 def assemble(text: str, file: str = "<asm>") -> Program:
@@ -191,15 +180,27 @@ class _Asm:
         self.consts: dict[str, int] = {}
         self.const_line: dict[str, int] = {}
         self.labels: dict[str, int] = {}
-        self.pending: list[_Pending] = []
+        # instructions naming a constant or label not defined when they were read (encoded
+        # at the end of the file): their pc and line, and (instruction, [(field, token,
+        # column)]), one tuple shared by repeated lines
+        self.pending_pc = array("Q")
+        self.pending_line = array("I")
+        self.pending_what: list[tuple[Instr, list[tuple[Field, str, int]]]] = []
         # instruction line (no labels, no names) -> its word and text (one str for repeats)
         self.cache: dict[str, tuple[int, str]] = {}
+        # instruction line naming what is not defined yet -> its word so far, text and what it
+        # names; valid until the next label or constant is defined
+        self.named: dict[str, tuple[int, str, tuple[Instr, list]]] = {}
 
     def line(self, raw: str, lineno: int, pc: int) -> tuple[int, str] | None:
         """Assemble line ``lineno`` (``raw``, without its line end), whose instruction, if it
         has one, gets index ``pc``: its (word, text as written), or None for a line with no
         instruction. Raises AsmError."""
         file, consts, labels = self.file, self.consts, self.labels
+        hit = self.named.get(raw)
+        if hit is not None:
+            self._wait(pc, lineno, hit[2])
+            return hit[0], hit[1]
 
         def err(msg: str, lineno: int, col: int) -> AsmError:
             return AsmError(msg, file, lineno, col)
@@ -225,6 +226,7 @@ class _Asm:
             if name in BY_MNEMONIC:
                 raise err(f"label {name!r} is a mnemonic", lineno, col)
             labels[name] = pc
+            self.named.clear()
             pos = m.end()
         if pos >= len(rest):
             return None
@@ -251,6 +253,7 @@ class _Asm:
                 raise err(f"bad constant value {val!r}", lineno, vcol)
             consts[name] = v
             self.const_line[name] = lineno
+            self.named.clear()
             return None
         if mnemonic.startswith("."):
             raise err(f"unknown directive {mnemonic!r}", lineno, mcol)
@@ -261,21 +264,29 @@ class _Asm:
         w, names = _parse_line(ins, parts, op_col, consts, labels, mcol, lineno, file)
         written = rest[pos:] if pos else rest
         if names:
-            self.pending.append(_Pending(pc, ins, names, lineno))
-        elif not has_label and len(self.cache) < 100_000:
+            what = (ins, names)
+            self._wait(pc, lineno, what)
+            if not has_label and len(self.named) < _CACHE_LINES:
+                self.named[raw] = (w, written, what)
+        elif not has_label and len(self.cache) < _CACHE_LINES:
             self.cache[raw] = (w, written)
         return w, written
+
+    def _wait(self, pc: int, lineno: int, what: tuple[Instr, list]) -> None:
+        self.pending_pc.append(pc)
+        self.pending_line.append(lineno)
+        self.pending_what.append(what)
 
     def resolve(self, words) -> None:
         """Add the bits of forward references to ``words`` (indexed by pc), now that every
         label and constant is known."""
-        for p in self.pending:
-            w = int(words[p.pc])
-            for f, tok, col in p.names:
-                v = _resolve(f, tok, col, self.consts, self.labels, p.ins, p.lineno,
-                             self.file)
+        for pc, lineno, (ins, names) in zip(self.pending_pc, self.pending_line,
+                                            self.pending_what, strict=True):
+            w = int(words[pc])
+            for f, tok, col in names:
+                v = _resolve(f, tok, col, self.consts, self.labels, ins, lineno, self.file)
                 w |= (v & f.mask) << f.lo
-            words[p.pc] = w
+            words[pc] = w
 
 
 SLOW_SHARE = 0.25  # a source with more of its lines left to Python is read by Python alone
@@ -348,7 +359,7 @@ def _scanned(data: bytes | bytearray, file: str, n: int, labels: bool,
                 if labels and asm.labels:  # Python would have checked it against all labels
                     return None
                 raise
-            if labels and (asm.labels or asm.consts or asm.pending or hit is None and len(lab)):
+            if labels and (asm.labels or asm.consts or asm.pending_pc or hit is None and len(lab)):
                 return None
             if hit is None:
                 if keep is None:

@@ -278,6 +278,37 @@ def test_generated_programs_with_labels(text):
         check(text)
 
 
+REPEATED = ["li r1, C", "li r1, -C", "jmp L", "beq r1, r2, M", "jmp L  # c", "nop", "L:",
+            "M: nop", ".equ C, 7", "li r1, D", ".equ D, C", "L: li r1, C", "jmp X", "li r2, L",
+            "frob", "li r1, 99999999999", "jmp L, r1", ".equ B, 99999999999", "li r1, B",
+            "jmp C", "C: nop", "jmp B"]
+
+
+def without_memory(text: str) -> object:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(asm, "_CACHE_LINES", 0)
+        return outcome(lambda: asm.assemble_python(text, "f.s"))
+
+
+@settings(max_examples=400, deadline=None, derandomize=True, database=None)
+@given(st.lists(st.sampled_from(REPEATED), max_size=14))
+def test_encodings_kept_for_repeated_lines_change_nothing(lines):
+    """The Python assembler encodes a repeated line once (also one naming what is defined
+    further down, until the next label or constant): the same outcome as with no such
+    memory, which reads every line afresh."""
+    text = "\n".join(lines)
+    assert outcome(lambda: asm.assemble_python(text, "f.s")) == without_memory(text)
+
+
+@pytest.mark.parametrize("text", [
+    "li r1, B\n.equ B, 99999999999\nli r1, B\nnop\n",  # at its line, not at the end
+    "jmp C\n.equ C, 5\njmp C\nC: nop\n",  # the constant (as read then), not the label
+    "jmp C\nC: nop\njmp C\n.equ C, 5\n", "li r1, C\nL: nop\nli r1, C\n.equ C, 5\n"])
+def test_repeated_lines_after_a_definition(text):
+    assert outcome(lambda: asm.assemble_python(text, "f.s")) == without_memory(text)
+    check(text)
+
+
 def test_mostly_python_sources_are_assembled_by_python_alone(monkeypatch):
     calls = []
     real = asm.assemble_python
