@@ -13,6 +13,8 @@ Sources of N lines plus an error on line N + 1 (``frob``, an unknown mnemonic, u
                 repeated: few distinct lines;
 * ``distinct``  every line different (random registers and immediates): the assembler's
                 worst case, where no line is seen twice;
+* ``const-fwd`` every other line ``li r1, C`` (the others ``nop``), ``.equ C, 5`` after them:
+                forward references to a constant;
 
 and ``labels``: 400,000 labels on one line before ``halt`` (assembled successfully).
 Issue 18 asks for <= 10 s and <= 1 GiB for a 10-million-line file. Prints, per source, the
@@ -71,6 +73,8 @@ def source(kind: str, n: int) -> str:
                 out.append(f"gemm r{rng.randrange(32)}, r{rng.randrange(32)}, "
                            f"r{rng.randrange(32)}, r4, r5, r6, acc={i % 2}, sb=1\n")
         return "".join(out) + "frob\n"
+    if kind == "const-fwd":
+        return "li r1, C\nnop\n" * (n // 2) + "nop\n" * (n % 2) + ".equ C, 5\nfrob\n"
     if kind == "labels":
         return " ".join(f"l{i}:" for i in range(400_000)) + " halt\n"
     raise KeyError(kind)
@@ -99,7 +103,7 @@ def main() -> int:
     ap.add_argument("--lines", type=int, default=10_000_000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--code", default=str(ROOT))
-    ap.add_argument("--kinds", default="nop,li-badreg,loop,distinct,labels")
+    ap.add_argument("--kinds", default="nop,li-badreg,loop,distinct,const-fwd,labels")
     ap.add_argument("--json")
     args = ap.parse_args()
     code = Path(args.code).resolve()
@@ -109,7 +113,7 @@ def main() -> int:
             path = Path(tmp) / f"{kind}.s"
             path.write_text(source(kind, args.lines))
             runs = [run_once(code, path, Path(tmp) / "o.bin") for _ in range(args.repeat)]
-            summary = {"lines": args.lines if kind != "labels" else 1,
+            summary = {"lines": args.lines + (kind == "const-fwd") if kind != "labels" else 1,
                        "bytes": path.stat().st_size, "exit": runs[0]["exit"],
                        "stderr": runs[0]["stderr"]}
             for k in ("wall_s", "cpu_s", "peak_rss_mib"):
