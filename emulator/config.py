@@ -29,6 +29,7 @@ __all__ = [
     "Config",
     "DmaConfig",
     "EnergyConfig",
+    "HostConfig",
     "MemoryConfig",
     "config_from_dict",
     "load_config",
@@ -163,11 +164,25 @@ class AluConfig(_Section):
 
 @dataclass(frozen=True, slots=True)
 class BudgetConfig(_Section):
-    """Run limits: the emulator stops with BudgetExceeded past these (ints, hence finite)."""
+    """Run limits, each counted from the start of one ``Machine.run`` call: the emulator stops
+    with BudgetExceeded past any of them. ``max_seconds`` is wall-clock time (0: no limit)."""
 
     SECTION: ClassVar[str] = "budget"
     max_steps: int = _int(100_000_000, 1)
     max_cycles: int = _int(10**15, 1)
+    max_seconds: float = _float(60.0)
+
+
+@dataclass(frozen=True, slots=True)
+class HostConfig(_Section):
+    """How the emulator uses the host machine (never changes a value or counter).
+
+    ``threads``: the most BLAS/numba threads one operation may use; 0 chooses automatically
+    (the CPUs this process may run on). The environment variable ``LPEMU_THREADS`` overrides
+    it (sweep workers set it to 1)."""
+
+    SECTION: ClassVar[str] = "host"
+    threads: int = _int(0, 0, 1024)
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +209,7 @@ _SECTIONS: dict[str, type[_Section]] = {
     "alu": AluConfig,
     "budget": BudgetConfig,
     "energy": EnergyConfig,
+    "host": HostConfig,
 }
 
 
@@ -208,6 +224,7 @@ class Config:
     alu: AluConfig = field(default_factory=AluConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     energy: EnergyConfig = field(default_factory=EnergyConfig)
+    host: HostConfig = field(default_factory=HostConfig)
 
     def __post_init__(self) -> None:
         for name, cls in _SECTIONS.items():

@@ -32,6 +32,7 @@ from emulator.reference import (
     uses_rng,
 )
 from emulator.rng import mix
+from emulator.threads import POLICY
 
 __all__ = ["gemm_passes", "type_range", "uses_rng"]
 
@@ -84,48 +85,11 @@ def _wrapping():
     return np.errstate(over="ignore") if numba.config.DISABLE_JIT else contextlib.nullcontext()
 
 
-# Products with a short inner dimension are bound by writing the output: OpenBLAS splitting
-# them across its threads was measured 1.5-5x slower than one thread on 2-core machines (the
-# threads contend for the output's cache lines), so those run single-threaded.
-SERIAL_K = 64
-SERIAL_MIN_OUTPUT = 4096
 # Products with a small output and large operands are computed in K slices whose converted
 # operands (about 256 KiB of float32) stay in cache: converting a whole 405 x 500 tile first
 # and multiplying after was measured 1.3-1.5x slower than slices of 128 rows.
 CACHE_SMALL_OUTPUT = 16384
 CACHE_OPERAND_ELEMS = 1 << 16
-
-
-class _BlasThreads:
-    """Temporarily run numpy's OpenBLAS on one thread (via threadpoolctl; a no-op where the
-    BLAS is not OpenBLAS or threadpoolctl finds none)."""
-
-    def __init__(self) -> None:
-        self._libs: list | None = None
-
-    def libs(self) -> list:
-        if self._libs is None:
-            try:
-                from threadpoolctl import ThreadpoolController
-
-                self._libs = ThreadpoolController().select(internal_api="openblas").lib_controllers
-            except Exception:  # noqa: BLE001 - any failure just means "cannot control"
-                self._libs = []
-        return self._libs
-
-    def matmul_serial(self, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
-        libs = self.libs()
-        before = [lib.get_num_threads() for lib in libs]
-        for lib in libs:
-            lib.set_num_threads(1)
-        try:
-            np.matmul(a, b, out=out)
-        finally:
-            for lib, n in zip(libs, before, strict=True):
-                lib.set_num_threads(n)
-
-
-_BLAS = _BlasThreads()
 
 
 def _as_float(x: np.ndarray, name: str, ftype: type) -> np.ndarray:
@@ -147,6 +111,7 @@ def _products(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     wide = a.dtype.itemsize > 1 or b.dtype.itemsize > 1
     ftype, chunk = (np.float64, F64_EXACT_K) if wide else (np.float32, F32_EXACT_K)
     pf = _WS.get("p", (m, n), ftype)
+    POLICY.use(POLICY.for_work(m * k * n))  # emulator/threads.py
     if k <= chunk and m * n <= CACHE_SMALL_OUTPUT and (m + n) * k > CACHE_OPERAND_ELEMS:
         # a small output from large operands: convert and multiply K in slices that stay in
         # cache, summing the partial products in the float type (exact: every partial sum is
@@ -164,10 +129,7 @@ def _products(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     for k0 in range(0, max(k, 1), chunk):
         ac = _as_float(a[:, k0 : k0 + chunk], "a", ftype)
         bc = _as_float(b[k0 : k0 + chunk], "b", ftype)
-        if k < SERIAL_K and m * n >= SERIAL_MIN_OUTPUT:
-            _BLAS.matmul_serial(ac, bc, pf)
-        else:
-            np.matmul(ac, bc, out=pf)
+        np.matmul(ac, bc, out=pf)
         if k <= chunk:
             return pf
         total = pf.astype(np.int64) if total is None else total + pf.astype(np.int64)

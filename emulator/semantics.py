@@ -224,7 +224,8 @@ def _efit(m, o):
 # ============================================================================ dither RNG
 @semantics("rngseed")
 def _rngseed(m, o):
-    m.rng = [m.r[o["ra"]] & MASK64, 0]
+    m.rng[0] = m.r[o["ra"]] & MASK64
+    m.rng[1] = 0
     m.charge_cost("scalar")
 
 

@@ -134,28 +134,6 @@ def test_small_output_products_in_k_slices_are_exact(m, k, n, trans):
     assert np.array_equal(c, want - 3)
 
 
-def test_short_k_products_on_one_blas_thread_are_exact_and_restore_threads(monkeypatch):
-    """Short-K, large-output products take the single-thread BLAS path; it is exact (edge
-    values included) and leaves the BLAS thread count as it found it."""
-    calls = []
-    serial = kernels._BLAS.matmul_serial
-    monkeypatch.setattr(kernels._BLAS, "matmul_serial",
-                        lambda a, b, out: (calls.append(a.shape), serial(a, b, out)))
-    before = [lib.get_num_threads() for lib in kernels._BLAS.libs()]
-    rng = np.random.default_rng(7)
-    m, k, n = 300, 10, 400
-    a = rng.integers(-128, 128, (m, k)).astype(np.int8)
-    b = rng.integers(-128, 128, (n, k)).astype(np.int8).T  # a transposed operand, as tb=1
-    a[0], b[:, 0] = -128, -128  # the largest products
-    want = a.astype(np.int64) @ b.astype(np.int64)
-    assert np.array_equal(kernels.gemm(a, b), want)
-    c = np.full((m, n), 5, dtype=np.int32)
-    assert kernels.gemm_into(c, a, b, True, 32, False) == 0
-    assert np.array_equal(c, want + 5)
-    assert calls == [(m, k), (m, k)]
-    assert [lib.get_num_threads() for lib in kernels._BLAS.libs()] == before
-
-
 @pytest.mark.parametrize("k", [511, 512])
 @pytest.mark.parametrize("sign", [1, -1])
 def test_non_accumulating_gemm_at_the_no_overflow_bound(k, sign):

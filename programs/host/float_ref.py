@@ -1,6 +1,7 @@
 """Float32 reference trainer: the same MLP, data order, initial weights and hyperparameters as
 the chip's firmware, in plain numpy float32 (no quantization anywhere). It is the baseline the
-on-chip experiments are compared against."""
+on-chip experiments are compared against. Its products run under the emulator's thread policy
+(emulator/threads.py), so speed comparisons with the chip use the same BLAS threads."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from emulator.threads import matmul
 from programs.compiler.spec import ModelSpec
 from programs.host.datasets import Dataset, epoch_order
 
@@ -23,9 +25,9 @@ def forward(weights: list[np.ndarray], x: np.ndarray) -> tuple[list[np.ndarray],
     acts = [x]
     h = x
     for w in weights[:-1]:
-        h = np.maximum(h @ w, 0.0)
+        h = np.maximum(matmul(h, w), 0.0)
         acts.append(h)
-    return acts, acts[-1] @ weights[-1]
+    return acts, matmul(acts[-1], weights[-1])
 
 
 def softmax(s: np.ndarray) -> np.ndarray:
@@ -51,9 +53,9 @@ def train_step(weights: list[np.ndarray], x: np.ndarray, y: np.ndarray, lr: floa
     loss = float(-np.log(np.maximum(p[np.arange(b), y], 1e-12)).mean())
     dz = (p - t) / np.float32(b)
     for i in range(len(weights) - 1, -1, -1):
-        dw = acts[i].T @ dz
+        dw = matmul(acts[i].T, dz)
         if i > 0:
-            dz = (dz @ weights[i].T) * (acts[i] > 0)
+            dz = matmul(dz, weights[i].T) * (acts[i] > 0)
         step = np.float32(lr) * dw
         if momentum:
             assert velocity is not None

@@ -1,0 +1,341 @@
+"""The compiled scalar interpreter: stretches of scalar, branch and exponent instructions run
+in one numba loop between coarse (matrix, vector, DMA) instructions.
+
+A program is decoded once, vectorized, into ``prog``, an int64 ``[n, 4]`` array: per pc the
+instruction kind (0 for a coarse instruction, which the Python run loop dispatches) and up to
+three operand fields (register numbers, immediate or branch target); 32 bytes per instruction.
+
+:func:`run_scalar` executes from ``pc`` until it meets a coarse instruction, a ``halt``, the
+break point, the end of the step window or the cycle budget, or an instruction it leaves to
+Python. It implements exactly the pseudo-code of ``isa/spec.py`` (the same as
+:mod:`emulator.semantics`) on the machine's own register arrays, and charges exactly the
+closed-form costs of :mod:`emulator.timing` to the same counters. It never faults: an
+instruction that would fault (an address outside DRAM or the accumulator, an exponent outside
+32 bits), or whose operands it cannot compute in int64 without overflow, is returned to
+Python untouched (status ``PY``), whose handler then raises the typed error with the pc (or
+executes it). Scalar registers wrap at 64 bits in both (numba's int64 arithmetic wraps; with
+``NUMBA_DISABLE_JIT=1`` numpy scalars wrap under ``errstate(over="ignore")``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from emulator.counters import CYCLES, INSTRUCTIONS, N_COUNTERS
+from emulator.timing import HOOKS
+from isa.spec import BY_MNEMONIC, BY_OPCODE, OPCODE_LO, Field
+
+# operand fields of each scalar mnemonic, in prog columns (a, b, c); c holds the immediate or
+# the branch target. The order defines the kind codes (1..); 0 is "coarse".
+FIELDS: dict[str, tuple[str | None, str | None, str | None]] = {
+    "li": ("rd", None, "imm"),
+    "addi": ("rd", "ra", "imm"),
+    "add": ("rd", "ra", "rb"),
+    "sub": ("rd", "ra", "rb"),
+    "mul": ("rd", "ra", "rb"),
+    "and": ("rd", "ra", "rb"),
+    "or": ("rd", "ra", "rb"),
+    "xor": ("rd", "ra", "rb"),
+    "sll": ("rd", "ra", "rb"),
+    "sra": ("rd", "ra", "rb"),
+    "srl": ("rd", "ra", "rb"),
+    "slt": ("rd", "ra", "rb"),
+    "lih": ("rd", None, "imm"),
+    "beq": ("ra", "rb", "target"),
+    "bne": ("ra", "rb", "target"),
+    "blt": ("ra", "rb", "target"),
+    "bge": ("ra", "rb", "target"),
+    "jmp": (None, None, "target"),
+    "halt": (None, None, None),
+    "nop": (None, None, None),
+    "eset": ("ed", None, "imm"),
+    "eadd": ("ed", "ea", "eb"),
+    "eaddi": ("ed", "ea", "imm"),
+    "emv": ("rd", "ea", None),
+    "esetr": ("ed", "ra", None),
+    "flags": ("rd", None, None),
+    "clrflags": (None, None, None),
+    "accrd": ("rd", "racc", None),
+    "ldw": ("rd", "ra", "imm"),
+    "stw": ("rs", "ra", "imm"),
+    "rngseed": (None, "ra", None),
+    "rngctr": (None, "ra", None),
+    "rngrd": ("rd", "sel", None),
+}
+KIND: dict[str, int] = {mn: i + 1 for i, mn in enumerate(FIELDS)}
+N_KINDS = len(FIELDS) + 1
+CONTROL = ("beq", "bne", "blt", "bge", "jmp", "halt")
+(K_LI, K_ADDI, K_ADD, K_SUB, K_MUL, K_AND, K_OR, K_XOR, K_SLL, K_SRA, K_SRL, K_SLT, K_LIH,
+ K_BEQ, K_BNE, K_BLT, K_BGE, K_JMP, K_HALT, K_NOP, K_ESET, K_EADD, K_EADDI, K_EMV, K_ESETR,
+ K_FLAGS, K_CLRFLAGS, K_ACCRD, K_LDW, K_STW, K_RNGSEED, K_RNGCTR, K_RNGRD) = range(1, N_KINDS)
+
+# run_scalar's status: why it returned
+ST_COARSE, ST_STOP, ST_PY, ST_BREAK, ST_HALT = range(5)
+
+EXP_MIN, EXP_MAX = -(1 << 31), (1 << 31) - 1
+COST_PAIRS = 3  # counter increments per kind beyond instructions and cycles
+
+# the cost hook (and its arguments) of each scalar kind: emulator/timing.py
+_COST_CALL: dict[str, tuple] = {mn: (BY_MNEMONIC[mn].cost,) for mn in FIELDS}
+_COST_CALL["ldw"] = ("scalar_mem", False)
+_COST_CALL["stw"] = ("scalar_mem", True)
+
+
+def kind_costs(cfg) -> np.ndarray:
+    """Per kind: ``[cycles, counter, n, counter, n, counter, n]`` from the timing hooks."""
+    out = np.zeros((N_KINDS, 1 + 2 * COST_PAIRS), dtype=np.int64)
+    for mn, call in _COST_CALL.items():
+        cost = HOOKS[call[0]](cfg, *call[1:])
+        row = out[KIND[mn]]
+        row[0] = cost.get(CYCLES, 0)
+        extra = [(k, v) for k, v in cost.items() if k != CYCLES and v]
+        if len(extra) > COST_PAIRS:  # pragma: no cover - a new hook with more counters
+            raise ValueError(f"cost of {mn} has more than {COST_PAIRS} counters")
+        for j, (k, v) in enumerate(extra):
+            row[1 + 2 * j], row[2 + 2 * j] = k, v
+    return out
+
+
+def _field_values(w: np.ndarray, f: Field) -> np.ndarray:
+    raw = ((w >> np.uint64(f.lo)) & np.uint64(f.mask)).astype(np.int64)
+    if f.kind == "simm":
+        raw -= ((raw >> (f.width - 1)) & 1) << f.width
+    return raw
+
+
+def _tables() -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """(known[opcode], used-bit mask[opcode], opcodes with enums that not every code fills)."""
+    known = np.zeros(256, dtype=bool)
+    used = np.zeros(256, dtype=np.uint64)
+    partial = []
+    for op, ins in BY_OPCODE.items():
+        known[op] = True
+        m = 0
+        for f in ins.fields:
+            m |= f.mask << f.lo
+            if f.kind == "enum" and len(f.choices) != 1 << f.width:
+                partial.append(op)
+        used[op] = m
+    return known, used, sorted(set(partial))
+
+
+_KNOWN, _USED, _PARTIAL = _tables()
+
+
+def decode_program(words: list[int]) -> np.ndarray:
+    """The ``[n, 4]`` int64 decode of a program; raises ValueError (as ``isa.encoding.decode``
+    does, for the first bad word) on an invalid word."""
+    from isa.encoding import decode
+
+    n = len(words)
+    prog = np.zeros((n, 4), dtype=np.int64)
+    if n == 0:
+        return prog
+    try:
+        w = np.array(words, dtype=np.uint64)
+    except (OverflowError, TypeError, ValueError):
+        for x in words:
+            decode(x)  # raises for the word that cannot be an instruction
+        raise
+    op = (w >> np.uint64(OPCODE_LO)).astype(np.int64)
+    low = np.uint64((1 << OPCODE_LO) - 1)
+    bad = ~_KNOWN[op] | ((w & low & ~_USED[op]) != 0)
+    for p in _PARTIAL:
+        bad |= op == p  # checked word by word below
+    for i in np.flatnonzero(bad):
+        decode(int(w[i]))  # raises ValueError for a bad word; enum words pass if valid
+    for mn, cols in FIELDS.items():
+        ins = BY_MNEMONIC[mn]
+        sel = np.flatnonzero(op == ins.opcode)
+        if sel.size == 0:
+            continue
+        ws = w[sel]
+        prog[sel, 0] = KIND[mn]
+        for col, name in enumerate(cols, start=1):
+            if name is not None:
+                prog[sel, col] = _field_values(ws, ins.by_name[name])
+    return prog
+
+
+@njit(cache=True)
+def hot_marks(prog, min_run):  # pragma: no cover - compiled
+    """Per pc, whether the compiled interpreter should start there: a scalar pc from which
+    the straight-line scalar run (up to the next coarse instruction) is at least ``min_run``
+    long or ends in a branch, jump or halt (a loop the firmware may spin in)."""
+    n = prog.shape[0]
+    run = np.zeros(n + 1, np.int64)
+    ctrl = np.zeros(n + 1, np.bool_)
+    hot = np.zeros(n, np.bool_)
+    for pc in range(n - 1, -1, -1):
+        k = prog[pc, 0]
+        if k == 0:
+            continue
+        if k == K_BEQ or k == K_BNE or k == K_BLT or k == K_BGE or k == K_JMP or k == K_HALT:
+            run[pc] = 1
+            ctrl[pc] = True
+        else:
+            run[pc] = 1 + run[pc + 1]
+            ctrl[pc] = ctrl[pc + 1]
+        hot[pc] = ctrl[pc] or run[pc] >= min_run
+    return hot
+
+
+@njit(cache=True)
+def run_scalar(prog, kcost, r, e, rng, counts, dram, acc, pc, steps, cycles, flags,
+               step_stop, cycle_limit, break_pc):  # pragma: no cover - compiled
+    """Run scalar instructions from ``pc``; returns ``(status, pc, steps, cycles, flags)``.
+
+    ``r``/``e`` are the int64 register files, ``rng`` the generator state as int64 bit
+    patterns, ``counts`` the ``[n, N_COUNTERS]`` matrix. Before each instruction it returns
+    ``ST_STOP`` if the pc is outside the program, ``steps >= step_stop`` or ``cycles >=
+    cycle_limit`` (the caller decides which error, if any), ``ST_COARSE`` at a coarse
+    instruction and ``ST_PY`` at one Python must execute; after one, ``ST_HALT`` (halted) and
+    ``ST_BREAK`` on arriving at ``break_pc``."""
+    n = prog.shape[0]
+    dram_n = dram.shape[0]
+    acc_n = acc.shape[0]
+    one = np.int64(1)
+    while True:
+        if pc < 0 or pc >= n or steps >= step_stop or cycles >= cycle_limit:
+            return ST_STOP, pc, steps, cycles, flags
+        k = prog[pc, 0]
+        if k == 0:
+            return ST_COARSE, pc, steps, cycles, flags
+        a = prog[pc, 1]
+        b = prog[pc, 2]
+        c = prog[pc, 3]
+        nxt = pc + 1
+        if k == K_LI:
+            if a != 0:
+                r[a] = c
+        elif k == K_ADDI:
+            if a != 0:
+                r[a] = r[b] + c
+        elif k == K_BNE:
+            if r[a] != r[b]:
+                nxt = c
+        elif k == K_BEQ:
+            if r[a] == r[b]:
+                nxt = c
+        elif k == K_BLT:
+            if r[a] < r[b]:
+                nxt = c
+        elif k == K_BGE:
+            if r[a] >= r[b]:
+                nxt = c
+        elif k == K_JMP:
+            nxt = c
+        elif k == K_LIH:  # (imm << 32) | low 32 bits of r[rd]
+            if a != 0:
+                r[a] = (c << 32) | (r[a] & np.int64(0xFFFFFFFF))
+        elif k <= K_SLT:  # three-register ALU ops
+            x = r[b]
+            y = r[c]
+            if k == K_ADD:
+                v = x + y
+            elif k == K_SUB:
+                v = x - y
+            elif k == K_MUL:
+                v = x * y
+            elif k == K_AND:
+                v = x & y
+            elif k == K_OR:
+                v = x | y
+            elif k == K_XOR:
+                v = x ^ y
+            elif k == K_SLL:
+                v = x << (y & 63)
+            elif k == K_SRA:
+                v = x >> (y & 63)
+            elif k == K_SRL:  # (x mod 2**64) >> s, in int64: a masked arithmetic shift
+                s = y & 63
+                v = x if s == 0 else (x >> s) & ((one << (64 - s)) - one)
+            else:
+                v = one if x < y else np.int64(0)
+            if a != 0:
+                r[a] = v
+        elif k == K_ESET or k == K_EADD or k == K_EADDI or k == K_ESETR:
+            if k == K_ESET:
+                v = c
+            elif k == K_ESETR:
+                v = r[b]
+            else:
+                x = e[b]
+                y = e[c] if k == K_EADD else c
+                if x < EXP_MIN or x > EXP_MAX or y < EXP_MIN or y > EXP_MAX:
+                    return ST_PY, pc, steps, cycles, flags
+                v = x + y
+            if v < EXP_MIN or v > EXP_MAX:  # the handler raises the exponent-range fault
+                return ST_PY, pc, steps, cycles, flags
+            e[a] = v
+        elif k == K_EMV:
+            if a != 0:
+                r[a] = e[b]
+        elif k == K_HALT:
+            nxt = pc
+        elif k == K_NOP:
+            pass
+        elif k == K_FLAGS:
+            if a != 0:
+                r[a] = flags
+        elif k == K_CLRFLAGS:
+            flags = 0
+        elif k == K_ACCRD:
+            addr = r[b]
+            if addr < 0 or addr >= acc_n:
+                return ST_PY, pc, steps, cycles, flags
+            if a != 0:
+                r[a] = np.int64(acc[addr])
+        elif k == K_LDW or k == K_STW:
+            base = r[b]
+            if base < -(one << 40) or base > (one << 40):  # outside DRAM for any imm
+                return ST_PY, pc, steps, cycles, flags
+            addr = base + c
+            if addr < 0 or addr > dram_n - 4:
+                return ST_PY, pc, steps, cycles, flags
+            if k == K_LDW:
+                v = (np.int64(dram[addr]) | (np.int64(dram[addr + 1]) << 8)
+                     | (np.int64(dram[addr + 2]) << 16) | (np.int64(dram[addr + 3]) << 24))
+                if v >= (one << 31):
+                    v -= one << 32
+                if a != 0:
+                    r[a] = v
+            else:
+                v = r[a]
+                for i in range(4):
+                    dram[addr + i] = np.uint8((v >> (8 * i)) & 0xFF)
+        elif k == K_RNGSEED:
+            rng[0] = r[b]
+            rng[1] = 0
+        elif k == K_RNGCTR:
+            rng[1] = r[b]
+        elif k == K_RNGRD:
+            if a != 0:
+                r[a] = rng[b]
+        else:
+            return ST_PY, pc, steps, cycles, flags
+        cyc = kcost[k, 0]
+        counts[pc, INSTRUCTIONS] += 1
+        counts[pc, CYCLES] += cyc
+        for j in range(COST_PAIRS):
+            inc = kcost[k, 2 + 2 * j]
+            if inc != 0:
+                counts[pc, kcost[k, 1 + 2 * j]] += inc
+        cycles += cyc
+        steps += 1
+        if k == K_HALT:
+            return ST_HALT, pc, steps, cycles, flags
+        pc = nxt
+        if pc == break_pc:
+            return ST_BREAK, pc, steps, cycles, flags
+
+
+def run_scalar_ints(*args):  # type: ignore[no-untyped-def]
+    """:func:`run_scalar` with Python-int results (with ``NUMBA_DISABLE_JIT=1`` it runs as
+    Python and would return numpy scalars)."""
+    st, pc, steps, cycles, flags = run_scalar(*args)
+    return int(st), int(pc), int(steps), int(cycles), int(flags)
+
+
+_ = N_COUNTERS
