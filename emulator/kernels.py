@@ -20,6 +20,7 @@ import numba
 import numpy as np
 from numba import njit
 
+from emulator import vnni
 from emulator.reference import (
     EXP_LUT,
     LOG2E_Q16,
@@ -169,6 +170,11 @@ def _fit_into(c, p, accumulate, lo, hi, wrap):  # pragma: no cover - compiled
     return novf
 
 
+# INT8 x INT8 products run on AVX-512 VNNI where the host has it (emulator/vnni.py: exact
+# integer dot products, about 4x float32 BLAS on one core); tests switch this off to compare
+USE_VNNI = vnni.AVAILABLE
+
+
 def gemm_into(
     c: np.ndarray, a: np.ndarray, b: np.ndarray, accumulate: bool, bits: int, wrap: bool
 ) -> int:
@@ -176,6 +182,11 @@ def gemm_into(
     if c.size == 0:
         return 0
     lo, hi = type_range(bits)
+    k = a.shape[1]
+    if USE_VNNI and a.itemsize == b.itemsize == 1 and 0 < k <= vnni.MAX_K:
+        threads = min(POLICY.for_work(a.shape[0] * k * b.shape[1]),
+                      numba.config.NUMBA_NUM_THREADS)
+        return vnni.gemm_into(c, a, b, bool(accumulate), lo, hi, bool(wrap), threads, _WS.get)
     p = _products(a, b)
     if not accumulate and a.shape[1] << (8 * (a.itemsize + b.itemsize) - 2) <= hi:
         # |each product| <= 2**(8*(bytes_a+bytes_b)-2), so no sum of K of them can leave the
