@@ -244,8 +244,8 @@ class Machine(State):
             if slot is _HOT:
                 if compiled:
                     st, self.pc, self.steps, self.cycles, self.flags = run_scalar(
-                        self.prog, self._kcost, rv, ev, gv, self._counts, self.dram, self.acc,
-                        pc, self.steps, self.cycles, self.flags, soft, cycle_limit, bp)
+                        self.prog, self._kcost, rv, ev, gv, self._counts, self.dram, self.spad,
+                        self.acc, pc, self.steps, self.cycles, self.flags, soft, cycle_limit, bp)
                     if st == scalar.ST_HALT:
                         self.halted = True
                         break

@@ -1,5 +1,6 @@
-"""The compiled scalar interpreter: stretches of scalar, branch and exponent instructions run
-in one numba loop between coarse (matrix, vector, DMA) instructions.
+"""The compiled scalar interpreter: stretches of scalar, branch and exponent instructions (and
+the scratchpad DMA ``dmald``/``dmast``, which firmware interleaves with them) run in one numba
+loop between coarse (matrix, vector, accumulator) instructions.
 
 A program is decoded once, vectorized, into ``prog``, an int64 ``[n, 4]`` array: per pc the
 instruction kind (0 for a coarse instruction, which the Python run loop dispatches) and up to
@@ -10,8 +11,9 @@ break point, the end of the step window or the cycle budget, or an instruction i
 Python. It implements exactly the pseudo-code of ``isa/spec.py`` (the same as
 :mod:`emulator.semantics`) on the machine's own register arrays, and charges exactly the
 closed-form costs of :mod:`emulator.timing` to the same counters. It never faults: an
-instruction that would fault (an address outside DRAM or the accumulator, an exponent outside
-32 bits), or whose operands it cannot compute in int64 without overflow, is returned to
+instruction that would fault (an address outside a memory, an exponent outside 32 bits,
+overlapping DMA destination rows), or whose operands it cannot compute in int64 without
+overflow, is returned to
 Python untouched (status ``PY``), whose handler then raises the typed error with the pc (or
 executes it). Scalar registers wrap at 64 bits in both (numba's int64 arithmetic wraps; with
 ``NUMBA_DISABLE_JIT=1`` numpy scalars wrap under ``errstate(over="ignore")``).
@@ -19,10 +21,21 @@ executes it). Scalar registers wrap at 64 bits in both (numba's int64 arithmetic
 
 from __future__ import annotations
 
+import numba
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
-from emulator.counters import CYCLES, INSTRUCTIONS, N_COUNTERS
+from emulator.counters import (
+    CYCLES,
+    DRAM_RD,
+    DRAM_WR,
+    INSTRUCTIONS,
+    N_COUNTERS,
+    SPAD_RD,
+    SPAD_WR,
+)
 from emulator.timing import HOOKS
 from isa.spec import BY_MNEMONIC, BY_OPCODE, OPCODE_LO, Field
 
@@ -62,13 +75,19 @@ FIELDS: dict[str, tuple[str | None, str | None, str | None]] = {
     "rngseed": (None, "ra", None),
     "rngctr": (None, "ra", None),
     "rngrd": ("rd", "sel", None),
+    # DMA: column c packs the six register numbers (scratchpad, dram, rows, row bytes, dram
+    # stride, scratchpad stride), 5 bits each from bit 0
+    "dmald": (None, None, "*"),
+    "dmast": (None, None, "*"),
 }
+DMA_REGS = ("rsp", "rdram", "rrows", "rbytes", "rdstride", "rsstride")
 KIND: dict[str, int] = {mn: i + 1 for i, mn in enumerate(FIELDS)}
 N_KINDS = len(FIELDS) + 1
 CONTROL = ("beq", "bne", "blt", "bge", "jmp", "halt")
 (K_LI, K_ADDI, K_ADD, K_SUB, K_MUL, K_AND, K_OR, K_XOR, K_SLL, K_SRA, K_SRL, K_SLT, K_LIH,
  K_BEQ, K_BNE, K_BLT, K_BGE, K_JMP, K_HALT, K_NOP, K_ESET, K_EADD, K_EADDI, K_EMV, K_ESETR,
- K_FLAGS, K_CLRFLAGS, K_ACCRD, K_LDW, K_STW, K_RNGSEED, K_RNGCTR, K_RNGRD) = range(1, N_KINDS)
+ K_FLAGS, K_CLRFLAGS, K_ACCRD, K_LDW, K_STW, K_RNGSEED, K_RNGCTR, K_RNGRD, K_DMALD,
+ K_DMAST) = range(1, N_KINDS)
 
 # run_scalar's status: why it returned
 ST_COARSE, ST_STOP, ST_PY, ST_BREAK, ST_HALT = range(5)
@@ -80,11 +99,16 @@ COST_PAIRS = 3  # counter increments per kind beyond instructions and cycles
 _COST_CALL: dict[str, tuple] = {mn: (BY_MNEMONIC[mn].cost,) for mn in FIELDS}
 _COST_CALL["ldw"] = ("scalar_mem", False)
 _COST_CALL["stw"] = ("scalar_mem", True)
+del _COST_CALL["dmald"], _COST_CALL["dmast"]  # data-dependent: from the DMA row below
 
 
 def kind_costs(cfg) -> np.ndarray:
-    """Per kind: ``[cycles, counter, n, counter, n, counter, n]`` from the timing hooks."""
-    out = np.zeros((N_KINDS, 1 + 2 * COST_PAIRS), dtype=np.int64)
+    """Per kind: ``[cycles, counter, n, counter, n, counter, n]`` from the timing hooks; the
+    extra last row holds the DMA engine's ``[latency, bytes per cycle]`` (its cost hook,
+    ``latency + ceil(bytes / bytes_per_cycle)``, is evaluated per transfer)."""
+    out = np.zeros((N_KINDS + 1, 1 + 2 * COST_PAIRS), dtype=np.int64)
+    out[N_KINDS, 0] = cfg.dma.latency_cycles
+    out[N_KINDS, 1] = cfg.dma.bytes_per_cycle
     for mn, call in _COST_CALL.items():
         cost = HOOKS[call[0]](cfg, *call[1:])
         row = out[KIND[mn]]
@@ -153,7 +177,12 @@ def decode_program(words: list[int]) -> np.ndarray:
         ws = w[sel]
         prog[sel, 0] = KIND[mn]
         for col, name in enumerate(cols, start=1):
-            if name is not None:
+            if name == "*":
+                packed = np.zeros(sel.size, dtype=np.int64)
+                for i, reg in enumerate(DMA_REGS):
+                    packed |= _field_values(ws, ins.by_name[reg]) << (5 * i)
+                prog[sel, col] = packed
+            elif name is not None:
                 prog[sel, col] = _field_values(ws, ins.by_name[name])
     return prog
 
@@ -181,8 +210,51 @@ def hot_marks(prog, min_run):  # pragma: no cover - compiled
     return hot
 
 
+@njit(cache=True, inline="always")
+def _rows_fit(base, rows, nb, stride, size):  # pragma: no cover - compiled
+    """Whether ``rows`` rows of ``nb`` bytes from ``base``, ``stride`` apart, lie in
+    ``[0, size)`` (all >= 0, rows and nb >= 1), without overflowing int64."""
+    if base < 0 or nb > size or base > size - nb:
+        return False
+    return rows == 1 or stride == 0 or rows - 1 <= (size - nb - base) // stride
+
+
+def _memcpy_py(dst, d0, src, s0, n):  # the same, as Python (NUMBA_DISABLE_JIT=1)
+    dst[d0 : d0 + n] = src[s0 : s0 + n]
+
+
+@intrinsic
+def _memcpy_llvm(typingctx, dst, d0, src, s0, n):
+    """``dst[d0 : d0 + n] = src[s0 : s0 + n]`` for byte arrays that do not overlap, by
+    ``llvm.memcpy`` (numba's slice assignment copies byte by byte, ~15x slower)."""
+    def codegen(context, builder, sig, args):
+        dty, _, sty, _, _ = sig.args
+        dp = cgutils.get_item_pointer(context, builder, dty,
+                                      context.make_array(dty)(context, builder, args[0]),
+                                      [args[1]])
+        sp = cgutils.get_item_pointer(context, builder, sty,
+                                      context.make_array(sty)(context, builder, args[2]),
+                                      [args[3]])
+        cgutils.raw_memcpy(builder, dp, sp, args[4], 1)
+        return context.get_dummy_value()
+    return types.none(dst, d0, src, s0, n), codegen
+
+
+_memcpy = _memcpy_py if numba.config.DISABLE_JIT else _memcpy_llvm
+
+
+@njit(cache=True, inline="always")
+def _copy_rows(src, s0, sstride, dst, d0, dstride, rows, nb):  # pragma: no cover - compiled
+    """Copy ``rows`` rows of ``nb`` bytes (different arrays; destination rows disjoint)."""
+    if rows == 1 or (sstride == nb and dstride == nb):
+        _memcpy(dst, d0, src, s0, rows * nb)
+        return
+    for i in range(rows):
+        _memcpy(dst, d0 + i * dstride, src, s0 + i * sstride, nb)
+
+
 @njit(cache=True)
-def run_scalar(prog, kcost, r, e, rng, counts, dram, acc, pc, steps, cycles, flags,
+def run_scalar(prog, kcost, r, e, rng, counts, dram, spad, acc, pc, steps, cycles, flags,
                step_stop, cycle_limit, break_pc):  # pragma: no cover - compiled
     """Run scalar instructions from ``pc``; returns ``(status, pc, steps, cycles, flags)``.
 
@@ -194,6 +266,7 @@ def run_scalar(prog, kcost, r, e, rng, counts, dram, acc, pc, steps, cycles, fla
     ``ST_BREAK`` on arriving at ``break_pc``."""
     n = prog.shape[0]
     dram_n = dram.shape[0]
+    spad_n = spad.shape[0]
     acc_n = acc.shape[0]
     one = np.int64(1)
     while True:
@@ -313,6 +386,44 @@ def run_scalar(prog, kcost, r, e, rng, counts, dram, acc, pc, steps, cycles, fla
         elif k == K_RNGRD:
             if a != 0:
                 r[a] = rng[b]
+        elif k == K_DMALD or k == K_DMAST:
+            sa = r[c & 31]
+            da = r[(c >> 5) & 31]
+            rows = r[(c >> 10) & 31]
+            nb = r[(c >> 15) & 31]
+            ds = r[(c >> 20) & 31]
+            ss = r[(c >> 25) & 31]
+            if rows < 0 or nb < 0 or ds < 0 or ss < 0:
+                return ST_PY, pc, steps, cycles, flags
+            total = np.int64(0)
+            if rows != 0 and nb != 0:
+                to_dram = k == K_DMAST
+                if (not _rows_fit(da, rows, nb, ds, dram_n)
+                        or not _rows_fit(sa, rows, nb, ss, spad_n)
+                        or (rows > 1 and (ds if to_dram else ss) < nb)):
+                    return ST_PY, pc, steps, cycles, flags  # the handler raises the fault
+                total = rows * nb
+                if to_dram:
+                    _copy_rows(spad, sa, ss, dram, da, ds, rows, nb)
+                else:
+                    _copy_rows(dram, da, ds, spad, sa, ss, rows, nb)
+            lat = kcost[N_KINDS, 0]
+            bw = kcost[N_KINDS, 1]
+            cyc = lat + (total + bw - 1) // bw
+            counts[pc, INSTRUCTIONS] += 1
+            counts[pc, CYCLES] += cyc
+            if k == K_DMAST:
+                counts[pc, SPAD_RD] += total
+                counts[pc, DRAM_WR] += total
+            else:
+                counts[pc, DRAM_RD] += total
+                counts[pc, SPAD_WR] += total
+            cycles += cyc
+            steps += 1
+            pc = nxt
+            if pc == break_pc:
+                return ST_BREAK, pc, steps, cycles, flags
+            continue
         else:
             return ST_PY, pc, steps, cycles, flags
         cyc = kcost[k, 0]

@@ -243,7 +243,9 @@ def test_decode_program_matches_decode_for_every_instruction():
         if ins.mnemonic in scalar.FIELDS:
             cols = scalar.FIELDS[ins.mnemonic]
             assert row[0] == scalar.KIND[ins.mnemonic]
-            assert row[1:] == [ops[c] if c else 0 for c in cols]
+            packed = sum(ops[reg] << (5 * i) for i, reg in enumerate(scalar.DMA_REGS)) \
+                if "*" in cols else None
+            assert row[1:] == [packed if c == "*" else ops[c] if c else 0 for c in cols]
         else:
             assert row == [0, 0, 0, 0]
     for bad in (words[:3] + [0xFF << 56], words[:1] + [(BY_MNEMONIC["li"].opcode << 56)
@@ -344,3 +346,23 @@ def test_interpreter_source_gives_the_same_results_with_the_jit_off():
     assert res.returncode == 0, res.stderr[-2000:]
     ans = json.loads(res.stdout.strip().splitlines()[-1])
     assert ans["jit_disabled"] and ans["h"] == h.hexdigest()
+
+
+@pytest.mark.parametrize("op", ["dmald", "dmast"])
+@pytest.mark.parametrize("rows,nbytes,dstride,sstride,dram,sp", [
+    (1, 16, 16, 16, 8, 4), (3, 5, 5, 5, 100, 7), (3, 5, 9, 6, 1, 2), (4, 3, 0, 3, 0, 0),
+    (4, 3, 3, 0, 0, 0), (0, 9, 0, 0, -5, -5), (7, 0, 0, 0, 9999, 9999), (2, 8, 7, 8, 0, 0),
+    (2, 8, 8, 7, 0, 0), (1, 1, 0, 0, 4095, 1023), (1, 2, 0, 0, 4095, 0), (1, 2, 0, 0, 0, 1023),
+    (2, 4, -4, 4, 64, 64), (-1, 4, 4, 4, 0, 0), (3, -2, 4, 4, 0, 0), (2, 4, 4096, 4, 0, 0),
+    (2**40, 1, 1, 1, 0, 0), (3, 4, 2**62, 4, 0, 0), (1, 4, 0, 0, 2**63 - 1, 0),
+])
+def test_dma_in_the_interpreter(op, rows, nbytes, dstride, sstride, dram, sp):
+    regs = "r1, r2" if op == "dmald" else "r2, r1"
+    lines = li64(1, sp) + li64(2, dram) + li64(3, rows) + li64(4, nbytes) + li64(5, dstride) \
+        + li64(6, sstride) + [f"{op} {regs}, r3, r4, r5, r6", "li r7, 1", "halt"]
+    outs = []
+    for mode in ("compiled", "python"):
+        m = machine("\n".join(lines), mode)
+        m.spad[:] = np.arange(m.spad.size, dtype=np.uint32).astype(np.uint8) * np.uint8(11)
+        outs.append(outcome(m))
+    assert outs[0] == outs[1]

@@ -165,7 +165,8 @@ def _cmd_run(args) -> int:
 
     m = _prepare(args)
     dumps = [parse_dump(s) for s in args.dump or []]
-    summary = m.run(max_steps=args.max_steps, max_cycles=args.max_cycles)
+    summary = m.run(max_steps=args.max_steps, max_cycles=args.max_cycles,
+                    max_seconds=args.max_seconds)
     for (addr, shape, dtype, file), spec in zip(dumps, args.dump or [], strict=True):
         dt = np.dtype(dtype).newbyteorder("<")
         nbytes = int(np.prod(shape)) * dt.itemsize
@@ -189,7 +190,7 @@ def _cmd_profile(args) -> int:
         raise UsageError("must be >= 1", "--trace-limit")
     tracer = profile.Tracer(args.trace_limit) if args.trace else None
     m.tracer = tracer
-    m.run(max_steps=args.max_steps, max_cycles=args.max_cycles)
+    m.run(max_steps=args.max_steps, max_cycles=args.max_cycles, max_seconds=args.max_seconds)
     rows = profile.by_instruction(m) if args.by == "instruction" else profile.by_label(m)
     tot = profile.total(m)
     if args.json:
@@ -313,6 +314,8 @@ def _machine_args(p: argparse.ArgumentParser) -> None:
                    help="fast kernels (default) or the slow reference model")
     p.add_argument("--max-steps", type=int, default=None, help="step budget (config default)")
     p.add_argument("--max-cycles", type=int, default=None, help="cycle budget (config default)")
+    p.add_argument("--max-seconds", type=float, default=None,
+                   help="wall-time budget in seconds, 0 for none (config default)")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
 
 

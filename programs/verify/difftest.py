@@ -312,6 +312,18 @@ def _dma(op: str) -> Callable[[Gen], None]:
         sstride = nbytes + x.pick(0, 0, 2, 5)
         dram = x.rng.randrange(0, DRAM - rows * dstride - 64)
         sp = x.addr(rows * sstride + 64)
+        if x.rng.random() < 0.06:  # a fault: overlapping rows, a negative or outside operand
+            edge = x.rng.randrange(5)
+            if edge == 0:
+                dstride = sstride = max(nbytes - 1, 0)
+            elif edge == 1:
+                rows = x.pick(-1, 2**40, 2**63 - 1)
+            elif edge == 2:
+                dram = x.pick(DRAM - nbytes + 1, -1, 2**62)
+            elif edge == 3:
+                sp = x.pick(SPAD - 2, -(2**63))
+            else:
+                dstride = x.pick(-1, 2**61)
         regs = (1, 2) if op == "dmald" else (2, 1)
         x.emit(*x.li(1, sp), *x.li(2, dram), *x.li(3, rows), *x.li(4, nbytes),
                *x.li(5, dstride), *x.li(6, sstride),
