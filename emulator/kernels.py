@@ -20,7 +20,7 @@ import numba
 import numpy as np
 from numba import njit
 
-from emulator import vnni
+from emulator import simd, vnni
 from emulator.reference import (
     EXP_LUT,
     LOG2E_Q16,
@@ -413,6 +413,8 @@ def sub_rows(a: np.ndarray, b: np.ndarray, bits: int) -> tuple[np.ndarray, int]:
 
 
 _ = (ROUND_NEAREST, ROUND_TRUNC, ROUND_UNIFORM, ROUND_TRIANGULAR)
+VECTOR = simd.AVAILABLE  # the fused update's 16-lane body (compile-time constant)
+update16 = simd.update16
 
 
 # ---------------------------------------------------------------------------- in-place forms
@@ -524,7 +526,16 @@ def _update_kernel(src, dst, res, theta, mul, shift, mode, relu, s):  # pragma: 
     lo, hi = np.int64(-32768), np.int64(32767)
     n_rq = 0
     n_sub = 0
-    for i in range(dst.shape[0]):
+    n = dst.shape[0]
+    start = 0
+    if VECTOR:  # sixteen at a time (emulator/simd.py), the same arithmetic
+        start = n - n % 16
+        bound = (np.int64(2**31 - 1) - add) // max(abs(mul), np.int64(1))
+        for i in range(0, start, 16):
+            cnt = update16(src, dst, res, theta, i, mul, add, shift, relu, s, half, bound)
+            n_rq += cnt & 0xFFFFFFFF
+            n_sub += cnt >> 32
+    for i in range(start, n):
         y = (np.int64(src[i]) * mul + add) >> shift
         if relu:
             y = max(y, np.int64(0))

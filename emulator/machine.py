@@ -24,7 +24,7 @@ from emulator import fusion, scalar
 from emulator.config import Config
 from emulator.counters import CYCLES, DMA_STALL_CYCLES, INSTRUCTIONS, N_COUNTERS, Summary
 from emulator.errors import BudgetExceeded, ExecutionError
-from emulator.semantics import SEMANTICS
+from emulator.semantics import SEMANTICS, SPECIALIZE
 from emulator.state import (  # noqa: F401 - re-exported: part of this module's API
     DATAPATHS,
     FLAG_ACC_OVERFLOW,
@@ -41,7 +41,7 @@ from isa.encoding import Program, decode
 SCALAR_MODES = ("auto", "compiled", "python")
 # "auto" starts the compiled interpreter at scalar runs at least this long, or ending in a
 # branch, jump or halt (entering it costs about as much as 2-3 instructions in Python)
-HOT_RUN = 4
+HOT_RUN = 2
 SLOT_CAP = 1 << 16  # decoded handlers kept at once (programs of many distinct instructions)
 # the interpreter works in int64: runs whose budgets or costs could leave it use Python
 _I64_SAFE = 1 << 62
@@ -139,8 +139,12 @@ class Machine(State):
         else:
             ins, ops = decode(self.program.words[pc])
             handler = SEMANTICS[ins.mnemonic]
+            special = SPECIALIZE.get(ins.mnemonic)
+            fast = special(ops) if special is not None and not self.overlap else handler
             if fused:
-                handler = self._fused_handler(pc, handler) or handler
+                handler = self._fused_handler(pc, handler) or fast
+            else:
+                handler = fast
             slot = (handler, ops)
         (self._slots if fused else self._plain)[pc] = slot
         self._nslots += 1

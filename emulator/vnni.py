@@ -314,15 +314,33 @@ def _blocks(ap, bp, corr, c, cv, m, n, kq, ldb, trans, accumulate, direct, lo, h
     return novf
 
 
+@njit(cache=True)
+def _product(a, b, ap, bp, corr, c, cv, kq, mp, ldb, trans, accumulate, direct, lo, hi, wrap,
+             t):  # pragma: no cover - compiled
+    """Pack A and B, then every block on this thread (one call from Python)."""
+    m = a.shape[0]
+    n = b.shape[1]
+    pack_a(a, ap, mp, kq * 4)
+    pack_b(b, bp, corr, ldb, kq)
+    return _blocks(ap.view(np.int32), bp, corr, c, cv, m, n, kq, ldb, trans, accumulate,
+                   direct, lo, hi, wrap, 0, (n + NR - 1) // NR, t)
+
+
 @njit(cache=True, parallel=True)
-def _blocks_parallel(ap, bp, corr, c, cv, m, n, kq, ldb, trans, accumulate, direct, lo, hi,
-                     wrap, parts):  # pragma: no cover - compiled
-    """:func:`_blocks` over ``parts`` disjoint ranges of column panels, one per thread."""
+def _product_parallel(a, b, ap, bp, corr, c, cv, kq, mp, ldb, trans, accumulate, direct, lo,
+                      hi, wrap, parts):  # pragma: no cover - compiled
+    """:func:`_product` with the blocks of ``parts`` disjoint ranges of column panels on as
+    many threads."""
+    m = a.shape[0]
+    n = b.shape[1]
+    pack_a(a, ap, mp, kq * 4)
+    pack_b(b, bp, corr, ldb, kq)
+    api = ap.view(np.int32)
     npairs = (n + NR - 1) // NR
     counts = np.zeros(parts, np.int64)
     for w in prange(parts):
         t = np.empty(MR * NR, np.int32)
-        counts[w] = _blocks(ap, bp, corr, c, cv, m, n, kq, ldb, trans, accumulate, direct, lo,
+        counts[w] = _blocks(api, bp, corr, c, cv, m, n, kq, ldb, trans, accumulate, direct, lo,
                             hi, wrap, w * npairs // parts, (w + 1) * npairs // parts, t)
     return counts.sum()
 
@@ -341,6 +359,7 @@ def _cost(a: np.ndarray, b: np.ndarray, direct: bool, trans: bool) -> float:
             + (0.02 if a_rows else 1.0) * m * k + (0.02 if direct and not trans else 0.5) * m * n)
 
 
+_ORIENT: dict[tuple, bool] = {}  # orientation chosen per (shape, strides, direct)
 _T = np.empty(MR * NR, np.int32)
 _NO_FLAT = np.empty(0, np.int32)
 
@@ -356,7 +375,12 @@ def gemm_into(c: np.ndarray, a: np.ndarray, b: np.ndarray, accumulate: bool, lo:
     direct = not accumulate and k << 14 <= hi
     # the orientation that costs less (padding, and packing a transposed A is a slow byte
     # transpose): C = A B, or C^T = B^T A^T written back transposed
-    trans = _cost(b.T, a.T, direct, True) < _cost(a, b, direct, False)
+    key = (m, k, n, a.strides, b.strides, direct)
+    trans = _ORIENT.get(key)
+    if trans is None:
+        if len(_ORIENT) >= 4096:
+            _ORIENT.clear()
+        trans = _ORIENT[key] = _cost(b.T, a.T, direct, True) < _cost(a, b, direct, False)
     if trans:
         a, b, m, n = b.T, a.T, n, m
     kq = -(-k // 4)
@@ -365,14 +389,10 @@ def gemm_into(c: np.ndarray, a: np.ndarray, b: np.ndarray, accumulate: bool, lo:
     ldb = np_ + 16  # words per packed row: not a multiple of 4 KiB (cache sets)
     bp = workspace("vnni_b", (kq * ldb,), np.int32)
     corr = workspace("vnni_c", (ldb,), np.int32)
-    pack_a(a, ap, mp, kq * 4)
-    pack_b(b, bp, corr, ldb, kq)
     cv = c.reshape(-1) if not trans and c.flags.c_contiguous else _NO_FLAT
-    npairs = np_ // NR
-    parts = min(threads, npairs)
-    args = (ap.view(np.int32), bp, corr, c, cv, m, n, kq, ldb, trans, bool(accumulate), direct,
-            lo, hi, bool(wrap))
+    parts = min(threads, np_ // NR)
+    args = (a, b, ap, bp, corr, c, cv, kq, mp, ldb, trans, accumulate, direct, lo, hi, wrap)
     if parts > 1:
         numba.set_num_threads(parts)
-        return int(_blocks_parallel(*args, parts))
-    return int(_blocks(*args, 0, npairs, _T))
+        return int(_product_parallel(*args, parts))
+    return int(_product(*args, _T))

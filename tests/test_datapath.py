@@ -375,3 +375,35 @@ def test_fused_update_saturating_subtract_edges_and_random(s):
     sub, n_ref = reference.alu("vsub", res, u, 16)
     t_ref, r_ref = reference.lazy_update(theta, sub, s)
     assert t.tolist() == t_ref.tolist() and r.tolist() == r_ref.tolist() and n == n_ref
+
+
+@pytest.mark.parametrize("mode", [ROUND_NEAREST, ROUND_TRUNC])
+@pytest.mark.parametrize("relu", [False, True])
+def test_fused_update_requantizer_narrow_and_wide_lanes(mode, relu):
+    """The fused kernel's requantizer against int64: products that fit 32 bits and products up
+    to 2**62 (the vector body switches between 32- and 64-bit lanes per block of 16, at the
+    bound |src * mul + add| < 2**31), every shift, lengths that are not multiples of 16."""
+    rng = np.random.default_rng(11 + 2 * mode + relu)
+    for trial in range(120):
+        n = int(rng.choice([1, 15, 16, 17, 33, 160, 1000]))
+        mul = int(rng.choice([1, -1, 3, 5243, -5243, 2**15, 2**31 - 1, -(2**31), 0]))
+        shift = int(rng.integers(1, 32))
+        s = int(rng.integers(0, 16))
+        small = int(rng.integers(0, 4)) != 0
+        top = max(1, (2**31 - 1 - (1 << (shift - 1))) // max(abs(mul), 1)) if small else 2**31
+        src = rng.integers(-top, top, n).astype(np.int64)
+        if trial % 5 == 0:  # the bound itself, one past it, the int32 extremes
+            src[: min(n, 4)] = [top, -top, -(2**31), 2**31 - 1][: min(n, 4)]
+        src = np.clip(src, -(2**31), 2**31 - 1).astype(np.int32)
+        res = rng.integers(-32768, 32768, n).astype(np.int16)
+        theta = rng.integers(-128, 128, n).astype(np.int8)
+        add = (1 << (shift - 1)) if mode == ROUND_NEAREST else 0
+        y = (src.astype(np.int64) * mul + add) >> shift
+        if relu:
+            y = np.maximum(y, 0)
+        u = np.clip(y, -32768, 32767)
+        tn, rn, nsat = _update_oracle(u, res, theta, s)
+        dst, r, t = np.zeros(n, np.int16), res.copy(), theta.copy()
+        n_rq, n_sub = kernels.update_into(dst, src, r, t, mul, shift, mode, relu, s)
+        assert dst.tolist() == u.tolist() and n_rq == int(np.count_nonzero(u != y))
+        assert t.tolist() == tn.tolist() and r.tolist() == rn.tolist() and n_sub == nsat
