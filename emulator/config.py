@@ -11,13 +11,10 @@ Every problem raises :class:`~emulator.errors.ConfigError` carrying the dotted k
 """
 
 import dataclasses
-import difflib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
-
-import yaml
 
 from emulator.errors import ConfigError
 
@@ -270,6 +267,8 @@ class Config:
 def _unknown_key(key: object, valid: list[str], prefix: str, file: str) -> ConfigError:
     """Error for an unknown key, suggesting the closest valid one if any is close."""
     path = f"{prefix}{key}"
+    import difflib  # only on this error path (start-up time)
+
     close = difflib.get_close_matches(str(key), valid, n=1)
     hint = f"did you mean {close[0]!r}?" if close else "valid keys: " + ", ".join(valid)
     return ConfigError(f"unknown key {str(key)!r}; {hint}", path, file)
@@ -303,6 +302,8 @@ def config_from_dict(d: dict, file: str = "") -> Config:
 def read_yaml(path: str | Path, what: str) -> Any:
     """Read a YAML file with ``yaml.safe_load``; an unreadable file, text that is not UTF-8 or
     invalid YAML raises ConfigError naming the file (and the line and column)."""
+    import yaml  # here, not at import: `lpemu run` without --config never needs it
+
     file = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -326,13 +327,15 @@ def read_yaml(path: str | Path, what: str) -> Any:
                           f"{err})", "", file) from None
 
 
-def _position(mark: yaml.Mark) -> str:
+def _position(mark: "yaml.Mark") -> str:  # noqa: F821, UP037 - yaml is imported lazily
     return f"line {mark.line + 1}, column {mark.column + 1}: "
 
 
 def _unconstructible(text: str) -> str:
     """``"line L, column C: cannot construct 'value' "`` for the first scalar ``yaml.safe_load``
     cannot construct (composing the node tree constructs nothing)."""
+    import yaml
+
     what = "cannot construct a value "
     try:
         stack = [yaml.compose(text, Loader=yaml.SafeLoader)]

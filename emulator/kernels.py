@@ -20,7 +20,11 @@ import numba
 import numpy as np
 from numba import njit
 
-from emulator import simd, vnni
+from emulator import (
+    jit,  # noqa: F401 - numba's numpy support without scipy
+    simd,
+    vnni,
+)
 from emulator.reference import (
     EXP_LUT,
     LOG2E_Q16,

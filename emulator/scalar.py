@@ -27,6 +27,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from emulator import jit  # noqa: F401 - numba's numpy support without scipy
 from emulator.counters import (
     CYCLES,
     DRAM_RD,
@@ -187,27 +188,28 @@ def decode_program(words: list[int]) -> np.ndarray:
     return prog
 
 
-@njit(cache=True)
-def hot_marks(prog, min_run):  # pragma: no cover - compiled
-    """Per pc, whether the compiled interpreter should start there: a scalar pc from which
-    the straight-line scalar run (up to the next coarse instruction) is at least ``min_run``
-    long or ends in a branch, jump or halt (a loop the firmware may spin in)."""
+_CONTROL_KINDS = np.array([KIND[mn] for mn in CONTROL])
+
+
+def hot_marks(prog: np.ndarray, min_run: int) -> np.ndarray:
+    """Per pc, whether the compiled interpreter should start there: a pc it can run from
+    which the straight-line run of such instructions (up to the next coarse one) is at least
+    ``min_run`` long or ends in a branch, jump or halt (a loop the firmware may spin in).
+    Vectorized (numpy): no compiled function to load at start-up."""
     n = prog.shape[0]
-    run = np.zeros(n + 1, np.int64)
-    ctrl = np.zeros(n + 1, np.bool_)
-    hot = np.zeros(n, np.bool_)
-    for pc in range(n - 1, -1, -1):
-        k = prog[pc, 0]
-        if k == 0:
-            continue
-        if k == K_BEQ or k == K_BNE or k == K_BLT or k == K_BGE or k == K_JMP or k == K_HALT:
-            run[pc] = 1
-            ctrl[pc] = True
-        else:
-            run[pc] = 1 + run[pc + 1]
-            ctrl[pc] = ctrl[pc + 1]
-        hot[pc] = ctrl[pc] or run[pc] >= min_run
-    return hot
+    kind = prog[:, 0]
+    idx = np.arange(n)
+    big = np.int64(n + 1)
+
+    def next_at_or_after(mask: np.ndarray) -> np.ndarray:
+        pos = np.where(mask, idx, big)
+        return np.minimum.accumulate(pos[::-1])[::-1]
+
+    next_coarse = next_at_or_after(kind == 0)
+    next_ctrl = next_at_or_after(np.isin(kind, _CONTROL_KINDS))
+    ends_in_ctrl = next_ctrl < next_coarse
+    run = np.where(ends_in_ctrl, next_ctrl + 1, np.minimum(next_coarse, n)) - idx
+    return (kind != 0) & (ends_in_ctrl | (run >= min_run))
 
 
 @njit(cache=True, inline="always")

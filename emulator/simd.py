@@ -22,6 +22,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from emulator import jit  # noqa: F401 - numba's numpy support without scipy
+
 AVAILABLE = not numba.config.DISABLE_JIT
 
 try:

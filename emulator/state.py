@@ -226,7 +226,7 @@ class State:
         """SHA-256 over every piece of architectural state (not counters)."""
         h = hashlib.sha256()
         for arr in (self.dram, self.spad, self.acc.astype(np.int64)):  # acc as int64 words
-            h.update(np.ascontiguousarray(arr).tobytes())
+            h.update(memoryview(np.ascontiguousarray(arr)).cast("B"))  # no copy of the bytes
         h.update(np.array(list(self.r) + list(self.e), dtype=np.int64).tobytes())
         h.update(np.array(self.rng, dtype=np.uint64).tobytes())
         h.update(np.array([self.flags, self.pc, int(self.halted)], dtype=np.int64).tobytes())

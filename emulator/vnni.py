@@ -27,6 +27,8 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
+from emulator import jit  # noqa: F401 - numba's numpy support without scipy
+
 MR, NR = 6, 32  # C block rows x columns held in registers
 MAX_K = 1 << 16  # |sum| <= K * 2**14 < 2**31 (with margin)
 

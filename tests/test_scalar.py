@@ -18,7 +18,7 @@ import pytest
 from emulator import scalar
 from emulator.config import config_from_dict
 from emulator.errors import BudgetExceeded, LpemuError
-from emulator.machine import HOT_RUN, Machine
+from emulator.machine import Machine
 from isa.asm import assemble
 from isa.encoding import decode, encode
 from isa.spec import BY_MNEMONIC, TABLE
@@ -217,7 +217,7 @@ def test_hot_marks():
     src = ("li r1, 1\nli r2, 2\nli r3, 3\nli r4, 4\nvrelu r1, r1, r0\nli r5, 5\n"
            "vrelu r1, r1, r0\nli r6, 6\nbne r6, r0, 9\nhalt\n")
     prog = scalar.decode_program(assemble(src, "h.s").words)
-    hot = scalar.hot_marks(prog, HOT_RUN).tolist()
+    hot = scalar.hot_marks(prog, 4).tolist()
     # a 4-long run, its tail (shorter), a coarse pc, a lone li, a run ending in a branch
     assert hot == [True, False, False, False, False, False, False, True, True, True]
     assert scalar.hot_marks(prog, 1).tolist() == [k != 0 for k in prog[:, 0].tolist()]

@@ -161,8 +161,6 @@ def _prepare(args):
 
 
 def _cmd_run(args) -> int:
-    from programs.cli.report import print_summary, run_report
-
     m = _prepare(args)
     dumps = [parse_dump(s) for s in args.dump or []]
     summary = m.run(max_steps=args.max_steps, max_cycles=args.max_cycles,
@@ -174,10 +172,13 @@ def _cmd_run(args) -> int:
             raise UsageError(f"range [{addr:#x}, {addr + nbytes:#x}) is outside DRAM", spec)
         arr = np.frombuffer(m.read_dram(addr, nbytes), dtype=dt).reshape(shape)
         np.save(file, arr.astype(dt.newbyteorder("=")))
-    report = run_report(m, summary)
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    if args.json:  # the full report (per label, per pc, state digest) only when asked for
+        from programs.cli.report import run_report
+
+        Path(args.json).write_text(json.dumps(run_report(m, summary), indent=2) + "\n")
     if not args.quiet:
+        from programs.cli.report import print_summary
+
         print_summary(m, summary, by_instruction=args.per_instruction)
     return 0
 
