@@ -37,6 +37,7 @@ from emulator.state import (  # noqa: F401 - re-exported: part of this module's 
 )
 from emulator.threads import POLICY
 from isa.encoding import Program, decode
+from isa.spec import BY_MNEMONIC, OPCODE_LO
 
 SCALAR_MODES = ("auto", "compiled", "python")
 # "auto" starts the compiled interpreter at scalar runs at least this long, or ending in a
@@ -46,6 +47,7 @@ SLOT_CAP = 1 << 16  # decoded handlers kept at once (programs of many distinct i
 # the interpreter works in int64: runs whose budgets or costs could leave it use Python
 _I64_SAFE = 1 << 62
 _HOT = object()  # slot marker: start the compiled interpreter here
+_RQM = BY_MNEMONIC["rqm"].opcode  # the only start of a fused sequence (emulator/fusion.py)
 
 
 class DecodedView(Sequence):
@@ -100,8 +102,14 @@ class Machine(State):
         use = scalar == "compiled" or (scalar == "auto" and not numba.config.DISABLE_JIT)
         self._hot = _hot_marks(self.prog, 1 if scalar == "compiled" else HOT_RUN) if use \
             else None
-        self._slots: list[Any] = [None] * n  # plain runs: handler (maybe fused) or _HOT
-        self._plain: list[Any] = [None] * n  # traced/overlapped runs and Python fallbacks
+        # per pc, the run loop's entry: (handler, operands), shared by every pc holding the
+        # same word, or _HOT; plain runs use _slots (fused handlers, the interpreter), traced
+        # or overlapped runs and the interpreter's fallbacks _plain
+        self._template: list[Any] = [None] * n if self._hot is None else \
+            [_HOT if h else None for h in self._hot.tolist()]
+        self._slots: list[Any] = list(self._template)
+        self._plain: list[Any] = [None] * n
+        self._by_word: dict[int, tuple[Any, dict[str, int]]] = {}
         self._nslots = 0
         # (step budget, cycle budget, break pc) of the current run (the fused handler reads it)
         self.limits: tuple[int, int, int | None] = (0, 0, None)
@@ -121,7 +129,8 @@ class Machine(State):
         return DecodedView(self, True)
 
     def _fused_handler(self, pc: int, handler):
-        if not self._fuse or self.prog[pc, 0] != 0 or pc + 2 >= len(self.program.words):
+        words = self.program.words
+        if not self._fuse or pc + 2 >= len(words) or words[pc] >> OPCODE_LO != _RQM:
             return None
         view = self.decoded
         if not fusion.match_update(view, pc):
@@ -129,25 +138,26 @@ class Machine(State):
         return fusion.make_update_handler(handler, tuple(view[pc + i][1] for i in range(3)))
 
     def _slot(self, pc: int, fused: bool) -> Any:
-        """Build (and keep) the run loop's entry for ``pc``."""
+        """Build (and keep) the run loop's entry for ``pc``: decoded once per distinct word
+        (a fused sequence, which depends on the words after it, once per pc)."""
+        word = self.program.words[pc]
         if self._nslots >= SLOT_CAP:  # bounded: forget them all, rebuild on demand
-            self._slots = [None] * len(self._slots)
+            self._slots = list(self._template)
             self._plain = [None] * len(self._plain)
+            self._by_word.clear()
             self._nslots = 0
-        if fused and self._hot is not None and self._hot[pc]:
-            slot: Any = _HOT
-        else:
-            ins, ops = decode(self.program.words[pc])
+        slot = None if fused and word >> OPCODE_LO == _RQM else self._by_word.get(word)
+        if slot is None:
+            ins, ops = decode(word)
             handler = SEMANTICS[ins.mnemonic]
             special = SPECIALIZE.get(ins.mnemonic)
             fast = special(ops) if special is not None and not self.overlap else handler
-            if fused:
-                handler = self._fused_handler(pc, handler) or fast
-            else:
-                handler = fast
-            slot = (handler, ops)
+            fused_handler = self._fused_handler(pc, handler) if fused else None
+            slot = (fused_handler or fast, ops)
+            if fused_handler is None:
+                self._by_word[word] = slot
+            self._nslots += 1
         (self._slots if fused else self._plain)[pc] = slot
-        self._nslots += 1
         return slot
 
     def _bind_registers(self) -> None:

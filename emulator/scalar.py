@@ -38,7 +38,7 @@ from emulator.counters import (
     SPAD_WR,
 )
 from emulator.timing import HOOKS
-from isa.spec import BY_MNEMONIC, BY_OPCODE, OPCODE_LO, Field
+from isa.spec import BY_MNEMONIC, OPCODE_LO, Field
 
 # operand fields of each scalar mnemonic, in prog columns (a, b, c); c holds the immediate or
 # the branch target. The order defines the kind codes (1..); 0 is "coarse".
@@ -129,47 +129,20 @@ def _field_values(w: np.ndarray, f: Field) -> np.ndarray:
     return raw
 
 
-def _tables() -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """(known[opcode], used-bit mask[opcode], opcodes with enums that not every code fills)."""
-    known = np.zeros(256, dtype=bool)
-    used = np.zeros(256, dtype=np.uint64)
-    partial = []
-    for op, ins in BY_OPCODE.items():
-        known[op] = True
-        m = 0
-        for f in ins.fields:
-            m |= f.mask << f.lo
-            if f.kind == "enum" and len(f.choices) != 1 << f.width:
-                partial.append(op)
-        used[op] = m
-    return known, used, sorted(set(partial))
-
-
-_KNOWN, _USED, _PARTIAL = _tables()
-
-
 def decode_program(words: list[int]) -> np.ndarray:
     """The ``[n, 4]`` int64 decode of a program; raises ValueError (as ``isa.encoding.decode``
     does, for the first bad word) on an invalid word."""
-    from isa.encoding import decode
+    from isa.encoding import decode, first_bad_word
 
     n = len(words)
     prog = np.zeros((n, 4), dtype=np.int64)
     if n == 0:
         return prog
-    try:
-        w = np.array(words, dtype=np.uint64)
-    except (OverflowError, TypeError, ValueError):
-        for x in words:
-            decode(x)  # raises for the word that cannot be an instruction
-        raise
+    bad = first_bad_word(words)
+    if bad >= 0:
+        decode(words[bad])  # raises its ValueError
+    w = np.array(words, dtype=np.uint64)
     op = (w >> np.uint64(OPCODE_LO)).astype(np.int64)
-    low = np.uint64((1 << OPCODE_LO) - 1)
-    bad = ~_KNOWN[op] | ((w & low & ~_USED[op]) != 0)
-    for p in _PARTIAL:
-        bad |= op == p  # checked word by word below
-    for i in np.flatnonzero(bad):
-        decode(int(w[i]))  # raises ValueError for a bad word; enum words pass if valid
     for mn, cols in FIELDS.items():
         ins = BY_MNEMONIC[mn]
         sel = np.flatnonzero(op == ins.opcode)

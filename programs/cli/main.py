@@ -296,13 +296,20 @@ def _cmd_experiment(args) -> int:
 
 
 def _cmd_bench(args) -> int:
-    from programs.bench.suite import print_suite, run_suite
+    from programs.bench.suite import PARTS, misses, print_suite, run_suite
 
-    res = run_suite(args.quick)
+    only = args.only.split(",") if args.only else None
+    for name in only or []:
+        if name not in PARTS:
+            raise UsageError(f"unknown part {name!r}; choose from {', '.join(PARTS)}",
+                             "--only")
+    if args.hogs < 0:
+        raise UsageError("must be >= 0", "--hogs")
+    res = run_suite(args.quick, only=only, hogs=args.hogs)
     print_suite(res)
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
-    return 0
+    return 1 if args.check and misses(res) else 0
 
 
 def _machine_args(p: argparse.ArgumentParser) -> None:
@@ -385,9 +392,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     t.set_defaults(fn=_cmd_train)
 
-    b = sub.add_parser("bench", help="the speed suite: ratios against same-run baselines")
+    b = sub.add_parser("bench", help="the speed suite: figures against targets and same-run "
+                       "baselines, with noise estimates")
     b.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
-    b.add_argument("--json", metavar="OUT", help="write the results as JSON")
+    b.add_argument("--json", metavar="OUT", help="write every figure and sample as JSON")
+    b.add_argument("--check", action="store_true",
+                   help="exit 1 if a figure misses its target")
+    b.add_argument("--only", metavar="PARTS",
+                   help="comma-separated parts: gemm, step, firmware, epoch, scalesim, "
+                   "startup, jit_off")
+    b.add_argument("--hogs", type=int, default=0, metavar="N",
+                   help="also time the training step with N CPU-bound processes running")
     b.set_defaults(fn=_cmd_bench)
 
     x = sub.add_parser("experiment", help="reproduce a paper's claim on the emulator")
