@@ -101,6 +101,7 @@ def make_update_handler(plain, ops: tuple[dict[str, int], dict[str, int], dict[s
                 mv[base + INSTRUCTIONS] += 1
         m.cycles += cyc_rq + cyc_sub + d_lz.get(CYCLES, 0)
         m.steps += 2
+        m.fused_sequences += 1
         return pc + 3
 
     return fused

@@ -20,11 +20,12 @@ from typing import Any
 import numba
 import numpy as np
 
-from emulator import fusion, scalar
+from emulator import fusion, scalar, vecops
 from emulator.config import Config
 from emulator.counters import CYCLES, DMA_STALL_CYCLES, INSTRUCTIONS, N_COUNTERS, Summary
 from emulator.errors import BudgetExceeded, ExecutionError
-from emulator.semantics import SEMANTICS, SPECIALIZE
+from emulator.jit import compile_seconds
+from emulator.semantics import SEMANTICS, SPECIALIZE, interp_cost
 from emulator.state import (  # noqa: F401 - re-exported: part of this module's API
     DATAPATHS,
     FLAG_ACC_OVERFLOW,
@@ -97,18 +98,29 @@ class Machine(State):
         n = len(program.words)
         self.counts = np.zeros((max(n, 1), N_COUNTERS), dtype=np.int64)
         self._fuse = fuse and datapath == "fast"
+        # vector-class instructions run in the interpreter on the fast datapath only, each
+        # with a row of static costs learnt from its handler (emulator/vecops.py)
+        vec = np.flatnonzero(self.prog[:, 0] >= _K_VEC0)
+        if datapath != "fast":
+            self.prog[vec, 0] = 0
+            vec = vec[:0]
+        self.prog[:, 4] = -1  # no cost row yet: rows are added as instructions run
+        self._ccost = np.full((16, 1 + N_COUNTERS), -1, dtype=np.int64)
+        self._nrows = 0
+        if self._fuse:
+            for pc in vec[self.prog[vec, 0] == _K_RQM].tolist():
+                if pc + 2 < n and fusion.match_update(self.decoded, pc):
+                    self.prog[pc, 3] |= vecops.FUSABLE
         self._kcost = _scalar_costs(cfg)
         self._kmax = int(self._kcost.max())
         use = scalar == "compiled" or (scalar == "auto" and not numba.config.DISABLE_JIT)
         self._hot = _hot_marks(self.prog, 1 if scalar == "compiled" else HOT_RUN) if use \
             else None
         # per pc, the run loop's entry: (handler, operands), shared by every pc holding the
-        # same word, or _HOT; plain runs use _slots (fused handlers, the interpreter), traced
-        # or overlapped runs and the interpreter's fallbacks _plain
-        self._template: list[Any] = [None] * n if self._hot is None else \
-            [_HOT if h else None for h in self._hot.tolist()]
-        self._slots: list[Any] = list(self._template)
-        self._plain: list[Any] = [None] * n
+        # same word, or _HOT; plain runs use the list _slots (fused handlers, the interpreter),
+        # traced or overlapped runs and the interpreter's fallbacks the dict _plain
+        self._slots: list[Any] = self._fresh_slots()
+        self._plain: dict[int, Any] = {}
         self._by_word: dict[int, tuple[Any, dict[str, int]]] = {}
         self._nslots = 0
         # (step budget, cycle budget, break pc) of the current run (the fused handler reads it)
@@ -142,10 +154,13 @@ class Machine(State):
         (a fused sequence, which depends on the words after it, once per pc)."""
         word = self.program.words[pc]
         if self._nslots >= SLOT_CAP:  # bounded: forget them all, rebuild on demand
-            self._slots = list(self._template)
-            self._plain = [None] * len(self._plain)
+            self._slots = self._fresh_slots()
+            self._plain = {}
             self._by_word.clear()
             self._nslots = 0
+        if fused and self._hot is not None and self._hot[pc]:
+            self._slots[pc] = _HOT
+            return _HOT
         slot = None if fused and word >> OPCODE_LO == _RQM else self._by_word.get(word)
         if slot is None:
             ins, ops = decode(word)
@@ -157,8 +172,40 @@ class Machine(State):
             if fused_handler is None:
                 self._by_word[word] = slot
             self._nslots += 1
-        (self._slots if fused else self._plain)[pc] = slot
+        if fused:
+            self._slots[pc] = slot
+        else:
+            self._plain[pc] = slot
         return slot
+
+    def _fresh_slots(self) -> list[Any]:
+        """The plain runs' slot list before anything ran: _HOT where the interpreter starts."""
+        if self._hot is None:
+            return [None] * len(self.program.words)
+        return [_HOT if h else None for h in self._hot.tolist()]
+
+    @property
+    def fused_total(self) -> int:
+        """Sequences run fused so far, by the fused handler or the interpreter."""
+        return self.fused_sequences + int(self._kcost[-1, 4])
+
+    def _learn_cost(self, pc: int, ops: dict[str, int]) -> None:
+        """Store the static cost the handler of the vector-class instruction at ``pc`` just
+        charged (keyed by its size) for the interpreter to charge next time."""
+        ins, _ = decode(self.program.words[pc])
+        key, cost = interp_cost(self, ins.mnemonic, ops)
+        i = int(self.prog[pc, 4])
+        if i < 0:
+            i = self._nrows
+            if i == len(self._ccost):
+                self._ccost = np.concatenate([self._ccost, np.full_like(self._ccost, -1)])
+            self._nrows += 1
+            self.prog[pc, 4] = i
+        row = self._ccost[i]
+        row[:] = 0
+        row[0] = key
+        for k, v in cost.items():
+            row[1 + k] = v
 
     def _bind_registers(self) -> None:
         """Make ``r``, ``e`` and ``rng`` the typed arrays the interpreter shares (a host that
@@ -258,8 +305,9 @@ class Machine(State):
             if slot is _HOT:
                 if compiled:
                     st, self.pc, self.steps, self.cycles, self.flags = run_scalar(
-                        self.prog, self._kcost, rv, ev, gv, self._counts, self.dram, self.spad,
-                        self.acc, pc, self.steps, self.cycles, self.flags, soft, cycle_limit, bp)
+                        self.prog, self._kcost, self._ccost, rv, ev, gv, self._counts,
+                        self.dram, self.spad, self.acc, pc, self.steps, self.cycles,
+                        self.flags, soft, cycle_limit, bp)
                     if st == scalar.ST_HALT:
                         self.halted = True
                         break
@@ -271,7 +319,20 @@ class Machine(State):
                     if st != scalar.ST_PY:
                         continue
                     pc = self.pc  # an instruction its handler executes (or faults on)
-                slot = self._plain[pc] or self._slot(pc, False)
+                    handler, ops = self._plain.get(pc) or self._slot(pc, False)
+                    slots = self._slots
+                    nxt = handler(self, ops)
+                    if self.prog[pc, 0] >= _K_VEC0:  # teach the interpreter its cost
+                        self._learn_cost(pc, ops)
+                    cmv[pc * N_COUNTERS + INSTRUCTIONS] += 1
+                    self.steps += 1
+                    self.pc = pc = pc + 1 if nxt is None else nxt
+                    if pc == break_pc:
+                        hits += 1
+                        if hits >= break_after:
+                            break
+                    continue
+                slot = self._plain.get(pc) or self._slot(pc, False)
                 slots = self._slots
             handler, ops = slot
             nxt = handler(self, ops)
@@ -298,7 +359,7 @@ class Machine(State):
             if not 0 <= pc < n or self.steps >= soft or self.cycles >= cycle_limit:
                 soft = self._stop(pc, n, step_limit, cycle_limit, max_steps, max_cycles, watch)
                 continue
-            handler, ops = self._plain[pc] or self._slot(pc, False)
+            handler, ops = self._plain.get(pc) or self._slot(pc, False)
             c0 = self.cycles
             if overlap:
                 self._touch.clear()  # type: ignore[union-attr]
@@ -346,7 +407,7 @@ class Machine(State):
 class _Watch:
     """The wall-time budget without a clock read per step: the run loop stops at the end of a
     window of steps (a soft step limit), reads the clock, and sizes the next window to last
-    about ``TICK`` seconds."""
+    about ``TICK`` seconds. Time numba spends compiling kernels is not counted."""
 
     TICK = 0.02
     MAX_WINDOW = 1 << 24
@@ -355,13 +416,18 @@ class _Watch:
         self.seconds = seconds
         self.window = 16
         self.last = time.perf_counter()
-        self.deadline = self.last + seconds if seconds > 0 else None
+        self.start = self.last
+        self.compiled = compile_seconds()
+        self.limited = seconds > 0
 
     def first_limit(self, steps: int, step_limit: int) -> int:
-        return step_limit if self.deadline is None else min(step_limit, steps + self.window)
+        return min(step_limit, steps + self.window) if self.limited else step_limit
 
     def expired(self) -> bool:
-        return self.deadline is not None and time.perf_counter() >= self.deadline
+        if not self.limited:
+            return False
+        used = time.perf_counter() - self.start - (compile_seconds() - self.compiled)
+        return used >= self.seconds
 
     def next_limit(self, steps: int, step_limit: int) -> int:
         now = time.perf_counter()
@@ -371,6 +437,7 @@ class _Watch:
         return min(step_limit, steps + self.window)
 
 
+_K_VEC0, _K_RQM = scalar.K_VEC0, scalar.K_RQM
 _decode = scalar.decode_program
 _scalar_costs = scalar.kind_costs
 _hot_marks = scalar.hot_marks

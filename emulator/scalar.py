@@ -27,7 +27,10 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from emulator import jit  # noqa: F401 - numba's numpy support without scipy
+from emulator import (
+    jit,  # noqa: F401 - numba's numpy support without scipy
+    vecops,
+)
 from emulator.counters import (
     CYCLES,
     DRAM_RD,
@@ -37,7 +40,9 @@ from emulator.counters import (
     SPAD_RD,
     SPAD_WR,
 )
+from emulator.kernels import ALU_CODES
 from emulator.timing import HOOKS
+from emulator.vecops import rows_fit
 from isa.spec import BY_MNEMONIC, OPCODE_LO, Field
 
 # operand fields of each scalar mnemonic, in prog columns (a, b, c); c holds the immediate or
@@ -80,15 +85,27 @@ FIELDS: dict[str, tuple[str | None, str | None, str | None]] = {
     # stride, scratchpad stride), 5 bits each from bit 0
     "dmald": (None, None, "*"),
     "dmast": (None, None, "*"),
+    # requantizer, vector ALU, softmax units, lazy update, accumulator DMA: fields packed as
+    # emulator/vecops.py lists them (registers, exponent registers, enums and flags)
+    **{mn: ("@r", "@e", "@o") for mn in vecops.MNEMONICS},
 }
 DMA_REGS = ("rsp", "rdram", "rrows", "rbytes", "rdstride", "rsstride")
 KIND: dict[str, int] = {mn: i + 1 for i, mn in enumerate(FIELDS)}
+FIELDS_SCALAR = len(FIELDS) - len(vecops.MNEMONICS)  # kinds before the vector ones
 N_KINDS = len(FIELDS) + 1
 CONTROL = ("beq", "bne", "blt", "bge", "jmp", "halt")
 (K_LI, K_ADDI, K_ADD, K_SUB, K_MUL, K_AND, K_OR, K_XOR, K_SLL, K_SRA, K_SRL, K_SLT, K_LIH,
  K_BEQ, K_BNE, K_BLT, K_BGE, K_JMP, K_HALT, K_NOP, K_ESET, K_EADD, K_EADDI, K_EMV, K_ESETR,
  K_FLAGS, K_CLRFLAGS, K_ACCRD, K_LDW, K_STW, K_RNGSEED, K_RNGCTR, K_RNGRD, K_DMALD,
- K_DMAST) = range(1, N_KINDS)
+ K_DMAST) = range(1, 1 + FIELDS_SCALAR)
+K_VEC0 = 1 + FIELDS_SCALAR  # the first vector kind
+K_RQM = KIND["rqm"]
+# per kind: the vecops class and ALU code of a vector kind (-1 elsewhere)
+VCLS = np.full(N_KINDS, -1, np.int64)
+VCODE = np.zeros(N_KINDS, np.int64)
+for _mn in vecops.MNEMONICS:
+    VCLS[KIND[_mn]] = vecops.OPCLASS[_mn]
+    VCODE[KIND[_mn]] = ALU_CODES.get(_mn, 0)
 
 # run_scalar's status: why it returned
 ST_COARSE, ST_STOP, ST_PY, ST_BREAK, ST_HALT = range(5)
@@ -100,16 +117,20 @@ COST_PAIRS = 3  # counter increments per kind beyond instructions and cycles
 _COST_CALL: dict[str, tuple] = {mn: (BY_MNEMONIC[mn].cost,) for mn in FIELDS}
 _COST_CALL["ldw"] = ("scalar_mem", False)
 _COST_CALL["stw"] = ("scalar_mem", True)
-del _COST_CALL["dmald"], _COST_CALL["dmast"]  # data-dependent: from the DMA row below
+for _mn in ("dmald", "dmast", *vecops.MNEMONICS):  # sized: per transfer, or from ccost
+    del _COST_CALL[_mn]
 
 
 def kind_costs(cfg) -> np.ndarray:
     """Per kind: ``[cycles, counter, n, counter, n, counter, n]`` from the timing hooks; the
     extra last row holds the DMA engine's ``[latency, bytes per cycle]`` (its cost hook,
-    ``latency + ceil(bytes / bytes_per_cycle)``, is evaluated per transfer)."""
+    ``latency + ceil(bytes / bytes_per_cycle)``, is evaluated per transfer) and the
+    accumulator's ``[bits, wrap]``, then a count of the fused sequences the interpreter ran."""
     out = np.zeros((N_KINDS + 1, 1 + 2 * COST_PAIRS), dtype=np.int64)
     out[N_KINDS, 0] = cfg.dma.latency_cycles
     out[N_KINDS, 1] = cfg.dma.bytes_per_cycle
+    out[N_KINDS, 2] = cfg.accumulator.bits
+    out[N_KINDS, 3] = int(cfg.accumulator.overflow == "wrap")
     for mn, call in _COST_CALL.items():
         cost = HOOKS[call[0]](cfg, *call[1:])
         row = out[KIND[mn]]
@@ -130,12 +151,13 @@ def _field_values(w: np.ndarray, f: Field) -> np.ndarray:
 
 
 def decode_program(words: list[int]) -> np.ndarray:
-    """The ``[n, 4]`` int64 decode of a program; raises ValueError (as ``isa.encoding.decode``
-    does, for the first bad word) on an invalid word."""
+    """The ``[n, 5]`` int64 decode of a program (kind, fields a, b, c, and a cost-row column
+    the machine fills for vector kinds); raises ValueError (as ``isa.encoding.decode`` does,
+    for the first bad word) on an invalid word."""
     from isa.encoding import decode, first_bad_word
 
     n = len(words)
-    prog = np.zeros((n, 4), dtype=np.int64)
+    prog = np.zeros((n, 5), dtype=np.int64)
     if n == 0:
         return prog
     bad = first_bad_word(words)
@@ -150,6 +172,13 @@ def decode_program(words: list[int]) -> np.ndarray:
             continue
         ws = w[sel]
         prog[sel, 0] = KIND[mn]
+        if cols[0] == "@r":
+            for col, names, width in zip((1, 2, 3), vecops.PACK[mn], (5, 4, 4), strict=True):
+                packed = np.zeros(sel.size, dtype=np.int64)
+                for i, f in enumerate(names):
+                    packed |= _field_values(ws, ins.by_name[f]) << (width * i)
+                prog[sel, col] = packed
+            continue
         for col, name in enumerate(cols, start=1):
             if name == "*":
                 packed = np.zeros(sel.size, dtype=np.int64)
@@ -183,15 +212,6 @@ def hot_marks(prog: np.ndarray, min_run: int) -> np.ndarray:
     ends_in_ctrl = next_ctrl < next_coarse
     run = np.where(ends_in_ctrl, next_ctrl + 1, np.minimum(next_coarse, n)) - idx
     return (kind != 0) & (ends_in_ctrl | (run >= min_run))
-
-
-@njit(cache=True, inline="always")
-def _rows_fit(base, rows, nb, stride, size):  # pragma: no cover - compiled
-    """Whether ``rows`` rows of ``nb`` bytes from ``base``, ``stride`` apart, lie in
-    ``[0, size)`` (all >= 0, rows and nb >= 1), without overflowing int64."""
-    if base < 0 or nb > size or base > size - nb:
-        return False
-    return rows == 1 or stride == 0 or rows - 1 <= (size - nb - base) // stride
 
 
 def _memcpy_py(dst, d0, src, s0, n):  # the same, as Python (NUMBA_DISABLE_JIT=1)
@@ -229,8 +249,8 @@ def _copy_rows(src, s0, sstride, dst, d0, dstride, rows, nb):  # pragma: no cove
 
 
 @njit(cache=True)
-def run_scalar(prog, kcost, r, e, rng, counts, dram, spad, acc, pc, steps, cycles, flags,
-               step_stop, cycle_limit, break_pc):  # pragma: no cover - compiled
+def run_scalar(prog, kcost, ccost, r, e, rng, counts, dram, spad, acc, pc, steps, cycles,
+               flags, step_stop, cycle_limit, break_pc):  # pragma: no cover - compiled
     """Run scalar instructions from ``pc``; returns ``(status, pc, steps, cycles, flags)``.
 
     ``r``/``e`` are the int64 register files, ``rng`` the generator state as int64 bit
@@ -254,6 +274,35 @@ def run_scalar(prog, kcost, r, e, rng, counts, dram, spad, acc, pc, steps, cycle
         b = prog[pc, 2]
         c = prog[pc, 3]
         nxt = pc + 1
+        if k >= K_VEC0:
+            if k == K_RQM and c & vecops.FUSABLE and pc + 2 < n:
+                done, fl, cyc = vecops.exec_update(
+                    a, b, c, prog[pc + 2, 1], prog[pc + 2, 2], prog[pc, 4], prog[pc + 1, 4],
+                    prog[pc + 2, 4], r, e, counts, ccost, spad, acc, pc, flags, steps,
+                    step_stop, cycles, cycle_limit, break_pc)
+                if done:
+                    kcost[N_KINDS, 4] += 1  # diagnostics: sequences run fused
+                    flags = fl
+                    counts[pc, INSTRUCTIONS] += 1
+                    cycles += cyc
+                    steps += 3
+                    pc += 3
+                    if pc == break_pc:
+                        return ST_BREAK, pc, steps, cycles, flags
+                    continue
+            st, fl, cyc = vecops.exec_vector(
+                VCLS[k], VCODE[k], a, b, c, prog[pc, 4], r, e, rng, counts, ccost, spad, acc,
+                dram, pc, flags, kcost[N_KINDS, 2], kcost[N_KINDS, 3] != 0)
+            if st != vecops.OK:
+                return ST_PY, pc, steps, cycles, flags
+            flags = fl
+            counts[pc, INSTRUCTIONS] += 1
+            cycles += cyc
+            steps += 1
+            pc = nxt
+            if pc == break_pc:
+                return ST_BREAK, pc, steps, cycles, flags
+            continue
         if k == K_LI:
             if a != 0:
                 r[a] = c
@@ -373,8 +422,8 @@ def run_scalar(prog, kcost, r, e, rng, counts, dram, spad, acc, pc, steps, cycle
             total = np.int64(0)
             if rows != 0 and nb != 0:
                 to_dram = k == K_DMAST
-                if (not _rows_fit(da, rows, nb, ds, dram_n)
-                        or not _rows_fit(sa, rows, nb, ss, spad_n)
+                if (not rows_fit(da, rows, nb, ds, dram_n)
+                        or not rows_fit(sa, rows, nb, ss, spad_n)
                         or (rows > 1 and (ds if to_dram else ss) < nb)):
                     return ST_PY, pc, steps, cycles, flags  # the handler raises the fault
                 total = rows * nb

@@ -16,6 +16,8 @@ import numpy as np
 
 from emulator.counters import (
     ACC_OVERFLOWS,
+    ACC_RD,
+    ACC_WR,
     CYCLES,
     MAC_OPS,
     MACS,
@@ -25,6 +27,7 @@ from emulator.counters import (
     SATURATIONS,
     SKIP_CYCLES_SAVED,
     SPAD_RD,
+    SPAD_WR,
 )
 from emulator.errors import ExecutionError
 from emulator.reference import EXP_MAX_E, EXP_MIN_E, uses_rng
@@ -612,10 +615,19 @@ def _vrsum(m, o):
     _overflow(m, nover)
 
 
+def _vtoacc_cost(m: State, n: int, elem: int, accumulate: bool) -> dict[int, int]:
+    """The ALU's cost of moving n elements, writing the accumulator instead of the
+    scratchpad (and reading it too when adding)."""
+    cost = m.cost("alu", n, elem, 1, False)
+    del cost[SPAD_WR]
+    cost[ACC_WR] = n * m.cfg.acc_bytes_per_entry
+    if accumulate:
+        cost[ACC_RD] = n * m.cfg.acc_bytes_per_entry
+    return cost
+
+
 @semantics("vtoacc")
 def _vtoacc(m, o):
-    from emulator.counters import ACC_RD, ACC_WR, SPAD_WR
-
     r = m.r
     n = _count(m, "element count", r[o["rn"]])
     elem = ELEM_BYTES[o["dt"]]
@@ -624,12 +636,7 @@ def _vtoacc(m, o):
     total = a.astype(np.int64) + d if o["acc"] else a.astype(np.int64)
     fitted, nover = m.dp.fit_acc(total, m.acc_bits, m.acc_wrap)
     d[...] = fitted
-    cost = m.cost("alu", n, elem, 1, False)
-    del cost[SPAD_WR]
-    cost[ACC_WR] = n * m.cfg.acc_bytes_per_entry
-    if o["acc"]:
-        cost[ACC_RD] = n * m.cfg.acc_bytes_per_entry
-    m.charge(cost)
+    m.charge(_vtoacc_cost(m, n, elem, bool(o["acc"])))
     _overflow(m, nover)
 
 
@@ -642,6 +649,12 @@ def _accrd(m, o):
     m.charge_cost("scalar_acc")
 
 
+def _vsubrow_cost(m: State, rows: int, cols: int, elem: int) -> dict[int, int]:
+    cost = m.cost("alu", rows * cols, elem, 1, False)
+    cost[SPAD_RD] += rows * elem  # the per-row operand
+    return cost
+
+
 @semantics("vsubrow")
 def _vsubrow(m, o):
     rows, cols = _rows_cols(m, o)
@@ -651,9 +664,7 @@ def _vsubrow(m, o):
     d = m.sp_elems(m.r[o["rd"]], rows * cols, elem)
     vals, nsat = m.dp.sub_rows(a, b, 8 * elem)
     d[...] = vals.ravel()
-    cost = m.cost("alu", rows * cols, elem, 1, False)
-    cost[SPAD_RD] += rows * elem  # the per-row operand
-    m.charge(cost)
+    m.charge(_vsubrow_cost(m, rows, cols, elem))
     _alu_sat(m, nsat)
 
 
@@ -697,3 +708,47 @@ def _vlazy(m, o):
     acc = m.sp_elems(m.r[o["ra"]], n, 2)
     m.dp.lazy_update_into(theta, acc, s)
     m.charge_cost("lazy", n)
+
+
+# ============================================================================ static costs
+def interp_cost(m: State, mnemonic: str, o: dict[str, int]) -> tuple[int, dict[int, int]]:
+    """(size key, static cost) of the vector-class instruction that just ran with operands
+    ``o``: exactly what its handler charges before its data-dependent counts, for the
+    compiled interpreter to charge while the size stays the same (emulator/vecops.py)."""
+    from emulator.vecops import ALU_OPS, size_key
+
+    r = m.r
+    elem = ELEM_BYTES.get(o.get("dt", 0), 1)
+    if mnemonic in ("rq", "rqm"):
+        n = r[o["rn"]]
+        return size_key(n), m.cost("requant", n, elem)
+    if mnemonic == "vcvt":
+        n = r[o["rn"]]
+        return size_key(n), m.cost("convert", n, ELEM_BYTES[o["sdt"]], ELEM_BYTES[o["ddt"]])
+    if mnemonic == "efit":
+        n = r[o["rn"]]
+        return size_key(n), m.cost("scan", n)
+    if mnemonic in ALU_OPS or mnemonic == "vsel":
+        n = r[o["rn"]]
+        inputs = 3 if mnemonic == "vsel" else 2 if "rb" in o else 1
+        return size_key(n), m.cost("alu", n, elem, inputs, mnemonic == "vmul")
+    if mnemonic == "vtoacc":
+        n = r[o["rn"]]
+        return size_key(n), _vtoacc_cost(m, n, elem, bool(o["acc"]))
+    if mnemonic == "vexp":
+        n = r[o["rn"]]
+        return size_key(n), m.cost("exp", n)
+    if mnemonic == "vlazy":
+        n = r[o["rn"]]
+        return size_key(n), m.cost("lazy", n)
+    rows, cols = r[o["rrows"]], r[o["rcols"]]
+    key = size_key(cols, rows)
+    if mnemonic in ("vrmax", "vrsum"):
+        return key, m.cost("reduce", rows, cols, elem, mnemonic == "vrsum")
+    if mnemonic == "vsubrow":
+        return key, _vsubrow_cost(m, rows, cols, elem)
+    if mnemonic == "vnormrow":
+        return key, m.cost("divide", rows, cols, elem)
+    if mnemonic in ("dmaldacc", "dmastacc"):
+        return key, m.cost("dma_acc", rows * cols, mnemonic == "dmastacc")
+    raise KeyError(mnemonic)

@@ -83,6 +83,7 @@ class State:
         self.steps = 0
         self.cycles = 0
         self.halted = False
+        self.fused_sequences = 0  # diagnostics: sequences run fused (emulator/fusion.py)
         # optional timeline recorder: any object with record(pc, start_cycle, end_cycle)
         self.tracer = None
         # DMA overlap (dma.overlap): the engine's timeline and its in-flight transfers
