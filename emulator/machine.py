@@ -104,7 +104,13 @@ class Machine(State):
         if datapath != "fast":
             self.prog[vec, 0] = 0
             vec = vec[:0]
-        self.prog[:, 4] = -1  # no cost row yet: rows are added as instructions run
+        # pcs holding the same word share one cost row (same operands, same cost for a size):
+        # column 4 = the word's class, rowof[class] = its row, allocated when first learnt
+        words = np.array(program.words, dtype=np.uint64)[vec] if vec.size else \
+            np.zeros(0, np.uint64)
+        uniq, cls = np.unique(words, return_inverse=True)
+        self.prog[vec, 4] = cls.reshape(-1)
+        self._rowof = np.full(max(uniq.size, 1), -1, dtype=np.int64)
         self._ccost = np.full((16, 1 + N_COUNTERS), -1, dtype=np.int64)
         self._nrows = 0
         if self._fuse:
@@ -194,13 +200,14 @@ class Machine(State):
         charged (keyed by its size) for the interpreter to charge next time."""
         ins, _ = decode(self.program.words[pc])
         key, cost = interp_cost(self, ins.mnemonic, ops)
-        i = int(self.prog[pc, 4])
+        cls = int(self.prog[pc, 4])
+        i = int(self._rowof[cls])
         if i < 0:
             i = self._nrows
             if i == len(self._ccost):
                 self._ccost = np.concatenate([self._ccost, np.full_like(self._ccost, -1)])
             self._nrows += 1
-            self.prog[pc, 4] = i
+            self._rowof[cls] = i
         row = self._ccost[i]
         row[:] = 0
         row[0] = key
@@ -305,7 +312,8 @@ class Machine(State):
             if slot is _HOT:
                 if compiled:
                     st, self.pc, self.steps, self.cycles, self.flags = run_scalar(
-                        self.prog, self._kcost, self._ccost, rv, ev, gv, self._counts,
+                        self.prog, self._kcost, self._ccost, self._rowof, rv, ev, gv,
+                        self._counts,
                         self.dram, self.spad, self.acc, pc, self.steps, self.cycles,
                         self.flags, soft, cycle_limit, bp)
                     if st == scalar.ST_HALT:

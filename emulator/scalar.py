@@ -249,8 +249,8 @@ def _copy_rows(src, s0, sstride, dst, d0, dstride, rows, nb):  # pragma: no cove
 
 
 @njit(cache=True)
-def run_scalar(prog, kcost, ccost, r, e, rng, counts, dram, spad, acc, pc, steps, cycles,
-               flags, step_stop, cycle_limit, break_pc):  # pragma: no cover - compiled
+def run_scalar(prog, kcost, ccost, rowof, r, e, rng, counts, dram, spad, acc, pc, steps,
+               cycles, flags, step_stop, cycle_limit, break_pc):  # pragma: no cover - compiled
     """Run scalar instructions from ``pc``; returns ``(status, pc, steps, cycles, flags)``.
 
     ``r``/``e`` are the int64 register files, ``rng`` the generator state as int64 bit
@@ -277,9 +277,9 @@ def run_scalar(prog, kcost, ccost, r, e, rng, counts, dram, spad, acc, pc, steps
         if k >= K_VEC0:
             if k == K_RQM and c & vecops.FUSABLE and pc + 2 < n:
                 done, fl, cyc = vecops.exec_update(
-                    a, b, c, prog[pc + 2, 1], prog[pc + 2, 2], prog[pc, 4], prog[pc + 1, 4],
-                    prog[pc + 2, 4], r, e, counts, ccost, spad, acc, pc, flags, steps,
-                    step_stop, cycles, cycle_limit, break_pc)
+                    a, b, c, prog[pc + 2, 1], prog[pc + 2, 2], rowof[prog[pc, 4]],
+                    rowof[prog[pc + 1, 4]], rowof[prog[pc + 2, 4]], r, e, counts, ccost, spad,
+                    acc, pc, flags, steps, step_stop, cycles, cycle_limit, break_pc)
                 if done:
                     kcost[N_KINDS, 4] += 1  # diagnostics: sequences run fused
                     flags = fl
@@ -291,8 +291,8 @@ def run_scalar(prog, kcost, ccost, r, e, rng, counts, dram, spad, acc, pc, steps
                         return ST_BREAK, pc, steps, cycles, flags
                     continue
             st, fl, cyc = vecops.exec_vector(
-                VCLS[k], VCODE[k], a, b, c, prog[pc, 4], r, e, rng, counts, ccost, spad, acc,
-                dram, pc, flags, kcost[N_KINDS, 2], kcost[N_KINDS, 3] != 0)
+                VCLS[k], VCODE[k], a, b, c, rowof[prog[pc, 4]], r, e, rng, counts, ccost, spad,
+                acc, dram, pc, flags, kcost[N_KINDS, 2], kcost[N_KINDS, 3] != 0)
             if st != vecops.OK:
                 return ST_PY, pc, steps, cycles, flags
             flags = fl

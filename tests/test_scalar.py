@@ -312,8 +312,8 @@ def test_planted_interpreter_bug_is_found_by_the_differential_tester(monkeypatch
 
     real = scalar.run_scalar
 
-    def planted(prog, kcost, ccost, r, *rest):  # corrupts r12 whenever the interpreter ran
-        out = real(prog, kcost, ccost, r, *rest)
+    def planted(prog, kcost, ccost, rowof, r, *rest):  # corrupts r12 after the interpreter
+        out = real(prog, kcost, ccost, rowof, r, *rest)
         if r[12] != 0:
             r[12] ^= 1
         return out
