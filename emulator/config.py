@@ -46,6 +46,11 @@ def _float(default: float, lo: float = 0.0) -> Any:
     return field(default=default, metadata={"kind": float, "lo": lo, "hi": None})
 
 
+def _opt_float(lo: float = 0.0) -> Any:
+    """An optional finite float field: ``None`` (YAML ``null``, the default) or ``v >= lo``."""
+    return field(default=None, metadata={"kind": float, "lo": lo, "hi": None, "optional": True})
+
+
 def _bool(default: bool) -> Any:
     """A boolean field (YAML true/false; integers rejected)."""
     return field(default=default, metadata={"kind": bool})
@@ -63,6 +68,8 @@ def _type_name(value: object) -> str:
 def _check_value(key: str, value: object, meta: dict[str, Any]) -> object:
     """Check one value against its field metadata; return it normalised (int -> float)."""
     kind = meta["kind"]
+    if value is None and meta.get("optional"):
+        return None
     if kind is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"must be true or false, got {_type_name(value)} {value!r}", key)
@@ -184,14 +191,24 @@ class HostConfig(_Section):
 
 @dataclass(frozen=True, slots=True)
 class EnergyConfig(_Section):
-    """Energy per event in picojoules (sources in configs/default.yaml). All finite, >= 0."""
+    """Energy per event in picojoules (sources in configs/default.yaml). All finite, >= 0.
+
+    On-chip SRAM (scratchpad, accumulator memory) is priced per 64-bit access at its capacity,
+    interpolated between the three ``sram_*_per_64b`` points (emulator/energy.py);
+    ``sram_per_64b`` / ``acc_per_64b``, when set, fix the price of the scratchpad /
+    accumulator memory instead (the meaning those keys had before capacities were modelled).
+    The accumulate add is priced at ``accumulator.bits`` between ``add_int8`` and ``add_int32``.
+    """
 
     SECTION: ClassVar[str] = "energy"
     mult_int8: float = _float(0.2)
     add_int8: float = _float(0.03)
     add_int32: float = _float(0.1)
-    sram_per_64b: float = _float(10.0)
-    acc_per_64b: float = _float(10.0)
+    sram_8kb_per_64b: float = _float(10.0)
+    sram_32kb_per_64b: float = _float(20.0)
+    sram_1mb_per_64b: float = _float(100.0)
+    sram_per_64b: float | None = _opt_float()
+    acc_per_64b: float | None = _opt_float()
     dram_per_64b: float = _float(1950.0)
     rng_draw: float = _float(1.0)
     requant_element: float = _float(0.1)

@@ -1,4 +1,5 @@
-"""The counter list (one source of truth) and energy = events x the config's energy table.
+"""The counter list (one source of truth) and energy = events x the prices of the energy model
+(:mod:`emulator.energy`).
 
 Counters are integers kept per program counter (so per-instruction, per-label and total views
 are sums over rows). Energy is derived from them at report time; it is never accumulated
@@ -7,11 +8,12 @@ separately, so it cannot drift from the events it is made of.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from emulator.config import Config
+from emulator.energy import TERMS, Price, price_table, prices
 
 # name -> meaning. Order is the column order of every counter matrix.
 COUNTER_DOCS: dict[str, str] = {
@@ -38,6 +40,8 @@ COUNTER_DOCS: dict[str, str] = {
     "dma_stall_cycles": "cycles waiting for the DMA engine (dma.overlap: engine busy or hazard)",
     "gemm_a_rd_bytes": "scratchpad bytes the matrix unit read for operand A (in spad_rd_bytes)",
     "gemm_b_rd_bytes": "scratchpad bytes the matrix unit read for operand B (in spad_rd_bytes)",
+    "array_cycles": "cycles the MAC array is busy with matrix instructions (after zero-skip "
+                    "savings; DMA stalls excluded)",
 }
 COUNTERS: tuple[str, ...] = tuple(COUNTER_DOCS)
 N_COUNTERS = len(COUNTERS)
@@ -47,34 +51,69 @@ IDX: dict[str, int] = {n: i for i, n in enumerate(COUNTERS)}
     INSTRUCTIONS, CYCLES, MACS, MACS_SKIPPED, MAC_OPS, MAC_PASSES, SPAD_RD, SPAD_WR, ACC_RD,
     ACC_WR, DRAM_RD, DRAM_WR, ALU_OPS, ALU_PASSES, ALU_MUL_PASSES, RQ_ELEMS, RNG_DRAWS,
     ACC_OVERFLOWS, SATURATIONS, SKIP_CYCLES_SAVED, DMA_STALL_CYCLES, GEMM_A_RD, GEMM_B_RD,
+    ARRAY_CYCLES,
 ) = range(N_COUNTERS)
+
+# derived metrics (ratios of counters; docs/timing.md "Array utilization"): name -> meaning
+DERIVED_DOCS: dict[str, str] = {
+    "array_utilization": "useful MAC-cycles / array-cycles: mac_ops / (rows x cols x "
+                         "array_cycles), 0 with no matrix work",
+    "array_utilization_run": "mac_ops / (rows x cols x cycles): the array's share of the "
+                             "whole run's peak",
+}
+
+
+def derived(counts: np.ndarray, cfg: Config) -> dict[str, float]:
+    """The derived metrics of one counter vector (or the column sums of a matrix).
+
+    A *useful MAC-cycle* is one PE performing one 8-bit multiply-accumulate that is not
+    skipped (``mac_ops``: performed MACs x byte-passes); *array-cycles* are ``rows x cols`` PE
+    slots for every cycle the array is busy (``array_cycles``). Both ratios lie in [0, 1]."""
+    c = np.asarray(counts, dtype=np.int64)
+    if c.ndim == 2:
+        c = c.sum(axis=0)
+    pes = cfg.macs_per_cycle
+    busy, run = int(c[ARRAY_CYCLES]), int(c[CYCLES])
+    return {
+        "array_utilization": float(c[MAC_OPS]) / (pes * busy) if busy else 0.0,
+        "array_utilization_run": float(c[MAC_OPS]) / (pes * run) if run else 0.0,
+    }
 
 ENERGY_COMPONENTS = (
     "multiply", "accumulate", "scratchpad", "accumulator", "dram", "rng", "alu", "control",
 )
 
 
+def _vector(counts: np.ndarray) -> np.ndarray:
+    c = np.asarray(counts, dtype=np.int64)
+    return c.sum(axis=0) if c.ndim == 2 else c
+
+
+def energy_terms(counts: np.ndarray, cfg: Config) -> list[tuple[str, Price, float]]:
+    """(component, price, pJ) of every term of the energy sum, for one counter vector (or the
+    column sums of a matrix); terms in :data:`emulator.energy.TERMS` order."""
+    c = _vector(counts)
+    p = prices(cfg)
+    return [(comp, p[price], float(sum(int(c[IDX[n]]) for n in names)) * scale * p[price].pj)
+            for comp, price, names, scale in TERMS]
+
+
 def energy_breakdown(counts: np.ndarray, cfg: Config) -> dict[str, float]:
     """Energy in pJ per component for one counter vector (or the column sums of a matrix)."""
-    c = np.asarray(counts, dtype=np.int64)
-    if c.ndim == 2:
-        c = c.sum(axis=0)
-    en = cfg.energy
-    per_byte_sram = en.sram_per_64b / 8.0
-    per_byte_acc = en.acc_per_64b / 8.0
-    per_byte_dram = en.dram_per_64b / 8.0
-    return {
-        "multiply": float(c[MAC_OPS]) * en.mult_int8,
-        "accumulate": float(c[MAC_OPS]) * en.add_int32,
-        "scratchpad": float(c[SPAD_RD] + c[SPAD_WR]) * per_byte_sram,
-        "accumulator": float(c[ACC_RD] + c[ACC_WR]) * per_byte_acc,
-        "dram": float(c[DRAM_RD] + c[DRAM_WR]) * per_byte_dram,
-        "rng": float(c[RNG_DRAWS]) * en.rng_draw,
-        "alu": float(c[ALU_PASSES]) * en.add_int8
-        + float(c[ALU_MUL_PASSES]) * en.mult_int8
-        + float(c[RQ_ELEMS]) * en.requant_element,
-        "control": float(c[INSTRUCTIONS]) * en.instruction,
-    }
+    out = dict.fromkeys(ENERGY_COMPONENTS, 0.0)
+    for comp, _, pj in energy_terms(counts, cfg):
+        out[comp] += pj
+    return out
+
+
+def assumed_breakdown(counts: np.ndarray, cfg: Config) -> dict[str, float]:
+    """The part of each component's energy that rests on assumed prices (every price whose
+    kind is not ``paper``: derived, assumed or set in the config)."""
+    out = dict.fromkeys(ENERGY_COMPONENTS, 0.0)
+    for comp, price, pj in energy_terms(counts, cfg):
+        if price.assumed:
+            out[comp] += pj
+    return out
 
 
 def energy_pj(counts: np.ndarray, cfg: Config) -> float:
@@ -83,24 +122,36 @@ def energy_pj(counts: np.ndarray, cfg: Config) -> float:
 
 @dataclass(frozen=True)
 class Summary:
-    """Totals of one run: every counter plus energy."""
+    """Totals of one run: every counter plus energy (per component, and the part of each that
+    rests on assumed prices) and the prices used."""
 
     totals: dict[str, int]
     energy: dict[str, float]
+    assumed_energy: dict[str, float] = field(default_factory=dict)
+    prices: dict[str, dict[str, object]] = field(default_factory=dict)
+    derived: dict[str, float] = field(default_factory=dict)
 
     @property
     def energy_pj(self) -> float:
         return float(sum(self.energy.values()))
 
+    @property
+    def assumed_energy_pj(self) -> float:
+        return float(sum(self.assumed_energy.values()))
+
     def to_dict(self) -> dict[str, object]:
         d: dict[str, object] = dict(self.totals)
         d["energy_pj"] = self.energy_pj
         d["energy_breakdown_pj"] = dict(self.energy)
+        d["assumed_energy_pj"] = self.assumed_energy_pj
+        d["assumed_energy_breakdown_pj"] = dict(self.assumed_energy)
+        d["energy_prices"] = dict(self.prices)
+        d.update(self.derived)
         return d
 
 
 def summarize(counts: np.ndarray, cfg: Config) -> Summary:
-    c = np.asarray(counts, dtype=np.int64)
-    if c.ndim == 2:
-        c = c.sum(axis=0)
-    return Summary({n: int(c[i]) for i, n in enumerate(COUNTERS)}, energy_breakdown(c, cfg))
+    c = _vector(counts)
+    return Summary({n: int(c[i]) for i, n in enumerate(COUNTERS)}, energy_breakdown(c, cfg),
+                   assumed_breakdown(c, cfg), price_table(cfg),
+                   derived(c, cfg))

@@ -6,8 +6,11 @@ from isa.errors import (  # noqa: F401
     BudgetExceeded,
     CheckpointError,
     ConfigError,
+    CountOnlyError,
+    DatasetError,
     ExecutionError,
     LpemuError,
     MemoryAccessError,
+    SweepError,
     UsageError,
 )

@@ -85,14 +85,14 @@ def make_update_handler(plain, ops: tuple[dict[str, int], dict[str, int], dict[s
         if m.cycles + cyc_rq >= cycle_limit or m.cycles + cyc_rq + cyc_sub >= cycle_limit:
             return plain(m, o)
         spad = m.spad
-        n_rq, n_sub = m.dp.update_into(
+        n_rq, n_sub, n_lz = m.dp.update_into(
             spad[u : u + 2 * n].view("<i2"), m.acc[acc : acc + n],
             spad[res : res + 2 * n].view("<i2"), spad[t : t + n].view("i1"),
             mul, shift, mode, relu, s)
         mv = m._cmv
         for i, (cost, nsat, flag) in enumerate(((c_rq, n_rq, FLAG_RQ_SATURATION),
                                                 (c_sub, n_sub, FLAG_ALU_SATURATION),
-                                                (c_lz, 0, 0))):
+                                                (c_lz, n_lz, FLAG_ALU_SATURATION))):
             base = (pc + i) * N_COUNTERS
             for k, v in cost:
                 mv[base + k] += v

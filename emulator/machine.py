@@ -94,6 +94,8 @@ class Machine(State):
         if scalar not in SCALAR_MODES:
             raise ValueError(f"scalar must be one of {SCALAR_MODES}")
         self.program = program
+        self._dec_plain: list | None = None  # handler lists a subclass assigned, if any
+        self._dec_fused: list | None = None
         self.prog = _decode(program.words)  # ValueError for an invalid word, as decode()
         n = len(program.words)
         self.counts = np.zeros((max(n, 1), N_COUNTERS), dtype=np.int64)
@@ -137,14 +139,32 @@ class Machine(State):
 
     # ----------------------------------------------------------------- decoding
     @property
-    def decoded(self) -> DecodedView:
-        """Per pc (handler, operands, Instr), decoded on demand."""
-        return DecodedView(self, False)
+    def decoded(self) -> Sequence:
+        """Per pc (handler, operands, Instr), decoded on demand. A subclass may assign its
+        own list (wrapped handlers): the machine then runs every instruction by it."""
+        return self._dec_plain if self._dec_plain is not None else DecodedView(self, False)
+
+    @decoded.setter
+    def decoded(self, value: Sequence) -> None:
+        self._dec_plain = list(value)
+        self._by_handlers()
 
     @property
-    def decoded_fused(self) -> DecodedView:
+    def decoded_fused(self) -> Sequence:
         """As :attr:`decoded`, with the fused handler where a fused sequence starts."""
-        return DecodedView(self, True)
+        return self._dec_fused if self._dec_fused is not None else DecodedView(self, True)
+
+    @decoded_fused.setter
+    def decoded_fused(self, value: Sequence) -> None:
+        self._dec_fused = list(value)
+        self._by_handlers()
+
+    def _by_handlers(self) -> None:
+        """Assigned handler lists replace the decoding and the compiled interpreter."""
+        self._hot = None
+        self._slots = self._fresh_slots()
+        self._plain = {}
+        self._by_word.clear()
 
     def _fused_handler(self, pc: int, handler):
         words = self.program.words
@@ -158,6 +178,15 @@ class Machine(State):
     def _slot(self, pc: int, fused: bool) -> Any:
         """Build (and keep) the run loop's entry for ``pc``: decoded once per distinct word
         (a fused sequence, which depends on the words after it, once per pc)."""
+        table = self._dec_fused if fused else self._dec_plain
+        if table is not None:
+            handler, ops, _ = table[pc]
+            slot = (handler, ops)
+            if fused:
+                self._slots[pc] = slot
+            else:
+                self._plain[pc] = slot
+            return slot
         word = self.program.words[pc]
         if self._nslots >= SLOT_CAP:  # bounded: forget them all, rebuild on demand
             self._slots = self._fresh_slots()

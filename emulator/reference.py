@@ -9,9 +9,13 @@ same interface and must agree bit for bit.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
+from emulator.geometry import CONV_FWD, CONV_WGRAD
 from emulator.rng import draw_ref
+from isa.conventions import DRAW_BITS
 
 ROUND_NEAREST, ROUND_TRUNC, ROUND_UNIFORM, ROUND_TRIANGULAR = range(4)
 
@@ -77,24 +81,38 @@ def gemm_passes(a_bits: int, b_bits: int) -> int:
     return (a_bits // 8) * (b_bits // 8)
 
 
-def round_shift(a: int, s: int, mode: int, z: int) -> int:
-    """Requantizer rounding of one accumulator value by shift ``s`` with draw ``z``."""
+# The reference clamps its shifts only to keep Python integers small. Its bounds are far wider
+# than the ones the instructions' results stop changing at (isa.conventions: *_FOLD), which the
+# fast kernels clamp to; comparing the two over large shifts tests the kernels' bounds.
+REF_SHIFT_CLAMP = 4096
+
+
+def round_shift(a: int, s: int, mode: int, z: int, width: int = DRAW_BITS) -> int:
+    """Requantizer rounding of one value ``a`` by shift ``s`` with the draw ``z`` (``width``
+    random bits; the machine's draws have 64). Left shifts (s <= 0) are exact: the caller
+    saturates. See the requantizer section of docs/isa.md."""
+    s = max(-REF_SHIFT_CLAMP, min(s, REF_SHIFT_CLAMP))
     if s <= 0:
         return a << -s
     half = 1 << (s - 1)
-    mask = (1 << s) - 1
     if mode == ROUND_NEAREST:
         return (a + half) // (1 << s)
     if mode == ROUND_TRUNC:
         return a // (1 << s)
-    u = z & mask
-    if mode == ROUND_UNIFORM:
-        d = u - half
-    else:
-        v = (z >> s) & mask
-        bit = (z >> (2 * s)) & 1
-        d = u + v - (1 << s) + bit
-    return (a + d + half) // (1 << s)
+    if mode == ROUND_TRIANGULAR and s < width:
+        # u: s bits (exact unbiasedness); v: t bits, b: 1 bit, so that s + t + 1 <= width
+        t = min(s, width - 1 - s)
+        u = z % (1 << s)
+        v = (z >> s) % (1 << t)
+        b = (z >> (s + t)) & 1
+        return (a + u + (v + b) * (1 << (s - t)) - half) // (1 << s)
+    # uniform dither, and triangular with s >= width
+    if s > width:
+        c = s - width  # round to nearest by the bits the draw cannot cover, then dither
+        a = (a + (1 << (c - 1))) // (1 << c)
+        s = width
+    u = z % (1 << s)
+    return (a + u) // (1 << s)
 
 
 def uses_rng(mode: int, s: int) -> bool:
@@ -185,7 +203,6 @@ def row_sum(x: np.ndarray) -> np.ndarray:
 
 # --------------------------------------------------------------------------- softmax helpers
 LOG2E_Q16 = 94548  # round(log2(e) * 2**16)
-EXP_MIN_E, EXP_MAX_E = -24, 8
 
 
 def _exp_lut() -> tuple[int, ...]:
@@ -226,7 +243,7 @@ EXP_LUT: tuple[int, ...] = (  # = _exp_lut() (a test checks); a literal for star
 def exp_q14(x: np.ndarray, e: int) -> np.ndarray:
     """The vexp unit: round(2**14 * exp(min(x, 0) * 2**e)) by LUT and shifter (Python ints)."""
     out = []
-    sh = 8 - e
+    sh = 8 - max(-64, min(e, 64))  # a clamp far outside [-25, 9], where results stop changing
     for v in np.asarray(x).ravel().tolist():
         t = min(v, 0) * LOG2E_Q16
         u = (t + (1 << (sh - 1))) >> sh if sh > 0 else t << -sh
@@ -242,27 +259,78 @@ def exp_q14(x: np.ndarray, e: int) -> np.ndarray:
 
 
 def norm_rows(p: np.ndarray, sums: np.ndarray, frac_bits: int, out_bits: int):
-    """y = round_half_up(p * 2**f / S) per row (0 where S <= 0), saturated; (values, nsat)."""
+    """y = floor(p * 2**f / S + 1/2) per row (0 where S <= 0), saturated; (values, nsat).
+
+    ``f`` may be negative (a result grid coarser than 1)."""
     lo, hi = type_range(out_bits)
+    f = max(-64, min(frac_bits, 64))  # far outside [-17, 47], where results stop changing
     out, nsat = [], 0
     for row, s in zip(np.asarray(p).tolist(), np.asarray(sums).tolist(), strict=True):
         for v in row:
-            y = (v * (1 << (frac_bits + 1)) + s) // (2 * s) if s > 0 else 0
+            if s <= 0:
+                y = 0
+            elif f >= 0:
+                y = (v * (1 << (f + 1)) + s) // (2 * s)
+            else:  # multiply through by 2**-f
+                y = (2 * v + s * (1 << -f)) // (2 * s * (1 << -f))
             c = min(max(y, lo), hi)
             nsat += c != y
             out.append(c)
     return np.array(out, dtype=np.int64).reshape(np.shape(p)), nsat
 
 
+def rsqrt_one(x: int, k: int) -> int:
+    """The vrsqrt unit before saturation: round-half-up(sqrt(2**k / x)) for x >= 1, exactly:
+    with N = floor(2**(k+2) / x), y = (isqrt(N) + 1) // 2. (Python ints.)"""
+    k = max(-64, min(k, 256))  # far outside [-3, 46], where results stop changing
+    if k + 2 < 0:
+        return 0  # 2**(k+2) < 1 <= x
+    return (math.isqrt((1 << (k + 2)) // x) + 1) // 2
+
+
+def rsqrt_q(x: np.ndarray, k: int, out_bits: int = 16) -> tuple[np.ndarray, int]:
+    """vrsqrt: y = sat(round(sqrt(2**k / max(x, 0)))), x = 0 saturating (an infinite
+    result); (values, nsat)."""
+    lo, hi = type_range(out_bits)
+    out, nsat = [], 0
+    for v in np.asarray(x).ravel().tolist():
+        v = max(v, 0)
+        y = rsqrt_one(v, k) if v else hi + 1
+        c = min(max(y, lo), hi)
+        nsat += c != y
+        out.append(c)
+    return np.array(out, dtype=np.int64), nsat
+
+
+def wmul_into(d: np.ndarray, a: np.ndarray, b: np.ndarray, accumulate: bool, bits: int,
+              wrap: bool) -> int:
+    """vwmul: d = fit_acc((d if accumulate else 0) + a * b) with exact products; returns the
+    overflow count."""
+    out, n = [], 0
+    for x, y, c in zip(np.asarray(a).tolist(), np.asarray(b).tolist(), np.asarray(d).tolist(),
+                       strict=True):
+        v, over = fit_int((c if accumulate else 0) + x * y, bits, wrap)
+        out.append(v)
+        n += over
+    d[...] = out
+    return n
+
+
 def lazy_update(theta: np.ndarray, acc: np.ndarray, s: int) -> tuple[np.ndarray, np.ndarray]:
-    """Kahan lazy update: (new INT8 parameters, new INT16 residual accumulators)."""
-    th_out, acc_out = [], []
+    """Kahan lazy update (s >= 0): (new INT8 parameters, new INT16 residual accumulators)."""
+    return _lazy(theta, acc, s)[:2]
+
+
+def _lazy(theta: np.ndarray, acc: np.ndarray, s: int) -> tuple[np.ndarray, np.ndarray, int]:
+    s = min(s, 64)  # far beyond 16, from where nothing moves
+    th_out, acc_out, nsat = [], [], 0
     for t, a in zip(np.asarray(theta).tolist(), np.asarray(acc).tolist(), strict=True):
         d = (a + (1 << (s - 1))) >> s if s > 0 else a
         tn = min(max(t + d, -128), 127)
+        nsat += tn != t + d
         th_out.append(tn)
         acc_out.append(a - ((tn - t) << s))
-    return np.array(th_out, dtype=np.int64), np.array(acc_out, dtype=np.int64)
+    return np.array(th_out, dtype=np.int64), np.array(acc_out, dtype=np.int64), nsat
 
 
 def sub_rows(a: np.ndarray, b: np.ndarray, bits: int) -> tuple[np.ndarray, int]:
@@ -288,10 +356,12 @@ def alu_into(op: str, d: np.ndarray, a: np.ndarray, b: np.ndarray | None, bits: 
     return nsat
 
 
-def lazy_update_into(theta: np.ndarray, acc: np.ndarray, s: int) -> None:
-    tn, an = lazy_update(theta, acc, s)
+def lazy_update_into(theta: np.ndarray, acc: np.ndarray, s: int) -> int:
+    """vlazy in place; returns the number of parameters that saturated."""
+    tn, an, nsat = _lazy(theta, acc, s)
     theta[...] = tn
     acc[...] = an
+    return nsat
 
 
 def requant_into(dst: np.ndarray, src: np.ndarray, shift: int, mode: int, out_bits: int,
@@ -299,3 +369,167 @@ def requant_into(dst: np.ndarray, src: np.ndarray, shift: int, mode: int, out_bi
     vals, nsat = requant(src, shift, mode, out_bits, relu, seed, counter, mul)
     dst[...] = vals
     return nsat
+
+
+# ============================================================================ conv and pooling
+# The documented semantics of conv, vmaxpool, vsumpool, vunpool and vbias written as loops over
+# Python integers (docs/isa.md); ``g`` is an emulator.geometry.Geometry. Operands are the
+# scratchpad/accumulator views the semantics pass (1-D, in the documented layouts).
+
+
+def _window(g, oh: int, ow: int):
+    """The window positions of output pixel (oh, ow): (kh, kw, ih, iw, inside)."""
+    for kh in range(g.kh):
+        for kw in range(g.kw):
+            ih, iw = oh * g.sh + kh - g.ph, ow * g.sw + kw - g.pw
+            yield kh, kw, ih, iw, 0 <= ih < g.h and 0 <= iw < g.w
+
+
+def im2col(x: np.ndarray, g) -> np.ndarray:
+    """col(X)[m, k] as an [M, K] int64 array, element by element."""
+    xs = np.asarray(x).reshape(g.n, g.h, g.w, g.c).tolist()
+    out = np.zeros((g.m, g.k), dtype=np.int64)
+    for n in range(g.n):
+        for oh in range(g.oh):
+            for ow in range(g.ow):
+                m = (n * g.oh + oh) * g.ow + ow
+                for kh, kw, ih, iw, inside in _window(g, oh, ow):
+                    for c in range(g.c):
+                        if inside:
+                            out[m, (kh * g.kw + kw) * g.c + c] = xs[n][ih][iw][c]
+    return out
+
+
+def col2im(p: np.ndarray, g) -> np.ndarray:
+    """S[n, ih, iw, c] = sum of P[m, k] over the (m, k) whose window position is (ih, iw);
+    products in the padding are dropped. [N, H, W, C] int64."""
+    ps = np.asarray(p).reshape(g.m, g.k).tolist()
+    out = [[[[0] * g.c for _ in range(g.w)] for _ in range(g.h)] for _ in range(g.n)]
+    for n in range(g.n):
+        for oh in range(g.oh):
+            for ow in range(g.ow):
+                m = (n * g.oh + oh) * g.ow + ow
+                for kh, kw, ih, iw, inside in _window(g, oh, ow):
+                    if inside:
+                        for c in range(g.c):
+                            out[n][ih][iw][c] += ps[m][(kh * g.kw + kw) * g.c + c]
+    return np.array(out, dtype=np.int64).reshape(g.n, g.h, g.w, g.c)
+
+
+def _fit_into_flat(out: np.ndarray, total: np.ndarray, accumulate: bool, bits: int,
+                   wrap: bool) -> int:
+    t = np.asarray(total, dtype=np.int64).ravel()
+    if accumulate:
+        t = t + np.asarray(out, dtype=np.int64)
+    fitted, n = fit_acc(t, bits, wrap)
+    out[...] = fitted.reshape(out.shape)
+    return n
+
+
+def conv_into(out: np.ndarray, a: np.ndarray, b: np.ndarray, mode: int, g, accumulate: bool,
+              bits: int, wrap: bool) -> int:
+    """conv in every mode: the GEMM over the im2col view by explicit byte-passes
+    (:func:`gemm`), then col2im for dgrad; one fit per output entry. Returns overflows."""
+    if mode == CONV_FWD:
+        total = gemm(im2col(a, g).astype(a.dtype), np.asarray(b).reshape(g.k, g.f))
+    elif mode == CONV_WGRAD:
+        total = gemm(im2col(a, g).astype(a.dtype).T, np.asarray(b).reshape(g.m, g.f))
+    else:
+        p = gemm(np.asarray(a).reshape(g.m, g.f), np.asarray(b).reshape(g.k, g.f).T)
+        total = col2im(p, g)
+    # (the operands keep their element types, so gemm's byte-passes are those of da and db)
+    return _fit_into_flat(out, total, accumulate, bits, wrap)
+
+
+def maxpool(x: np.ndarray, g) -> tuple[np.ndarray, np.ndarray]:
+    """(Y, indices) of max pooling, both [M*C]: the first maximum in (kh, kw) scan order over
+    the window positions inside the input (every window has one: checked by the semantics)."""
+    xs = np.asarray(x).reshape(g.n, g.h, g.w, g.c).tolist()
+    ys, idx = [], []
+    for n in range(g.n):
+        for oh in range(g.oh):
+            for ow in range(g.ow):
+                for c in range(g.c):
+                    best, arg = None, None
+                    for kh, kw, ih, iw, inside in _window(g, oh, ow):
+                        if inside and (best is None or xs[n][ih][iw][c] > best):
+                            best, arg = xs[n][ih][iw][c], kh * g.kw + kw
+                    ys.append(best)
+                    idx.append(arg)
+    return np.array(ys, dtype=np.int64), np.array(idx, dtype=np.int64)
+
+
+def maxpool_into(y: np.ndarray, idx: np.ndarray | None, x: np.ndarray, g) -> None:
+    vals, args = maxpool(x, g)  # every input is read before anything is written
+    y[...] = vals
+    if idx is not None:
+        idx[...] = args
+
+
+def sumpool(x: np.ndarray, g) -> np.ndarray:
+    """Window sums over the positions inside the input, [M*C] int64."""
+    xs = np.asarray(x).reshape(g.n, g.h, g.w, g.c).tolist()
+    out = []
+    for n in range(g.n):
+        for oh in range(g.oh):
+            for ow in range(g.ow):
+                for c in range(g.c):
+                    out.append(sum(xs[n][ih][iw][c]
+                                   for _, _, ih, iw, inside in _window(g, oh, ow) if inside))
+    return np.array(out, dtype=np.int64)
+
+
+def sumpool_into(out: np.ndarray, x: np.ndarray, g, bits: int, wrap: bool) -> int:
+    return _fit_into_flat(out, sumpool(x, g), False, bits, wrap)
+
+
+def bad_unpool_index(idx: np.ndarray, g) -> tuple[int, int] | None:
+    """(element, value) of the first index that is >= KH KW or selects a padding position."""
+    flat = np.asarray(idx).tolist()
+    for n in range(g.n):
+        for oh in range(g.oh):
+            for ow in range(g.ow):
+                for c in range(g.c):
+                    e = ((n * g.oh + oh) * g.ow + ow) * g.c + c
+                    v = flat[e]
+                    ih, iw = oh * g.sh + v // g.kw - g.ph, ow * g.sw + v % g.kw - g.pw
+                    if v >= g.kh * g.kw or not (0 <= ih < g.h and 0 <= iw < g.w):
+                        return e, v
+    return None
+
+
+def unpool_into(out: np.ndarray, dy: np.ndarray, idx: np.ndarray | None, g, accumulate: bool,
+                bits: int, wrap: bool) -> int:
+    """vunpool: scatter-add dY to the indexed position (``idx``) or to every window position
+    inside the input (``idx`` None); one fit per destination entry. Returns overflows."""
+    ds = np.asarray(dy).reshape(g.n, g.oh, g.ow, g.c).tolist()
+    ix = None if idx is None else np.asarray(idx).reshape(g.n, g.oh, g.ow, g.c).tolist()
+    s = [[[[0] * g.c for _ in range(g.w)] for _ in range(g.h)] for _ in range(g.n)]
+    for n in range(g.n):
+        for oh in range(g.oh):
+            for ow in range(g.ow):
+                for c in range(g.c):
+                    v = ds[n][oh][ow][c]
+                    for kh, kw, ih, iw, inside in _window(g, oh, ow):
+                        if ix is None:
+                            if inside:
+                                s[n][ih][iw][c] += v
+                        elif ix[n][oh][ow][c] == kh * g.kw + kw:
+                            s[n][ih][iw][c] += v
+    return _fit_into_flat(out, np.array(s, dtype=np.int64), accumulate, bits, wrap)
+
+
+def bias_into(out: np.ndarray, b: np.ndarray, s: int, bits: int, wrap: bool) -> int:
+    """vbias on an accumulator block ``out`` [rows, cols]: add b[j] shifted onto its grid,
+    exactly in Python integers, then fit. Returns the overflow count."""
+    s = max(-REF_SHIFT_CLAMP, min(s, REF_SHIFT_CLAMP))  # (only keeps Python integers small)
+    shifted = [v << -s if s <= 0 else (v + (1 << (s - 1))) >> s for v in np.asarray(b).tolist()]
+    rows, cols = out.shape
+    vals, n = [], 0
+    for i in range(rows):
+        for j in range(cols):
+            y, over = fit_int(int(out[i, j]) + shifted[j], bits, wrap)
+            vals.append(y)
+            n += over
+    out[...] = np.array(vals, dtype=np.int64).reshape(rows, cols)
+    return n

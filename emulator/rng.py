@@ -11,7 +11,8 @@ stream (n = counter at the time of the draw) is::
 which is exactly the n-th output of Vigna's SplitMix64 started from state ``seed`` (the
 generator behind Java's SplittableRandom). Because a draw depends only on (seed, n), a block
 of draws vectorizes, any position can be reached directly, and checkpointing is two words.
-Each draw advances ``counter`` by one. Known-answer vectors are in ``tests/test_rng.py``.
+Each draw advances ``counter`` by one. The constants live in :mod:`isa.conventions` (docs/isa.md
+renders them); known-answer vectors are in ``tests/test_rng.py``.
 """
 
 from __future__ import annotations
@@ -20,27 +21,29 @@ import numpy as np
 from numba import njit
 
 from emulator import jit  # noqa: F401 - numba's numpy support without scipy
+from isa.conventions import RNG_GAMMA as GAMMA
+from isa.conventions import RNG_MIX1 as MIX1
+from isa.conventions import RNG_MIX2 as MIX2
+from isa.conventions import RNG_SHIFTS
 
-GAMMA = 0x9E3779B97F4A7C15
-MIX1 = 0xBF58476D1CE4E5B9
-MIX2 = 0x94D049BB133111EB
 MASK64 = (1 << 64) - 1
+_SH1, _SH2, _SH3 = RNG_SHIFTS
 
 
 def draw_ref(seed: int, n: int) -> int:
     """Draw ``n`` of the stream seeded with ``seed``, in plain Python integers."""
     x = (seed + (n + 1) * GAMMA) & MASK64
-    x = ((x ^ (x >> 30)) * MIX1) & MASK64
-    x = ((x ^ (x >> 27)) * MIX2) & MASK64
-    return x ^ (x >> 31)
+    x = ((x ^ (x >> _SH1)) * MIX1) & MASK64
+    x = ((x ^ (x >> _SH2)) * MIX2) & MASK64
+    return x ^ (x >> _SH3)
 
 
 _G = np.uint64(GAMMA)
 _M1 = np.uint64(MIX1)
 _M2 = np.uint64(MIX2)
-_S30 = np.uint64(30)
-_S27 = np.uint64(27)
-_S31 = np.uint64(31)
+_S30 = np.uint64(_SH1)
+_S27 = np.uint64(_SH2)
+_S31 = np.uint64(_SH3)
 _ONE = np.uint64(1)
 
 

@@ -18,6 +18,7 @@ from emulator.counters import (
     ACC_OVERFLOWS,
     ACC_RD,
     ACC_WR,
+    ARRAY_CYCLES,
     CYCLES,
     MAC_OPS,
     MACS,
@@ -30,7 +31,8 @@ from emulator.counters import (
     SPAD_WR,
 )
 from emulator.errors import ExecutionError
-from emulator.reference import EXP_MAX_E, EXP_MIN_E, uses_rng
+from emulator.geometry import CONV_DGRAD, CONV_FWD, Geometry, padded, unpack, window_view
+from emulator.reference import uses_rng
 from emulator.rng import MASK64
 from emulator.state import (
     FLAG_ACC_OVERFLOW,
@@ -38,7 +40,7 @@ from emulator.state import (
     FLAG_RQ_SATURATION,
     State,
 )
-from emulator.timing import gemm_skip_cycles_saved
+from emulator.timing import conv_gemm_shape, gemm_skip_cycles_saved
 from isa.spec import DTYPES, RNG_FIELDS, ROUND_MODES
 
 Handler = Callable[[State, dict[str, int]], "int | None"]
@@ -49,7 +51,6 @@ SPECIALIZE: dict[str, Callable[[dict[str, int]], Handler]] = {}
 
 ELEM_BYTES = {DTYPES.index("i8"): 1, DTYPES.index("i16"): 2}
 EXP_MIN, EXP_MAX = -(1 << 31), (1 << 31) - 1
-MAX_RQ_SHIFT = 31
 
 
 def semantics(*mnemonics: str) -> Callable[[Handler], Handler]:
@@ -394,6 +395,7 @@ def _gemm_counts(m: State, o: dict[str, int], a: np.ndarray, b: np.ndarray, mm: 
         saved = ea * eb * gemm_skip_cycles_saved(
             m.cfg, mm, kk, nn, a != 0 if sa else None, b != 0 if sb else None)
         cost[CYCLES] -= saved
+        cost[ARRAY_CYCLES] -= saved
         cost[SKIP_CYCLES_SAVED] = saved
         m.charge(cost)
     m.charge_counts(MACS, done, MACS_SKIPPED, skipped, MAC_OPS, done * ea * eb)
@@ -444,14 +446,8 @@ SPECIALIZE["gemm"] = _specialize_gemm
 
 # ============================================================================ requantize
 def _shift(m: State, o: dict[str, int], eout: str = "eout", ein: str = "ein") -> int:
-    shift = m.e[o[eout]] - m.e[o[ein]]
-    if not -MAX_RQ_SHIFT <= shift <= MAX_RQ_SHIFT:
-        raise ExecutionError(
-            f"requantize shift e{o[eout]} - e{o[ein]} = {shift} outside "
-            f"[{-MAX_RQ_SHIFT}, {MAX_RQ_SHIFT}]",
-            m.pc,
-        )
-    return shift
+    """The requantizer shift: any difference of two exponents is valid (docs/isa.md)."""
+    return m.e[o[eout]] - m.e[o[ein]]
 
 
 def _requantize(m: State, src: np.ndarray, dst: np.ndarray, o: dict[str, int], shift: int,
@@ -671,10 +667,7 @@ def _vsubrow(m, o):
 @semantics("vexp")
 def _vexp(m, o):
     n = _count(m, "element count", m.r[o["rn"]])
-    e = m.e[o["ea"]]
-    if not EXP_MIN_E <= e <= EXP_MAX_E:
-        raise ExecutionError(f"vexp input exponent e{o['ea']} = {e} outside "
-                             f"[{EXP_MIN_E}, {EXP_MAX_E}]", m.pc)
+    e = m.e[o["ea"]]  # any exponent (results stop changing outside [-25, 9])
     x = m.sp_elems(m.r[o["ra"]], n, 2)
     d = m.sp_elems(m.r[o["rd"]], n, 2)
     d[...] = m.dp.exp_q14(x, e)
@@ -684,10 +677,7 @@ def _vexp(m, o):
 @semantics("vnormrow")
 def _vnormrow(m, o):
     rows, cols = _rows_cols(m, o)
-    f = -m.e[o["eout"]]
-    if not 0 <= f <= 30:
-        raise ExecutionError(f"vnormrow output exponent e{o['eout']} = {-f} outside [-30, 0]",
-                             m.pc)
+    f = -m.e[o["eout"]]  # any exponent (results stop changing outside f in [-17, 47])
     elem = ELEM_BYTES[o["dt"]]
     p = m.sp_elems(m.r[o["ra"]], rows * cols, 2).reshape(rows, cols)
     sums = m.acc_range(m.r[o["racc"]], rows)
@@ -702,12 +692,233 @@ def _vnormrow(m, o):
 def _vlazy(m, o):
     n = _count(m, "element count", m.r[o["rn"]])
     s = m.e[o["et"]] - m.e[o["ea"]]
-    if not 0 <= s <= 15:
-        raise ExecutionError(f"vlazy shift e{o['et']} - e{o['ea']} = {s} outside [0, 15]", m.pc)
+    if s < 0:
+        raise ExecutionError(f"vlazy shift e{o['et']} - e{o['ea']} = {s} is negative (the "
+                             "accumulator grid must not be coarser than the parameter grid)",
+                             m.pc)
     theta = m.sp_elems(m.r[o["rt"]], n, 1)
     acc = m.sp_elems(m.r[o["ra"]], n, 2)
-    m.dp.lazy_update_into(theta, acc, s)
+    nsat = m.dp.lazy_update_into(theta, acc, s)
     m.charge_cost("lazy", n)
+    _alu_sat(m, nsat)
+
+
+@semantics("vrsqrt")
+def _vrsqrt(m, o):
+    n = _count(m, "element count", m.r[o["rn"]])
+    k = -m.e[o["ein"]] - 2 * m.e[o["eout"]]  # y ~ 2**(k/2) / sqrt(x)
+    x = m.sp_elems(m.r[o["ra"]], n, 2)
+    d = m.sp_elems(m.r[o["rd"]], n, 2)
+    vals, nsat = m.dp.rsqrt_q(x, k)
+    d[...] = vals
+    m.charge_cost("rsqrt", n)
+    _alu_sat(m, nsat)
+
+
+@semantics("vwmul")
+def _vwmul(m, o):
+    r = m.r
+    n = _count(m, "element count", r[o["rn"]])
+    ea, eb = ELEM_BYTES[o["da"]], ELEM_BYTES[o["db"]]
+    a = m.sp_elems(r[o["ra"]], n, ea)
+    b = m.sp_elems(r[o["rb"]], n, eb)
+    d = m.acc_range(r[o["racc"]], n)
+    nover = m.dp.wmul_into(d, a, b, bool(o["acc"]), m.acc_bits, m.acc_wrap)
+    m.charge_cost("wmul", n, ea, eb, bool(o["acc"]))
+    _overflow(m, nover)
+
+
+# ============================================================================ conv and pooling
+# conv, vmaxpool, vsumpool, vunpool, vbias (isa/spec.py, "Convolution, pooling and bias").
+# Every geometry rule and operand range is checked (Python ints) before anything is written.
+_GEO_REGS = ("rsz", "rhw", "rkw", "rpf")
+
+
+def _geometry(m: State, o: dict[str, int]) -> Geometry:
+    """The geometry registers' fields, checked (docs/isa.md, "Geometry registers")."""
+    vals = []
+    for name in _GEO_REGS:
+        v = m.r[o[name]]
+        if not 0 <= v < 1 << 32:
+            raise ExecutionError(
+                f"geometry register {name} (r{o[name]}) = {v} outside [0, 2**32)", m.pc)
+        vals.append(v)
+    g = unpack(*vals)
+    if min(g.kh, g.kw, g.sh, g.sw) < 1:
+        raise ExecutionError(f"bad geometry: window {g.kh}x{g.kw} and strides {g.sh}x{g.sw} "
+                             "must be >= 1", m.pc)
+    if g.h + 2 * g.ph < g.kh or g.w + 2 * g.pw < g.kw:
+        raise ExecutionError(f"window {g.kh}x{g.kw} larger than the padded input "
+                             f"{g.h + 2 * g.ph}x{g.w + 2 * g.pw}", m.pc)
+    return g
+
+
+def _col_zeros(x: np.ndarray, g: Geometry, axis: str) -> np.ndarray:
+    """Zeros of col(X), padding included, per column k = (kh, kw, c) (``axis="k"``, shape K)
+    or per row m = (n, oh, ow) (``"m"``, shape M). From the zero mask Z of the padded input
+    (padding counts as zero) by separable sums over strided slices, without building col(X):
+    per k, sum Z over n, then over the OW columns ow SW + kw, then the OH rows oh SH + kh;
+    per m, sum Z over c, then over each window's KW columns, then its KH rows."""
+    z = padded(x == 0, g, np.int64, fill=1)
+    rows = [slice(kh, kh + g.sh * (g.oh - 1) + 1, g.sh) for kh in range(g.kh)]
+    cols = [slice(kw, kw + g.sw * (g.ow - 1) + 1, g.sw) for kw in range(g.kw)]
+    if axis == "k":
+        zs = z.sum(axis=0)  # (Hp, Wp, C)
+        r = np.stack([zs[:, c].sum(axis=1) for c in cols], axis=1)  # (Hp, KW, C)
+        return np.stack([r[rw].sum(axis=0) for rw in rows]).reshape(g.k)  # (KH, KW, C)
+    zc = z.sum(axis=3)  # (N, Hp, Wp)
+    t = sum(zc[:, :, c] for c in cols)  # (N, Hp, OW)
+    return sum(t[:, rw] for rw in rows).reshape(g.m)  # type: ignore[union-attr]
+
+
+def _conv_zero_skips(a: np.ndarray, b: np.ndarray, mode: int, g: Geometry, sa: bool,
+                     sb: bool) -> int:
+    """gemm's skipped-MAC formula on the mode's GEMM operands (``_zero_skips``) from zero
+    counts: in total when one operand skips, per inner index when both do (fwd
+    col(X)[M,K] @ W[K,F], inner k; wgrad col(X)^T[K,M] @ dZ[M,F], inner m; dgrad
+    dZ[M,F] @ W^T[F,K], inner f)."""
+    if not (sa or sb) or g.m * g.k * g.f == 0:
+        return 0
+    gm, gk, gn = conv_gemm_shape(mode, g.m, g.k, g.f)
+    if not sa:  # every zero of B skips gm MACs
+        return (b.size - int(np.count_nonzero(b))) * gm
+    if not sb:  # every zero of A skips gn MACs
+        if mode == CONV_DGRAD:
+            return (a.size - int(np.count_nonzero(a))) * gn
+        return int(_col_zeros(a, g, "m" if g.k > g.m else "k").sum()) * gn
+    if mode == CONV_FWD:  # inner k: zeros of col(X) column k, of W row k
+        za = _col_zeros(a, g, "k")
+        zb = (b.reshape(g.k, g.f) == 0).sum(axis=1, dtype=np.int64)
+    elif mode == CONV_DGRAD:  # inner f: zeros of dZ column f, of W column f
+        za = (a.reshape(g.m, g.f) == 0).sum(axis=0, dtype=np.int64)
+        zb = (b.reshape(g.k, g.f) == 0).sum(axis=0, dtype=np.int64)
+    else:  # wgrad, inner m: zeros of col(X) row m, of dZ row m
+        za = _col_zeros(a, g, "m")
+        zb = (b.reshape(g.m, g.f) == 0).sum(axis=1, dtype=np.int64)
+    return int((za * gn + zb * gm - za * zb).sum())
+
+
+def _conv_masks(a: np.ndarray, b: np.ndarray, mode: int, g: Geometry, sa: bool,
+                sb: bool) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """``operand != 0`` of the mode's skip-enabled GEMM operands (for the skip cycle model)."""
+    def col_nonzero() -> np.ndarray:
+        return window_view(padded(a != 0, g, np.bool_, fill=0), g).reshape(g.m, g.k)
+
+    if mode == CONV_FWD:
+        return (col_nonzero() if sa else None,
+                b.reshape(g.k, g.f) != 0 if sb else None)
+    if mode == CONV_DGRAD:
+        return (a.reshape(g.m, g.f) != 0 if sa else None,
+                (b.reshape(g.k, g.f) != 0).T if sb else None)
+    return (col_nonzero().T if sa else None, b.reshape(g.m, g.f) != 0 if sb else None)
+
+
+@semantics("conv")
+def _conv(m, o):
+    r = m.r
+    g = _geometry(m, o)
+    mode = o["mode"]
+    ea, eb = ELEM_BYTES[o["da"]], ELEM_BYTES[o["db"]]
+    if mode == CONV_DGRAD:
+        a = m.sp_elems(r[o["rx"]], g.m * g.f, ea)
+        b = m.sp_elems(r[o["rw"]], g.k * g.f, eb)
+        out = m.acc_range(r[o["rc"]], g.inputs)
+    else:
+        a = m.sp_elems(r[o["rx"]], g.inputs, ea)
+        b = m.sp_elems(r[o["rw"]], (g.k if mode == CONV_FWD else g.m) * g.f, eb)
+        out = m.acc_range(r[o["rc"]], (g.m if mode == CONV_FWD else g.k) * g.f)
+    accumulate = bool(o["acc"])
+    nover = m.dp.conv_into(out, a, b, mode, g, accumulate, m.acc_bits, m.acc_wrap)
+    sa, sb = bool(o["sa"]), bool(o["sb"])
+    gm, gk, gn = conv_gemm_shape(mode, g.m, g.k, g.f)
+    skipped = _conv_zero_skips(a, b, mode, g, sa, sb)
+    done = gm * gk * gn - skipped
+    args = (mode, g.m, g.k, g.f, g.inputs, ea, eb, accumulate)
+    if skipped and m.cfg.array.skip != "none":
+        cost = m.cost("conv", *args)
+        az, bz = _conv_masks(a, b, mode, g, sa, sb)
+        saved = ea * eb * gemm_skip_cycles_saved(m.cfg, gm, gk, gn, az, bz)
+        cost[CYCLES] -= saved
+        cost[ARRAY_CYCLES] -= saved
+        cost[SKIP_CYCLES_SAVED] = saved
+        m.charge(cost)
+    else:
+        m.charge_cost("conv", *args)
+    m.charge_counts(MACS, done, MACS_SKIPPED, skipped, MAC_OPS, done * ea * eb)
+    _overflow(m, nover)
+
+
+def _windows_inside(m: State, g: Geometry) -> None:
+    """Fault unless every output pixel's window has a position inside the input. An empty
+    input (H or W = 0) has none; otherwise windows move monotonically, so the first and last
+    row (column) of windows decide, and a last window entirely below the input starts at padded
+    row >= H + PH and ends by H + 2 PH, so KH <= PH, which puts the first window entirely above
+    it too: the rule is H, W >= 1, KH > PH and KW > PW."""
+    if g.h == 0 or g.w == 0 or g.kh <= g.ph or g.kw <= g.pw:
+        raise ExecutionError(
+            f"a {g.kh}x{g.kw} pooling window lies entirely in the padding (input {g.h}x{g.w}, "
+            f"padding {g.ph}x{g.pw}, stride {g.sh}x{g.sw})", m.pc)
+
+
+@semantics("vmaxpool")
+def _vmaxpool(m, o):
+    r = m.r
+    g = _geometry(m, o)
+    _windows_inside(m, g)
+    idx = bool(o["idx"])
+    if idx and g.kh * g.kw > 256:
+        raise ExecutionError(f"vmaxpool idx=1 needs KH*KW <= 256, got {g.kh}x{g.kw}", m.pc)
+    elem = ELEM_BYTES[o["dt"]]
+    x = m.sp_elems(r[o["ra"]], g.inputs, elem)
+    y = m.sp_elems(r[o["rd"]], g.m * g.c, elem)
+    ix = m.sp_elems(r[o["ri"]], g.m * g.c, 1).view(np.uint8) if idx else None
+    m.dp.maxpool_into(y, ix, x, g)
+    m.charge_cost("pool", g.m * g.c, g.kh * g.kw, elem, False, idx)
+
+
+@semantics("vsumpool")
+def _vsumpool(m, o):
+    r = m.r
+    g = _geometry(m, o)
+    elem = ELEM_BYTES[o["dt"]]
+    x = m.sp_elems(r[o["ra"]], g.inputs, elem)
+    out = m.acc_range(r[o["racc"]], g.m * g.c)
+    nover = m.dp.sumpool_into(out, x, g, m.acc_bits, m.acc_wrap)
+    m.charge_cost("pool", g.m * g.c, g.kh * g.kw, elem, True, False)
+    _overflow(m, nover)
+
+
+@semantics("vunpool")
+def _vunpool(m, o):
+    r = m.r
+    g = _geometry(m, o)
+    by_index = o["mode"] == 0
+    elem = ELEM_BYTES[o["dt"]]
+    dy = m.sp_elems(r[o["ra"]], g.m * g.c, elem)
+    ix = m.sp_elems(r[o["ri"]], g.m * g.c, 1).view(np.uint8) if by_index else None
+    out = m.acc_range(r[o["racc"]], g.inputs)
+    if ix is not None:
+        bad = m.dp.bad_unpool_index(ix, g)
+        if bad is not None:
+            raise ExecutionError(
+                f"vunpool index {bad[1]} at element {bad[0]} selects no position inside the "
+                f"input (window {g.kh}x{g.kw})", m.pc)
+    accumulate = bool(o["acc"])
+    nover = m.dp.unpool_into(out, dy, ix, g, accumulate, m.acc_bits, m.acc_wrap)
+    m.charge_cost("unpool", g.m * g.c, g.kh * g.kw, g.inputs, elem, by_index, accumulate)
+    _overflow(m, nover)
+
+
+@semantics("vbias")
+def _vbias(m, o):
+    rows, cols = _rows_cols(m, o)
+    s = m.e[o["eacc"]] - m.e[o["eb"]]  # any difference is valid (docs/isa.md)
+    elem = ELEM_BYTES[o["dt"]]
+    b = m.sp_elems(m.r[o["rb"]], cols, elem)
+    out = m.acc_range(m.r[o["racc"]], rows * cols).reshape(rows, cols)
+    nover = m.dp.bias_into(out, b, s, m.acc_bits, m.acc_wrap)
+    m.charge_cost("bias", rows, cols, elem)
+    _overflow(m, nover)
 
 
 # ============================================================================ static costs

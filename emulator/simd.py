@@ -4,7 +4,8 @@ element arithmetic numba would otherwise widen to 64 bits (8 lanes).
 :func:`update16` is sixteen elements of the fused lazy update (``rqm``; ``vsub``; ``vlazy``,
 see :func:`emulator.kernels.update_into`): the requantizer product in 64-bit lanes (as the
 scalar code), everything after it in 32-bit lanes, where every intermediate provably fits:
-``|res - q| <= 2**16``, ``|theta + d| <= 2**15 + 128``, ``|(tn - theta) << s| <= 255 * 2**15``.
+``|res - q| <= 2**16``, ``|theta + d| <= 2**15 + 128``, ``|(tn - theta) << s| <= 255 * 2**15``
+(the caller's ``s`` is at most 15, as the fused sequence requires).
 The requantizer product runs in 32-bit lanes for a block whose sources are all small enough
 that ``|src * mul + add| < 2**31`` (checked per block), else in 64-bit lanes.
 It computes exactly what the scalar loop computes, element for element (tests compare them on
@@ -75,10 +76,10 @@ def _ptr(context, builder, arrty, arr, idx, width: int):
 
 @intrinsic
 def update16(typingctx, src, dst, res, theta, i, mul, add, shift, relu, s, half, bound):
-    """Elements ``i .. i+15`` of the fused update; returns ``n_rq + (n_sub << 32)`` (the
-    saturation counts of the requantizer and of the subtract). ``src`` int32, ``dst`` and
-    ``res`` int16, ``theta`` int8; ``relu`` a boolean; the rest int64 scalars, with ``bound``
-    = (2**31 - 1 - |add|) // max(|mul|, 1), at most 2**31 - 1."""
+    """Elements ``i .. i+15`` of the fused update; returns ``n_rq | n_sub << 21 | n_lz << 42``
+    (the saturation counts of the requantizer, the subtract and the parameter). ``src`` is
+    int32, ``dst`` and ``res`` int16, ``theta`` int8; ``relu`` a boolean; the rest int64
+    scalars, with ``bound`` = (2**31 - 1 - |add|) // max(|mul|, 1), at most 2**31 - 1."""
     def codegen(context, builder, sig, args):
         a_src, a_dst, a_res, a_th, idx, mul_, add_, shift_, relu_, s_, half_, bound_ = args
         ts = sig.args
@@ -129,7 +130,9 @@ def update16(typingctx, src, dst, res, theta, i, mul, add, shift, relu, s, half,
         t = builder.sext(tv, _vec(32))
         sv = _splat(builder, s_, 32)
         d = builder.ashr(builder.add(a, _splat(builder, half_, 32)), sv)
-        tn = _clamp(builder, builder.add(t, d), _const(-128, 32), _const(127, 32))
+        v = builder.add(t, d)
+        tn = _clamp(builder, v, _const(-128, 32), _const(127, 32))
+        n_lz = _count_ne(builder, tn, v)
         rn = builder.sub(a, builder.shl(builder.sub(tn, t), sv))
         builder.store(builder.trunc(q, _vec(16)),
                       _ptr(context, builder, ts[1], a_dst, idx, 16), align=1)
@@ -137,7 +140,9 @@ def update16(typingctx, src, dst, res, theta, i, mul, add, shift, relu, s, half,
                       _ptr(context, builder, ts[2], a_res, idx, 16), align=1)
         builder.store(builder.trunc(tn, _vec(8)),
                       _ptr(context, builder, ts[3], a_th, idx, 8), align=1)
-        return builder.or_(n_rq, builder.shl(n_sub, ir.Constant(ir.IntType(64), 32)))
+        i64 = ir.IntType(64)
+        return builder.or_(builder.or_(n_rq, builder.shl(n_sub, ir.Constant(i64, 21))),
+                           builder.shl(n_lz, ir.Constant(i64, 42)))
 
     return types.int64(src, dst, res, theta, i, mul, add, shift, relu, s, half, bound), codegen
 

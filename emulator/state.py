@@ -27,20 +27,26 @@ from emulator.config import Config
 from emulator.counters import CYCLES, DMA_STALL_CYCLES, N_COUNTERS, Summary, summarize
 from emulator.errors import ExecutionError, MemoryAccessError
 from emulator.timing import HOOKS
+from isa.conventions import (  # noqa: F401 - re-exported: the sticky flag bits
+    FLAG_ACC_OVERFLOW,
+    FLAG_ALU_SATURATION,
+    FLAG_RQ_SATURATION,
+)
 
 MASK64 = (1 << 64) - 1
-
-# sticky flag bits (the ``flags`` instruction reads them)
-FLAG_ACC_OVERFLOW, FLAG_RQ_SATURATION, FLAG_ALU_SATURATION = 1, 2, 4
 
 DATAPATHS: dict[str, ModuleType] = {"fast": kernels, "reference": reference}
 _I8, _I16 = np.dtype(np.int8), np.dtype("<i2")
 
 
 class RegisterFile(array):
-    """A register file as a typed array (``"q"`` int64 or ``"Q"`` uint64): indexes, iterates
-    and compares (``==`` with a list or tuple) like a list of ints, and its memory is shared
-    without copies with the compiled scalar interpreter (emulator/scalar.py)."""
+    """A register file as a typed array (``"q"`` int64 or ``"Q"`` uint64): indexes, slices,
+    iterates and compares (``==`` with a list or tuple) like a list of ints, and its memory is
+    shared without copies with the compiled scalar interpreter (emulator/scalar.py)."""
+
+    def __getitem__(self, i):  # type: ignore[override]
+        v = array.__getitem__(self, i)
+        return RegisterFile(self.typecode, v) if type(i) is slice else v
 
     def __eq__(self, other: object) -> bool:  # type: ignore[override]
         if isinstance(other, (list, tuple)):

@@ -2,8 +2,10 @@
 ever depends on it; the exact float paths give the same integers on any thread count).
 
 * The most threads one operation may use is ``LPEMU_THREADS`` (environment, an integer >= 1)
-  if set, else ``host.threads`` of the config if > 0, else the CPUs this process may run on.
-  Sweep workers run with ``LPEMU_THREADS=1``.
+  if set, else ``host.threads`` of the config if > 0, else the CPUs this process may run on;
+  never more than the BLAS thread count set outside lpemu (``OPENBLAS_NUM_THREADS``,
+  ``threadpoolctl.threadpool_limits``: sweep workers run with one thread) nor than numba's
+  ``NUMBA_NUM_THREADS`` for numba's parallel kernels.
 * An operation with less work than ``PARALLEL_MIN_MACS`` runs on one thread: on the project's
   2-core machines the batch-10 layer products were as fast on one OpenBLAS thread as on two
   when idle, and 1.5-10x slower on two when other processes competed for the cores (a thread
@@ -72,7 +74,17 @@ class ThreadPolicy:
         n = env_threads()
         if n is None:
             n = self.config_threads or cpus()
-        return max(1, n)
+        return max(1, min(n, self._outside_limit()))
+
+    def _outside_limit(self) -> int:
+        """The BLAS thread count set outside lpemu (``OPENBLAS_NUM_THREADS``,
+        ``threadpool_limits`` as a sweep worker uses, or OpenBLAS's default of all CPUs):
+        lpemu never uses more."""
+        libs = self._controllers()
+        if not libs:
+            return 1 << 30
+        counts = self._saved if self._saved is not None else [get() for _, get in libs]
+        return max(1, min(counts))
 
     def _busy_others(self) -> int:
         """Runnable tasks other than this one (instantaneous, refreshed every 0.2 s)."""

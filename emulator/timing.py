@@ -15,7 +15,7 @@ Model:
 * GEMM: ``P`` byte-passes, each ``folds * (fixed + streamed)`` cycles for the configured
   dataflow (weight-, output- or input-stationary; ``gemm_mapping``), minus the cycles zero-skipping
   saves at the configured granularity (``gemm_skip_cycles_saved``). Matches SCALE-Sim's dense
-  compute cycles (benchmarks/scalesim_compare.py).
+  compute cycles (benchmarks/scalesim_compare.py). An empty GEMM costs nothing (:func:`gemm`).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from emulator.counters import (
     ALU_MUL_PASSES,
     ALU_OPS,
     ALU_PASSES,
+    ARRAY_CYCLES,
     CYCLES,
     DRAM_RD,
     DRAM_WR,
@@ -41,6 +42,7 @@ from emulator.counters import (
     SPAD_RD,
     SPAD_WR,
 )
+from emulator.geometry import CONV_DGRAD, CONV_FWD, CONV_WGRAD
 
 Cost = dict[int, int]
 
@@ -129,11 +131,19 @@ def gemm(
     dimension. Partial sums of successive K-folds (weight- and input-stationary) and of the
     byte-passes are accumulated in the accumulator memory (read-modify-write); output-stationary
     keeps the K reduction inside the PEs.
+
+    An empty GEMM (M, K or N zero) runs no byte-pass and reads no operand: every counter is 0,
+    except that K = 0 without ``acc`` (and M, N > 0) clears C: ``ceil(M N / C)`` cycles and
+    ``M N Ba`` accumulator bytes written.
     """
     passes = a_bytes * b_bytes
-    if m == 0 or k == 0 or n == 0:
-        return {CYCLES: 0, MAC_PASSES: passes}
     acc_entry = cfg.acc_bytes_per_entry
+    if m == 0 or k == 0 or n == 0:
+        # no product runs: nothing at all, except that K = 0 without accumulation clears
+        # C[M,N] (an empty sum is 0) through the array's output port, C entries per cycle
+        if k or not m or not n or accumulate:
+            return {}
+        return {CYCLES: ceil(m * n / cfg.array.cols), ACC_WR: m * n * acc_entry}
     r, c = cfg.array.rows, cfg.array.cols
     df = cfg.array.dataflow
     if df == "weight_stationary":
@@ -143,8 +153,10 @@ def gemm(
     else:
         a_rd, b_rd, writes = m * k * ceil(n / c), k * n * ceil(m / r), m * n
     writes *= passes
+    cycles = passes * gemm_fold_cycles(cfg, m, k, n)
     return {
-        CYCLES: passes * gemm_fold_cycles(cfg, m, k, n),
+        CYCLES: cycles,
+        ARRAY_CYCLES: cycles,
         MAC_PASSES: passes,
         SPAD_RD: passes * (a_rd + b_rd),
         GEMM_A_RD: passes * a_rd,
@@ -315,6 +327,35 @@ def lazy(cfg: Config, n: int) -> Cost:
     }
 
 
+def rsqrt(cfg: Config, n: int) -> Cost:
+    """Reciprocal square root: a restoring divider makes the 32-bit radicand (one quotient bit
+    per cycle), then a restoring square root its 16 root bits (one per cycle)."""
+    return {
+        CYCLES: cfg.alu.latency_cycles + 48 * ceil(n / cfg.alu.lanes),
+        ALU_OPS: n,
+        ALU_PASSES: 48 * n,
+        SPAD_RD: 2 * n,
+        SPAD_WR: 2 * n,
+    }
+
+
+def wmul(cfg: Config, n: int, a_bytes: int, b_bytes: int, accumulate: bool) -> Cost:
+    """Widening multiply into the accumulator: ``a_bytes * b_bytes`` 8-bit multiply passes per
+    element (as vmul), the exact product written (or added) to accumulator memory."""
+    passes = a_bytes * b_bytes
+    acc_bytes = n * cfg.acc_bytes_per_entry
+    out = {
+        CYCLES: cfg.alu.latency_cycles + passes * ceil(n / cfg.alu.lanes),
+        ALU_OPS: n,
+        ALU_MUL_PASSES: passes * n,
+        SPAD_RD: n * (a_bytes + b_bytes),
+        ACC_WR: acc_bytes,
+    }
+    if accumulate:
+        out[ACC_RD] = acc_bytes
+    return out
+
+
 def scan(cfg: Config, n: int) -> Cost:
     return {
         CYCLES: cfg.alu.latency_cycles + ceil(n / cfg.alu.lanes),
@@ -345,6 +386,8 @@ HOOKS = {
     "convert": convert,
     "exp": exp,
     "divide": divide,
+    "rsqrt": rsqrt,
+    "wmul": wmul,
     "lazy": lazy,
     "scan": scan,
     "dma": dma,
@@ -354,3 +397,82 @@ HOOKS = {
     "alu": alu,
     "reduce": reduce,
 }
+
+
+# ============================================================================ conv and pooling
+# (conv, vmaxpool, vsumpool, vunpool, vbias; docs/timing.md "Convolution and pooling")
+
+
+def conv_gemm_shape(mode: int, m: int, k: int, f: int) -> tuple[int, int, int]:
+    """The (M, K, N) of the GEMM a conv mode runs: fwd (M, K, F), wgrad (K, M, F), dgrad
+    (M, F, K), with M = N OH OW output pixels and K = KH KW C window elements."""
+    if mode == CONV_FWD:
+        return m, k, f
+    if mode == CONV_WGRAD:
+        return k, m, f
+    return m, f, k
+
+
+def conv(cfg: Config, mode: int, m: int, k: int, f: int, n_in: int, a_bytes: int,
+         b_bytes: int, accumulate: bool) -> Cost:
+    """A convolution: the ``gemm`` cost of the mode's GEMM shape. dgrad scatter-adds into its
+    ``n_in = N H W C`` destination (read-modify-write: charged as accumulating) and, with acc=0,
+    first clears it: ``n_in Ba`` more accumulator bytes written, ``ceil(n_in / L)`` cycles."""
+    gm, gk, gn = conv_gemm_shape(mode, m, k, f)
+    if mode != CONV_DGRAD:
+        return gemm(cfg, gm, gk, gn, a_bytes, b_bytes, accumulate)
+    out = gemm(cfg, gm, gk, gn, a_bytes, b_bytes, True)
+    if not accumulate and n_in:
+        out[CYCLES] = out.get(CYCLES, 0) + ceil(n_in / cfg.alu.lanes)
+        out[ACC_WR] = out.get(ACC_WR, 0) + n_in * cfg.acc_bytes_per_entry
+    return out
+
+
+def pool(cfg: Config, outputs: int, window: int, elem_bytes: int, to_acc: bool,
+         index: bool) -> Cost:
+    """vmaxpool / vsumpool: a row reduction (``reduce``) of ``outputs = M C`` rows of
+    ``window = KH KW`` positions each (the whole window is walked, padding included), plus the
+    index bytes of vmaxpool idx=1."""
+    out = reduce(cfg, outputs, window, elem_bytes, to_acc)
+    if index:
+        out[SPAD_WR] += outputs
+    return out
+
+
+def unpool(cfg: Config, outputs: int, window: int, n_in: int, elem_bytes: int, by_index: bool,
+           accumulate: bool) -> Cost:
+    """vunpool: ``outputs = M C`` gradient elements, each added (read-modify-write of the
+    accumulator) to its recorded position (mode=max: one add, plus one index byte read) or to
+    every position of its ``window = KH KW`` (mode=sum); with acc=0 the ``n_in = N H W C``
+    destination is cleared first (``ceil(n_in / L)`` cycles, ``n_in Ba`` bytes written)."""
+    ops = outputs * (1 if by_index else window)
+    ba = cfg.acc_bytes_per_entry
+    cyc = cfg.alu.latency_cycles + elem_bytes * ceil(ops / cfg.alu.lanes)
+    wr = ops * ba
+    if not accumulate:
+        cyc += ceil(n_in / cfg.alu.lanes)
+        wr += n_in * ba
+    return {
+        CYCLES: cyc,
+        ALU_OPS: ops,
+        ALU_PASSES: elem_bytes * ops,
+        SPAD_RD: outputs * elem_bytes + (outputs if by_index else 0),
+        ACC_RD: ops * ba,
+        ACC_WR: wr,
+    }
+
+
+def bias(cfg: Config, rows: int, cols: int, elem_bytes: int) -> Cost:
+    """vbias: one shifted bias add per accumulator entry of the [rows, cols] block."""
+    n = rows * cols
+    return {
+        CYCLES: cfg.alu.latency_cycles + ceil(n / cfg.alu.lanes),
+        ALU_OPS: n,
+        ALU_PASSES: elem_bytes * n,
+        SPAD_RD: cols * elem_bytes,
+        ACC_RD: n * cfg.acc_bytes_per_entry,
+        ACC_WR: n * cfg.acc_bytes_per_entry,
+    }
+
+
+HOOKS.update({"conv": conv, "pool": pool, "unpool": unpool, "bias": bias})

@@ -42,7 +42,7 @@ from emulator.kernels import (
     _sub_rows_kernel,
     _update_kernel,
 )
-from emulator.reference import EXP_MAX_E, EXP_MIN_E
+from isa.conventions import EXP_E_FOLD, LAZY_SHIFT_FOLD, NORM_F_FOLD, RQ_SHIFT_FOLD
 
 OK, PY = 0, 1
 assert CYCLES == 1  # ccost rows: [key, counters...], so cycles are column 2
@@ -239,9 +239,10 @@ def exec_vector(cls, code, a, b, c, crow, r, e, rng, counts, ccost, spad, acc, d
     nothing = (PY, flags, np.int64(0))
     if cls == V_RQ or cls == V_RQM or cls == V_VCVT:
         n = r[_reg(a, 2)]
-        shift = e[_ereg(b, 0)] - e[_ereg(b, 1)]
-        if n < 0 or shift < -31 or shift > 31:
+        shift = e[_ereg(b, 0)] - e[_ereg(b, 1)]  # any: results stop changing past the folds
+        if n < 0:
             return nothing
+        folded = max(np.int64(RQ_SHIFT_FOLD[0]), min(shift, np.int64(RQ_SHIFT_FOLD[1])))
         mode = _opt(c, 0)
         relu = _opt(c, 3 if cls == V_VCVT else 2) != 0
         mul = np.int64(1)
@@ -274,16 +275,16 @@ def exec_vector(cls, code, a, b, c, crow, r, e, rng, counts, ccost, spad, acc, d
             else:
                 src = _i8(spad, s0, n).astype(np.int64)
             if ob == 2:
-                nsat = _requant(src, _i16(spad, d0, n), mul, shift, mode, lo, hi, relu, seed,
+                nsat = _requant(src, _i16(spad, d0, n), mul, folded, mode, lo, hi, relu, seed,
                                 counter)
             else:
-                nsat = _requant(src, _i8(spad, d0, n), mul, shift, mode, lo, hi, relu, seed,
+                nsat = _requant(src, _i8(spad, d0, n), mul, folded, mode, lo, hi, relu, seed,
                                 counter)
         elif ob == 2:
-            nsat = _requant(acc[s0 : s0 + n], _i16(spad, d0, n), mul, shift, mode, lo, hi,
+            nsat = _requant(acc[s0 : s0 + n], _i16(spad, d0, n), mul, folded, mode, lo, hi,
                             relu, seed, counter)
         else:
-            nsat = _requant(acc[s0 : s0 + n], _i8(spad, d0, n), mul, shift, mode, lo, hi,
+            nsat = _requant(acc[s0 : s0 + n], _i8(spad, d0, n), mul, folded, mode, lo, hi,
                             relu, seed, counter)
         draws = n if mode >= 2 and shift > 0 else np.int64(0)
         rng[1] = rng[1] + draws
@@ -386,9 +387,8 @@ def exec_vector(cls, code, a, b, c, crow, r, e, rng, counts, ccost, spad, acc, d
                     or (eb == 2 and (b0 & 1 or d0 & 1)):
                 return nothing
         else:
-            f = -e[_ereg(b, 0)]
             s0 = r[_reg(a, 2)]
-            if f < 0 or f > 30 or not _fits(s0, rows, acc_n) or not _fits(d0, n * eb, spad_n) \
+            if not _fits(s0, rows, acc_n) or not _fits(d0, n * eb, spad_n) \
                     or (eb == 2 and d0 & 1):
                 return nothing
         cyc = _charge(counts, ccost, crow, pc, _key(cols, rows))
@@ -426,8 +426,9 @@ def exec_vector(cls, code, a, b, c, crow, r, e, rng, counts, ccost, spad, acc, d
                                         _i8(spad, b0, rows), out, lo, hi)
         else:
             s0 = r[_reg(a, 2)]
+            f = max(np.int64(NORM_F_FOLD[0]), min(-e[_ereg(b, 0)], np.int64(NORM_F_FOLD[1])))
             nsat = _norm_kernel(_i16(spad, x0, n).reshape(rows, cols), acc[s0 : s0 + rows], out,
-                                -e[_ereg(b, 0)], lo, hi)
+                                f, lo, hi)
         if eb == 2:
             _store(out.reshape(n), _i16(spad, d0, n))
         else:
@@ -461,9 +462,10 @@ def exec_vector(cls, code, a, b, c, crow, r, e, rng, counts, ccost, spad, acc, d
         ex = e[_ereg(b, 0)]
         x0 = r[_reg(a, 1)]
         d0 = r[_reg(a, 0)]
-        if n < 0 or ex < EXP_MIN_E or ex > EXP_MAX_E or not _fits(x0, 2 * n, spad_n) \
-                or not _fits(d0, 2 * n, spad_n) or x0 & 1 or d0 & 1:
+        if n < 0 or not _fits(x0, 2 * n, spad_n) or not _fits(d0, 2 * n, spad_n) \
+                or x0 & 1 or d0 & 1:
             return nothing
+        ex = max(np.int64(EXP_E_FOLD[0]), min(ex, np.int64(EXP_E_FOLD[1])))
         cyc = _charge(counts, ccost, crow, pc, _key(n, np.int64(-1)))
         if cyc < 0:
             return nothing
@@ -476,15 +478,18 @@ def exec_vector(cls, code, a, b, c, crow, r, e, rng, counts, ccost, spad, acc, d
         s = e[_ereg(b, 0)] - e[_ereg(b, 1)]
         t0 = r[_reg(a, 0)]
         a0 = r[_reg(a, 1)]
-        if n < 0 or s < 0 or s > 15 or not _fits(t0, n, spad_n) \
-                or not _fits(a0, 2 * n, spad_n) or a0 & 1:
+        if n < 0 or s < 0 or not _fits(t0, n, spad_n) or not _fits(a0, 2 * n, spad_n) \
+                or a0 & 1:
             return nothing
         if t0 < a0 + 2 * n and a0 < t0 + n:
             return nothing  # overlapping operands: the handler's general path
         cyc = _charge(counts, ccost, crow, pc, _key(n, np.int64(-1)))
         if cyc < 0:
             return nothing
-        _lazy_kernel(_i8(spad, t0, n), _i16(spad, a0, n), s)
+        nsat = _lazy_kernel(_i8(spad, t0, n), _i16(spad, a0, n), min(s, np.int64(LAZY_SHIFT_FOLD)))
+        if nsat:
+            flags |= FLAG_ALU
+            counts[pc, SATURATIONS] += nsat
         return OK, flags, cyc
     # dmaldacc / dmastacc (DMA overlap runs never use the interpreter)
     to_dram = cls == V_DMASTACC
@@ -571,8 +576,9 @@ def exec_update(a0, b0, c0, a2, b2, r0, r1, r2, r, e, counts, ccost, spad, acc, 
     c_sub = ccost[r1, 2]
     if cycles + c_rq >= cycle_limit or cycles + c_rq + c_sub >= cycle_limit:
         return no
-    n_rq, n_sub = _update_kernel(acc[src : src + n], _i16(spad, u, n), _i16(spad, res, n),
-                                 _i8(spad, t, n), mul, shift, _opt(c0, 0), _opt(c0, 2) != 0, s)
+    n_rq, n_sub, n_lz = _update_kernel(acc[src : src + n], _i16(spad, u, n),
+                                       _i16(spad, res, n), _i8(spad, t, n), mul, shift,
+                                       _opt(c0, 0), _opt(c0, 2) != 0, s)
     total = np.int64(0)
     for i in range(3):
         row = r0 if i == 0 else r1 if i == 1 else r2
@@ -588,5 +594,8 @@ def exec_update(a0, b0, c0, a2, b2, r0, r1, r2, r, e, counts, ccost, spad, acc, 
         flags |= FLAG_RQ
     if n_sub:
         counts[pc + 1, SATURATIONS] += n_sub
+        flags |= FLAG_ALU
+    if n_lz:
+        counts[pc + 2, SATURATIONS] += n_lz
         flags |= FLAG_ALU
     return True, flags, total

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
-from isa.encoding import Program, decode, encode, field_value_to_bits
+from isa.encoding import MAGIC, Program, decode, encode, field_value_to_bits, from_bytes
 from isa.errors import AsmError
 from isa.spec import BY_MNEMONIC, N_EXP_REGS, N_SCALAR_REGS, NAME_PATTERN, Field, Instr
 
@@ -37,6 +38,7 @@ class _Line:
     ops: list[tuple[str, int]]  # (operand text, column)
     lineno: int
     col: int
+    text: str  # the instruction as written (labels and comment removed)
 
 
 def _strip_comment(text: str) -> str:
@@ -74,7 +76,8 @@ def _parse_int(tok: str, consts: dict[str, int]) -> int | None:
 
 
 def assemble(text: str, file: str = "<asm>") -> Program:
-    """Assemble source text into a :class:`Program` (labels and a source map included)."""
+    """Assemble source text into a :class:`Program` (labels and its debug information: the
+    file, line and text of every instruction, included)."""
     consts: dict[str, int] = {}
     labels: dict[str, int] = {}
     label_pos: dict[str, tuple[int, int]] = {}
@@ -133,14 +136,14 @@ def assemble(text: str, file: str = "<asm>") -> Program:
         for tok, c in ops:
             if tok == "":
                 raise err("empty operand", lineno, c)
-        lines.append(_Line(ins, ops, lineno, col0 + 1))
+        lines.append(_Line(ins, ops, lineno, col0 + 1, rest))
 
     words: list[int] = []
     source: list[tuple[str, int]] = []
     for ln in lines:
         words.append(_encode_line(ln, consts, labels, file))
         source.append((file, ln.lineno))
-    return Program(words, labels, source, file)
+    return Program(words, labels, source, file, [ln.text for ln in lines])
 
 
 def _encode_line(ln: _Line, consts: dict[str, int], labels: dict[str, int], file: str) -> int:
@@ -250,3 +253,24 @@ def disassemble(prog: Program) -> str:
     for name in sorted(by_pc.get(len(prog.words), [])):
         out.append(f"{name}:")
     return "\n".join(out) + "\n"
+
+
+def load_program(path: str | Path) -> Program:
+    """Read a program file: assembly text (``.s``/``.asm`` or any UTF-8 text) or a binary
+    program file (``.bin``/``.lpem`` or anything starting with the magic ``LPEM``)."""
+    data = Path(path).read_bytes()
+    suffix = Path(path).suffix.lower()
+    if suffix in (".s", ".asm"):
+        return assemble(_utf8(data, str(path)), str(path))
+    if data[:4] == MAGIC or suffix in (".bin", ".lpem"):
+        return from_bytes(data, str(path))
+    return assemble(_utf8(data, str(path)), str(path))
+
+
+def _utf8(data: bytes, path: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise AsmError("source is not UTF-8 text", path, line, col) from None

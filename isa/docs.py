@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from isa.spec import OPCODE_LO, TABLE, UNITS, WORD_BITS, Field, Instr
+from isa.conventions import conventions_markdown
+from isa.spec import GEOMETRY_DOC, OPCODE_LO, TABLE, UNITS, WORD_BITS, Field, Instr
 
 
 def operand_syntax(ins: Instr) -> str:
@@ -44,9 +45,12 @@ def markdown() -> str:
         "`acc` accumulator memory (entries of `accumulator.bits`), `dram` DRAM (bytes). "
         "`sat(y, dt)` clamps to the type's range; `fit_acc(y)` saturates or wraps to the "
         "accumulator width per `accumulator.overflow` and counts an overflow when the value "
-        "changes. `floor` is exact integer floor division. Every address range is bounds-checked "
-        "before any state changes; a bad access raises a memory access error naming pc and "
-        "address.",
+        "changes. `floor` is exact floor division (of unbounded integers, or of exact "
+        "rationals). `draw()` takes the dither generator's next 64-bit draw and "
+        "`round_shift` is the requantizer's rounding (both under Machine state and "
+        "conventions, with reset values, flags, alignment, aliasing, DMA rules and every "
+        "fault). Every address range is bounds-checked before any state changes; a bad "
+        "access raises a memory access error naming pc and address.",
         "",
         "Assembly: one instruction per line; lines end at `\\n` (a `\\r` before it is "
         "dropped; no other character breaks a line). `#` or `;` starts a comment. `name:` "
@@ -62,6 +66,12 @@ def markdown() -> str:
     ]
     for op, mn, ops, unit, cost, doc in rows():
         out.append(f"| {op} | `{mn}` | `{ops}` | {unit} | {cost} | {doc} |")
+    out += ["", conventions_markdown().rstrip("\n")]
+    geo_users = ", ".join(f"`{i.mnemonic}`" for i in TABLE if "rsz" in i.by_name)
+    out += ["", "## Geometry registers", "",
+            f"Used by {geo_users} (operands `rsz, rhw, rkw, rpf`); the pseudo-code below calls "
+            "this `geometry(...)`. Image tensors are NHWC (channels last), row-major.", "",
+            "```python", GEOMETRY_DOC, "```"]
     for unit in UNITS:
         out += ["", f"## {unit} unit", ""]
         for i in TABLE:

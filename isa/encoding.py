@@ -13,9 +13,19 @@ Program file layout (little-endian)::
     24      8*n   instruction words
     ...           n_labels x (u32 pc, u16 name length, utf-8 name), sorted by (pc, name);
                   names are unique assembly label names (not mnemonics), pc <= n_words
+    ...           version 2 only: the debug section (below)
 
-Every field is checked on load; a failure raises :class:`BinaryFormatError` with the byte
-offset of the first bad byte.
+Version 1 files carry no debug information; version 2 files (written for programs that came
+from assembly) end with a debug section that maps every pc to its source::
+
+    u32 n_files
+    n_files x (u16 length, utf-8 file name)    non-empty, unique, in order of first use
+    n_words x (u16 file index, u32 line, u16 length, utf-8 source text)
+                                               line >= 1; text is one line (no CR/LF)
+
+Programs without a source map are written as version 1, byte for byte as before, so older
+readers load them; both versions are read. Every field is checked on load; a failure raises
+:class:`BinaryFormatError` with the byte offset of the first bad byte.
 """
 
 from __future__ import annotations
@@ -31,19 +41,27 @@ from isa.errors import BinaryFormatError
 from isa.spec import BY_MNEMONIC, BY_OPCODE, NAME_PATTERN, OPCODE_BITS, OPCODE_LO, Field, Instr
 
 MAGIC = b"LPEM"
-VERSION = 1
+VERSION = 1  # files without debug information
+VERSION_DEBUG = 2  # files with the debug section
 HEADER = struct.Struct("<4sHHIIII")
 _LABEL_NAME = re.compile(NAME_PATTERN)
 
 
 @dataclass
 class Program:
-    """A decoded-once program: instruction words plus its labels and optional source map."""
+    """A decoded-once program: instruction words plus its labels and optional debug
+    information: ``source`` (file, line) and ``text`` (the source line as written) per pc,
+    both empty for a program without it."""
 
     words: list[int]
     labels: dict[str, int] = field(default_factory=dict)
     source: list[tuple[str, int]] = field(default_factory=list)  # (file, line) per pc
     name: str = "<program>"
+    text: list[str] = field(default_factory=list)  # source text per pc ("" if unknown)
+
+    @property
+    def has_debug_info(self) -> bool:
+        return bool(self.source) and len(self.source) == len(self.words)
 
     def __len__(self) -> int:
         return len(self.words)
@@ -170,17 +188,46 @@ def opcode_mask() -> int:
 # Program files
 
 
-def to_bytes(prog: Program) -> bytes:
+def to_bytes(prog: Program, debug: bool = True) -> bytes:
+    """The program file of ``prog``: version 2 with its debug section when it has a source map
+    and ``debug`` is true, else version 1 (no debug information)."""
     body = bytearray()
     for w in prog.words:
         body += struct.pack("<Q", w)
     for name, pc in sorted(prog.labels.items(), key=lambda kv: (kv[1], kv[0])):
         raw = name.encode("utf-8")
         body += struct.pack("<IH", pc, len(raw)) + raw
+    version = VERSION
+    if debug and prog.has_debug_info:
+        version = VERSION_DEBUG
+        body += _debug_section(prog)
     header = HEADER.pack(
-        MAGIC, VERSION, 0, len(prog.words), len(prog.labels), len(body), zlib.crc32(body)
+        MAGIC, version, 0, len(prog.words), len(prog.labels), len(body), zlib.crc32(body)
     )
     return header + bytes(body)
+
+
+def _one_line(text: str) -> bytes:
+    """``text`` on one line as UTF-8, at most 65535 bytes (never cutting a character)."""
+    raw = text.replace("\r", " ").replace("\n", " ").encode("utf-8")[:0xFFFF]
+    return raw.decode("utf-8", "ignore").encode("utf-8")
+
+
+def _debug_section(prog: Program) -> bytes:
+    names = [_one_line(f) or b"<unknown>" for f, _ in prog.source]
+    files: dict[bytes, int] = {}
+    for f in names:
+        files.setdefault(f, len(files))
+    if len(files) > 0xFFFF:
+        raise ValueError("more than 65535 source files")
+    out = bytearray(struct.pack("<I", len(files)))
+    for raw in files:
+        out += struct.pack("<H", len(raw)) + raw
+    texts = prog.text if len(prog.text) == len(prog.words) else [""] * len(prog.words)
+    for f, (_, line), text in zip(names, prog.source, texts, strict=True):
+        raw = _one_line(text)
+        out += struct.pack("<HIH", files[f], min(max(line, 1), 0xFFFFFFFF), len(raw)) + raw
+    return bytes(out)
 
 
 def from_bytes(data: bytes, file: str = "<bytes>") -> Program:
@@ -193,8 +240,9 @@ def from_bytes(data: bytes, file: str = "<bytes>") -> Program:
     magic, version, reserved, n_words, n_labels, payload, crc = HEADER.unpack_from(data)
     if magic != MAGIC:
         raise BinaryFormatError(f"bad magic {magic!r}, expected {MAGIC!r}", file, 0)
-    if version != VERSION:
-        raise BinaryFormatError(f"unsupported version {version}, expected {VERSION}", file, 4)
+    if version not in (VERSION, VERSION_DEBUG):
+        raise BinaryFormatError(
+            f"unsupported version {version}, expected {VERSION} or {VERSION_DEBUG}", file, 4)
     if reserved:
         raise BinaryFormatError("reserved header field is not zero", file, 6)
     body = data[HEADER.size :]
@@ -242,13 +290,76 @@ def from_bytes(data: bytes, file: str = "<bytes>") -> Program:
         prev = (pc, name)
         labels[name] = pc
         off += 6 + n
+    source: list[tuple[str, int]] = []
+    text: list[str] = []
+    if version == VERSION_DEBUG:
+        source, text, off = _read_debug(data, off, n_words, file)
     if off != len(data):
-        raise BinaryFormatError("trailing bytes after the label table", file, off)
-    return Program(words, labels, [], file)
+        what = "debug section" if version == VERSION_DEBUG else "label table"
+        raise BinaryFormatError(f"trailing bytes after the {what}", file, off)
+    return Program(words, labels, source, file, text)
 
 
-def write_program(prog: Program, path: str | Path) -> None:
-    Path(path).write_bytes(to_bytes(prog))
+def _read_debug(data: bytes, off: int, n_words: int, file: str
+                ) -> tuple[list[tuple[str, int]], list[str], int]:
+    """Parse the debug section at ``off``: (source map, source texts, offset after it)."""
+
+    def need(n: int, what: str) -> None:
+        if off + n > len(data):
+            raise BinaryFormatError(f"debug section truncated in {what}", file, off)
+
+    def utf8(start: int, n: int, what: str) -> str:
+        try:
+            return data[start : start + n].decode("utf-8")
+        except UnicodeDecodeError:
+            raise BinaryFormatError(f"{what} is not utf-8", file, start) from None
+
+    need(4, "the file count")
+    (n_files,) = struct.unpack_from("<I", data, off)
+    if n_files > 0xFFFF or (n_files == 0 and n_words):
+        raise BinaryFormatError(f"debug section names {n_files} source files", file, off)
+    off += 4
+    files: list[str] = []
+    starts: list[int] = []
+    for _ in range(n_files):
+        need(2, "a file name")
+        (n,) = struct.unpack_from("<H", data, off)
+        need(2 + n, "a file name")
+        name = utf8(off + 2, n, "source file name")
+        if not name or name in files or "\n" in name or "\r" in name:
+            raise BinaryFormatError(f"bad or repeated source file name {name!r}", file, off)
+        files.append(name)
+        starts.append(off)
+        off += 2 + n
+    source: list[tuple[str, int]] = []
+    text: list[str] = []
+    used = 0  # files are listed in order of first use: the next new one must be files[used]
+    for pc in range(n_words):
+        need(8, f"the entry of pc {pc}")
+        idx, line, n = struct.unpack_from("<HIH", data, off)
+        if idx > used or idx >= n_files:
+            raise BinaryFormatError(f"pc {pc}: source file index {idx} out of order or range",
+                                    file, off)
+        used = max(used, idx + 1)
+        if line < 1:
+            raise BinaryFormatError(f"pc {pc}: source line {line} (lines start at 1)", file,
+                                    off + 2)
+        need(8 + n, f"the text of pc {pc}")
+        t = utf8(off + 8, n, f"pc {pc}: source text")
+        if "\n" in t or "\r" in t:
+            raise BinaryFormatError(f"pc {pc}: source text spans lines", file, off + 8)
+        source.append((files[idx], line))
+        text.append(t)
+        off += 8 + n
+    if used != n_files:
+        raise BinaryFormatError(f"source file {files[used]!r} is never used", file,
+                                starts[used])
+    return source, text, off
+
+
+def write_program(prog: Program, path: str | Path, debug: bool = True) -> None:
+    """Write ``prog`` as a program file (with its debug section unless ``debug`` is false)."""
+    Path(path).write_bytes(to_bytes(prog, debug))
 
 
 def read_program(path: str | Path) -> Program:

@@ -21,9 +21,20 @@ class LpemuError(Exception):
     def location(self) -> str:
         return ""
 
+    def __reduce__(self):  # pickle by state: subclasses' __init__ take location arguments
+        return (_rebuild, (type(self), self.args, dict(self.__dict__)))
+
     def __str__(self) -> str:
         loc = self.location()
         return f"{loc}: {self.kind}: {self.message}" if loc else f"{self.kind}: {self.message}"
+
+
+def _rebuild(cls: type[LpemuError], args: tuple, state: dict) -> LpemuError:
+    """Unpickle an :class:`LpemuError` (errors cross process boundaries in sweeps)."""
+    err = cls.__new__(cls)
+    Exception.__init__(err, *args)
+    err.__dict__.update(state)
+    return err
 
 
 class UsageError(LpemuError):
@@ -85,7 +96,10 @@ class ConfigError(LpemuError):
 
 
 class ExecutionError(LpemuError):
-    """A fault while running a program, located by program counter (and label if known)."""
+    """A fault while running a program, located by program counter. Once annotated
+    (``emulator.debug.annotate``, done by ``lpemu run`` and the Python API), it also names the
+    nearest label and the offset from it and, for a program with debug information, the
+    source file, line and the instruction text."""
 
     exit_code = 6
     kind = "execution error"
@@ -93,9 +107,31 @@ class ExecutionError(LpemuError):
     def __init__(self, message: str, pc: int) -> None:
         super().__init__(message)
         self.pc = pc
+        self.label: str | None = None  # nearest label at or before pc
+        self.label_offset = 0
+        self.source_file: str | None = None
+        self.source_line: int | None = None
+        self.text: str | None = None  # the faulting instruction (source text or disassembly)
+
+    def where(self) -> str:
+        """``pc N`` or ``pc N (label+offset)``."""
+        if not getattr(self, "label", None):
+            return f"pc {self.pc}"
+        off = getattr(self, "label_offset", 0)
+        return f"pc {self.pc} ({self.label}+{off})" if off else f"pc {self.pc} ({self.label})"
+
+    def source_prefix(self) -> str:
+        """``file:line: `` when the source is known, else ""."""
+        f = getattr(self, "source_file", None)
+        return f"{f}:{self.source_line}: " if f else ""
 
     def location(self) -> str:
-        return f"pc {self.pc}"
+        return f"{self.source_prefix()}{self.where()}"
+
+    def __str__(self) -> str:
+        s = super().__str__()
+        text = getattr(self, "text", None)
+        return f"{s}; instruction: {text}" if text else s
 
 
 class MemoryAccessError(ExecutionError):
@@ -109,7 +145,7 @@ class MemoryAccessError(ExecutionError):
         self.memory, self.address = memory, address
 
     def location(self) -> str:
-        return f"pc {self.pc}: {self.memory}[{self.address:#x}]"
+        return f"{super().location()}: {self.memory}[{self.address:#x}]"
 
 
 class BudgetExceeded(ExecutionError):
@@ -123,7 +159,7 @@ class BudgetExceeded(ExecutionError):
         self.steps, self.cycles = steps, cycles
 
     def location(self) -> str:
-        return f"pc {self.pc} after {self.steps} steps, {self.cycles} cycles"
+        return f"{super().location()} after {self.steps} steps, {self.cycles} cycles"
 
 
 class CheckpointError(LpemuError):
@@ -139,3 +175,52 @@ class CheckpointError(LpemuError):
 
     def location(self) -> str:
         return self.file if self.offset is None else f"{self.file}@byte {self.offset}"
+
+
+class CountOnlyError(ExecutionError):
+    """Count-only mode refused a program: at ``pc`` a counter (or a fault, or the control flow)
+    depends on values that only running the datapath would produce (docs/timing.md)."""
+
+    exit_code = 12
+    kind = "count-only refused"
+
+    def __init__(self, message: str, pc: int, instruction: str = "") -> None:
+        super().__init__(message, pc)
+        self.instruction = instruction
+
+    def location(self) -> str:
+        return f"pc {self.pc} ({self.instruction})" if self.instruction else f"pc {self.pc}"
+
+
+class SweepError(LpemuError):
+    """A sweep's results file cannot be used (unreadable, not a results table of lpemu), or
+    the Dask cluster cannot be reached. Names the file or the scheduler address."""
+
+    exit_code = 13
+    kind = "sweep error"
+
+    def __init__(self, message: str, where: str) -> None:
+        super().__init__(message)
+        self.where = where
+
+    def location(self) -> str:
+        return self.where
+
+
+class DatasetError(LpemuError):
+    """A dataset file that cannot be used: missing, unreadable, truncated or malformed (IDX,
+    npz, gzip). Names the file, the npz member when there is one, and the byte offset of the
+    fault when one applies (for ``.gz`` files and npz members: the offset in the uncompressed
+    content)."""
+
+    exit_code = 11
+    kind = "dataset error"
+
+    def __init__(self, message: str, file: str, offset: int | None = None,
+                 member: str = "") -> None:
+        super().__init__(message)
+        self.file, self.offset, self.member = file, offset, member
+
+    def location(self) -> str:
+        loc = f"{self.file}:{self.member}" if self.member else self.file
+        return loc if self.offset is None else f"{loc}@byte {self.offset}"

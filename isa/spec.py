@@ -205,8 +205,8 @@ for _i, (_m, _cond, _doc) in enumerate(
 _def("jmp", 0x18, (TARGET(),), "scalar", "branch", "Jump.", "pc = target")
 _def(
     "flags", 0x19, (R("rd"),), "scalar", "scalar",
-    "Read the sticky flags (bit 0 accumulator overflow, bit 1 requantize saturation, "
-    "bit 2 ALU saturation).",
+    "Read the sticky flags (bit 0 accumulator overflow, bit 1 requantizer saturation, "
+    "bit 2 vector-unit saturation; see Sticky flags).",
     "r[rd] = flags",
 )
 _def("clrflags", 0x1A, (), "scalar", "scalar", "Clear the sticky flags.", "flags = 0")
@@ -256,6 +256,7 @@ _def(
 B = 8 if dt == i8 else 16
 nbits = max(bitlen(v if v >= 0 else ~v) for v in acc[racc : racc + r[rn]])   # 0 if all 0/-1
 e[ed] = e[ein] + nbits - (B - 1)      # shift that makes every v >> s fit in B bits
+# nbits <= 31; a result outside the 32-bit exponent range faults (nothing is written)
 """,
 )
 
@@ -287,6 +288,8 @@ _def(
     "dma", "dma",
     "Copy a 2-D block of bytes from DRAM to the scratchpad.",
     """
+# strides >= 0; source rows may overlap (stride 0 repeats a row); destination rows must not
+# (rows > 1, bytes > 0 and rsstride < rbytes faults). See DMA rules.
 for i in range(r[rrows]):
     sp[r[rsp] + i*r[rsstride] : +r[rbytes]] = dram[r[rdram] + i*r[rdstride] : +r[rbytes]]
 """,
@@ -297,6 +300,8 @@ _def(
     "dma", "dma",
     "Copy a 2-D block of bytes from the scratchpad to DRAM.",
     """
+# strides >= 0; source rows may overlap (stride 0 repeats a row); destination rows must not
+# (rows > 1, bytes > 0 and rdstride < rbytes faults). See DMA rules.
 for i in range(r[rrows]):
     dram[r[rdram] + i*r[rdstride] : +r[rbytes]] = sp[r[rsp] + i*r[rsstride] : +r[rbytes]]
 """,
@@ -307,6 +312,7 @@ _def(
     "Load a 2-D block of little-endian int32 values from DRAM into accumulator memory "
     "(dense rows), saturated or wrapped to the accumulator width.",
     """
+# rdstride >= 0; source rows may overlap. fit_acc overflows set flag bit 0 (acc_overflows)
 for i in range(r[rrows]), j in range(r[rcols]):
     acc[r[racc] + i*r[rcols] + j] = fit_acc(int32_le(dram, r[rdram] + i*r[rdstride] + 4*j))
 """,
@@ -316,6 +322,8 @@ _def(
     "dma", "dma_acc",
     "Store a 2-D block of accumulator entries to DRAM as little-endian int32.",
     """
+# rdstride >= 0; destination rows must not overlap (rows > 1, cols > 0, rdstride < 4*rcols
+# faults)
 for i in range(r[rrows]), j in range(r[rcols]):
     int32_le(dram, r[rdram] + i*r[rdstride] + 4*j) = acc[r[racc] + i*r[rcols] + j]
 """,
@@ -349,6 +357,7 @@ P[i,j] = sum_k A[i,k] * B[k,j]                # exact: the adder tree is wide en
 # INT16 x = hi*256 + lo (hi signed byte, lo unsigned byte); each pass is an 8-bit product:
 #   P = sum over passes (A_part @ B_part) << (8*(#hi parts)), bit-identical to the direct product
 C[i,j] = fit_acc((C[i,j] if acc else 0) + P[i,j])   # saturate or wrap; overflow flag + count
+# K = 0: P = 0 (an empty sum), so C[M,N] is cleared unless acc; M = 0 or N = 0: nothing
 skipped MACs (sa/sb): |{(i,k,j) : (sa and A[i,k]==0) or (sb and B[k,j]==0)}|
 """,
 )
@@ -371,18 +380,17 @@ _def(
     "vector", "requant",
     "Requantize accumulator entries to INT8/INT16: shift s = e[eout] - e[ein], round, saturate.",
     """
-s = e[eout] - e[ein]                      # must lie in [-31, 31]
-for i in range(r[rn]):
+s = e[eout] - e[ein]                      # any value: |s| < 2**32 (see Requantizer rounding)
+for i in range(r[rn]):                    # ascending i
     a = acc[r[racc] + i]
-    if s <= 0: y = a << -s
-    elif rnd == nearest:    y = floor((a + 2**(s-1)) / 2**s)       # ties round up (+inf)
-    elif rnd == trunc:      y = floor(a / 2**s)                     # arithmetic shift
-    elif rnd == uniform:    y = floor((a + d + 2**(s-1)) / 2**s)    # d = u - 2**(s-1)
-    elif rnd == triangular: y = floor((a + d + 2**(s-1)) / 2**s)    # d = u + v - 2**s + b
-    #   z = splitmix64(rng.seed, rng.counter); rng.counter += 1   (one draw per element, s > 0)
-    #   u = z & (2**s-1);  v = (z >> s) & (2**s-1);  b = (z >> 2s) & 1
+    z = draw() if rnd in (uniform, triangular) and s > 0 else 0   # one draw per element
+    y = round_shift(a, s, rnd, z)
+    #   s <= 0: a * 2**-s;  nearest: floor((a + 2**(s-1)) / 2**s) (ties up);  trunc: floor(a / 2**s)
+    #   uniform (s <= 64): floor((a + u) / 2**s), u = z mod 2**s   (exactly unbiased)
+    #   triangular (s <= 31): floor((a + u + v + b - 2**(s-1)) / 2**s), v = (z >> s) mod 2**s,
+    #                         b = (z >> 2s) & 1;  wider shifts: see Requantizer rounding
     if relu: y = max(y, 0)
-    sp[r[rd] + i] = saturate(y, dt)       # saturation sets flag bit 1 and is counted
+    sp[r[rd] + i] = sat(y, dt)            # saturation sets flag bit 1, counted in saturations
 """,
 )
 
@@ -403,13 +411,14 @@ _def(
     "Requantize with a fixed-point multiplier: like rq applied to acc * r[rmul] (learning-rate "
     "and batch scaling).",
     """
-mul = r[rmul]                             # must fit in 32 bits (signed)
-s = e[eout] - e[ein]                      # must lie in [-31, 31]
-for i in range(r[rn]):
-    a = acc[r[racc] + i] * mul            # exact (at most 63 bits)
-    y = round_shift(a, s, rnd)            # exactly as rq, one draw per element for dither, s > 0
+mul = r[rmul]                             # must fit in 32 bits (signed), else a fault
+s = e[eout] - e[ein]                      # any value: |s| < 2**32
+for i in range(r[rn]):                    # ascending i
+    a = acc[r[racc] + i] * mul            # exact: |a| <= 2**62 (a 63-bit signed product)
+    z = draw() if rnd in (uniform, triangular) and s > 0 else 0   # one draw per element
+    y = round_shift(a, s, rnd, z)         # exactly as rq (see Requantizer rounding)
     if relu: y = max(y, 0)
-    sp[r[rd] + i] = saturate(y, dt)
+    sp[r[rd] + i] = sat(y, dt)            # saturation sets flag bit 1, counted in saturations
 """,
 )
 _def(
@@ -429,11 +438,12 @@ _def(
     "Requantize scratchpad elements to another exponent and type (same rounding, dither and "
     "saturation as rq).",
     """
-s = e[eout] - e[ein]                      # must lie in [-31, 31]
+s = e[eout] - e[ein]                      # any value: |s| < 2**32
 for i in range(r[rn]):                    # all sources are read before any result is written
-    y = round_shift(sp[r[ra]][i] as sdt, s, rnd)   # one draw per element for dither, s > 0
+    z = draw() if rnd in (uniform, triangular) and s > 0 else 0   # one draw per element
+    y = round_shift(sp[r[ra]][i] as sdt, s, rnd, z)                 # as rq
     if relu: y = max(y, 0)
-    sp[r[rd]][i] as ddt = saturate(y, ddt)
+    sp[r[rd]][i] as ddt = sat(y, ddt)     # saturation sets flag bit 1, counted in saturations
 """,
 )
 
@@ -512,7 +522,8 @@ _def(
     "INT16 (Q14), by a log2(e) multiply, a 256-entry 2**-f table and a shifter.",
     """
 # EXP_LUT[f] = round(2**14 * 2**(-f/256)), f = 0..255 (exact, see emulator/reference.py)
-# LOG2E_Q16 = 94548 = round(log2(e) * 2**16); e[ea] must lie in [-24, 8]
+# LOG2E_Q16 = 94548 = round(log2(e) * 2**16). Any e[ea]: results stop changing outside
+# [-25, 9] (e <= -25: u = 0, y = 16384; e >= 9: y = 0 for x < 0), so e may be clamped there
 for i in range(r[rn]):
     x = min(sp[r[ra]][i] as i16, 0)
     t = x * LOG2E_Q16                      # log2 of the result in units of 2**(e[ea]-16)
@@ -520,7 +531,7 @@ for i in range(r[rn]):
     u = (t + (1 << (sh-1))) >> sh if sh > 0 else t << -sh   # u <= 0
     n, f = (-u) >> 8, (-u) & 255          # 2**(u/256) = 2**-n * 2**(-f/256)
     y = EXP_LUT[f] if n == 0 else ((EXP_LUT[f] + (1 << (n-1))) >> n if n < 31 else 0)
-    sp[r[rd]][i] as i16 = y
+    sp[r[rd]][i] as i16 = y                # 0 <= y <= 16384: never saturates
 """,
 )
 _def(
@@ -530,13 +541,16 @@ _def(
     "Divide every element of a row by that row's sum held in accumulator memory (softmax "
     "normalization), rounding to nearest onto the grid 2**e[eout].",
     """
-f = -e[eout]                              # fraction bits of the result, 0 <= f <= 30
+f = -e[eout]                              # fraction bits of the result: any value
 for i in range(r[rrows]):
     S = acc[r[racc] + i]
     for j in range(r[rcols]):
         p = sp[r[ra]][i*r[rcols] + j] as i16
-        y = floor((p * 2**(f+1) + S) / (2*S)) if S > 0 else 0    # ties round up
-        sp[r[rd]][i*r[rcols] + j] = saturate(y, dt)
+        y = floor(p * 2**f / S + 1/2) if S > 0 else 0     # exact rational; ties round up
+        #   f >= 0: floor((p * 2**(f+1) + S) / (2*S));  f < 0: floor((2p + S*2**-f) / (2*S*2**-f))
+        sp[r[rd]][i*r[rcols] + j] = sat(y, dt)   # saturation sets flag bit 2, counted
+# results stop changing outside -17 <= f <= 47 (f <= -17: y = 0; f >= 47: every p != 0
+# saturates), so f may be clamped there
 """,
 )
 _def(
@@ -544,18 +558,236 @@ _def(
     "Lazy update (Kahan summation, Park et al. Alg. 1): move the part of the INT16 update "
     "accumulator that the INT8 parameter grid can represent into the parameter.",
     """
-s = e[et] - e[ea]                         # parameter grid over accumulator grid, 0 <= s <= 15
-for i in range(r[rn]):
+s = e[et] - e[ea]                         # parameter grid over accumulator grid; s < 0 faults
+for i in range(r[rn]):                    # all of both ranges are read before any write
     theta, a = sp[r[rt]][i] as i8, sp[r[ra]][i] as i16
     d = (a + (1 << (s-1))) >> s if s > 0 else a     # round to the parameter grid, ties up
-    tn = saturate(theta + d, i8)
+    tn = sat(theta + d, i8)               # saturation sets flag bit 2, counted in saturations
     sp[r[rt]][i] as i8 = tn
     sp[r[ra]][i] as i16 = a - ((tn - theta) << s)  # the residual stays in the accumulator
+# every s >= 16 gives d = 0 (|a| < 2**15): nothing moves, so s may be clamped to 16.
+# The residual always fits INT16. Writes: all parameters, then all residuals (where the two
+# ranges overlap, the residual's bytes are the ones left).
 """,
 )
+
+# ---------------------------------------------------------------------------------------------
+# What Adam needs: a reciprocal square root and an exact widening multiply.
+_def(
+    "vrsqrt", 0x64,
+    (R("rd", "scratchpad destination (INT16)"), R("ra", "scratchpad source (INT16)"),
+     R("rn", "element count"), E("eout", "exponent of the result"),
+     E("ein", "exponent of the source")),
+    "vector", "rsqrt",
+    "Reciprocal square root: INT16 x at exponent e[ein] -> 1/sqrt(x * 2**e[ein]) in INT16 at "
+    "exponent e[eout], correctly rounded (a restoring divider and square root, all integer).",
+    """
+K = -e[ein] - 2 * e[eout]                 # y * 2**e[eout] ~ 1 / sqrt(x * 2**e[ein]): y ~ sqrt(2**K / x)
+for i in range(r[rn]):                    # all sources are read before any result is written
+    x = max(sp[r[ra]][i] as i16, 0)
+    if x == 0: y = +inf                   # saturates
+    else:      y = (isqrt(floor(2**(K+2) / x)) + 1) // 2    # = floor(sqrt(2**K / x) + 1/2)
+    sp[r[rd]][i] as i16 = sat(y, i16)     # saturation sets flag bit 2, counted in saturations
+# isqrt(N) = floor(sqrt(N)); floor(2**(K+2) / x) = 0 when K + 2 < 0. Results stop changing
+# outside -3 <= K <= 46 (K <= -3: y = 0 for x >= 1; K >= 45: every x saturates), so K may be
+# clamped there
+""",
+)
+_def(
+    "vwmul", 0x65,
+    (R("racc", "accumulator destination"), R("ra", "scratchpad source A"),
+     R("rb", "scratchpad source B"), R("rn", "element count"),
+     ENUM("da", DTYPES, "type of A"), ENUM("db", DTYPES, "type of B"),
+     FLAG("acc", "add to the accumulator instead of overwriting it")),
+    "vector", "wmul",
+    "Widening elementwise multiply into accumulator memory: exact INT8/INT16 products "
+    "(no INT16 saturation), optionally accumulated.",
+    """
+for i in range(r[rn]):
+    p = (sp[r[ra]][i] as da) * (sp[r[rb]][i] as db)      # exact, |p| <= 2**30
+    acc[r[racc] + i] = fit_acc((acc[r[racc] + i] if acc else 0) + p)
+    # an overflow (accumulator narrower than the product) sets flag bit 0, counted in
+    # acc_overflows
+""",
+)
+
+# ---------------------------------------------------------------------------------------------
+# Convolution, pooling and bias (opcodes 0x68-0x6F). Image tensors are NHWC (channels last),
+# row-major, INT8/INT16 little-endian. Every instruction below reads the same four geometry
+# registers (GEOMETRY_DOC; docs/isa.md prints it once, under "Geometry registers").
+
+GEOMETRY_DOC = """
+Four scalar registers describe an image geometry. Each must hold a value in [0, 2**32) (else the
+instruction faults, naming the register); the fields are unsigned bit ranges of that value:
+
+    rsz: N = bits [15:0] (batch),          C  = bits [31:16] (channels)
+    rhw: H = bits [15:0] (input height),   W  = bits [31:16] (input width)
+    rkw: KH = [7:0], KW = [15:8] (window), SH = [23:16], SW = [31:24] (strides)
+    rpf: PH = [7:0], PW = [15:8] (zero padding on each side), F = [31:16] (filters; conv only)
+
+    require KH, KW, SH, SW >= 1                      # else fault (bad geometry)
+    require H + 2*PH >= KH and W + 2*PW >= KW        # else fault (window larger than the input)
+    OH = (H + 2*PH - KH) // SH + 1;  OW = (W + 2*PW - KW) // SW + 1
+    M = N*OH*OW    # output pixels, rows m = (n, oh, ow) in that order: m = (n*OH + oh)*OW + ow
+    K = KH*KW*C    # window elements, columns k = (kh, kw, c):            k = (kh*KW + kw)*C + c
+    inside(ih, iw) = 0 <= ih < H and 0 <= iw < W
+    # window position (kh, kw) of output pixel (oh, ow) is input position
+    #   ih = oh*SH + kh - PH,  iw = ow*SW + kw - PW       (outside the input: padding)
+    col(X)[m, k] = X[n, ih, iw, c] if inside(ih, iw) else 0            # the im2col view
+
+N, C, H, W and F may be 0 (no work; costs as the hook gives for empty shapes). An image X of
+shape [N,H,W,C] at scratchpad address a holds X[n,ih,iw,c] at element ((n*H + ih)*W + iw)*C + c;
+every operand's whole extent is bounds-checked, and every geometry rule checked, before any
+state changes. The im2col view is walked by the address generators: no copy of it exists in any
+memory.
+""".strip("\n")
+
+CONV_MODES = ("fwd", "wgrad", "dgrad")
+_GEO = (R("rsz", "N, C"), R("rhw", "H, W"), R("rkw", "KH, KW, SH, SW"), R("rpf", "PH, PW, F"))
+
+_def(
+    "conv", 0x68,
+    (
+        R("rc", "accumulator address of the output"),
+        R("rx", "scratchpad address of X (fwd, wgrad) or dZ (dgrad)"),
+        R("rw", "scratchpad address of W (fwd, dgrad) or dZ (wgrad)"),
+        *_GEO,
+        ENUM("mode", CONV_MODES, "which GEMM over the im2col view"),
+        FLAG("acc", "add to the output instead of overwriting it"),
+        FLAG("sa", "skip MACs whose A element is zero (padding zeros of col(X) included)"),
+        FLAG("sb", "skip MACs whose B element is zero"),
+        ENUM("da", DTYPES, "type of the rx operand"),
+        ENUM("db", DTYPES, "type of the rw operand"),
+    ),
+    "matrix", "conv",
+    "A whole convolution (forward, weight gradient or input gradient) as one GEMM over the "
+    "im2col view of an NHWC image; INT16 operands run as byte-passes as in gemm.",
+    """
+geometry(r[rsz], r[rhw], r[rkw], r[rpf])  # N C H W KH KW SH SW PH PW F, OH OW M K, col(): see above
+if mode == fwd:     # the GEMM (M, K, F):  A = col(X) [M,K],  B = Wt [K,F]
+    X = sp[r[rx]] as da, [N,H,W,C];   Wt = sp[r[rw]] as db, [K,F]
+    for m, f:  acc[r[rc] + m*F + f] = fit_acc((acc[..] if acc else 0)
+                                              + sum_k col(X)[m,k] * Wt[k,f])      # out: [M,F]
+if mode == wgrad:   # the GEMM (K, M, F):  A = col(X)^T [K,M],  B = dZ [M,F]
+    X = sp[r[rx]] as da, [N,H,W,C];   dZ = sp[r[rw]] as db, [M,F]
+    for k, f:  acc[r[rc] + k*F + f] = fit_acc((acc[..] if acc else 0)
+                                              + sum_m col(X)[m,k] * dZ[m,f])      # out: [K,F]
+if mode == dgrad:   # the GEMM (M, F, K):  A = dZ [M,F],  B = Wt^T [F,K];  then col2im
+    dZ = sp[r[rx]] as da, [M,F];      Wt = sp[r[rw]] as db, [K,F]
+    P[m,k] = sum_f dZ[m,f] * Wt[k,f]
+    S[n,ih,iw,c] = sum of P[m,k] over the (m, k) = ((n,oh,ow), (kh,kw,c)) whose window position
+                   is (ih, iw); a P[m,k] whose position is in the padding is computed, discarded
+    for n, ih, iw, c:                                                             # out: [N,H,W,C]
+        acc[r[rc] + ((n*H + ih)*W + iw)*C + c] = fit_acc((acc[..] if acc else 0) + S[n,ih,iw,c])
+# every sum is exact (one fit_acc per output entry; positions no window covers get
+# fit_acc(0) = 0, or keep their value with acc=1); INT16 operands as gemm (P = bytes(da)*bytes(db))
+# macs + macs_skipped = M*K*F in every mode; skipped MACs are gemm's formula on the mode's A, B:
+#   |{(i,k,j) : (sa and A[i,k] == 0) or (sb and B[k,j] == 0)}|  (zeros of col(X) in the padding count)
+""",
+)
+_def(
+    "vmaxpool", 0x69,
+    (
+        R("rd", "scratchpad address of Y [N,OH,OW,C]"),
+        R("ra", "scratchpad address of X [N,H,W,C]"),
+        R("ri", "scratchpad address of the uint8 indices (idx=1)"),
+        *_GEO,
+        DT,
+        FLAG("idx", "also write the index of each maximum (for vunpool mode=max)"),
+    ),
+    "vector", "pool",
+    "Max pooling of an NHWC image; optionally records where each maximum came from.",
+    """
+geometry(r[rsz], r[rhw], r[rkw], r[rpf])  # F is ignored
+require every output pixel's window has a position inside the input   # else fault; as
+    # windows fit the padded input, this holds exactly when H, W >= 1, KH > PH and KW > PW
+require KH*KW <= 256 if idx                                          # else fault; ri is
+    # ignored (not read, written or checked) when idx == 0
+X = sp[r[ra]] as dt, [N,H,W,C]            # read completely before anything is written
+for n, oh, ow, c:
+    best = arg = None
+    for kh in range(KH), kw in range(KW):                          # scan order
+        ih, iw = oh*SH + kh - PH, ow*SW + kw - PW
+        if inside(ih, iw) and (best is None or X[n,ih,iw,c] > best):   # padding never wins;
+            best, arg = X[n,ih,iw,c], kh*KW + kw                      # the first maximum wins
+    Y[n,oh,ow,c] = best                   # Y = sp[r[rd]] as dt, [N,OH,OW,C]
+    if idx: sp[r[ri] + ((n*OH + oh)*OW + ow)*C + c] as u8 = arg   # written after all of Y
+""",
+)
+_def(
+    "vsumpool", 0x6A,
+    (R("racc", "accumulator address of the sums [N,OH,OW,C]"),
+     R("ra", "scratchpad address of X [N,H,W,C]"), *_GEO, DT),
+    "vector", "pool",
+    "Window sums of an NHWC image into the accumulator (average pooling before its 1/(KH KW) "
+    "scale, which rq/rqm apply).",
+    """
+geometry(r[rsz], r[rhw], r[rkw], r[rpf])  # F is ignored
+X = sp[r[ra]] as dt, [N,H,W,C]
+for n, oh, ow, c:
+    acc[r[racc] + ((n*OH + oh)*OW + ow)*C + c] = fit_acc(
+        sum(X[n,ih,iw,c] for kh, kw in window if inside(ih, iw)))   # exact; padding adds 0
+""",
+)
+_def(
+    "vunpool", 0x6B,
+    (
+        R("racc", "accumulator address of dX [N,H,W,C]"),
+        R("ra", "scratchpad address of dY [N,OH,OW,C]"),
+        R("ri", "scratchpad address of the uint8 indices (mode=max)"),
+        *_GEO,
+        ENUM("mode", ("max", "sum"), "backward of vmaxpool (indices) or of vsumpool"),
+        FLAG("acc", "add to dX instead of overwriting it"),
+        DT,
+    ),
+    "vector", "unpool",
+    "Pooling backward: scatter-add dY into dX in the accumulator, to the recorded maximum "
+    "(mode=max) or to every window position (mode=sum).",
+    """
+geometry(r[rsz], r[rhw], r[rkw], r[rpf])  # F is ignored
+dY = sp[r[ra]] as dt, [N,OH,OW,C];  S[n,ih,iw,c] = 0
+if mode == max:
+    I = sp[r[ri]] as u8, [N,OH,OW,C]
+    require every I < KH*KW and selects a position inside the input   # else fault
+    for n, oh, ow, c:
+        kh, kw = I[n,oh,ow,c] // KW, I[n,oh,ow,c] % KW
+        S[n, oh*SH + kh - PH, ow*SW + kw - PW, c] += dY[n,oh,ow,c]
+if mode == sum:
+    for n, oh, ow, c, kh, kw:
+        if inside(ih, iw): S[n, ih, iw, c] += dY[n,oh,ow,c]     # ih, iw as in the geometry
+for n, ih, iw, c:                                               # one exact sum, then one fit
+    acc[r[racc] + ((n*H + ih)*W + iw)*C + c] = fit_acc((acc[..] if acc else 0) + S[n,ih,iw,c])
+""",
+)
+_def(
+    "vbias", 0x6C,
+    (
+        R("racc", "accumulator address of the [rows, cols] block"),
+        R("rb", "scratchpad address of the bias vector [cols]"),
+        R("rrows"), R("rcols"),
+        E("eacc", "exponent of the accumulator block"),
+        E("eb", "exponent of the bias"),
+        DT,
+    ),
+    "vector", "bias",
+    "Add a per-column bias vector, brought onto the accumulator's grid, to every row of an "
+    "accumulator block.",
+    """
+s = e[eacc] - e[eb]                       # any difference of two 32-bit exponents
+for j in range(r[rcols]):
+    v = sp[r[rb]][j] as dt
+    b[j] = v * 2**-s if s <= 0 else floor((v + 2**(s-1)) / 2**s)   # exact / nearest, ties up
+for i in range(r[rrows]), j in range(r[rcols]):
+    acc[r[racc] + i*r[rcols] + j] = fit_acc(acc[r[racc] + i*r[rcols] + j] + b[j])   # exact sum
+# results are constant for s >= 16 (every b[j] = 0) and for s <= -33 (every nonzero b[j] is
+# at least 2**33: fit_acc saturates to its sign's limit, or wraps back to the old value, and
+# counts an overflow), so s may be clamped to [-33, 16]
+""",
+)
+CONV_COST_HOOKS = ("conv", "pool", "unpool", "bias")
 
 TABLE: tuple[Instr, ...] = tuple(_ENTRIES)
 BY_MNEMONIC: dict[str, Instr] = {i.mnemonic: i for i in TABLE}
 BY_OPCODE: dict[int, Instr] = {i.opcode: i for i in TABLE}
 UNITS = ("scalar", "dma", "matrix", "vector")
-COST_HOOKS = ("scalar", "scalar_mem", "scalar_acc", "branch", "convert", "exp", "divide", "lazy", "scan", "dma", "dma_acc", "gemm", "requant", "alu", "reduce")
+COST_HOOKS = ("scalar", "scalar_mem", "scalar_acc", "branch", "convert", "exp", "divide", "lazy", "scan", "dma", "dma_acc", "gemm", "requant", "alu", "reduce", "rsqrt", "wmul") + CONV_COST_HOOKS

@@ -56,16 +56,17 @@ def test_default_yaml_lists_every_key() -> None:
 
 
 def test_default_yaml_marks_assumptions_and_cites_source() -> None:
+    from emulator.energy import SOURCES
+
     text = DEFAULT_YAML.read_text(encoding="utf-8")
     assert "Horowitz" in text and "ISSCC 2014" in text
-    for key in (
-        "acc_per_64b",
-        "rng_draw",
-        "requant_element",
-        "instruction",
-    ):
+    for point in ("8 KB 10 pJ", "32 KB 20 pJ", "1 MB 100 pJ"):
+        assert point in text, point
+    # every energy key cites the paper or is marked an assumption, as the reports say
+    assert set(SOURCES) | {"sram_per_64b", "acc_per_64b"} == set(Config().to_dict()["energy"])
+    for key, (_, assumed) in SOURCES.items():
         line = next(ln for ln in text.splitlines() if ln.strip().startswith(f"{key}:"))
-        assert "ASSUMPTION" in line, key
+        assert ("ASSUMPTION" in line) == assumed and ("Horowitz 2014" in line) != assumed, key
 
 
 def test_none_and_empty_file_give_defaults(tmp_path: Path) -> None:

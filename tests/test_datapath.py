@@ -328,23 +328,25 @@ def test_select_row_reductions_sign_bits():
 # ------------------------------------------------------------------------------ fused update
 def _update_oracle(u, res, theta, s):
     """numpy int64: r = sat16(res - u); d = round-shift(r, s); theta' = sat8(theta + d);
-    res' = r - ((theta' - theta) << s). Returns (theta', res', saturated subtractions)."""
+    res' = r - ((theta' - theta) << s). Returns (theta', res', saturated subtractions,
+    saturated parameters)."""
     r = res.astype(np.int64) - u.astype(np.int64)
     a = np.clip(r, -32768, 32767)
     d = (a + ((1 << (s - 1)) if s else 0)) >> s
     t = theta.astype(np.int64)
     tn = np.clip(t + d, -128, 127)
-    return tn, a - ((tn - t) << s), int(np.count_nonzero(a != r))
+    return (tn, a - ((tn - t) << s), int(np.count_nonzero(a != r)),
+            int(np.count_nonzero(tn != t + d)))
 
 
 def _update(u, res, theta, s):
     """kernels.update_into with an accumulator source that requantizes to exactly ``u``
-    (src = u << 8, multiplier 1, shift 8, truncate)."""
+    (src = u << 8, multiplier 1, shift 8, truncate); (theta', res', n_sub, n_theta)."""
     src = u.astype(np.int32) << 8
     dst, r, t = np.zeros(u.size, np.int16), res.astype(np.int16), theta.astype(np.int8)
-    n_rq, n_sub = kernels.update_into(dst, src, r, t, 1, 8, ROUND_TRUNC, False, s)
+    n_rq, n_sub, n_lz = kernels.update_into(dst, src, r, t, 1, 8, ROUND_TRUNC, False, s)
     assert dst.tolist() == u.tolist() and n_rq == 0
-    return t, r, n_sub
+    return t, r, n_sub, n_lz
 
 
 @pytest.mark.parametrize("s", range(16))
@@ -356,9 +358,10 @@ def test_fused_update_every_residual_and_parameter_value(s):
     res = np.tile(np.arange(-32768, 32768), thetas.size)
     theta = np.repeat(thetas, 65536)
     u = np.zeros(res.size, np.int64)
-    t, r, n = _update(u, res, theta, s)
-    tn, rn, nsat = _update_oracle(u, res, theta, s)
+    t, r, n, n_lz = _update(u, res, theta, s)
+    tn, rn, nsat, nsat_lz = _update_oracle(u, res, theta, s)
     assert np.array_equal(t, tn) and np.array_equal(r, rn) and n == nsat == 0
+    assert n_lz == nsat_lz > 0  # theta = 127 with a = 32767 rounds past 127 at every s
 
 
 @pytest.mark.parametrize("s", [0, 1, 7, 15])
@@ -368,13 +371,17 @@ def test_fused_update_saturating_subtract_edges_and_random(s):
     res = np.concatenate([pairs[0], rng.integers(-32768, 32768, 5000)])
     u = np.concatenate([pairs[1], rng.integers(-32768, 32768, 5000)])
     theta = rng.choice(EDGE8 + list(range(-128, 128)), res.size)
-    t, r, n = _update(u, res, theta, s)
-    tn, rn, nsat = _update_oracle(u, res, theta, s)
+    t, r, n, n_lz = _update(u, res, theta, s)
+    tn, rn, nsat, nsat_lz = _update_oracle(u, res, theta, s)
     assert np.array_equal(t, tn) and np.array_equal(r, rn) and n == nsat > 0
+    assert n_lz == nsat_lz
     # and the unfused reference instructions, element by element
     sub, n_ref = reference.alu("vsub", res, u, 16)
     t_ref, r_ref = reference.lazy_update(theta, sub, s)
     assert t.tolist() == t_ref.tolist() and r.tolist() == r_ref.tolist() and n == n_ref
+    theta_ref = theta.astype(np.int8)
+    sub_ref = sub.astype(np.int16)
+    assert reference.lazy_update_into(theta_ref, sub_ref, s) == n_lz
 
 
 @pytest.mark.parametrize("mode", [ROUND_NEAREST, ROUND_TRUNC])
@@ -402,8 +409,9 @@ def test_fused_update_requantizer_narrow_and_wide_lanes(mode, relu):
         if relu:
             y = np.maximum(y, 0)
         u = np.clip(y, -32768, 32767)
-        tn, rn, nsat = _update_oracle(u, res, theta, s)
+        tn, rn, nsat, nsat_lz = _update_oracle(u, res, theta, s)
         dst, r, t = np.zeros(n, np.int16), res.copy(), theta.copy()
-        n_rq, n_sub = kernels.update_into(dst, src, r, t, mul, shift, mode, relu, s)
+        n_rq, n_sub, n_lz = kernels.update_into(dst, src, r, t, mul, shift, mode, relu, s)
         assert dst.tolist() == u.tolist() and n_rq == int(np.count_nonzero(u != y))
         assert t.tolist() == tn.tolist() and r.tolist() == rn.tolist() and n_sub == nsat
+        assert n_lz == nsat_lz

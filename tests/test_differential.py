@@ -54,11 +54,12 @@ def test_detector_reports_the_first_diverging_instruction_and_shrinks(monkeypatc
 
     monkeypatch.setattr(kernels, "alu_into", planted)
     found = None
-    for seed in range(400):
+    for seed in range(1500):  # (the first hit moves with the generator set: 707 today)
         case = difftest.make_case(seed)
-        # (cases with the lazy-update sequence are left out: its chunk alone is 15 lines)
+        # (cases with the lazy-update sequence or loops are left out: such a chunk alone can
+        # exceed 12 lines)
         if "vsub" in case.source() and "vlazy" not in case.source() \
-                and difftest.mismatch(case):
+                and "loop" not in case.source() and difftest.mismatch(case):
             found = case
             break
     assert found is not None, "the planted bug was never triggered"

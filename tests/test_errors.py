@@ -97,7 +97,8 @@ def test_truncated_payload_reports_where_it_ends(cut):
 
 def test_bad_magic_version_reserved_offsets():
     data = bytearray(_program_bytes())
-    for off, patch, fragment in [(0, b"ELF\x7f", "magic"), (4, b"\x02\x00", "version"),
+    # versions 1 (no debug information) and 2 (with the debug section) are read; 3 is not
+    for off, patch, fragment in [(0, b"ELF\x7f", "magic"), (4, b"\x03\x00", "version"),
                                  (6, b"\x01\x00", "reserved")]:
         bad = bytearray(data)
         bad[off : off + len(patch)] = patch
@@ -314,3 +315,20 @@ def test_docs_list_every_error_type_with_its_exit_code():
         assert int(rows[name]) == cls.exit_code, name
     codes = [cls.exit_code for cls in classes.values()] + [9, 70]
     assert len(codes) == len(set(codes))
+
+
+def test_every_error_type_pickles_with_its_location():
+    """Typed errors cross process boundaries (sweep workers): they unpickle whole."""
+    import pickle
+
+    import isa.errors as errs
+
+    made = [errs.UsageError("m", "--x"), errs.AsmError("m", "f.s", 3, 4),
+            errs.BinaryFormatError("m", "f.bin", 12), errs.ConfigError("m", "a.b", "c.yaml")]
+    for cls in vars(errs).values():
+        if isinstance(cls, type) and issubclass(cls, errs.LpemuError):
+            assert cls.__reduce__ is errs.LpemuError.__reduce__
+    for err in made:
+        back = pickle.loads(pickle.dumps(err))
+        assert type(back) is type(err) and str(back) == str(err)
+        assert back.__dict__ == err.__dict__

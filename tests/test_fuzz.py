@@ -140,7 +140,9 @@ SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70),
 KEYS = st.one_of(st.sampled_from(["array", "rows", "cols", "accumulator", "bits", "overflow",
                                   "memory", "dma", "alu", "budget", "energy", "mult_int8",
                                   "layers", "bits", "qbp", "update", "lr", "epochs", "skip",
-                                  "dataflow", "overlap", "step_log2", "dither", "mode"]),
+                                  "dataflow", "overlap", "step_log2", "dither", "mode",
+                                  "dataset", "kind", "path", "validation", "data_seed",
+                                  "input_exponent"]),
                  st.text(max_size=5), st.integers(-3, 3))
 DOCS = st.recursive(SCALARS, lambda inner: st.one_of(
     st.lists(inner, min_size=1, max_size=4), st.dictionaries(KEYS, inner, min_size=1,

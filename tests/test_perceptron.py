@@ -42,10 +42,10 @@ def test_experiment_cli_writes_tables_and_reports_progress(tmp_path, capsys):
     from programs.cli import main
     from programs.experiments import run_experiment
 
-    notes: list[str] = []
+    notes: list[tuple[str, int]] = []
     rows = run_experiment("perceptron", Config(), tmp_path / "api", quick=True,
-                          note=notes.append)
-    assert notes == ["seed 0", "seed 1"] and len(rows) == 2
+                          note=lambda what, total: notes.append((what, total)))
+    assert notes == [("seed 0", 2), ("seed 1", 2)] and len(rows) == 2
     assert all(r["equal_after_every_update"] for r in rows)
     assert main(["experiment", "perceptron", "--quick", "--out", str(tmp_path / "cli")]) == 0
     md = (tmp_path / "cli" / "perceptron.md").read_text()

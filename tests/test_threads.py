@@ -18,6 +18,7 @@ from isa.asm import assemble
 def policy(monkeypatch):
     p = threads.ThreadPolicy()
     monkeypatch.setattr(threads, "cpus", lambda: 4)
+    monkeypatch.setattr(p, "_outside_limit", lambda: 1 << 30)
     monkeypatch.delenv(threads.ENV, raising=False)
     return p
 
@@ -95,3 +96,14 @@ def test_products_are_exact_on_any_thread_count_and_a_run_restores_blas(monkeypa
     mach.run()
     assert np.array_equal(mach.acc[: m * n].reshape(m, n), want)
     assert _blas_threads() == before
+
+
+def test_a_limit_set_outside_lpemu_is_respected():
+    """threadpool_limits(1) (what a sweep worker runs under) caps every operation."""
+    if not threads.POLICY._controllers():
+        pytest.skip("no OpenBLAS to control")
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        p = threads.ThreadPolicy()
+        assert p.max_threads() == 1 and p.for_work(1 << 30) == 1

@@ -94,6 +94,53 @@ def test_dense_cycles_match_scalesim(key):
     assert mach.counts[GEMM_PC, IDX["cycles"]] == SCALESIM_TOTAL_CYCLES[key] + 1
 
 
+# SCALE-Sim 3.0.0 conv topologies (IFMAP H, IFMAP W, filter H, filter W, channels, filters,
+# stride), 'Total Cycles' with unlimited bandwidth, measured with benchmarks/scalesim_compare.py's
+# runner. SCALE-Sim has no padding and rounds the output size up, so it was given the padded
+# input cropped to the rows/columns the windows cover, (OH - 1) S + K (docs/timing.md).
+# Key: (dataflow, R, C, (H, W, C, KH, KW, F, stride, padding) of the lpemu layer): cycles.
+SCALESIM_CONV_TOTAL_CYCLES = {
+    # 15x15x3, 3x3, 8 filters, stride 2, padding 1 -> SCALE-Sim IFMAP 17x17
+    ("ws", 8, 8, (15, 15, 3, 3, 3, 8, 2, 1)): 343, ("os", 8, 8, (15, 15, 3, 3, 3, 8, 2, 1)): 327,
+    ("is", 8, 8, (15, 15, 3, 3, 3, 8, 2, 1)): 959, ("ws", 4, 8, (15, 15, 3, 3, 3, 8, 2, 1)): 545,
+    ("os", 4, 8, (15, 15, 3, 3, 3, 8, 2, 1)): 591, ("is", 4, 8, (15, 15, 3, 3, 3, 8, 2, 1)): 1231,
+    # 11x11x5, 4x4, 7 filters, stride 2 -> SCALE-Sim IFMAP 10x10 (the last input row/column is
+    # never read)
+    ("ws", 8, 8, (11, 11, 5, 4, 4, 7, 2, 0)): 379, ("os", 8, 8, (11, 11, 5, 4, 4, 7, 2, 0)): 187,
+    ("is", 8, 8, (11, 11, 5, 4, 4, 7, 2, 0)): 579, ("ws", 4, 8, (11, 11, 5, 4, 4, 7, 2, 0)): 599,
+    ("os", 4, 8, (11, 11, 5, 4, 4, 7, 2, 0)): 359, ("is", 4, 8, (11, 11, 5, 4, 4, 7, 2, 0)): 839,
+    # 9x9x2, 5x5, 3 filters, stride 3, padding 2 -> SCALE-Sim IFMAP 11x11
+    ("ws", 8, 8, (9, 9, 2, 5, 5, 3, 3, 2)): 216, ("os", 8, 8, (9, 9, 2, 5, 5, 3, 3, 2)): 127,
+    ("is", 8, 8, (9, 9, 2, 5, 5, 3, 3, 2)): 349, ("ws", 4, 8, (9, 9, 2, 5, 5, 3, 3, 2)): 298,
+    ("os", 4, 8, (9, 9, 2, 5, 5, 3, 3, 2)): 179, ("is", 4, 8, (9, 9, 2, 5, 5, 3, 3, 2)): 441,
+    # LeNet conv2 (12x12x20, 5x5, 50 filters) and conv1 (28x28x1, 5x5, 20 filters)
+    ("ws", 8, 8, (12, 12, 20, 5, 5, 50, 1, 0)): 37925,
+    ("os", 4, 8, (12, 12, 20, 5, 5, 50, 1, 0)): 57119,
+    ("is", 32, 32, (12, 12, 20, 5, 5, 50, 1, 0)): 4607,
+    ("ws", 16, 16, (28, 28, 1, 5, 5, 20, 1, 0)): 2487,
+    ("os", 16, 16, (28, 28, 1, 5, 5, 20, 1, 0)): 3959,
+    ("is", 32, 32, (28, 28, 1, 5, 5, 20, 1, 0)): 2051,
+}
+
+
+@pytest.mark.parametrize("key", sorted(SCALESIM_CONV_TOTAL_CYCLES), ids=str)
+def test_conv_layer_cycles_match_scalesim(key):
+    """One conv instruction (mode=fwd, batch 1) takes SCALE-Sim's conv cycles + 1."""
+    from emulator.geometry import Geometry, pack
+
+    df, r, c, (h, w, ch, kh, kw, f, st, pad) = key
+    g = Geometry(n=1, c=ch, h=h, w=w, kh=kh, kw=kw, sh=st, sw=st, ph=pad, pw=pad, f=f)
+    regs = "".join(f"li r{4 + i}, {v}\n" for i, v in enumerate(pack(g)))
+    src = f"li r1, 0\nli r2, 0\nli r3, {1 << 17}\n{regs}conv r1, r2, r3, r4, r5, r6, r7\nhalt\n"
+    mach = Machine(cfg_for(df, r, c), assemble(src, "conv.s"))
+    rng = np.random.default_rng(2)
+    mach.spad[: g.inputs] = rng.integers(0, 256, g.inputs, dtype=np.uint8)
+    mach.spad[1 << 17 : (1 << 17) + g.k * f] = rng.integers(0, 256, g.k * f, dtype=np.uint8)
+    mach.run()
+    assert mach.counts[len(mach.program.words) - 2, IDX["cycles"]] == \
+        SCALESIM_CONV_TOTAL_CYCLES[key] + 1
+
+
 @pytest.mark.parametrize("df", ["ws", "os", "is"])
 def test_hand_computed_dense_cycles_and_traffic(df):
     # 4x4 array, C[6,5] = A[6,9] @ B[9,5]; INT8; accumulator entries 4 bytes.

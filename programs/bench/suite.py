@@ -30,7 +30,9 @@ Figures:
 5. the cycle model vs SCALE-Sim (when ``benchmarks/scalesim_compare.py`` has set it up);
 6. start-up: ``lpemu run`` of a 10-instruction program, warm numba cache (target <= 0.5 s);
 7. a small training run with ``NUMBA_DISABLE_JIT=1``: identical values, and how much slower;
-8. with ``--hogs N``: the training step with N CPU-bound processes running, against the same
+8. each convolution/pooling instruction on LeNet's shapes at batch 64 vs the equivalent float32
+   numpy operation (``programs/bench/conv.py``; information);
+9. with ``--hogs N``: the training step with N CPU-bound processes running, against the same
    step without them (target: no worse than fair sharing, cores / (N + 1), with 25% margin).
 """
 
@@ -249,7 +251,7 @@ def step_timers(batch: int, steps: int, resident: bool = False):
     tr.train_epoch()  # warm-up; also counts the instructions of a step
     tr.per_step = (tr.m.steps - s0) // tr.nb_train  # type: ignore[attr-defined]
     weights = tr.float_init()
-    x = data.x_train.astype(np.float32) * np.float32(2.0**spec.input_exponent)
+    x = data.x_train.astype(np.float32) * np.float32(2.0**tr.spec.input_exponent)
     y = data.y_train
 
     def float_epoch() -> None:
@@ -514,7 +516,7 @@ def bench_jit_off(quick: bool) -> list[Figure]:
                    note="" if same else "JIT on and off disagree")]
 
 
-# ----------------------------------------------------------------------------- 8. CPU hogs
+# ----------------------------------------------------------------------------- 9. CPU hogs
 def start_hogs(n: int) -> list[subprocess.Popen]:
     """``n`` CPU-bound processes (a busy loop each), like ``yes > /dev/null``."""
     return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
@@ -559,6 +561,7 @@ def bench_hogs(n: int, quick: bool) -> list[Figure]:
 PARTS: dict[str, Callable[[bool], list[Figure]]] = {
     "gemm": bench_gemm, "step": bench_step, "firmware": bench_firmware, "epoch": bench_epoch,
     "scalesim": bench_scalesim, "startup": bench_startup, "jit_off": bench_jit_off,
+    "conv": lambda quick: bench_conv(quick),
 }
 
 
@@ -643,6 +646,20 @@ def print_suite(res: dict[str, Any]) -> None:
         con.print(f"[yellow]warning:[/] {len(noisy)} figure(s) stayed noisy after retries: the "
                   "machine is busy; compare ratios, not times, and rerun when it is idle")
     con.print(f"{sum(f['passed'] is True for f in figures(res))} targets met, {len(bad)} missed")
+
+
+# ----------------------------------------------------------------------------- 8. conv and pooling
+def bench_conv(quick: bool) -> list[Figure]:
+    """programs/bench/conv.py's cases as figures: emulator time / float32 time (no target)."""
+    from programs.bench.conv import bench_conv as run
+
+    out = []
+    for r in run(quick):
+        lo, hi = r["ratio_range"]
+        out.append(Figure(f"{r['name']} / float32 numpy", r["ratio"], "x time", "",
+                          [lo, r["ratio"], hi], f"{1e3 * r['emulator_s']:.2f} ms vs "
+                          f"{1e3 * r['numpy_f32_s']:.2f} ms, ratio [{lo:.2f}-{hi:.2f}]"))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

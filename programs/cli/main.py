@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from emulator.errors import LpemuError, UsageError
+from isa.asm import load_program
 
 EXIT_IO = 9
 EXIT_INTERNAL = 70
@@ -25,32 +28,46 @@ DUMP_DTYPES = ("int8", "uint8", "int16", "int32", "int64")
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, typed, instead of usage + exit
-        raise UsageError(message, self.prog)
+        # the location is the subcommand ("run"), never "lpemu" again after the "lpemu: " prefix
+        raise UsageError(message, self.prog.removeprefix("lpemu").strip())
 
 
-def load_program(path: str):
-    """Read a program: assembly text (.s/.asm or any UTF-8 text) or a binary file."""
-    from isa.asm import assemble
-    from isa.encoding import MAGIC, from_bytes
-
-    data = Path(path).read_bytes()
-    suffix = Path(path).suffix.lower()
-    if suffix in (".s", ".asm"):
-        return assemble(_text(data, path), path)
-    if data[:4] == MAGIC or suffix in (".bin", ".lpem"):
-        return from_bytes(data, path)
-    return assemble(_text(data, path), path)
-
-
-def _text(data: bytes, path: str) -> str:
-    from emulator.errors import AsmError
+def version() -> str:
+    """The installed lpemu version (from the package metadata)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as _version
 
     try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
-        raise AsmError("source is not UTF-8 text", path, line, col) from None
+        return _version("lpemu")
+    except PackageNotFoundError:  # pragma: no cover - a checkout that is not installed
+        return "0+unknown"
+
+
+def _count(lo: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``lo`` (decimal, 0x hex, _ separators)."""
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text.replace("_", ""), 0)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {lo}, got {v}")
+        return v
+
+    parse.__name__ = f"integer >= {lo}"
+    return parse
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds >= 0."""
+    try:
+        v = float(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(v) or v < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return v
 
 
 def _int(text: str, arg: str) -> int:
@@ -95,8 +112,9 @@ def _cmd_asm(args) -> int:
 
     prog = load_program(args.source)
     out = args.output or str(Path(args.source).with_suffix(".bin"))
-    write_program(prog, out)
-    print(f"{args.source}: {len(prog)} instructions, {len(prog.labels)} labels -> {out}")
+    write_program(prog, out, debug=not args.no_debug)
+    what = "" if args.no_debug or not prog.has_debug_info else ", source lines"
+    print(f"{args.source}: {len(prog)} instructions, {len(prog.labels)} labels{what} -> {out}")
     return 0
 
 
@@ -134,14 +152,33 @@ def _cmd_isa(args) -> int:
     return 0
 
 
+def _hw_config(args):
+    """The hardware config of a command: ``--config`` (or the defaults) with its ``--set``
+    overrides (``hw.`` keys only: run and profile have no model)."""
+    from emulator.config import load_config
+    from programs.sweep.overrides import apply, parse_sets
+
+    cfg, _ = apply(load_config(args.config), None, parse_sets(args.set))
+    return cfg
+
+
 def _prepare(args):
     """Config, program and a machine with every --load applied (shared by run and profile)."""
-    from emulator.config import load_config
+    from emulator.host import load_array
     from emulator.machine import Machine
 
-    cfg = load_config(args.config)
+    cfg = _hw_config(args)
     prog = load_program(args.program)
-    m = Machine(cfg, prog, datapath=args.datapath)
+    if args.count_only:
+        from emulator.countonly import CountOnlyMachine
+
+        if args.datapath != "fast":
+            raise UsageError("count-only mode runs no datapath", "--datapath")
+        if getattr(args, "dump", None):
+            raise UsageError("count-only mode computes no values to dump", "--dump")
+        m = CountOnlyMachine(cfg, prog)
+    else:
+        m = Machine(cfg, prog, datapath=args.datapath)
     for spec in args.load or []:
         file, addr = parse_load(spec)
         try:
@@ -152,30 +189,41 @@ def _prepare(args):
             arr.close()
             raise UsageError("an .npz archive; give one array saved with numpy.save",
                              f"--load {spec}")
-        data = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
         try:
-            m.load_dram(addr, data)
+            load_array(m, addr, arr)
         except LpemuError as e:
             raise UsageError(f"{e.message}", f"--load {spec}") from None
     return m
 
 
 def _cmd_run(args) -> int:
+    from emulator import debug
+    from emulator.errors import ExecutionError
+    from emulator.host import read_array
+
     m = _prepare(args)
     dumps = [parse_dump(s) for s in args.dump or []]
-    summary = m.run(max_steps=args.max_steps, max_cycles=args.max_cycles,
-                    max_seconds=args.max_seconds)
+    if args.trace_steps:
+        print(f"first {args.trace_steps:,} steps (effects: what each step changed):")
+    try:
+        summary = debug.run(m, max_steps=args.max_steps, max_cycles=args.max_cycles,
+                            max_seconds=args.max_seconds, trace_steps=args.trace_steps,
+                            on_step=print)
+    except ExecutionError:
+        if args.regs:  # the state at the fault, for inspection
+            print(debug.format_registers(m))
+        raise
     for (addr, shape, dtype, file), spec in zip(dumps, args.dump or [], strict=True):
-        dt = np.dtype(dtype).newbyteorder("<")
-        nbytes = int(np.prod(shape)) * dt.itemsize
+        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
         if addr + nbytes > m.dram.size:
             raise UsageError(f"range [{addr:#x}, {addr + nbytes:#x}) is outside DRAM", spec)
-        arr = np.frombuffer(m.read_dram(addr, nbytes), dtype=dt).reshape(shape)
-        np.save(file, arr.astype(dt.newbyteorder("=")))
+        np.save(file, read_array(m, addr, shape, dtype))
     if args.json:  # the full report (per label, per pc, state digest) only when asked for
         from programs.cli.report import run_report
 
         Path(args.json).write_text(json.dumps(run_report(m, summary), indent=2) + "\n")
+    if args.regs:
+        print(debug.format_registers(m))
     if not args.quiet:
         from programs.cli.report import print_summary
 
@@ -184,36 +232,42 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_profile(args) -> int:
+    from emulator import debug
     from programs.cli import profile
 
+    if args.plot:
+        profile.require_matplotlib("--plot")
     m = _prepare(args)
-    if args.trace_limit < 1:
-        raise UsageError("must be >= 1", "--trace-limit")
     tracer = profile.Tracer(args.trace_limit) if args.trace else None
     m.tracer = tracer
-    m.run(max_steps=args.max_steps, max_cycles=args.max_cycles, max_seconds=args.max_seconds)
+    debug.run(m, max_steps=args.max_steps, max_cycles=args.max_cycles,
+              max_seconds=args.max_seconds)
     rows = profile.by_instruction(m) if args.by == "instruction" else profile.by_label(m)
     tot = profile.total(m)
+    if getattr(m, "count_only", False):  # value events are not counted in count-only mode
+        from emulator.countonly import UNCOUNTED
+
+        for r in [*rows, tot]:
+            r.update({k: None for k in UNCOUNTED})
     if args.json:
+        from emulator.energy import price_table
+
         Path(args.json).write_text(json.dumps(
             {"program": m.program.name, "by": args.by, "rows": rows, "total": tot,
-             "config": m.cfg.to_dict()}, indent=2) + "\n")
+             "energy_prices": price_table(m.cfg), "config": m.cfg.to_dict()}, indent=2) + "\n")
     if args.csv:
         Path(args.csv).write_text(profile.to_csv(rows))
     if tracer is not None:
         profile.write_trace(args.trace, m, tracer)
-    plotted = None
     if args.plot:
         groups = rows if args.by == "label" else profile.by_label(m)
-        plotted = profile.plot_groups(groups, "label", args.plot,
-                                      f"{m.program.name}: cycles and energy by label")
+        profile.plot_groups(groups, "label", args.plot,
+                            f"{Path(m.program.name).name}: cycles and energy by label")
     if not args.quiet:
-        profile.print_profile(rows, tot, args.by, f"{m.program.name}: profile by {args.by}")
+        profile.print_profile(rows, tot, args.by, f"{m.program.name}: profile by {args.by}",
+                              m.cfg)
         if tracer is not None and tracer.dropped:
             print(f"trace: kept the first {len(tracer):,} events, dropped {tracer.dropped:,}")
-    if plotted is False:
-        print("lpemu: --plot needs matplotlib (pip install 'lpemu[plot]'); no plot written",
-              file=sys.stderr)
     return 0
 
 
@@ -237,7 +291,7 @@ def _cmd_train(args) -> int:
         _, extra = load(args.resume)
         if extra.get("kind") != "lpemu-train":
             raise UsageError("not a training checkpoint", f"--resume {args.resume}")
-        if args.model or args.config or args.epochs is not None:
+        if args.model or args.config or args.epochs is not None or args.set:
             raise UsageError("a resumed run takes its model, config and epochs from the "
                              "checkpoint; do not pass them", f"--resume {args.resume}")
         if not all(isinstance(extra.get(k), dict) for k in ("model", "config", "host")):
@@ -246,14 +300,18 @@ def _cmd_train(args) -> int:
         spec = spec_from_dict(extra["model"], args.resume)
         cfg = config_from_dict(extra["config"], args.resume)
     else:
-        cfg = load_config(args.config)
-        spec = load_model(args.model)
+        from programs.sweep.overrides import apply, parse_sets
+
+        cfg, spec = apply(load_config(args.config), load_model(args.model),
+                          parse_sets(args.set))
     if args.epochs is not None:
         if args.epochs < 1:
             raise UsageError("must be >= 1", "--epochs")
         spec = validate(dataclasses.replace(spec, epochs=args.epochs))
-    if args.trace_limit < 1:
-        raise UsageError("must be >= 1", "--trace-limit")
+    if args.plot:
+        from programs.cli.profile import require_matplotlib
+
+        require_matplotlib("--plot")
     run_training(spec, cfg, json_out=args.json, asm_out=args.emit_asm,
                  compare_float=not args.no_float, quiet=args.quiet, trace_out=args.trace,
                  plot_out=args.plot, trace_limit=args.trace_limit,
@@ -264,34 +322,59 @@ def _cmd_train(args) -> int:
 
 def _cmd_experiment(args) -> int:
     from emulator.config import load_config
+    from programs.cli.console import make_console, print_table
     from programs.experiments import EXPERIMENTS, run_experiment
+    from programs.experiments.paper import table_rows
 
     if args.name not in EXPERIMENTS:
         raise UsageError(f"unknown experiment; choose from {', '.join(EXPERIMENTS)}", args.name)
-    cfg = load_config(args.config)
+    from programs.compiler.spec import load_model
+    from programs.sweep.overrides import apply, parse_sets
+
+    sets = parse_sets(args.set)
+    if args.name == "perceptron" and any(k.startswith("model.") for k, _ in sets):
+        raise UsageError("the perceptron experiment has no model spec: only hw. keys apply",
+                         "--set")
+    cfg, base = apply(load_config(args.config), load_model(None), sets)
     out = Path(args.out)
-    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
     from rich.table import Table
 
-    con = Console()
-    with con.status(f"running experiment {args.name} ...") as status:
-        runs = 0
+    con = make_console()
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("parts, elapsed"), TimeElapsedColumn(), TextColumn("ETA"),
+                  TimeRemainingColumn(), TextColumn("{task.fields[what]}"),
+                  console=con) as progress:
+        task = progress.add_task(args.name, total=None, what="")
 
-        def note(what: str) -> None:
-            nonlocal runs
-            runs += 1
-            status.update(f"running experiment {args.name}: {what} (part {runs})")
+        def note(what: str, total: int) -> None:
+            t = progress.tasks[0]
+            if t.total is None:
+                progress.update(task, total=total)
+            elif t.fields["what"]:
+                progress.advance(task)
+            progress.update(task, what=what)
 
-        rows = run_experiment(args.name, cfg, out, quick=args.quick, note=note)
+        rows = run_experiment(args.name, cfg, out, quick=args.quick, note=note, base=base)
+        progress.update(task, completed=progress.tasks[0].total or 0, what="done")
+    shown = table_rows(rows)
     t = Table(title=args.name)
-    for c in rows[0]:
+    for c in shown[0]:
         t.add_column(c, justify="right")
-    for r in rows:
+    for r in shown:
         t.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in r.values()))
-    con.print(t)
+    print_table(con, t)
+    png = out / (args.name + ".png")
     con.print(f"wrote {out / (args.name + '.md')}, {out / (args.name + '.csv')}"
-              + (f", {out / (args.name + '.png')}" if (out / (args.name + '.png')).exists()
-                 else " (install lpemu[plot] for a PNG)"))
+              + (f", {png}" if png.exists() else " (no plot: pip install 'lpemu[plot]')"),
+              markup=False, highlight=False)
     return 0
 
 
@@ -312,6 +395,19 @@ def _cmd_bench(args) -> int:
     return 1 if args.check and misses(res) else 0
 
 
+def _cmd_sweep(args) -> int:
+    from programs.sweep import command
+
+    return command(args)
+
+
+def _set_arg(p: argparse.ArgumentParser, model: bool = True) -> None:
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a hardware config key (hw.array.rows=32)"
+                   + (" or a model spec key (model.update.lr=0.01)" if model else "")
+                   + "; VALUE is YAML (repeatable, later wins)")
+
+
 def _machine_args(p: argparse.ArgumentParser) -> None:
     """Arguments shared by ``run`` and ``profile``: program, config, inputs, budgets."""
     p.add_argument("program", help="assembly (.s) or binary program")
@@ -320,17 +416,24 @@ def _machine_args(p: argparse.ArgumentParser) -> None:
                    help="copy an array's bytes into DRAM before running (repeatable)")
     p.add_argument("--datapath", choices=("fast", "reference"), default="fast",
                    help="fast kernels (default) or the slow reference model")
-    p.add_argument("--max-steps", type=int, default=None, help="step budget (config default)")
-    p.add_argument("--max-cycles", type=int, default=None, help="cycle budget (config default)")
-    p.add_argument("--max-seconds", type=float, default=None,
-                   help="wall-time budget in seconds, 0 for none (config default)")
+    p.add_argument("--count-only", action="store_true",
+                   help="counters from the closed forms without running the datapath; refused "
+                   "where a counter depends on values (docs/timing.md)")
+    p.add_argument("--max-steps", type=_count(1), default=None, metavar="N",
+                   help="step budget, >= 1 (default: the config's budget.max_steps)")
+    p.add_argument("--max-cycles", type=_count(1), default=None, metavar="N",
+                   help="cycle budget, >= 1 (default: the config's budget.max_cycles)")
+    p.add_argument("--max-seconds", type=_seconds, default=None, metavar="S",
+                   help="wall-time budget in seconds, 0 for none (default: the config's "
+                   "budget.max_seconds)")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    _set_arg(p, model=False)
 
 
 def _trace_args(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--trace", metavar="OUT.json",
                    help="write a Chrome trace-event timeline (Perfetto, chrome://tracing)")
-    p.add_argument("--trace-limit", type=int, default=1_000_000, metavar="N",
+    p.add_argument("--trace-limit", type=_count(1), default=1_000_000, metavar="N",
                    help="keep at most N trace events (default 1,000,000)")
     p.add_argument("--plot", metavar="OUT.png",
                    help=f"plot cycles and energy by {what} (needs lpemu[plot])")
@@ -339,11 +442,15 @@ def _trace_args(p: argparse.ArgumentParser, what: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="lpemu", description="Bit-accurate emulator of a low-precision DNN "
                 "training accelerator: values, cycles and energy from one run.")
+    p.add_argument("--version", action="version", version=f"lpemu {version()}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     a = sub.add_parser("asm", help="assemble a program to a binary file")
     a.add_argument("source")
     a.add_argument("-o", "--output")
+    a.add_argument("--no-debug", action="store_true",
+                   help="leave out the debug section (source file, line and text per "
+                   "instruction): a version-1 file")
     a.set_defaults(fn=_cmd_asm)
 
     d = sub.add_parser("disasm", help="disassemble a binary (or assembly) program")
@@ -363,6 +470,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", metavar="OUT", help="write counters and energy as JSON")
     r.add_argument("--per-instruction", action="store_true",
                    help="also print counters per instruction")
+    r.add_argument("--regs", action="store_true",
+                   help="print the final scalar and exponent registers, flags and RNG state "
+                   "(also after a fault)")
+    r.add_argument("--trace-steps", type=_count(0), default=0, metavar="N",
+                   help="print the first N executed instructions with their effects "
+                   "(register and memory changes)")
     r.set_defaults(fn=_cmd_run)
 
     pr = sub.add_parser("profile", help="run a program and profile cycles and energy")
@@ -377,8 +490,10 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model on the emulated chip (default: digits MLP)")
     t.add_argument("model", nargs="?", help="model spec YAML (default: configs/digits_mlp.yaml)")
     t.add_argument("--config", help="hardware config YAML (default: built-in defaults)")
+    _set_arg(t)
     t.add_argument("--json", metavar="OUT", help="write results and counters as JSON")
-    t.add_argument("--epochs", type=int, help="override the spec's epoch count")
+    t.add_argument("--epochs", type=_count(1), metavar="N",
+                   help="override the spec's epoch count (>= 1)")
     t.add_argument("--emit-asm", metavar="FILE", help="write the compiled firmware")
     t.add_argument("--no-float", action="store_true",
                    help="skip the float32 reference run")
@@ -409,15 +524,37 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("name", help="lazy-update, qbp-sweep, classifier-width, perceptron, "
                    "update-modes")
     x.add_argument("--config", help="hardware config YAML (default: built-in defaults)")
+    _set_arg(x)
     x.add_argument("--out", default="out/experiments", help="output directory")
     x.add_argument("--quick", action="store_true", help="a smaller sweep")
     x.set_defaults(fn=_cmd_experiment)
+
+    s = sub.add_parser("sweep", help="design-space exploration on Dask (docs/sweep.md)")
+    s.add_argument("file", help="sweep file (YAML): what each point runs, axes, seeds, metrics")
+    s.add_argument("--out", help="results folder (default out/sweeps/<name>); finished "
+                   "points there are skipped")
+    _set_arg(s)
+    s.add_argument("--scheduler", metavar="ADDRESS",
+                   help="submit to a running Dask scheduler (tcp://host:8786) instead of an "
+                   "embedded LocalCluster")
+    s.add_argument("--workers", type=int, metavar="N",
+                   help="LocalCluster worker processes (default: one per core; 0: run in "
+                   "this process without Dask)")
+    s.add_argument("--retries", type=int, default=2, metavar="N",
+                   help="re-run a task that raised up to N times (default 2)")
+    s.add_argument("--plot", action="store_true",
+                   help="write pareto.png and axis_<key>.png (needs lpemu[plot])")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar or table")
+    s.set_defaults(fn=_cmd_sweep)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as e:  # --help and --version print and exit 0
+            return e.code if isinstance(e.code, int) else 0
         return args.fn(args)
     except LpemuError as e:
         print(f"lpemu: {e}", file=sys.stderr)

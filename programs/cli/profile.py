@@ -18,7 +18,15 @@ from typing import Any
 import numpy as np
 
 from emulator.config import Config
-from emulator.counters import COUNTERS, ENERGY_COMPONENTS, INSTRUCTIONS, energy_breakdown
+from emulator.counters import (
+    COUNTERS,
+    ENERGY_COMPONENTS,
+    INSTRUCTIONS,
+    assumed_breakdown,
+    derived,
+    energy_breakdown,
+)
+from emulator.errors import UsageError
 from emulator.machine import Machine
 from isa.asm import format_instruction
 from isa.spec import TABLE
@@ -91,6 +99,8 @@ def _row(c: np.ndarray, cfg: Config) -> dict[str, Any]:
     d: dict[str, Any] = {n: int(c[i]) for i, n in enumerate(COUNTERS)}
     d["energy_pj"] = float(sum(en.values()))
     d.update({f"energy_{k}_pj": v for k, v in en.items()})
+    d["assumed_energy_pj"] = float(sum(assumed_breakdown(c, cfg).values()))
+    d.update(derived(c, cfg))
     return d
 
 
@@ -139,13 +149,13 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
 
 
 def print_profile(rows: list[dict[str, Any]], tot: dict[str, Any], by: str,
-                  title: str) -> None:
-    from rich.console import Console
+                  title: str, cfg: Config | None = None) -> None:
     from rich.table import Table
 
-    con = Console()
-    if not con.is_terminal:  # files and pipes get the whole table, unwrapped
-        con = Console(width=200)
+    from programs.cli.console import make_console, print_table
+    from programs.cli.energy_table import component_table, price_table
+
+    con = make_console()
     key_cols = ["pc", "label", "text"] if by == "instruction" else ["label"]
     # (header, row -> cell)
     cyc, en = tot["cycles"] or 1, tot["energy_pj"] or 1.0
@@ -156,9 +166,12 @@ def print_profile(rows: list[dict[str, Any]], tot: dict[str, Any], by: str,
         ("MACs", lambda r: f"{r['macs']:,}"),
         ("skipped", lambda r: f"{r['macs_skipped']:,}"),
         ("cyc saved", lambda r: f"{r['skip_cycles_saved']:,}"),
+        ("util %", lambda r: f"{100 * r['array_utilization']:.1f}" if r["array_cycles"]
+         else "-"),
         ("DRAM B", lambda r: f"{r['dram_rd_bytes'] + r['dram_wr_bytes']:,}"),
         ("uJ", lambda r: f"{r['energy_pj'] / 1e6:,.3f}"),
         ("E %", lambda r: f"{100 * r['energy_pj'] / en:.1f}"),
+        ("assumed E %", lambda r: f"{100 * r['assumed_energy_pj'] / (r['energy_pj'] or 1):.1f}"),
     ]
     t = Table(title=title)
     for c in key_cols:
@@ -169,33 +182,61 @@ def print_profile(rows: list[dict[str, Any]], tot: dict[str, Any], by: str,
         t.add_row(*([str(r[c]) for c in key_cols] + [f(r) for _, f in cells]))
     t.add_row(*(["total"] + [""] * (len(key_cols) - 1) + [f(tot) for _, f in cells]),
               style="bold")
-    con.print(t)
-    e = Table(title="energy by component")
-    e.add_column("component")
-    e.add_column("pJ", justify="right")
-    e.add_column("share", justify="right")
-    for k in ENERGY_COMPONENTS:
-        v = tot[f"energy_{k}_pj"]
-        e.add_row(k, f"{v:,.1f}", f"{100 * v / en:.1f}%")
-    con.print(e)
+    print_table(con, t)
+    energy = {k: tot[f"energy_{k}_pj"] for k in ENERGY_COMPONENTS}
+    if cfg is None:
+        print_table(con, component_table(energy, {}, "energy by component"))
+        return
+    assumed = assumed_breakdown(np.array([tot[n] for n in COUNTERS], dtype=np.int64), cfg)
+    print_table(con, component_table(energy, assumed, "energy by component"))
+    from emulator.energy import price_table as prices
+
+    print_table(con, price_table(prices(cfg)))
 
 
-def plot_groups(groups: list[dict[str, Any]], key: str, path: str | Path, title: str) -> bool:
-    """Bar charts of cycles and stacked energy components per group. False without matplotlib."""
+def require_matplotlib(argument: str = "--plot") -> None:
+    """Raise UsageError naming ``argument`` unless matplotlib can be imported."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib  # noqa: F401
     except ImportError:
-        return False
+        raise UsageError("needs matplotlib: pip install 'lpemu[plot]'", argument) from None
+
+
+def pyplot():
+    """matplotlib's pyplot on the non-interactive Agg backend (UsageError if not installed)."""
+    require_matplotlib()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def wrap_title(title: str, width_in: float, fontsize: float = 12.0) -> tuple[str, float]:
+    """(``title`` broken at spaces into lines that fit ``width_in`` inches, the font size that
+    makes its longest word fit too); a character is at most ~0.6 em wide."""
+    import textwrap
+
+    chars = max(10, int(width_in * 72 / (0.6 * fontsize)))
+    lines = textwrap.wrap(title, chars, break_long_words=False, break_on_hyphens=False)
+    longest = max((len(ln) for ln in lines), default=0)
+    if longest > chars:
+        fontsize = max(5.0, fontsize * chars / longest)
+    return "\n".join(lines) or title, fontsize
+
+
+def groups_figure(groups: list[dict[str, Any]], key: str, title: str):
+    """Bar charts of cycles and stacked energy components per group (a matplotlib Figure)."""
+    plt = pyplot()
     names = [str(g[key]) for g in groups]
     x = np.arange(len(names))
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(6.0, 0.45 * len(names) + 2), 7),
-                                   sharex=True)
+    width = max(6.0, 0.45 * len(names) + 2)
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(width, 7), sharex=True)
     ax1.bar(x, [g["cycles"] for g in groups], color="tab:blue")
     ax1.set_ylabel("cycles")
-    ax1.set_title(title)
+    text, size = wrap_title(title, width - 0.5)
+    ax1.set_title(text, fontsize=size)
     bottom = np.zeros(len(names))
     for comp in ENERGY_COMPONENTS:
         vals = np.array([g[f"energy_{comp}_pj"] for g in groups]) / 1e6
@@ -207,6 +248,16 @@ def plot_groups(groups: list[dict[str, Any]], key: str, path: str | Path, title:
     ax2.set_xticks(x)
     ax2.set_xticklabels(names, rotation=60, ha="right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
+
+
+def plot_groups(groups: list[dict[str, Any]], key: str, path: str | Path, title: str) -> bool:
+    """Write :func:`groups_figure` to ``path`` (PNG). UsageError without matplotlib; an
+    unwritable path raises OSError."""
+    fig = groups_figure(groups, key, title)
+    plt = pyplot()
+    try:
+        fig.savefig(path, dpi=120)
+    finally:
+        plt.close(fig)
     return True

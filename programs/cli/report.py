@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from emulator.counters import COUNTER_DOCS, COUNTERS, Summary
+from emulator.counters import COUNTER_DOCS, COUNTERS, DERIVED_DOCS, Summary
+from emulator.debug import registers
 from emulator.machine import Machine
 
 
@@ -29,7 +30,20 @@ def run_report(m: Machine, summary: Summary) -> dict[str, Any]:
     d["per_label"] = per_label(m)
     d["per_instruction"] = per_instruction(m)
     d["config"] = m.cfg.to_dict()
-    d["state_digest"] = m.digest()
+    d["registers"] = registers(m)
+    if getattr(m, "count_only", False):  # values were not computed: no digest, no value events
+        from emulator.countonly import UNCOUNTED
+
+        d.update({k: None for k in UNCOUNTED})
+        d["count_only"], d["state_digest"] = True, None
+        regs = d["registers"]  # registers holding data-dependent values are unknown: null
+        regs["r"] = [None if t else v for v, t in zip(regs["r"], m.rt, strict=True)]
+        regs["e"] = [None if t else v for v, t in zip(regs["e"], m.et, strict=True)]
+        regs["flags"], regs["flag_names"] = None, None
+        if m.t_rng:
+            regs["rng"]["seed"] = None
+    else:
+        d["count_only"], d["state_digest"] = False, m.digest()
     return d
 
 
@@ -38,26 +52,31 @@ def _fmt(v: float | int) -> str:
 
 
 def print_summary(m: Machine, summary: Summary, by_instruction: bool = False) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    con = Console()
+    from programs.cli.console import make_console, print_table
+    from programs.cli.energy_table import component_table, price_table
+
+    con = make_console()
     t = Table(title=f"{m.program.name}: {m.steps:,} steps")
     t.add_column("counter")
     t.add_column("total", justify="right")
     t.add_column("meaning", style="dim")
+    from emulator.countonly import UNCOUNTED
+
+    uncounted = UNCOUNTED if getattr(m, "count_only", False) else ()
     for name in COUNTERS:
-        t.add_row(name, _fmt(summary.totals[name]), COUNTER_DOCS[name])
-    t.add_row("energy_pj", _fmt(summary.energy_pj), "energy = events x config energy table")
-    con.print(t)
-    e = Table(title="energy by component (pJ)")
-    e.add_column("component")
-    e.add_column("pJ", justify="right")
-    e.add_column("share", justify="right")
-    total = summary.energy_pj or 1.0
-    for k, v in summary.energy.items():
-        e.add_row(k, _fmt(v), f"{100 * v / total:.1f}%")
-    con.print(e)
+        t.add_row(name, "n/a (count-only)" if name in uncounted else _fmt(summary.totals[name]),
+                  COUNTER_DOCS[name])
+    t.add_row("energy_pj", _fmt(summary.energy_pj), "energy = events x prices (below)")
+    t.add_row("assumed_energy_pj", _fmt(summary.assumed_energy_pj),
+              "the part of energy_pj priced by assumed values")
+    for name, value in summary.derived.items():
+        t.add_row(name, f"{100 * value:.2f}%", DERIVED_DOCS[name])
+    print_table(con, t)
+    print_table(con, component_table(summary.energy, summary.assumed_energy,
+                                     "energy by component"))
+    print_table(con, price_table(summary.prices))
     if by_instruction:
         p = Table(title="per instruction")
         cols = ("pc", "label", "text", "instructions", "cycles", "macs", "macs_skipped",
@@ -66,4 +85,4 @@ def print_summary(m: Machine, summary: Summary, by_instruction: bool = False) ->
             p.add_column(c, justify="left" if c in ("label", "text") else "right")
         for row in per_instruction(m):
             p.add_row(*(_fmt(row[c]) if not isinstance(row[c], str) else row[c] for c in cols))
-        con.print(p)
+        print_table(con, p)

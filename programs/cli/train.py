@@ -8,19 +8,61 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from emulator.config import Config
 from programs.compiler.spec import ModelSpec
-from programs.host.datasets import load
-from programs.host.driver import ChipTrainer, EpochStats, classifier_bits_bound
+from programs.host.datasets import load_for
+from programs.host.driver import (
+    ChipTrainer,
+    EpochStats,
+    classifier_bits_bound,
+    classifier_warning,
+)
 
 
-def classifier_warning(spec: ModelSpec) -> str | None:
-    bound = classifier_bits_bound(spec.classes, spec.classifier_alpha)
-    if spec.bits.classifier <= bound:
-        return (f"classifier width INT{spec.bits.classifier} is below the bound of 001 eq. 5 "
-                f"for {spec.classes} classes (alpha = {spec.classifier_alpha}): need more than "
-                f"{bound:.2f} bits; small gradient components of dL/ds will be lost")
-    return None
+def write_firmware(asm_out: str, tr: ChipTrainer, con: Any = None) -> Path | None:
+    """Write the firmware to ``asm_out`` and, at an epoch start, the DRAM image of the next
+    training epoch next to it (``<stem>.dram.npy``); the assembly ends with comments giving the
+    image's layout and the ``lpemu run`` command that runs that epoch on its own and dumps the
+    weights. Returns the image's path (None when resumed mid-epoch or after the last epoch)."""
+    from programs.compiler.firmware import P_LOADW, P_NBATCH
+
+    spec, lay = tr.spec, tr.layout
+    asm = Path(asm_out)
+    if tr.in_epoch or tr.epoch >= spec.epochs:
+        asm.write_text(tr.asm_text)
+        if con is not None:
+            con.print(f"note: {asm} written without a DRAM image (the run is not at the start "
+                      "of a training epoch)", markup=False)
+        return None
+    image = tr.firmware_image()
+    npy = asm.with_name(asm.name.removesuffix(asm.suffix) + ".dram.npy")
+    np.save(npy, image)
+    words = np.frombuffer(image[:64].tobytes(), "<i4")
+    dumps = []
+    for l in range(1, spec.n_weight_layers + 1):
+        n_in, n_out = spec.layers[l - 1], spec.layers[l]
+        dumps.append(f"--dump {lay.dram[f'W{l}']:#x}:{n_in}x{n_out}:int8:W{l}.npy")
+        dumps.append(f"--dump {lay.dram[f'LZ{l}']:#x}:{n_in}x{n_out}:int16:LZ{l}.npy")
+    tail = [
+        "",
+        f"# ---- DRAM image: {npy.name} (lpemu train --emit-asm) ----",
+        f"# DRAM bytes [0, {tr.dram_top:#x}) at the start of training epoch {tr.epoch + 1} of "
+        f"{spec.epochs}: the PARAMS block (int32 words at 0: mode 0 = train, n_batches "
+        f"{words[P_NBATCH]}, mu, seed, x_base, t_base, out_base, roundoff_base, load_weights "
+        f"{words[P_LOADW]}),",
+        "# the weights W<l> (INT8) and their INT16 update state LZ<l> at "
+        + ", ".join(f"W{l} {lay.dram[f'W{l}']:#x} LZ{l} {lay.dram[f'LZ{l}']:#x}"
+                    for l in range(1, spec.n_weight_layers + 1)) + ",",
+        "# the epoch's training batches and the test data. This runs that epoch of training on "
+        "its own (add --config with the config used for training):",
+        f"#   lpemu run {asm.name} --load {npy.name}@0 " + " ".join(dumps),
+        "# and dumps the weights bit-identical to lpemu train's after the epoch. Set PARAMS word "
+        f"{P_NBATCH} (n_batches, byte {4 * P_NBATCH}) to 1 for a single training step.",
+    ]
+    asm.write_text(tr.asm_text.rstrip("\n") + "\n" + "\n".join(tail) + "\n")
+    return npy
 
 
 def run_training(spec: ModelSpec, cfg: Config, json_out: str | None = None,
@@ -33,22 +75,17 @@ def run_training(spec: ModelSpec, cfg: Config, json_out: str | None = None,
     ``checkpoint_every`` = N, the run is saved every N training steps (a resumable point at
     the firmware's batch-loop head); ``resume`` continues from such a file with the model and
     config stored in it, ending bit-identical to an uninterrupted run."""
-    from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    con = Console(stderr=False, quiet=quiet)
-    if not con.is_terminal:  # files and pipes get the whole table, unwrapped
-        con = Console(stderr=False, quiet=quiet, width=160)
+    from programs.cli.console import make_console, print_table
+    from programs.cli.energy_table import assumed_line, component_table
+
+    con = make_console(quiet=quiet)
     warn = classifier_warning(spec)
     if warn:
         con.print(f"[yellow]warning:[/yellow] {warn}")
-    data = load(spec.dataset, spec.classes, spec.seed)
-    if data.features != spec.layers[0] or data.classes != spec.classes:
-        from emulator.errors import ConfigError
-
-        raise ConfigError(f"dataset {data.name} has {data.features} features and "
-                          f"{data.classes} classes; layers are {spec.layers}", "layers")
+    data = load_for(spec)
     t0 = time.perf_counter()
     tr = ChipTrainer(spec, cfg, data)
     if resume:
@@ -57,7 +94,7 @@ def run_training(spec: ModelSpec, cfg: Config, json_out: str | None = None,
         extra = ckpt.restore(resume, tr.m)
         tr.set_host_state(extra.get("host"), resume)
         con.print(f"resumed from {resume}: epoch {tr.epoch}"
-                  + (f", step {tr.global_step()}" if tr.in_epoch else ""))
+                  + (f", step {tr.global_step()}" if tr.in_epoch else ""), markup=False)
     on_ckpt = None
     if checkpoint and checkpoint_every > 0:
         from emulator import checkpoint as ckpt
@@ -66,7 +103,7 @@ def run_training(spec: ModelSpec, cfg: Config, json_out: str | None = None,
             ckpt.save(checkpoint, t.m, {"kind": "lpemu-train", "model": spec.to_dict(),
                                         "config": cfg.to_dict(), "host": t.host_state()})
     if asm_out:
-        Path(asm_out).write_text(tr.asm_text)
+        write_firmware(asm_out, tr, con)
     tracer = None
     if trace_out:
         from programs.cli.profile import Tracer
@@ -92,31 +129,46 @@ def run_training(spec: ModelSpec, cfg: Config, json_out: str | None = None,
                 f"loss {st.loss:.3f}  train acc {100 * st.train_accuracy:.1f}%  "
                 f"dz sparsity {100 * st.mean_sparsity:.1f}%"))
     history: list[EpochStats] = tr.history
-    test_acc = tr.evaluate()
+    test_acc = tr.test_accuracy()
+    best = tr.best_epoch()
     wall = time.perf_counter() - t0
     summary = tr.m.summary()
-    ref = None
+    ref = ref_best = None
     if compare_float:
         from programs.host.float_ref import train_float
 
-        ref = train_float(spec, data, tr.float_init()).test_accuracy
+        fres = train_float(spec, data, tr.float_init())
+        ref, ref_best = fres.test_accuracy, fres.best_epoch
     rows = tr.breakdown()
-    t = Table(title=f"{spec.name} on the chip: test accuracy {100 * test_acc:.2f}%"
-              + (f" (float32 reference {100 * ref:.2f}%)" if ref is not None else ""))
-    for col in ("layer", "phase", "cycles", "macs", "macs_skipped", "skipped %", "energy uJ"):
+    at = ""
+    if best is not None:
+        at = (f" at best-validation epoch {best + 1} (validation "
+              f"{100 * history[best].validation_accuracy:.2f}%)")
+    t = Table(title=f"{spec.name} on the chip: test accuracy {100 * test_acc:.2f}%{at}"
+              + (f" (float32 reference {100 * ref:.2f}%"
+                 + (f" at its epoch {ref_best + 1}" if ref_best is not None else "") + ")"
+                 if ref is not None else ""))
+    for col in ("layer", "phase", "cycles", "macs", "macs_skipped", "skipped %", "util %",
+                "energy uJ"):
         t.add_column(col, justify="left" if col in ("layer", "phase") else "right")
     for r in rows:
         total = r["macs"] + r["macs_skipped"]
         t.add_row(r["layer"], r["phase"], f"{r['cycles']:,}", f"{r['macs']:,}",
                   f"{r['macs_skipped']:,}",
                   f"{100 * r['macs_skipped'] / total:.1f}" if total else "-",
+                  f"{100 * r['array_utilization']:.1f}" if r["array_cycles"] else "-",
                   f"{r['energy_pj'] / 1e6:,.2f}")
     tot = summary.totals
     all_macs = tot["macs"] + tot["macs_skipped"]
     t.add_row("all", "total", f"{tot['cycles']:,}", f"{tot['macs']:,}", f"{tot['macs_skipped']:,}",
               f"{100 * tot['macs_skipped'] / all_macs:.1f}" if all_macs else "-",
+              f"{100 * summary.derived['array_utilization']:.1f}" if tot["array_cycles"]
+              else "-",
               f"{summary.energy_pj / 1e6:,.2f}", style="bold")
-    con.print(t)
+    print_table(con, t)
+    print_table(con, component_table(summary.energy, summary.assumed_energy,
+                                     "energy by component"))
+    con.print(assumed_line(summary.prices), markup=False, highlight=False)
     mean_sparsity = sum(h.mean_sparsity for h in history) / len(history)
     con.print(f"mean dz~ sparsity {100 * mean_sparsity:.1f}%, mean |round-off sum of dL/ds| "
               f"{history[-1].roundoff_mean_abs:.2e} (last epoch), wall time {wall:.1f} s")
@@ -124,6 +176,12 @@ def run_training(spec: ModelSpec, cfg: Config, json_out: str | None = None,
         "model": spec.to_dict(),
         "test_accuracy": test_acc,
         "float_reference_accuracy": ref,
+        "dataset": {"name": data.name, "shape": list(data.shape),
+                    "input_exponent": tr.spec.input_exponent, "train": len(data.x_train),
+                    "validation": len(data.x_val) if data.has_validation else 0,
+                    "test": len(data.x_test)},
+        "best_epoch": best,
+        "float_reference_best_epoch": ref_best,
         "mean_gradient_sparsity": mean_sparsity,
         "classifier_bits_bound": classifier_bits_bound(spec.classes, spec.classifier_alpha),
         "classifier_warning": warn,
@@ -139,17 +197,13 @@ def run_training(spec: ModelSpec, cfg: Config, json_out: str | None = None,
         write_trace(trace_out, tr.m, tracer)
         con.print(f"trace: {len(tracer):,} events written to {trace_out}"
                   + (f" ({tracer.dropped:,} later events dropped; see --trace-limit)"
-                     if tracer.dropped else ""))
+                     if tracer.dropped else ""), markup=False)
     if plot_out:
         from programs.cli.profile import plot_groups
 
         groups = [dict(r, group=f"{r['layer']} {r['phase']}") for r in rows]
-        if plot_groups(groups, "group", plot_out,
-                       f"{spec.name}: cycles and energy by layer and phase"):
-            con.print(f"plot written to {plot_out}")
-        else:
-            con.print("[yellow]warning:[/yellow] --plot needs matplotlib "
-                      "(pip install 'lpemu[plot]'); no plot written")
+        plot_groups(groups, "group", plot_out, f"{spec.name}: cycles and energy by layer and phase")
+        con.print(f"plot written to {plot_out}", markup=False)
     if json_out:
         Path(json_out).write_text(json.dumps(result, indent=2) + "\n")
     return result

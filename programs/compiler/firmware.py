@@ -72,10 +72,14 @@ class Allocator:
         self.regions.append(Region(name, addr, size))
         return addr
 
-    def check(self, hint: str) -> None:
-        if self.top > self.capacity:
+    def check(self, hint: str, need: int | None = None, what: str = "the model") -> None:
+        """ConfigError (on the config key of this memory) when the space taken so far, or
+        ``need`` if given, exceeds the capacity; the message says how much is needed."""
+        need = self.top if need is None else need
+        if need > self.capacity:
+            unit = "bytes" if self.memory.endswith("bytes") else "entries"
             raise ConfigError(
-                f"the model needs {self.top:,} of {self.capacity:,} available; {hint}",
+                f"{what} needs {need:,} {unit}, {self.capacity:,} available; {hint}",
                 self.memory,
             )
 
@@ -151,9 +155,61 @@ def _row_tiles(rows: int, tile: int) -> list[tuple[int, int]]:
     return [(k, min(k + tile, rows)) for k in range(0, rows, tile)]
 
 
+CAPACITY_KEYS = {"memory.scratchpad_bytes": ("memory", "scratchpad_bytes", "bytes"),
+                 "accumulator.entries": ("accumulator", "entries", "entries")}
+
+
 def plan(spec: ModelSpec, cfg: Config) -> Layout:
     """Place every buffer. Weights stay resident in the scratchpad when everything fits;
-    otherwise they are streamed from DRAM in row tiles sized to the space that is left."""
+    otherwise they are streamed from DRAM in row tiles sized to the space that is left.
+
+    A model that does not fit raises ConfigError on the memory's key, stating the least
+    capacity with which it compiles (found by trying capacities: that one works, one less
+    does not), with the other settings of ``cfg`` kept."""
+    try:
+        return _plan(spec, cfg)
+    except ConfigError as e:
+        if e.key not in CAPACITY_KEYS:
+            raise
+        need = least_capacity(spec, cfg, e.key)
+        if need is None:
+            raise
+        section, name, unit = CAPACITY_KEYS[e.key]
+        have = getattr(getattr(cfg, section), name)
+        hint = e.message.split("; ", 1)[1] if "; " in e.message else ""
+        raise ConfigError(f"the model needs {need:,} {unit}, {have:,} available"
+                          + (f"; {hint}" if hint else ""), e.key) from None
+
+
+def least_capacity(spec: ModelSpec, cfg: Config, key: str) -> int | None:
+    """The least value of the capacity ``key`` (``memory.scratchpad_bytes`` or
+    ``accumulator.entries``) with which ``spec`` compiles for ``cfg``; None if no value up to
+    2**40 does (another memory is too small)."""
+    import dataclasses
+
+    section, name, _ = CAPACITY_KEYS[key]
+
+    def fits(v: int) -> bool:
+        try:
+            sec = dataclasses.replace(getattr(cfg, section), **{name: v})
+            _plan(spec, dataclasses.replace(cfg, **{section: sec}))
+        except ConfigError:
+            return False
+        return True
+
+    lo = getattr(getattr(cfg, section), name)  # does not fit
+    hi = max(2 * lo, 64)
+    while not fits(hi):
+        lo, hi = hi, 2 * hi
+        if hi > 1 << 40:
+            return None
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if fits(mid) else (mid, hi)
+    return hi
+
+
+def _plan(spec: ModelSpec, cfg: Config) -> Layout:
     n, b, c = spec.layers, spec.batch_size, spec.classes
     nl = spec.n_weight_layers
     bw = spec.bits.classifier
@@ -174,8 +230,7 @@ def plan(spec: ModelSpec, cfg: Config) -> Layout:
     s["MX"] = sp.take("MX", 2 * b)
     for name in ("Y", "NT", "G"):
         s[name] = sp.take(name, gbytes * b * c)
-    sp.check("even the activation buffers do not fit: use a smaller batch or a larger "
-             "scratchpad")
+    sp.check("use a smaller batch or a larger scratchpad", what="the activation buffers alone")
     wsizes = [n[i] * n[i + 1] for i in range(nl)]
     mom = has_momentum(spec)
     # bytes per weight on chip: W (1) + LZ (2) [+ velocity VL (2)]; one update buffer U (2)
@@ -190,17 +245,18 @@ def plan(spec: ModelSpec, cfg: Config) -> Layout:
     a["RO"] = acc.take("RO", b)
     a["TMP"] = acc.take("TMP", b * c)
     acc_rows = (acc.capacity - acc.top - acc.align) // max(n[1:])
-    if acc_rows < 1:
-        acc.top = acc.capacity + 1
-    acc.check("not even one row of dW fits: use a config with more accumulator entries")
+    # at least one row of dW (plus alignment) after the buffers above
+    acc.check("use a config with more accumulator entries", need=acc.top + acc.align
+              + max(n[1:]), what="one row of dW with the buffers")
     tile_rows = acc_rows
     if streamed:
         # one tile of W (1 byte), LZ (2), U (2) [and VL (2)] per weight, x rows x n_out
-        room = sp.capacity - sp.top - (4 if mom else 3) * sp.align
-        tile_rows = min(tile_rows, room // ((per_weight + 2) * max(n[1:])))
-        if tile_rows < 1:
-            sp.top = sp.capacity + 1
-            sp.check("not even one row of the widest weight matrix fits for tiling")
+        reserve = (4 if mom else 3) * sp.align  # alignment of the tile buffers
+        per_row = (per_weight + 2) * max(n[1:])  # one row of every tile buffer
+        room = sp.capacity - sp.top - reserve
+        tile_rows = min(tile_rows, room // per_row)
+        sp.check("use a larger scratchpad or narrower layers", need=sp.top + reserve + per_row,
+                 what="one row of the widest weight matrix in tiles, with the buffers,")
     tiles = {l: _row_tiles(n[l - 1], min(tile_rows, n[l - 1])) for l in range(1, nl + 1)}
     tmax = max((k1 - k0) * n[l] for l, ts in tiles.items() for k0, k1 in ts)
     if not streamed:
@@ -553,7 +609,12 @@ def compile_model(spec: ModelSpec, cfg: Config) -> tuple[str, Layout]:
     """Assembly text of the training/eval firmware and the memory layout it assumes.
 
     Two passes: the first finds which labels are branch targets, the second keeps constants
-    in temporaries across every other label (control only falls through those)."""
+    in temporaries across every other label (control only falls through those).
+    ``spec.input_exponent`` must be resolved (the host driver puts in the dataset's grid when
+    the spec leaves it null)."""
+    if spec.input_exponent is None:
+        raise ConfigError("null input_exponent: compile needs the dataset's input exponent "
+                          "(the training driver fills it in)", "input_exponent")
     first, _ = _compile(spec, cfg, None)
     return _compile(spec, cfg, branch_targets(first))
 

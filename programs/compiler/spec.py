@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,21 @@ from typing import Any
 from emulator.config import read_yaml
 from emulator.errors import ConfigError
 
-DATASETS = ("digits", "synthetic")
+DATASETS = ("digits", "synthetic", "iris", "wine", "breast_cancer")
+DATASET_KINDS = ("idx", "npz")
 DITHERS = ("uniform", "triangular", "none")
 UPDATE_MODES = ("lazy", "plain", "stochastic", "shadow")
 SCHEDULES = ("constant", "step")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A dataset read from files: ``kind: idx`` (a directory of the four MNIST-format files)
+    or ``kind: npz`` (one file with ``x_train, y_train, x_test, y_test``). A relative ``path``
+    in a spec file is resolved against that file's directory when the spec is loaded."""
+
+    kind: str = ""
+    path: str = ""
 
 
 @dataclass(frozen=True)
@@ -66,12 +78,14 @@ class UpdateSpec:
 @dataclass(frozen=True)
 class ModelSpec:
     name: str = "digits-mlp"
-    dataset: str = "digits"
+    dataset: str | DatasetSpec = "digits"
     layers: list[int] = field(default_factory=lambda: [64, 100, 100, 10])
     batch_size: int = 10
     epochs: int = 20
     seed: int = 0
-    input_exponent: int = -4
+    data_seed: int = 0
+    validation: float | None = None
+    input_exponent: int | None = None
     weight_headroom: float = 2.0
     classifier_alpha: float = 0.5
     bits: BitsSpec = field(default_factory=BitsSpec)
@@ -106,7 +120,7 @@ class ModelSpec:
 _NESTED = {"bits": BitsSpec, "qbp": QbpSpec, "update": UpdateSpec, "schedule": ScheduleSpec}
 
 
-def _build(cls: type, d: Any, prefix: str, file: str) -> Any:
+def _build(cls: type, d: Any, prefix: str, file: str) -> Any:  # noqa: C901 - one loop
     if d is None:
         d = {}
     if not isinstance(d, dict):
@@ -120,6 +134,8 @@ def _build(cls: type, d: Any, prefix: str, file: str) -> Any:
             raise ConfigError(f"unknown key {str(key)!r}; {hint}", f"{prefix}{key}", file)
         if key in _NESTED:
             value = _build(_NESTED[key], value, f"{prefix}{key}.", file)
+        elif cls is ModelSpec and key == "dataset" and isinstance(value, dict):
+            value = _build(DatasetSpec, value, "dataset.", file)
         kwargs[key] = value
     return cls(**kwargs)
 
@@ -141,7 +157,7 @@ def validate(spec: ModelSpec, file: str = "") -> ModelSpec:
     """Check every field; raise ConfigError naming the key path of the first problem."""
     n = spec.layers
     _need(isinstance(spec.name, str), "must be a string", "name", file)
-    _need(spec.dataset in DATASETS, f"must be one of {DATASETS}", "dataset", file)
+    _validate_dataset(spec.dataset, file)
     _need(isinstance(n, list) and len(n) >= 2 and all(_is_int(x) and x >= 1 for x in n),
           "must be a list of at least two positive integers", "layers", file)
     _need(len(n) <= 6, "at most 5 weight layers are supported", "layers", file)
@@ -150,8 +166,15 @@ def validate(spec: ModelSpec, file: str = "") -> ModelSpec:
         _need(_is_int(v) and v >= 1, f"must be an integer >= 1, got {v!r}", key, file)
     _need(_is_int(spec.seed) and 0 <= spec.seed < 2**31, "must be an integer in [0, 2**31)",
           "seed", file)
-    _need(_is_int(spec.input_exponent) and -16 <= spec.input_exponent <= 16,
-          "must be an integer in [-16, 16]", "input_exponent", file)
+    _need(_is_int(spec.data_seed) and 0 <= spec.data_seed < 2**31,
+          "must be an integer in [0, 2**31)", "data_seed", file)
+    v = spec.validation
+    _need(v is None or (_is_num(v) and 0 < v < 1),
+          "must be null or a fraction of the training set in (0, 1)", "validation", file)
+    e = spec.input_exponent
+    _need(e is None or (_is_int(e) and -16 <= e <= 16),
+          "must be null (the dataset's own grid) or an integer in [-16, 16]",
+          "input_exponent", file)
     _need(_is_num(spec.weight_headroom) and spec.weight_headroom >= 1, "must be a number >= 1",
           "weight_headroom", file)
     _need(_is_num(spec.classifier_alpha) and 0 < spec.classifier_alpha < 1,
@@ -193,21 +216,55 @@ def validate(spec: ModelSpec, file: str = "") -> ModelSpec:
     return spec
 
 
-def spec_from_dict(d: Any, file: str = "") -> ModelSpec:
+def _validate_dataset(ds: object, file: str) -> None:
+    if isinstance(ds, DatasetSpec):
+        _need(ds.kind in DATASET_KINDS,
+              f"must be one of {DATASET_KINDS} (a named dataset is written as a plain name, "
+              f"e.g. 'dataset: iris')", "dataset.kind", file)
+        _need(isinstance(ds.path, str) and ds.path != "",
+              "must be a non-empty path" + (" to a directory" if ds.kind == "idx" else
+                                            " to an .npz file"), "dataset.path", file)
+        return
+    if isinstance(ds, str) and ds not in DATASETS:
+        close = difflib.get_close_matches(ds, DATASETS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"unknown dataset {ds!r}: must be one of {DATASETS} or a mapping "
+                          f"{{kind: idx|npz, path: ...}}{hint}", "dataset", file)
+    _need(isinstance(ds, str), f"must be a name {DATASETS} or a mapping "
+          "{kind: idx|npz, path: ...}", "dataset", file)
+
+
+def _resolve_paths(spec: ModelSpec, base_dir: str | Path | None) -> ModelSpec:
+    """A relative dataset path made absolute against ``base_dir`` (the spec file's directory);
+    ``~`` is expanded."""
+    ds = spec.dataset
+    if not isinstance(ds, DatasetSpec) or base_dir is None:
+        return spec
+    p = os.path.expanduser(ds.path)
+    p = os.path.abspath(os.path.join(base_dir, p))
+    return dataclasses.replace(spec, dataset=dataclasses.replace(ds, path=p))
+
+
+def spec_from_dict(d: Any, file: str = "", base_dir: str | Path | None = None) -> ModelSpec:
+    """Build and validate a spec from a mapping. With ``base_dir``, a relative
+    ``dataset.path`` is resolved against it (otherwise it stays relative to the working
+    directory)."""
     try:
         spec = _build(ModelSpec, d, "", file)
     except TypeError as e:  # pragma: no cover - _build passes only known keys
         raise ConfigError(str(e), "", file) from None
     if isinstance(spec.layers, tuple):
         spec = dataclasses.replace(spec, layers=list(spec.layers))
-    return validate(spec, file)
+    return _resolve_paths(validate(spec, file), base_dir)
 
 
 def load_model(path: str | Path | None = None) -> ModelSpec:
-    """Load a model spec (``None``: the default digits MLP)."""
+    """Load a model spec (``None``: the default digits MLP). A relative ``dataset.path`` is
+    resolved against the directory of the spec file."""
     if path is None:
         return validate(ModelSpec())
-    return spec_from_dict(read_yaml(path, "model spec"), str(path))
+    return spec_from_dict(read_yaml(path, "model spec"), str(path),
+                          base_dir=Path(path).parent)
 
 
 def with_overrides(spec: ModelSpec, **changes: Any) -> ModelSpec:
@@ -217,8 +274,10 @@ def with_overrides(spec: ModelSpec, **changes: Any) -> ModelSpec:
         node = d
         *path, last = key.split(".")
         for p in path:
+            if not isinstance(node, dict) or p not in node:
+                raise ConfigError(f"unknown key {p!r}", key)
             node = node[p]
-        if last not in node:
+        if not isinstance(node, dict) or last not in node:
             raise ConfigError(f"unknown key {last!r}", key)
         node[last] = value
     return spec_from_dict(d)

@@ -3,7 +3,9 @@ weights, statistics and counters.
 
 DRAM map (beyond the compiler's PARAMS block and weight homes at the bottom): the shuffled
 training batches (inputs transposed to ``[features, batch]`` per batch, negated one-hot targets),
-the test batches, and output areas for per-batch softmax outputs, round-off sums and test logits.
+the test batches, and output areas for per-batch softmax outputs, round-off sums and test logits;
+with a validation split also the validation batches, their logits and a copy of the parameters
+(weights and their INT16 update state) of the best-validation epoch.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from typing import Any
 import numpy as np
 
 from emulator.config import Config
-from emulator.counters import COUNTERS, IDX, energy_breakdown
-from emulator.errors import CheckpointError
+from emulator.counters import COUNTERS, IDX, assumed_breakdown, derived, energy_breakdown
+from emulator.debug import annotate
+from emulator.errors import CheckpointError, ConfigError, ExecutionError
 from emulator.machine import Machine
 from isa.asm import assemble
 from programs.compiler.firmware import (
@@ -39,8 +42,8 @@ from programs.compiler.firmware import (
     init_bound,
     lr_multiplier,
 )
-from programs.compiler.spec import ModelSpec
-from programs.host.datasets import Dataset, epoch_order
+from programs.compiler.spec import ModelSpec, validate
+from programs.host.datasets import Dataset, epoch_order, input_exponent
 
 PHASES = {"fwd": "forward", "softmax": "softmax", "bwd": "backward", "upd": "update"}
 
@@ -48,6 +51,16 @@ PHASES = {"fwd": "forward", "softmax": "softmax", "bwd": "backward", "upd": "upd
 def classifier_bits_bound(classes: int, alpha: float) -> float:
     """001 eq. 5: bitwidth_classifier > log2(|class| - 1) + log2(2 / alpha)."""
     return math.log2(max(classes - 1, 1)) + math.log2(2.0 / alpha)
+
+
+def classifier_warning(spec: ModelSpec) -> str | None:
+    """A warning when the classifier width is at or below the bound of 001 eq. 5, else None."""
+    bound = classifier_bits_bound(spec.classes, spec.classifier_alpha)
+    if spec.bits.classifier <= bound:
+        return (f"classifier width INT{spec.bits.classifier} is below the bound of 001 eq. 5 "
+                f"for {spec.classes} classes (alpha = {spec.classifier_alpha}): need more than "
+                f"{bound:.2f} bits; small gradient components of dL/ds will be lost")
+    return None
 
 
 def initial_weights(spec: ModelSpec, weight_exp: list[int]) -> list[np.ndarray]:
@@ -75,6 +88,7 @@ class EpochStats:
     roundoff_max_abs: float  # the largest |sum| of any sample
     y_zero_fraction: float  # wrong-class softmax outputs quantized to 0 (lost components)
     counters: dict[str, int] = field(default_factory=dict)
+    validation_accuracy: float | None = None  # on the chip, after the epoch (with a split)
 
     @property
     def mean_sparsity(self) -> float:
@@ -93,11 +107,62 @@ def label_key(label: str) -> tuple[str, str]:
     return "-", "control/io"
 
 
+def _int_array(a: Any, key: str, ndim: int, lo: int, hi: int) -> None:
+    if not isinstance(a, np.ndarray) or a.ndim != ndim or a.dtype.kind not in "iu":
+        what = (f"{a.dtype} array of shape {a.shape}" if isinstance(a, np.ndarray)
+                else type(a).__name__)
+        raise ConfigError(f"must be a {ndim}-D integer numpy array, got {what}", key)
+    if a.size and (int(a.min()) < lo or int(a.max()) > hi):
+        raise ConfigError(f"values must lie in [{lo}, {hi}], got [{int(a.min())}, "
+                          f"{int(a.max())}]", key)
+
+
+def check_training(spec: ModelSpec, data: Dataset) -> ModelSpec:
+    """What every training run checks before it starts (``lpemu train``, the Python API and
+    the experiments alike): the spec is valid (:func:`programs.compiler.spec.validate`) and the
+    dataset fits it (INT8 inputs with ``layers[0]`` features, labels below the class count, as
+    many labels as samples, at least one training batch and one test sample; the same for a
+    validation split). Raises ConfigError naming the key."""
+    if not isinstance(spec, ModelSpec):
+        raise ConfigError(f"must be a ModelSpec, got {type(spec).__name__}", "model")
+    validate(spec)
+    parts = [("x_train", "y_train"), ("x_test", "y_test")]
+    if getattr(data, "x_val", None) is not None or getattr(data, "y_val", None) is not None:
+        parts.append(("x_val", "y_val"))
+    for x, y in parts:
+        _int_array(getattr(data, x, None), f"dataset.{x}", 2, -128, 127)
+        _int_array(getattr(data, y, None), f"dataset.{y}", 1, 0, spec.classes - 1)
+    features = {getattr(data, x).shape[1] for x, _ in parts}
+    if data.classes != spec.classes or features != {spec.layers[0]}:
+        shape = "x".join(map(str, getattr(data, "shape", None) or (data.x_train.shape[1],)))
+        raise ConfigError(f"dataset {data.name} has {data.x_train.shape[1]} features (input "
+                          f"shape {shape}) and {data.classes} classes; layers are "
+                          f"{spec.layers}", "layers")
+    for x, y in parts:
+        nx, ny = len(getattr(data, x)), len(getattr(data, y))
+        if nx != ny:
+            raise ConfigError(f"{ny} labels for {nx} samples in {x}", f"dataset.{y}")
+    if len(data.x_train) < spec.batch_size:
+        raise ConfigError(f"the dataset has {len(data.x_train)} training samples, fewer than "
+                          f"one batch of {spec.batch_size}", "batch_size")
+    if len(data.x_test) == 0:
+        raise ConfigError("the dataset has no test samples", "dataset.x_test")
+    return spec
+
+
 class ChipTrainer:
-    """Trains a model spec on the emulated chip."""
+    """Trains a model spec on the emulated chip.
+
+    With a validation split in the data, every epoch ends with a validation pass on the chip;
+    the parameters of the best epoch (highest validation accuracy, the earliest on a tie) are
+    copied to DRAM, and :meth:`test_accuracy` evaluates the test set with them (004's
+    protocol). Spec and data are checked first (:func:`check_training`)."""
 
     def __init__(self, spec: ModelSpec, cfg: Config, data: Dataset,
                  datapath: str = "fast") -> None:
+        if spec.input_exponent is None:  # null: the dataset's own input grid
+            spec = dataclasses.replace(spec, input_exponent=input_exponent(spec, data))
+        check_training(spec, data)
         self.spec, self.cfg, self.data = spec, cfg, data
         text, lay = compile_model(spec, cfg)
         self.asm_text, self.layout = text, lay
@@ -150,12 +215,38 @@ class ChipTrainer:
         self.ro_addr = take(self.nb_train * 4 * b)
         self.x_test_addr = take(self.nb_test * lay.batch_x_bytes)
         self.logit_addr = take(self.nb_test * lay.batch_logit_bytes)
+        self.nb_val = math.ceil(len(d.x_val) / b) if d.has_validation else 0
+        if d.has_validation:
+            self.x_val_addr = take(self.nb_val * lay.batch_x_bytes)
+            self.val_logit_addr = take(self.nb_val * lay.batch_logit_bytes)
+            self.best_addr = take(sum(n for _, n in self._param_regions()))
         if top > self.cfg.memory.dram_bytes:
-            from emulator.errors import ConfigError
-
-            raise ConfigError(f"the dataset needs {top:,} bytes of DRAM", "memory.dram_bytes")
+            raise ConfigError(f"the dataset needs {top:,} bytes of DRAM, "
+                              f"{self.cfg.memory.dram_bytes:,} available", "memory.dram_bytes")
+        self.dram_top = top  # the end of everything the host places in DRAM
         xte = self._pad(d.x_test, self.nb_test * b)
         self.m.load_dram(self.x_test_addr, self._batches_x(xte))
+        if d.has_validation:
+            xva = self._pad(d.x_val, self.nb_val * b)
+            self.m.load_dram(self.x_val_addr, self._batches_x(xva))
+
+    def _param_regions(self) -> list[tuple[int, int]]:
+        """(DRAM address, bytes) of every weight matrix and its INT16 update state."""
+        lay, n = self.layout, self.spec.layers
+        out = []
+        for l in range(1, self.spec.n_weight_layers + 1):
+            for x, size in (("W", 1), ("LZ", 2), ("VL", 2)):
+                if f"{x}{l}" in lay.dram:
+                    out.append((lay.dram[f"{x}{l}"], size * n[l - 1] * n[l]))
+        return out
+
+    def _copy_params(self, to_best: bool) -> None:
+        """Copy the parameters to the best-epoch area (or back); host access, not counted."""
+        at = self.best_addr
+        for addr, size in self._param_regions():
+            src, dst = (addr, at) if to_best else (at, addr)
+            self.m.load_dram(dst, np.frombuffer(self.m.read_dram(src, size), np.uint8))
+            at += size
 
     def _pad(self, x: np.ndarray, n: int) -> np.ndarray:
         if len(x) >= n:
@@ -204,6 +295,16 @@ class ChipTrainer:
         self.in_epoch = True
         self.m.restart()
 
+    def firmware_image(self) -> np.ndarray:
+        """DRAM bytes ``[0, dram_top)`` as the firmware finds them at the start of the next
+        training epoch: the PARAMS block, the weights and their update state, the epoch's
+        batches and the test data. Starts that epoch (``continue_epoch`` runs it): running the
+        firmware on this image, alone, is exactly that epoch of training."""
+        if self.in_epoch:
+            raise ValueError("the DRAM image exists only at the start of an epoch")
+        self._begin_epoch()
+        return self.m.dram[: self.dram_top].copy()
+
     def global_step(self) -> int:
         """Training steps (batches) completed since the start, counted at the loop head."""
         done = int(self.m.r[R_B]) if self.m.pc == self.program.labels["train.loop"] else 0
@@ -224,7 +325,7 @@ class ChipTrainer:
         s0 = self.global_step()
         resumed_at_head = self.m.pc == loop_pc
         while True:
-            self.m.execute(break_pc=loop_pc)
+            self._run(break_pc=loop_pc)
             if self.m.halted:
                 break
             s = self.global_step()
@@ -234,6 +335,14 @@ class ChipTrainer:
                 on_checkpoint(self)  # type: ignore[misc]
         self.in_epoch = False
         return self._finish_epoch()
+
+    def _run(self, **kw: Any) -> None:
+        """``m.execute(**kw)`` (a run without the summary); a runtime fault names the firmware
+        label and source line."""
+        try:
+            self.m.execute(**kw)
+        except ExecutionError as e:
+            raise annotate(e, self.program) from None
 
     def _finish_epoch(self) -> EpochStats:
         spec, lay, d = self.spec, self.layout, self.data
@@ -260,9 +369,22 @@ class ChipTrainer:
             y_zero_fraction=float(((prob == 0) & wrong).sum() / max(int(wrong.sum()), 1)),
             counters={n: int(delta[:, i].sum()) for i, n in enumerate(COUNTERS)},
         )
+        if d.has_validation:
+            best = self.best_epoch()
+            stats.validation_accuracy = self.evaluate("val")
+            if best is None or stats.validation_accuracy > self.history[best].validation_accuracy:
+                self._copy_params(to_best=True)
         self.history.append(stats)
         self.epoch += 1
         return stats
+
+    def best_epoch(self) -> int | None:
+        """The finished epoch with the highest validation accuracy (the earliest on a tie), or
+        None without a validation split or before the first epoch."""
+        accs = [h.validation_accuracy for h in self.history]
+        if not accs or any(a is None for a in accs):
+            return None
+        return int(np.argmax(accs))
 
     def _sparsity(self, delta: np.ndarray) -> list[float]:
         """Fraction of zeros in each layer's quantized dz~, exactly, from the skip counters.
@@ -280,17 +402,31 @@ class ChipTrainer:
             out.append(zeros / (per_batch * self.nb_train))
         return out
 
-    def evaluate(self) -> float:
-        spec, _lay, d = self.spec, self.layout, self.data
+    def evaluate(self, split: str = "test") -> float:
+        """Accuracy of the current weights on the ``test`` or ``val`` split, on the chip."""
+        spec, d = self.spec, self.data
         b, c = spec.batch_size, spec.classes
-        self._params(MODE_EVAL, self.nb_test, 1, 0, self.x_test_addr, 0, self.logit_addr, 0)
+        if split == "val":
+            nb, xa, oa, y = self.nb_val, self.x_val_addr, self.val_logit_addr, d.y_val
+        else:
+            nb, xa, oa, y = self.nb_test, self.x_test_addr, self.logit_addr, d.y_test
+        self._params(MODE_EVAL, nb, 1, 0, xa, 0, oa, 0)
         self.m.restart()
         head = self.program.labels.get("eval.loop")
         while not self.m.halted:  # one batch per call, as in training (budgets per batch)
-            self.m.execute(break_pc=head)
-        s = np.frombuffer(self.m.read_dram(self.logit_addr, self.nb_test * b * c * 2), "<i2")
-        pred = s.reshape(-1, c)[: len(d.y_test)].argmax(axis=1)
-        return float((pred == d.y_test).mean())
+            self._run(break_pc=head)
+        s = np.frombuffer(self.m.read_dram(oa, nb * b * c * 2), "<i2")
+        pred = s.reshape(-1, c)[: len(y)].argmax(axis=1)
+        return float((pred == y).mean())
+
+    def test_accuracy(self) -> float:
+        """Test accuracy by the run's protocol: of the current weights, or with a validation
+        split of the best-validation epoch's parameters (restored into their DRAM homes and
+        reloaded by the firmware, so the machine holds them afterwards)."""
+        if self.best_epoch() is not None:
+            self._copy_params(to_best=False)
+            self.loaded = False  # the firmware reloads resident weights from DRAM
+        return self.evaluate()
 
     def weights(self) -> list[np.ndarray]:
         lay, spec = self.layout, self.spec
@@ -363,17 +499,20 @@ class ChipTrainer:
             d.update({n: int(c[i]) for i, n in enumerate(COUNTERS)})
             d["energy_pj"] = float(sum(en.values()))
             d.update({f"energy_{k}_pj": v for k, v in en.items()})
+            d["assumed_energy_pj"] = float(sum(assumed_breakdown(c, self.cfg).values()))
+            d.update(derived(c, self.cfg))
             out.append(d)
         return out
 
 
 def train(spec: ModelSpec, cfg: Config, data: Dataset, on_epoch=None,
           datapath: str = "fast") -> tuple[ChipTrainer, float]:
-    """Train for ``spec.epochs`` epochs; returns the trainer and the final test accuracy."""
+    """Train for ``spec.epochs`` epochs (after :func:`check_training`); returns the trainer and
+    the test accuracy (at the best-validation epoch when the data has a validation split)."""
     tr = ChipTrainer(spec, cfg, data, datapath=datapath)
     for _ in range(spec.epochs):
         st = tr.train_epoch()
         if on_epoch is not None:
             on_epoch(tr, st)
-    return tr, tr.evaluate()
+    return tr, tr.test_accuracy()
 

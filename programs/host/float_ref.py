@@ -1,7 +1,9 @@
 """Float32 reference trainer: the same MLP, data order, initial weights and hyperparameters as
 the chip's firmware, in plain numpy float32 (no quantization anywhere). It is the baseline the
-on-chip experiments are compared against. Its products run under the emulator's thread policy
-(emulator/threads.py), so speed comparisons with the chip use the same BLAS threads."""
+on-chip experiments are compared against. With a validation split it follows the chip's
+protocol: validation accuracy after every epoch, test accuracy of the best epoch's weights. Its
+products run under the emulator's thread policy (emulator/threads.py), so speed comparisons
+with the chip use the same BLAS threads."""
 
 from __future__ import annotations
 
@@ -11,14 +13,15 @@ import numpy as np
 
 from emulator.threads import matmul
 from programs.compiler.spec import ModelSpec
-from programs.host.datasets import Dataset, epoch_order
+from programs.host.datasets import Dataset, epoch_order, input_exponent
 
 
 @dataclass
 class FloatResult:
     test_accuracy: float
     history: list[dict[str, float]] = field(default_factory=list)
-    weights: list[np.ndarray] = field(default_factory=list)
+    weights: list[np.ndarray] = field(default_factory=list)  # of the reported test accuracy
+    best_epoch: int | None = None  # with a validation split
 
 
 def forward(weights: list[np.ndarray], x: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
@@ -69,9 +72,11 @@ def train_step(weights: list[np.ndarray], x: np.ndarray, y: np.ndarray, lr: floa
 def train_float(spec: ModelSpec, data: Dataset, init: list[np.ndarray],
                 epochs: int | None = None) -> FloatResult:
     weights = [w.astype(np.float32).copy() for w in init]
-    scale = np.float32(2.0**spec.input_exponent)
+    scale = np.float32(2.0 ** input_exponent(spec, data))
     xtr = data.x_train.astype(np.float32) * scale
     xte = data.x_test.astype(np.float32) * scale
+    xva = data.x_val.astype(np.float32) * scale if data.has_validation else None
+    best: tuple[float, int, list[np.ndarray]] | None = None
     b = spec.batch_size
     beta = spec.update.momentum
     velocity = [np.zeros_like(w) for w in weights]
@@ -84,8 +89,15 @@ def train_float(spec: ModelSpec, data: Dataset, init: list[np.ndarray],
                        beta, velocity)
             for i in range(0, len(order), b)
         ]
-        res.history.append({"epoch": epoch, "loss": float(np.mean(losses)),
-                            "test_accuracy": accuracy(weights, xte, data.y_test)})
+        h = {"epoch": epoch, "loss": float(np.mean(losses)),
+             "test_accuracy": accuracy(weights, xte, data.y_test)}
+        if xva is not None:
+            h["validation_accuracy"] = accuracy(weights, xva, data.y_val)
+            if best is None or h["validation_accuracy"] > best[0]:
+                best = (h["validation_accuracy"], epoch, [w.copy() for w in weights])
+        res.history.append(h)
+    if best is not None:
+        res.best_epoch, weights = best[1], best[2]
     res.test_accuracy = accuracy(weights, xte, data.y_test)
     res.weights = weights
     return res

@@ -11,11 +11,14 @@ where ``tests/test_differential.py`` replays it on every datapath.
 
 Programs are built from one generator per mnemonic (``GENERATORS``; a test checks every
 instruction of the table has one) with edge operands (-128, -1, 0, 1, 127, accumulator limits,
-shift 0 and maximum), aliased source and destination ranges, bounded loops and forward branches,
-the compiler's lazy-update sequence (which the fast machine runs fused, emulator/fusion.py), and
-scalar-only loops long enough to meet a budget, over randomly drawn small hardware configs
-(array shape and dataflow, skip granularity, accumulator width and overflow mode, DMA overlap,
-step and cycle budgets). The fast legs run scalar, branch and exponent instructions in the
+shift 0 and maximum, exponents anywhere in 32 bits: requantizer shifts past every internal
+width, ``WIDE_SHIFTS``), INT16 operands at odd addresses, aliased source and destination
+ranges, bounded loops and forward branches, the compiler's lazy-update sequence (which the fast
+machine runs fused, emulator/fusion.py), scalar-only loops long enough to meet a budget, and
+convolution/pooling instructions over random small image geometries (empty, odd, strided,
+padded, now and then invalid), over randomly drawn small hardware configs (array shape and
+dataflow, skip granularity, accumulator width and overflow mode, DMA overlap, step and cycle
+budgets). The fast legs run scalar, branch, exponent, DMA and vector instructions in the
 compiled interpreter (emulator/scalar.py; ``scalar_mode``), the reference by their handlers.
 """
 
@@ -80,8 +83,10 @@ class Gen:
         return self.pick(0, 1, 2, 3, 4, 5, 7, 8, 16, 17, 31, 64)
 
     def addr(self, nbytes: int, align: int = 1) -> int:
+        """A scratchpad address with room for ``nbytes``; INT16 operands (``align`` 2) land
+        on an odd address one time in four (INT16 elements have no alignment rule)."""
         a = self.rng.randrange(0, SPAD - max(nbytes, 1) - 64)
-        return a - a % align
+        return a - a % align + (align > 1 and self.rng.random() < 0.25)
 
     def region_pair(self, nbytes: int, elem: int) -> tuple[int, int]:
         """Two scratchpad ranges: disjoint, identical, or overlapping at an offset."""
@@ -172,11 +177,39 @@ def _exps(x: Gen, lo: int, hi: int) -> tuple[list[str], int]:
     return [f"eset e1, {e1}", f"eset e2, {e1 + s}"], s
 
 
+E32 = (-(1 << 31), (1 << 31) - 1)
+# requantizer shifts at and past every internal width: 31-bit sums, 62/63-bit products, the
+# 64-bit draw, the fold bounds, and the extremes of a 32-bit exponent difference
+WIDE_SHIFTS = [-(1 << 32) + 1, -(1 << 31), -70, -64, -63, -17, -16, -9, -8, 31, 32, 33, 62, 63,
+               64, 65, 126, 127, 128, 129, 1000, (1 << 31), (1 << 32) - 1]
+
+
+def _eset_any(x: Gen, ereg: int, value: int) -> list[str]:
+    """Set an exponent register to any 32-bit value (eset takes 16 bits; else via r16)."""
+    if -(1 << 15) <= value < (1 << 15):
+        return [f"eset e{ereg}, {value}"]
+    return [*x.li(16, value), f"esetr e{ereg}, r16"]
+
+
+def _exp_pair(x: Gen, ein: int, eout: int, s: int) -> list[str]:
+    """e[eout] - e[ein] = s, both within 32 bits, placed at random where that allows."""
+    lo, hi = max(E32[0], E32[0] - s), min(E32[1], E32[1] - s)
+    e_in = x.pick(lo, hi, max(lo, min(hi, x.rng.randrange(-12, 13))))
+    return _eset_any(x, ein, e_in) + _eset_any(x, eout, e_in + s)
+
+
+def _wide_exps(x: Gen) -> list[str]:
+    """e1 (input), e2 (output) with a shift from WIDE_SHIFTS."""
+    return _exp_pair(x, 1, 2, x.pick(*WIDE_SHIFTS))
+
+
 def g_rq(x: Gen, mul: bool = False) -> None:
     n = x.n_elems()
     dt, b = x.dt()
     racc = x.rng.randrange(0, ACC - n)
-    lines, _ = _exps(x, -31, 31) if x.rng.random() < 0.3 else _exps(x, 0, 16)
+    pick = x.rng.random()
+    lines = _wide_exps(x) if pick < 0.3 else (_exps(x, -31, 31) if pick < 0.45
+                                              else _exps(x, 0, 16))[0]
     rnd = x.pick(*ROUND)
     relu = x.rng.randrange(2)
     d = x.addr(n * b, b)
@@ -195,7 +228,7 @@ def g_vcvt(x: Gen) -> None:
     ddt, db = x.dt()
     a = x.addr(n * sb, sb)
     d = x.pick(a, x.addr(n * db, db))
-    lines, _ = _exps(x, -8, 16)
+    lines = _wide_exps(x) if x.rng.random() < 0.3 else _exps(x, -8, 16)[0]
     x.emit(*lines, *x.li(1, d), *x.li(2, a), *x.li(3, n),
            f"vcvt r1, r2, r3, e2, e1, rnd={x.pick(*ROUND)}, sdt={sdt}, ddt={ddt}, "
            f"relu={x.rng.randrange(2)}")
@@ -250,8 +283,8 @@ def g_vsubrow(x: Gen) -> None:
 def g_vexp(x: Gen) -> None:
     n = x.n_elems()
     a, d = x.region_pair(2 * n, 2)
-    e = x.pick(-24, -16, -8, -3, 0, 5, 8)
-    x.emit(f"eset e3, {e}", *x.li(1, d), *x.li(2, a), *x.li(3, n), "vexp r1, r2, r3, e3")
+    e = x.pick(-24, -16, -8, -3, 0, 5, 8, -25, -26, 9, 10, *E32)
+    x.emit(*_eset_any(x, 3, e), *x.li(1, d), *x.li(2, a), *x.li(3, n), "vexp r1, r2, r3, e3")
 
 
 def g_vnormrow(x: Gen) -> None:
@@ -260,8 +293,8 @@ def g_vnormrow(x: Gen) -> None:
     a = x.addr(2 * r * c, 2)
     d = x.pick(a, x.addr(r * c * b, b))
     racc = x.rng.randrange(0, ACC - r)
-    f = x.pick(0, 7, 14, 15, 30)
-    x.emit(f"eset e4, {-f}", *x.li(1, d), *x.li(2, a), *x.li(3, racc), *x.li(4, r), *x.li(5, c),
+    f = x.pick(0, 7, 14, 15, 30, -1, -17, -18, 31, 46, 47, 48, -E32[1], -E32[0])
+    x.emit(*_eset_any(x, 4, -f), *x.li(1, d), *x.li(2, a), *x.li(3, racc), *x.li(4, r), *x.li(5, c),
            f"vnormrow r1, r2, r3, r4, r5, e4, dt={dt}")
 
 
@@ -269,10 +302,33 @@ def g_vlazy(x: Gen) -> None:
     n = x.n_elems()
     t = x.addr(n, 1)
     a = x.pick(x.addr(2 * n, 2), t)
-    s = x.pick(0, 1, 7, 8, 15)
-    e = x.rng.randrange(-8, 8)
-    x.emit(f"eset e5, {e}", f"eset e6, {e - s}", *x.li(1, t), *x.li(2, a), *x.li(3, n),
+    s = x.pick(0, 1, 7, 8, 15, 16, 17, 40, (1 << 32) - 1) if x.rng.random() < 0.97 else -1
+    x.emit(*_exp_pair(x, 6, 5, s), *x.li(1, t), *x.li(2, a), *x.li(3, n),
            "vlazy r1, r2, r3, e5, e6")
+
+
+def g_vrsqrt(x: Gen) -> None:
+    n = x.n_elems()
+    a, d = x.region_pair(2 * n, 2)
+    if x.rng.random() < 0.2:  # K = -e[ein] - 2 e[eout] far past both fold bounds
+        e_out, e_in = x.pick(*E32), x.pick(*E32)
+    else:
+        k = x.pick(-4, -3, -2, 0, 1, 14, 28, 29, 30, 31, 44, 45, 46, 47)
+        e_out = x.rng.randrange(-20, 21)
+        e_in = -k - 2 * e_out
+    x.emit(*_eset_any(x, 7, e_out), *_eset_any(x, 8, e_in), *x.li(1, d), *x.li(2, a),
+           *x.li(3, n), "vrsqrt r1, r2, r3, e7, e8")
+
+
+def g_vwmul(x: Gen) -> None:
+    n = x.n_elems()
+    da, ea = x.dt()
+    db, eb = x.dt()
+    a = x.addr(n * ea, ea)
+    b = x.pick(a, x.addr(n * eb, eb))
+    racc = x.rng.randrange(0, ACC - n)
+    x.emit(*x.li(1, racc), *x.li(2, a), *x.li(3, b), *x.li(4, n),
+           f"vwmul r1, r2, r3, r4, da={da}, db={db}, acc={x.rng.randrange(2)}")
 
 
 def g_update(x: Gen) -> None:
@@ -393,6 +449,103 @@ def g_loop(x: Gen) -> None:
            f"bne r20, r0, {lab}")
 
 
+# ---------------------------------------------------------------- conv and pooling
+def _geometry(x: Gen, pool: bool = False) -> tuple[list[str], dict[str, int]]:
+    """li r4..r7 with a random small image geometry (rsz, rhw, rkw, rpf): usually valid, with
+    empty dimensions, odd sizes, strides 1-3 and padding; one time in 12 a bad one (a window
+    larger than the padded input, a zero window or stride, a register outside [0, 2**32)).
+    ``pool``: mostly windows that reach into the input (max pooling faults otherwise)."""
+    while True:
+        g = {"n": x.pick(0, 1, 1, 2, 3), "c": x.pick(0, 1, 2, 3, 5), "h": x.pick(0, 1, 2, 3, 5, 6),
+             "w": x.pick(1, 2, 3, 4, 7), "kh": x.pick(1, 2, 3), "kw": x.pick(1, 2, 3),
+             "sh": x.pick(1, 1, 2, 3), "sw": x.pick(1, 2), "ph": x.pick(0, 0, 1, 2),
+             "pw": x.pick(0, 1), "f": x.pick(0, 1, 2, 3, 5)}
+        in_pad = g["kh"] <= g["ph"] or g["kw"] <= g["pw"]
+        if g["h"] + 2 * g["ph"] >= g["kh"] and g["w"] + 2 * g["pw"] >= g["kw"] and not (
+                pool and in_pad and x.rng.random() < 0.9):
+            break
+    regs = [g["n"] | g["c"] << 16, g["h"] | g["w"] << 16,
+            g["kh"] | g["kw"] << 8 | g["sh"] << 16 | g["sw"] << 24,
+            g["ph"] | g["pw"] << 8 | g["f"] << 16]
+    if x.rng.random() < 1 / 12:
+        i = x.rng.randrange(4)
+        regs[i] = x.pick(-1, 1 << 32, regs[i] & ~0xFF, regs[i] | 0x70)
+    lines = [ln for i, v in enumerate(regs) for ln in x.li(4 + i, v)]
+    oh = (g["h"] + 2 * g["ph"] - g["kh"]) // g["sh"] + 1
+    ow = (g["w"] + 2 * g["pw"] - g["kw"]) // g["sw"] + 1
+    g.update(oh=oh, ow=ow, m=g["n"] * oh * ow, k=g["kh"] * g["kw"] * g["c"],
+             inputs=g["n"] * g["h"] * g["w"] * g["c"])
+    return lines, g
+
+
+def _acc_addr(x: Gen, n: int) -> int:
+    """An accumulator address for n entries; one time in 20 one that runs off the end."""
+    return ACC - n // 2 - 1 if n and x.rng.random() < 0.05 else x.rng.randrange(0, ACC - n + 1)
+
+
+def g_conv(x: Gen) -> None:
+    lines, g = _geometry(x)
+    mode = x.pick("fwd", "wgrad", "dgrad")
+    da, ea = x.dt()
+    db, eb = x.dt()
+    if mode == "dgrad":
+        na, nb, nout = g["m"] * g["f"], g["k"] * g["f"], g["inputs"]
+    else:
+        na, nb = g["inputs"], (g["k"] if mode == "fwd" else g["m"]) * g["f"]
+        nout = (g["m"] if mode == "fwd" else g["k"]) * g["f"]
+    flags = ", ".join(f"{f}={x.rng.randrange(2)}" for f in ("acc", "sa", "sb"))
+    x.emit(*lines, *x.li(1, _acc_addr(x, nout)), *x.li(2, x.addr(na * ea)),
+           *x.li(3, x.addr(nb * eb)),
+           f"conv r1, r2, r3, r4, r5, r6, r7, mode={mode}, {flags}, da={da}, db={db}")
+
+
+def g_vmaxpool(x: Gen) -> None:
+    lines, g = _geometry(x, pool=True)
+    dt, b = x.dt()
+    a, d = x.region_pair(max(g["inputs"], g["m"] * g["c"]) * b, b)
+    ri = x.pick(x.addr(g["m"] * g["c"]), d, a)
+    x.emit(*lines, *x.li(1, d), *x.li(2, a), *x.li(3, ri),
+           f"vmaxpool r1, r2, r3, r4, r5, r6, r7, dt={dt}, idx={x.rng.randrange(2)}")
+
+
+def g_vsumpool(x: Gen) -> None:
+    lines, g = _geometry(x)
+    dt, b = x.dt()
+    x.emit(*lines, *x.li(1, _acc_addr(x, g["m"] * g["c"])), *x.li(2, x.addr(g["inputs"] * b)),
+           f"vsumpool r1, r2, r4, r5, r6, r7, dt={dt}")
+
+
+def g_vunpool(x: Gen) -> None:
+    """Usually the indices of a vmaxpool on the same geometry (so mode=max has valid ones);
+    otherwise whatever the scratchpad holds (which mostly faults)."""
+    lines, g = _geometry(x, pool=True)
+    dt, b = x.dt()
+    mc = g["m"] * g["c"]
+    ri, dy = x.addr(mc), x.addr(mc * b)
+    pool = []
+    if x.rng.random() < 0.8:
+        pool = [*x.li(1, x.addr(mc * b)), *x.li(2, x.addr(g["inputs"] * b)), *x.li(3, ri),
+                f"vmaxpool r1, r2, r3, r4, r5, r6, r7, dt={dt}, idx=1"]
+    x.emit(*lines, *pool, *x.li(3, ri), *x.li(1, _acc_addr(x, g["inputs"])), *x.li(2, dy),
+           f"vunpool r1, r2, r3, r4, r5, r6, r7, mode={x.pick('max', 'sum')}, "
+           f"acc={x.rng.randrange(2)}, dt={dt}")
+
+
+def g_vbias(x: Gen) -> None:
+    dt, b = x.dt()
+    rows, cols = _rows_cols(x)
+    s = x.pick(-16, -1, 0, 1, 2, 7, 15, 16, *WIDE_SHIFTS)  # any shift: e9 = e8 - s
+    x.emit(*_exp_pair(x, 9, 8, s), *x.li(1, _acc_addr(x, rows * cols)),
+           *x.li(2, x.addr(cols * b)), *x.li(3, rows), *x.li(4, cols),
+           f"vbias r1, r2, r3, r4, e8, e9, dt={dt}")
+
+
+CONV_GENERATORS: dict[str, Callable[[Gen], None]] = {
+    "conv": g_conv, "vmaxpool": g_vmaxpool, "vsumpool": g_vsumpool, "vunpool": g_vunpool,
+    "vbias": g_vbias,
+}
+
+
 GENERATORS: dict[str, Callable[[Gen], None]] = {
     "nop": lambda x: x.emit("nop"),
     "halt": lambda x: None,  # every program ends with one
@@ -439,7 +592,10 @@ GENERATORS: dict[str, Callable[[Gen], None]] = {
     "vexp": g_vexp,
     "vnormrow": g_vnormrow,
     "vlazy": g_vlazy,
+    "vrsqrt": g_vrsqrt,
+    "vwmul": g_vwmul,
 }
+GENERATORS.update(CONV_GENERATORS)
 BODY_OPS = [m for m in GENERATORS if m not in ("halt", "beq", "bne", "blt", "bge", "jmp")]
 
 
