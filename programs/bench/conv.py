@@ -12,8 +12,8 @@ col2im by one strided add per window position; pooling by strided slices, with t
 backward pass needs. The baseline runs on as many BLAS threads as the emulator's
 thread policy gives an operation of its size (emulator/threads.py). The ratio is emulator
 time / float32 time (the emulator's slowdown; lower is better). Medians over the repeats; the
-machine may be shared, so the spread of the per-repeat ratios is reported too. Every result is checked against an int64
-computation first (a benchmark of wrong values is useless).
+machine may be shared, so the spread of the per-repeat ratios is reported too. Every result is
+checked against an int64 computation first (a benchmark of wrong values is useless).
 """
 
 from __future__ import annotations
