@@ -383,9 +383,9 @@ def _cmd_bench(args) -> int:
 
     only = args.only.split(",") if args.only else None
     for name in only or []:
-        if name not in PARTS:
-            raise UsageError(f"unknown part {name!r}; choose from {', '.join(PARTS)}",
-                             "--only")
+        if name not in PARTS and name != "hogs":
+            raise UsageError(f"unknown part {name!r}; choose from {', '.join(PARTS)}, hogs "
+                             "(with --hogs N)", "--only")
     if args.hogs < 0:
         raise UsageError("must be >= 0", "--hogs")
     res = run_suite(args.quick, only=only, hogs=args.hogs)
@@ -515,7 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exit 1 if a figure misses its target")
     b.add_argument("--only", metavar="PARTS",
                    help="comma-separated parts: gemm, step, firmware, epoch, scalesim, "
-                   "startup, jit_off")
+                   "startup, jit_off, conv, hogs (with --hogs N)")
     b.add_argument("--hogs", type=int, default=0, metavar="N",
                    help="also time the training step with N CPU-bound processes running")
     b.set_defaults(fn=_cmd_bench)
