@@ -15,7 +15,6 @@ on every test run (atheris is not needed for that).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import re
 import shutil
@@ -118,13 +117,9 @@ def target_checkpoint_sealed(data: bytes) -> None:
     """The uncompressed archive inside a checkpoint, compressed and sealed behind a valid
     header and SHA-256 by the harness, so mutations reach the archive reader and the state
     checks instead of stopping at the checksum."""
-    import zlib
-
     from emulator import checkpoint as ckpt
 
-    payload = zlib.compress(data, 1)
-    target_checkpoint(ckpt.HEADER.pack(ckpt.MAGIC, ckpt.VERSION, 0, len(payload),
-                                       hashlib.sha256(payload).digest()) + payload)
+    target_checkpoint(ckpt.seal(data, {"kind": "fuzz"}))
 
 
 _MACHINE: list = []
@@ -194,7 +189,8 @@ def seeds(target: str) -> list[bytes]:
         good = ckpt.encode(m, {"kind": "seed"})
         if target == "checkpoint":
             return [good]
-        return [zlib.decompress(good[ckpt.HEADER.size :])]
+        meta_len = ckpt.BODY.unpack_from(good, ckpt.HEADER.size)[1]
+        return [zlib.decompress(good[ckpt.HEADER.size + ckpt.BODY.size + meta_len :])]
     raise KeyError(target)
 
 

@@ -10,13 +10,21 @@ Every problem raises :class:`~emulator.errors.ConfigError` carrying the dotted k
 (``"accumulator.bits"``) and the file it came from.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from emulator import limits as lim
 from emulator.errors import ConfigError
+from emulator.files import TooLarge, read_bounded
+from emulator.limits import short_repr
+
+if TYPE_CHECKING:  # imported where used: `lpemu run` without --config never needs yaml
+    import yaml
 
 __all__ = [
     "AccumulatorConfig",
@@ -36,19 +44,21 @@ __all__ = [
 # --- field constructors: the constraint of each field lives next to its default ----------
 
 
-def _int(default: int, lo: int, hi: int | None = None) -> Any:
-    """An int field (bool rejected) constrained to ``lo <= v`` (and ``v <= hi`` if given)."""
+def _int(default: int, lo: int, hi: int) -> Any:
+    """An int field (bool rejected) constrained to ``lo <= v <= hi`` (every integer field has
+    an upper bound, so no count derived from it can wrap; see emulator/limits.py)."""
     return field(default=default, metadata={"kind": int, "lo": lo, "hi": hi})
 
 
-def _float(default: float, lo: float = 0.0) -> Any:
-    """A finite float field (int accepted and converted, bool rejected), ``v >= lo``."""
-    return field(default=default, metadata={"kind": float, "lo": lo, "hi": None})
+def _float(default: float, lo: float, hi: float) -> Any:
+    """A finite float field (int accepted and converted, bool rejected), ``lo <= v <= hi``."""
+    return field(default=default, metadata={"kind": float, "lo": lo, "hi": hi})
 
 
-def _opt_float(lo: float = 0.0) -> Any:
-    """An optional finite float field: ``None`` (YAML ``null``, the default) or ``v >= lo``."""
-    return field(default=None, metadata={"kind": float, "lo": lo, "hi": None, "optional": True})
+def _opt_float(lo: float, hi: float) -> Any:
+    """An optional finite float field: ``None`` (YAML ``null``, the default) or
+    ``lo <= v <= hi``."""
+    return field(default=None, metadata={"kind": float, "lo": lo, "hi": hi, "optional": True})
 
 
 def _bool(default: bool) -> Any:
@@ -72,34 +82,45 @@ def _check_value(key: str, value: object, meta: dict[str, Any]) -> object:
         return None
     if kind is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"must be true or false, got {_type_name(value)} {value!r}", key)
+            raise ConfigError(f"must be true or false, got {_type_name(value)} "
+                              f"{short_repr(value)}", key)
         return value
     if kind is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"must be an integer, got {_type_name(value)} {value!r}", key)
+            raise ConfigError(f"must be an integer, got {_type_name(value)} "
+                              f"{short_repr(value)}", key)
     elif kind is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"must be a number, got {_type_name(value)} {value!r}", key)
+            raise ConfigError(f"must be a number, got {_type_name(value)} "
+                              f"{short_repr(value)}", key)
         try:
             value = float(value)
         except OverflowError:
-            raise ConfigError(f"must be finite, got {value!r}", key) from None
+            raise ConfigError(f"must be finite, got {short_repr(value)}", key) from None
         if not math.isfinite(value):
             raise ConfigError(f"must be finite, got {value!r}", key)
     else:
         choices = meta["choices"]
         if not isinstance(value, str):
-            raise ConfigError(f"must be a string, got {_type_name(value)} {value!r}", key)
+            raise ConfigError(f"must be a string, got {_type_name(value)} "
+                              f"{short_repr(value)}", key)
         if value not in choices:
             allowed = ", ".join(repr(c) for c in choices)
-            raise ConfigError(f"must be one of {allowed}, got {value!r}", key)
+            raise ConfigError(f"must be one of {allowed}, got {short_repr(value)}", key)
         return value
     lo, hi = meta["lo"], meta["hi"]
     if value < lo:
-        raise ConfigError(f"must be >= {lo}, got {value!r}", key)
-    if hi is not None and value > hi:
-        raise ConfigError(f"must be <= {hi}, got {value!r}", key)
+        raise ConfigError(f"must be >= {_num(lo)}, got {short_repr(value)}", key)
+    if value > hi:
+        raise ConfigError(f"must be <= {_num(hi)}, got {short_repr(value)}", key)
     return value
+
+
+def _num(v: float) -> str:
+    """A bound for a message: powers of two as ``2^k``, other numbers as they are."""
+    if isinstance(v, int) and v >= 1 << 16 and v & (v - 1) == 0:
+        return f"2^{v.bit_length() - 1} = {v}"
+    return f"{v:g}" if isinstance(v, float) else f"{v}"
 
 
 class _Section:
@@ -119,8 +140,8 @@ class ArrayConfig(_Section):
     """The systolic MAC array: ``rows x cols`` 8-bit multipliers and its dataflow."""
 
     SECTION: ClassVar[str] = "array"
-    rows: int = _int(16, 1, 4096)
-    cols: int = _int(16, 1, 4096)
+    rows: int = _int(16, 1, lim.MAX_ARRAY_DIM)
+    cols: int = _int(16, 1, lim.MAX_ARRAY_DIM)
     dataflow: str = _choice(
         "weight_stationary", "weight_stationary", "output_stationary", "input_stationary"
     )
@@ -134,7 +155,7 @@ class AccumulatorConfig(_Section):
     SECTION: ClassVar[str] = "accumulator"
     bits: int = _int(32, 8, 32)
     overflow: str = _choice("saturate", "saturate", "wrap")
-    entries: int = _int(262144, 1)
+    entries: int = _int(262144, 1, lim.MAX_ACC_ENTRIES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,8 +163,8 @@ class MemoryConfig(_Section):
     """Capacities of off-chip DRAM and the on-chip scratchpad, in bytes."""
 
     SECTION: ClassVar[str] = "memory"
-    dram_bytes: int = _int(268435456, 1)
-    scratchpad_bytes: int = _int(1048576, 1)
+    dram_bytes: int = _int(268435456, 1, lim.MAX_MEMORY_BYTES)
+    scratchpad_bytes: int = _int(1048576, 1, lim.MAX_MEMORY_BYTES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,8 +173,8 @@ class DmaConfig(_Section):
     transfers overlap with compute (double buffering)."""
 
     SECTION: ClassVar[str] = "dma"
-    bytes_per_cycle: int = _int(16, 1)
-    latency_cycles: int = _int(64, 0)
+    bytes_per_cycle: int = _int(16, 1, lim.MAX_BYTES_PER_CYCLE)
+    latency_cycles: int = _int(64, 0, lim.MAX_LATENCY_CYCLES)
     overlap: bool = _bool(False)
 
 
@@ -162,19 +183,24 @@ class AluConfig(_Section):
     """Vector ALU: element lanes per cycle and pipeline latency."""
 
     SECTION: ClassVar[str] = "alu"
-    lanes: int = _int(16, 1)
-    latency_cycles: int = _int(1, 0)
+    lanes: int = _int(16, 1, lim.MAX_LANES)
+    latency_cycles: int = _int(1, 0, lim.MAX_LATENCY_CYCLES)
 
 
 @dataclass(frozen=True, slots=True)
 class BudgetConfig(_Section):
-    """Run limits, each counted from the start of one ``Machine.run`` call: the emulator stops
-    with BudgetExceeded past any of them. ``max_seconds`` is wall-clock time (0: no limit)."""
+    """Run limits, the step, cycle and wall-time ones each counted from the start of one
+    ``Machine.run`` call: the emulator stops with BudgetExceeded past any of them
+    (``max_seconds`` is wall-clock time; 0: no limit); ``max_memory_bytes`` bounds the host
+    memory a machine may take (its memories, program and the working memory of its largest
+    instruction; 0: a safe fraction of the memory available when the machine is built,
+    emulator/limits.py)."""
 
     SECTION: ClassVar[str] = "budget"
-    max_steps: int = _int(100_000_000, 1)
-    max_cycles: int = _int(10**15, 1)
-    max_seconds: float = _float(60.0)
+    max_steps: int = _int(100_000_000, 1, lim.MAX_STEPS)
+    max_cycles: int = _int(10**15, 1, lim.MAX_CYCLES)
+    max_memory_bytes: int = _int(0, 0, lim.MAX_MEMORY_BUDGET)
+    max_seconds: float = _float(60.0, 0.0, lim.MAX_SECONDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,12 +212,13 @@ class HostConfig(_Section):
     it (sweep workers set it to 1)."""
 
     SECTION: ClassVar[str] = "host"
-    threads: int = _int(0, 0, 1024)
+    threads: int = _int(0, 0, lim.MAX_THREADS)
 
 
 @dataclass(frozen=True, slots=True)
 class EnergyConfig(_Section):
-    """Energy per event in picojoules (sources in configs/default.yaml). All finite, >= 0.
+    """Energy per event in picojoules (sources in configs/default.yaml). Each in [0, 1e9], so
+    energy = events x entry stays finite.
 
     On-chip SRAM (scratchpad, accumulator memory) is priced per 64-bit access at its capacity,
     interpolated between the three ``sram_*_per_64b`` points (emulator/energy.py);
@@ -201,18 +228,18 @@ class EnergyConfig(_Section):
     """
 
     SECTION: ClassVar[str] = "energy"
-    mult_int8: float = _float(0.2)
-    add_int8: float = _float(0.03)
-    add_int32: float = _float(0.1)
-    sram_8kb_per_64b: float = _float(10.0)
-    sram_32kb_per_64b: float = _float(20.0)
-    sram_1mb_per_64b: float = _float(100.0)
-    sram_per_64b: float | None = _opt_float()
-    acc_per_64b: float | None = _opt_float()
-    dram_per_64b: float = _float(1950.0)
-    rng_draw: float = _float(1.0)
-    requant_element: float = _float(0.1)
-    instruction: float = _float(0.5)
+    mult_int8: float = _float(0.2, 0.0, lim.MAX_ENERGY_PJ)
+    add_int8: float = _float(0.03, 0.0, lim.MAX_ENERGY_PJ)
+    add_int32: float = _float(0.1, 0.0, lim.MAX_ENERGY_PJ)
+    sram_8kb_per_64b: float = _float(10.0, 0.0, lim.MAX_ENERGY_PJ)
+    sram_32kb_per_64b: float = _float(20.0, 0.0, lim.MAX_ENERGY_PJ)
+    sram_1mb_per_64b: float = _float(100.0, 0.0, lim.MAX_ENERGY_PJ)
+    sram_per_64b: float | None = _opt_float(0.0, lim.MAX_ENERGY_PJ)
+    acc_per_64b: float | None = _opt_float(0.0, lim.MAX_ENERGY_PJ)
+    dram_per_64b: float = _float(1950.0, 0.0, lim.MAX_ENERGY_PJ)
+    rng_draw: float = _float(1.0, 0.0, lim.MAX_ENERGY_PJ)
+    requant_element: float = _float(0.1, 0.0, lim.MAX_ENERGY_PJ)
+    instruction: float = _float(0.5, 0.0, lim.MAX_ENERGY_PJ)
 
 
 _SECTIONS: dict[str, type[_Section]] = {
@@ -283,9 +310,9 @@ class Config:
 
 def _unknown_key(key: object, valid: list[str], prefix: str, file: str) -> ConfigError:
     """Error for an unknown key, suggesting the closest valid one if any is close."""
-    path = f"{prefix}{key}"
     import difflib  # only on this error path (start-up time)
 
+    path = f"{prefix}{key}"
     close = difflib.get_close_matches(str(key), valid, n=1)
     hint = f"did you mean {close[0]!r}?" if close else "valid keys: " + ", ".join(valid)
     return ConfigError(f"unknown key {str(key)!r}; {hint}", path, file)
@@ -317,19 +344,25 @@ def config_from_dict(d: dict, file: str = "") -> Config:
 
 
 def read_yaml(path: str | Path, what: str) -> Any:
-    """Read a YAML file with ``yaml.safe_load``; an unreadable file, text that is not UTF-8 or
-    invalid YAML raises ConfigError naming the file (and the line and column)."""
+    """Read a YAML file with PyYAML's safe loader; raise ConfigError naming the file (and the
+    line and column) for an unreadable file, one over the size limit, text that is not UTF-8,
+    invalid YAML, a duplicate key, or aliases that expand past the node limit
+    (emulator/limits.py)."""
     import yaml  # here, not at import: `lpemu run` without --config never needs it
 
     file = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        raw = read_bounded(file, lim.MAX_YAML_FILE_BYTES)
+    except TooLarge as err:
+        raise ConfigError(f"{what} {err.describe()}", "", file) from None
     except OSError as err:
         raise ConfigError(f"cannot read {what}: {err.strerror or err}", "", file) from None
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
         raise ConfigError(f"{what} is not UTF-8 text (byte {err.start})", "", file) from None
     try:
-        return yaml.safe_load(text)
+        return _safe_load(text, file)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         problem = getattr(err, "problem", None) or str(err)
@@ -344,7 +377,94 @@ def read_yaml(path: str | Path, what: str) -> Any:
                           f"{err})", "", file) from None
 
 
-def _position(mark: "yaml.Mark") -> str:  # noqa: F821, UP037 - yaml is imported lazily
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _safe_load(text: str, file: str) -> Any:
+    """``yaml.safe_load(text)`` (the same SafeLoader and constructors), with two checks on the
+    composed node graph before anything is constructed: the document with every alias expanded
+    has at most ``MAX_YAML_NODES`` nodes (so a "billion laughs" document is refused in time
+    linear in its size), and no mapping repeats a key."""
+    import yaml
+
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_nodes(node, loader, file)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    import yaml
+
+    if isinstance(node, yaml.MappingNode):
+        return [x for kv in node.value for x in kv]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _check_nodes(root: yaml.Node, loader: yaml.SafeLoader, file: str) -> None:
+    import yaml
+
+    limit = lim.MAX_YAML_NODES
+    size: dict[int, int] = {}  # expanded size of each distinct node
+    on_path: set[int] = set()  # a recursive alias (a list holding itself) adds nothing
+    stack: list[tuple[yaml.Node, bool, str]] = [(root, False, "")]
+    while stack:
+        node, done, path = stack.pop()
+        nid = id(node)
+        if done:
+            on_path.discard(nid)
+            total = 1 + sum(size.get(id(c), 0) for c in _children(node))
+            if total > limit:
+                raise ConfigError(f"the YAML document expands to more than {limit:,} nodes "
+                                  f"(aliases expanded at {_position(node.start_mark)}"
+                                  "a 'billion laughs' document?)", path, file)
+            size[nid] = total
+            continue
+        if nid in size or nid in on_path:
+            continue
+        on_path.add(nid)
+        stack.append((node, True, path))
+        if isinstance(node, yaml.MappingNode):
+            _check_keys(node, loader, path, file)
+            for k, v in reversed(node.value):
+                key = k.value if isinstance(k, yaml.ScalarNode) else "?"
+                sub = f"{path}.{key}" if path else str(key)
+                stack.append((v, False, sub))
+                stack.append((k, False, path))
+        else:
+            stack.extend((c, False, path) for c in reversed(_children(node)))
+
+
+def _check_keys(node: yaml.MappingNode, loader: yaml.SafeLoader, path: str,
+                file: str) -> None:
+    """A mapping's scalar keys are distinct (as constructed: ``1`` and ``0x1`` are the same
+    key); keys brought in by a ``<<`` merge may be overridden, as YAML allows."""
+    import yaml
+
+    seen: dict[object, yaml.Node] = {}
+    for k, _ in node.value:
+        if not isinstance(k, yaml.ScalarNode) or k.tag == _MERGE_TAG:
+            continue
+        key = loader.construct_object(k)
+        try:
+            first = seen.setdefault(key, k)
+        except TypeError:  # unhashable: PyYAML reports it when constructing
+            continue
+        if first is not k:
+            sub = f"{path}.{key}" if path else str(key)
+            raise ConfigError(f"invalid YAML: {_position(k.start_mark)}duplicate key "
+                              f"{short_repr(key)} (first at line {first.start_mark.line + 1})",
+                              sub, file)
+
+
+def _position(mark: yaml.Mark) -> str:
     return f"line {mark.line + 1}, column {mark.column + 1}: "
 
 

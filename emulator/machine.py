@@ -90,7 +90,7 @@ class Machine(State):
 
     def __init__(self, cfg: Config, program: Program, datapath: str = "fast",
                  fuse: bool = True, scalar: str = "auto") -> None:
-        super().__init__(cfg, datapath)
+        super().__init__(cfg, datapath, len(program.words))
         if scalar not in SCALAR_MODES:
             raise ValueError(f"scalar must be one of {SCALAR_MODES}")
         self.program = program

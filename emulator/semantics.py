@@ -315,8 +315,9 @@ def _dma_acc(m: State, o: dict[str, int], to_dram: bool) -> None:
     _block(m, "dram", m.dram.size, dram_a, rows, 4 * cols, dstride)
     if to_dram and rows > 1 and cols and dstride < 4 * cols:
         raise ExecutionError("destination rows overlap (stride < row bytes)", m.pc)
-    block = m.acc_range(acc_a, rows * cols).reshape(rows, cols)
+    block = m.acc_range(acc_a, rows * cols)
     if rows and cols:
+        block = block.reshape(rows, cols)
         d = _strided(m.dram, dram_a, rows, 4 * cols, dstride)
         if to_dram:
             d[...] = block.astype("<i4").view(np.uint8).reshape(rows, 4 * cols)
@@ -368,16 +369,45 @@ def _zero_skips(a: np.ndarray, b: np.ndarray, sa: bool, sb: bool) -> int:
     return int((za * ndim + zb * mdim - za * zb).sum())
 
 
-def _gemm_operands(m: State, o: dict[str, int]) -> tuple:
-    """Checked operand views and sizes of a gemm: (A, B, C, M, K, N, A bytes, B bytes)."""
+def _gemm_empty(m: State, o: dict[str, int], mm: int, kk: int, nn: int, ea: int,
+                eb: int) -> None:
+    """A GEMM with a zero extent does no multiply: its operand ranges are checked (as ranges
+    of zero or more elements, so a huge extent beside a zero one costs nothing), C becomes 0
+    when K = 0 and ``acc`` is off, and no MAC is done or skipped."""
+    r = m.r
+    m.sp_elems(r[o["ra"]], mm * kk, ea)
+    m.sp_elems(r[o["rb"]], kk * nn, eb)
+    c = m.acc_range(r[o["rc"]], mm * nn)
+    if c.size and not o["acc"]:
+        c[...] = 0
+    m.charge_cost("gemm", mm, kk, nn, ea, eb, bool(o["acc"]))
+
+
+def _skip_work_bytes(mm: int, kk: int, nn: int) -> int:
+    """Upper bound of the host memory the zero-skip accounting of one GEMM takes (zero masks,
+    per-k counts and per-fold work tables, emulator/timing.py)."""
+    return 24 * (mm * kk + kk * nn + mm * nn) + 48 * kk
+
+
+def _gemm_operands(m: State, o: dict[str, int]) -> tuple | None:
+    """Checked operand views and sizes of a gemm, (A, B, C, M, K, N, A bytes, B bytes); None
+    for a gemm with a zero extent, which is then done (``_gemm_empty``)."""
     r = m.r
     mm = _count(m, "M", r[o["rm"]])
     kk = _count(m, "K", r[o["rk"]])
     nn = _count(m, "N", r[o["rn"]])
     ea, eb = ELEM_BYTES[o["da"]], ELEM_BYTES[o["db"]]
+    if not (mm and kk and nn):
+        _gemm_empty(m, o, mm, kk, nn, ea, eb)
+        return None
     a = _operand(m, r[o["ra"]], mm, kk, ea, bool(o["ta"]))
     b = _operand(m, r[o["rb"]], kk, nn, eb, bool(o["tb"]))
     c = m.acc_range(r[o["rc"]], mm * nn).reshape(mm, nn)
+    if (o["sa"] or o["sb"]) and _skip_work_bytes(mm, kk, nn) > m.work_bytes:
+        raise ExecutionError(
+            f"gemm M={mm}, K={kk}, N={nn} with zero-skipping needs up to "
+            f"{_skip_work_bytes(mm, kk, nn):,} bytes of working memory; the memory budget "
+            f"leaves {m.work_bytes:,} (budget.max_memory_bytes)", m.pc)
     return a, b, c, mm, kk, nn, ea, eb
 
 
@@ -405,7 +435,10 @@ def _gemm_counts(m: State, o: dict[str, int], a: np.ndarray, b: np.ndarray, mm: 
 
 @semantics("gemm")
 def _gemm(m, o):
-    a, b, c, mm, kk, nn, ea, eb = _gemm_operands(m, o)
+    ops = _gemm_operands(m, o)
+    if ops is None:
+        return
+    a, b, c, mm, kk, nn, ea, eb = ops
     nover = m.dp.gemm_into(c, a, b, bool(o["acc"]), m.acc_bits, m.acc_wrap)
     if not _gemm_counts(m, o, a, b, mm, kk, nn, ea, eb, nover):
         m.charge_cost("gemm", mm, kk, nn, ea, eb, bool(o["acc"]))
@@ -425,7 +458,10 @@ def _specialize_gemm(o: dict[str, int]) -> Handler:
         r = m.r
         key = (r[regs[0]], r[regs[1]], r[regs[2]], r[regs[3]], r[regs[4]], r[regs[5]])
         if key != memo[0] or memo[1] is not m.spad or memo[2] is not m.acc:
-            a, b, c, mm, kk, nn, ea, eb = _gemm_operands(m, o_)
+            ops = _gemm_operands(m, o_)
+            if ops is None:  # a zero extent: done, nothing kept
+                return None
+            a, b, c, mm, kk, nn, ea, eb = ops
             d, items = m._cached_cost(("gemm", mm, kk, nn, ea, eb, accumulate))
             memo[:] = key, m.spad, m.acc, (a, b, c, mm, kk, nn, ea, eb, items, d.get(CYCLES, 0))
         a, b, c, mm, kk, nn, ea, eb, items, cyc = memo[3]
@@ -581,6 +617,15 @@ def _vsel(m, o):
     m.charge_cost("alu", n, elem, 3, False)
 
 
+def _block2(v: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """The ``rows * cols`` elements ``v`` as a [rows, cols] block. An empty block is [rows, 0]
+    (cols = 0) or [0, 0] (rows = 0): numpy cannot hold a huge extent beside a zero one, and
+    rows was bounds-checked by the caller's per-row operand first."""
+    if rows and cols:
+        return v.reshape(rows, cols)
+    return v.reshape(rows if not cols else 0, 0)
+
+
 def _rows_cols(m: State, o: dict[str, int]) -> tuple[int, int]:
     rows = _count(m, "row count", m.r[o["rrows"]])
     cols = _count(m, "column count", m.r[o["rcols"]])
@@ -593,8 +638,8 @@ def _vrmax(m, o):
     if rows and not cols:
         raise ExecutionError("row maximum of an empty row", m.pc)
     elem = ELEM_BYTES[o["dt"]]
-    x = m.sp_elems(m.r[o["ra"]], rows * cols, elem).reshape(rows, cols)
     d = m.sp_elems(m.r[o["rd"]], rows, elem)
+    x = _block2(m.sp_elems(m.r[o["ra"]], rows * cols, elem), rows, cols)
     d[...] = m.dp.row_max(x) if rows else d
     m.charge_cost("reduce", rows, cols, elem, False)
 
@@ -603,8 +648,8 @@ def _vrmax(m, o):
 def _vrsum(m, o):
     rows, cols = _rows_cols(m, o)
     elem = ELEM_BYTES[o["dt"]]
-    x = m.sp_elems(m.r[o["ra"]], rows * cols, elem).reshape(rows, cols)
     d = m.acc_range(m.r[o["racc"]], rows)
+    x = _block2(m.sp_elems(m.r[o["ra"]], rows * cols, elem), rows, cols)
     fitted, nover = m.dp.fit_acc(m.dp.row_sum(x), m.acc_bits, m.acc_wrap)
     d[...] = fitted
     m.charge_cost("reduce", rows, cols, elem, True)
@@ -655,8 +700,8 @@ def _vsubrow_cost(m: State, rows: int, cols: int, elem: int) -> dict[int, int]:
 def _vsubrow(m, o):
     rows, cols = _rows_cols(m, o)
     elem = ELEM_BYTES[o["dt"]]
-    a = m.sp_elems(m.r[o["ra"]], rows * cols, elem).reshape(rows, cols)
     b = m.sp_elems(m.r[o["rb"]], rows, elem)
+    a = _block2(m.sp_elems(m.r[o["ra"]], rows * cols, elem), rows, cols)
     d = m.sp_elems(m.r[o["rd"]], rows * cols, elem)
     vals, nsat = m.dp.sub_rows(a, b, 8 * elem)
     d[...] = vals.ravel()
@@ -679,8 +724,8 @@ def _vnormrow(m, o):
     rows, cols = _rows_cols(m, o)
     f = -m.e[o["eout"]]  # any exponent (results stop changing outside f in [-17, 47])
     elem = ELEM_BYTES[o["dt"]]
-    p = m.sp_elems(m.r[o["ra"]], rows * cols, 2).reshape(rows, cols)
     sums = m.acc_range(m.r[o["racc"]], rows)
+    p = _block2(m.sp_elems(m.r[o["ra"]], rows * cols, 2), rows, cols)
     d = m.sp_elems(m.r[o["rd"]], rows * cols, elem)
     vals, nsat = m.dp.norm_rows(p, sums, f, 8 * elem)
     d[...] = vals.ravel()

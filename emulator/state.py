@@ -22,10 +22,10 @@ from types import ModuleType
 
 import numpy as np
 
-from emulator import kernels, reference
+from emulator import kernels, limits, reference
 from emulator.config import Config
 from emulator.counters import CYCLES, DMA_STALL_CYCLES, N_COUNTERS, Summary, summarize
-from emulator.errors import ExecutionError, MemoryAccessError
+from emulator.errors import ConfigError, ExecutionError, MemoryAccessError
 from emulator.timing import HOOKS
 from isa.conventions import (  # noqa: F401 - re-exported: the sticky flag bits
     FLAG_ACC_OVERFLOW,
@@ -67,15 +67,48 @@ def wrap64(v: int) -> int:
     return v - (1 << 64) if v >> 63 else v
 
 
+def check_memory(cfg: Config, n_instructions: int = 0) -> int:
+    """Check that a machine fits the memory budget (``budget.max_memory_bytes``; 0: a fraction
+    of the memory available now, emulator/limits.py) before anything is allocated: its DRAM,
+    scratchpad and accumulator memory, ``n_instructions`` of program, and the working memory one
+    instruction may need beside them. Returns the bytes the budget leaves beyond the state;
+    raises ConfigError naming the largest part otherwise."""
+    budget = limits.memory_budget(cfg.budget.max_memory_bytes)
+    parts = {
+        "memory.dram_bytes": cfg.memory.dram_bytes,
+        "memory.scratchpad_bytes": cfg.memory.scratchpad_bytes
+        * (1 + limits.WORK_BYTES_PER_SPAD_BYTE),
+        "accumulator.entries": cfg.accumulator.entries * (4 + limits.WORK_BYTES_PER_ACC_ENTRY),
+        "budget.max_memory_bytes": n_instructions * limits.BYTES_PER_INSTRUCTION,
+    }
+    need = sum(parts.values())
+    if need > budget:
+        key = max(parts, key=parts.__getitem__)
+        how = "budget.max_memory_bytes" if cfg.budget.max_memory_bytes else \
+            f"{limits.AUTO_MEMORY_FRACTION:.0%} of the memory available now; set " \
+            "budget.max_memory_bytes to change it"
+        raise ConfigError(
+            f"the machine needs {limits.fmt_bytes(need)}: DRAM {cfg.memory.dram_bytes:,}, "
+            f"scratchpad {cfg.memory.scratchpad_bytes:,} and accumulator "
+            f"{4 * cfg.accumulator.entries:,} bytes, {n_instructions:,} instructions, and the "
+            f"working memory of one instruction; over the memory budget of "
+            f"{limits.fmt_bytes(budget)} ({how})", key)
+    state = (cfg.memory.dram_bytes + cfg.memory.scratchpad_bytes + 4 * cfg.accumulator.entries
+             + n_instructions * limits.BYTES_PER_INSTRUCTION)
+    return budget - state
+
+
 class State:
     """The architectural state of one emulated accelerator, its counters and datapath.
 
     ``datapath`` is ``"fast"`` (emulator/kernels.py) or ``"reference"`` (emulator/reference.py);
     values, flags, faults and every counter are the same whatever the choice."""
 
-    def __init__(self, cfg: Config, datapath: str = "fast") -> None:
+    def __init__(self, cfg: Config, datapath: str = "fast", n_instructions: int = 0) -> None:
         if datapath not in DATAPATHS:
             raise ValueError(f"datapath must be one of {sorted(DATAPATHS)}")
+        # host memory beyond the state that one instruction may still use (checked first)
+        self.work_bytes = check_memory(cfg, n_instructions)
         self.cfg = cfg
         self.dp = DATAPATHS[datapath]
         self.dram = np.zeros(cfg.memory.dram_bytes, dtype=np.uint8)
@@ -230,10 +263,14 @@ class State:
         return self.dram[addr : addr + nbytes].tobytes()
 
     def digest(self) -> str:
-        """SHA-256 over every piece of architectural state (not counters)."""
+        """SHA-256 over every piece of architectural state (not counters). The memories are
+        hashed in place, a slice at a time (no copy of DRAM)."""
         h = hashlib.sha256()
-        for arr in (self.dram, self.spad, self.acc.astype(np.int64)):  # acc as int64 words
-            h.update(memoryview(np.ascontiguousarray(arr)).cast("B"))  # no copy of the bytes
+        for arr in (self.dram, self.spad):
+            for i in range(0, arr.size, 1 << 24):
+                h.update(memoryview(arr[i : i + (1 << 24)]))
+        for i in range(0, self.acc.size, 1 << 21):  # acc as int64 words, as ever
+            h.update(self.acc[i : i + (1 << 21)].astype(np.int64).tobytes())
         h.update(np.array(list(self.r) + list(self.e), dtype=np.int64).tobytes())
         h.update(np.array(self.rng, dtype=np.uint64).tobytes())
         h.update(np.array([self.flags, self.pc, int(self.halted)], dtype=np.int64).tobytes())

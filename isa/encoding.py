@@ -33,6 +33,7 @@ from __future__ import annotations
 import re
 import struct
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,8 @@ class Program:
 
     words: list[int]
     labels: dict[str, int] = field(default_factory=dict)
-    source: list[tuple[str, int]] = field(default_factory=list)  # (file, line) per pc
+    # (file, line) per pc: a list, or the assembler's compact isa.asm.SourceMap
+    source: Sequence[tuple[str, int]] = field(default_factory=list)
     name: str = "<program>"
     text: list[str] = field(default_factory=list)  # source text per pc ("" if unknown)
 

@@ -7,6 +7,8 @@ The location fields are plain attributes so tests and tools can read them.
 
 from __future__ import annotations
 
+from isa.limits import MAX_MESSAGE_CHARS, cut
+
 
 class LpemuError(Exception):
     """Base of every user-facing error. ``exit_code`` is distinct per subclass."""
@@ -15,6 +17,8 @@ class LpemuError(Exception):
     kind = "error"
 
     def __init__(self, message: str) -> None:
+        # one line of bounded length, always
+        message = cut(message.replace("\r", " ").replace("\n", " "), MAX_MESSAGE_CHARS)
         super().__init__(message)
         self.message = message
 
@@ -25,7 +29,7 @@ class LpemuError(Exception):
         return (_rebuild, (type(self), self.args, dict(self.__dict__)))
 
     def __str__(self) -> str:
-        loc = self.location()
+        loc = cut(self.location(), MAX_MESSAGE_CHARS)
         return f"{loc}: {self.kind}: {self.message}" if loc else f"{self.kind}: {self.message}"
 
 

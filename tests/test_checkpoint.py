@@ -106,8 +106,9 @@ def test_every_flipped_payload_byte_is_caught(tmp_path):
         assert info.value.offset == 16 and "SHA-256" in info.value.message
 
 
-@pytest.mark.parametrize("off,patch,fragment", [(0, b"LPCX", "magic"), (4, b"\x02\x00",
+@pytest.mark.parametrize("off,patch,fragment", [(0, b"LPCX", "magic"), (4, b"\x03\x00",
                                                                           "version"),
+                                                (4, b"\x01\x00", "format 1"),
                                                 (6, b"\x01\x00", "reserved")])
 def test_header_fields(tmp_path, off, patch, fragment):
     _, data = _good(tmp_path)

@@ -1,5 +1,5 @@
 import sys
 
-from programs.cli.main import main
+from programs.cli import main
 
 sys.exit(main())

@@ -11,7 +11,9 @@ import json
 import math
 import os
 import re
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from isa.asm import load_program
 
 EXIT_IO = 9
 EXIT_INTERNAL = 70
+EXIT_TERMINATED = 143
 
 DUMP_DTYPES = ("int8", "uint8", "int16", "int32", "int64")
 
@@ -61,20 +64,32 @@ def _count(lo: int) -> Callable[[str], int]:
 
 def _seconds(text: str) -> float:
     """An argparse type: a finite number of seconds >= 0."""
+    from emulator.limits import short_repr
+
     try:
         v = float(text.replace("_", ""))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        raise argparse.ArgumentTypeError(f"{short_repr(text)} is not a number") from None
     if not math.isfinite(v) or v < 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {short_repr(text)}")
     return v
 
 
+# an integer as assembly writes it: decimal, 0x hex, 0o octal or 0b binary, "_" separators
+_INT = r"(?:0[xX][0-9a-fA-F_]+|0[oO][0-7_]+|0[bB][01_]+|[0-9][0-9_]*)"
+_DIMS = re.compile(rf"{_INT}(?:x{_INT})*")
+
+
 def _int(text: str, arg: str) -> int:
+    from emulator.limits import MAX_INT_LITERAL_CHARS, short_repr
+
+    if len(text) > MAX_INT_LITERAL_CHARS:
+        raise UsageError(f"integer of {len(text):,} characters (the limit is "
+                         f"{MAX_INT_LITERAL_CHARS})", arg)
     try:
         return int(text.replace("_", ""), 0)
     except ValueError:
-        raise UsageError(f"{text!r} is not an integer", arg) from None
+        raise UsageError(f"{short_repr(text)} is not an integer", arg) from None
 
 
 def parse_load(spec: str) -> tuple[str, int]:
@@ -86,33 +101,136 @@ def parse_load(spec: str) -> tuple[str, int]:
     a = _int(addr, arg)
     if a < 0:
         raise UsageError("address must be >= 0", arg)
+    if not file:
+        raise UsageError("expected FILE.npy@ADDR (no file name)", arg)
     return file, a
 
 
 def parse_dump(spec: str) -> tuple[int, tuple[int, ...], str, str]:
-    """``ADDR:LEN:DTYPE:FILE.npy`` -> (address, shape, dtype, file). LEN is N or RxC[x...]."""
+    """``ADDR:LEN:DTYPE:FILE`` -> (address, shape, dtype, file). LEN is a count or a shape
+    ``D0xD1[x...]``; every number takes the address syntax (``0x40`` is 64, so a dimension
+    is never written with a leading 0). Empty shapes (a zero dimension) are refused."""
+    from emulator.limits import MAX_DUMP_DIMS, MAX_INT_LITERAL_CHARS, short_repr
+
     arg = f"--dump {spec}"
     parts = spec.split(":", 3)
     if len(parts) != 4:
-        raise UsageError("expected ADDR:LEN:DTYPE:FILE.npy", arg)
+        raise UsageError("expected ADDR:LEN:DTYPE:FILE", arg)
     addr, length, dtype, file = parts
     a = _int(addr, arg)
-    if not re.fullmatch(r"\d+(x\d+)*", length):
-        raise UsageError(f"LEN {length!r} must be a count like 3200 or a shape like 64x50", arg)
-    shape = tuple(int(x) for x in length.split("x"))
-    if dtype not in DUMP_DTYPES:
-        raise UsageError(f"DTYPE {dtype!r} must be one of {', '.join(DUMP_DTYPES)}", arg)
     if a < 0:
         raise UsageError("address must be >= 0", arg)
+    if not _DIMS.fullmatch(length):
+        raise UsageError(f"LEN {short_repr(length)} must be a count like 3200 or 0xc80, or a "
+                         "shape like 64x50", arg)
+    dims = re.findall(_INT, length)
+    if len(dims) > MAX_DUMP_DIMS:
+        raise UsageError(f"LEN has {len(dims)} dimensions; at most {MAX_DUMP_DIMS}", arg)
+    if any(len(d) > MAX_INT_LITERAL_CHARS for d in dims):
+        raise UsageError(f"LEN has a dimension over {MAX_INT_LITERAL_CHARS} characters", arg)
+    shape = tuple(int(d.replace("_", ""), 0) for d in dims)
+    if 0 in shape:
+        raise UsageError(f"LEN {length} is empty (a dimension is 0)", arg)
+    if dtype not in DUMP_DTYPES:
+        raise UsageError(f"DTYPE {short_repr(dtype)} must be one of {', '.join(DUMP_DTYPES)}",
+                         arg)
+    if not file:
+        raise UsageError("expected ADDR:LEN:DTYPE:FILE (no file name)", arg)
     return a, shape, dtype, file
 
 
-def _cmd_asm(args) -> int:
-    from isa.encoding import write_program
+def _dump_bytes(shape: tuple[int, ...], dtype: str) -> int:
+    return math.prod(shape) * np.dtype(dtype).itemsize
 
-    prog = load_program(args.source)
+
+def check_outputs(outputs: list[tuple[str, str | None]]) -> None:
+    """Before any work: every output path given can be written, and no two are the same file
+    (``outputs`` is (argument, path or None) pairs). UsageError names the argument."""
+    from emulator.files import output_problem
+
+    seen: dict[str, str] = {}
+    for arg, path in outputs:
+        if path is None:
+            continue
+        problem = output_problem(path)
+        if problem:
+            raise UsageError(f"cannot write {path}: {problem}", arg)
+        key = os.path.realpath(path)
+        if key in seen and not _is_special(path):
+            raise UsageError(f"{seen[key]} writes the same file", arg)
+        seen[key] = arg
+
+
+def _is_special(path: str) -> bool:
+    import stat
+
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def read_npy(file: str, arg: str, room: int) -> np.ndarray:
+    """An array from a .npy file for ``--load``: a regular file only (a FIFO or device is
+    refused before it is opened for reading), its header checked against the file's size and
+    against ``room`` (the DRAM bytes from the load address on) before any data is read."""
+    import stat
+
+    from emulator.limits import short_repr
+
+    try:
+        fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as e:
+        raise UsageError(f"cannot read {file}: {e.strerror or e}", arg) from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UsageError(f"{file} is not a regular file (a FIFO, device or directory "
+                             "cannot be loaded)", arg)
+        head = f.read(6)
+        if head[:4] == b"PK\x03\x04":
+            raise UsageError("an .npz archive; give one array saved with numpy.save", arg)
+        f.seek(0)
+        try:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            else:
+                raise ValueError(f".npy format version {version} (1.0 and 2.0 are read)")
+        except (ValueError, EOFError, SyntaxError) as e:
+            raise UsageError(f"not a readable .npy array: {short_repr(str(e))}", arg) from None
+        if dtype.hasobject or dtype.itemsize == 0:
+            raise UsageError(f"the array's dtype {dtype} cannot be loaded (Python objects or "
+                             "zero-size elements); give a numeric array", arg)
+        nbytes = math.prod(shape) * dtype.itemsize
+        held = st.st_size - f.tell()
+        if nbytes > held:
+            raise UsageError(f"the header claims shape {shape} ({nbytes:,} bytes) but the file "
+                             f"holds {held:,} bytes of data (truncated)", arg)
+        if nbytes > room:
+            raise UsageError(f"{nbytes:,} bytes do not fit the {max(room, 0):,} bytes of DRAM "
+                             "from the load address on", arg)
+        data = np.fromfile(f, dtype=dtype, count=math.prod(shape))
+    return data.reshape(shape, order="F" if fortran else "C")
+
+
+def _write_text(path: str, text: str) -> None:
+    from programs.cli.profile import write_text
+
+    write_text(path, text)
+
+
+def _cmd_asm(args) -> int:
+    from emulator.files import atomic_write
+    from isa.encoding import to_bytes
+
     out = args.output or str(Path(args.source).with_suffix(".bin"))
-    write_program(prog, out, debug=not args.no_debug)
+    check_outputs([("-o", out)])
+    prog = load_program(args.source)
+    data = to_bytes(prog, debug=not args.no_debug)
+    atomic_write(out, lambda f: f.write(data))
     what = "" if args.no_debug or not prog.has_debug_info else ", source lines"
     print(f"{args.source}: {len(prog)} instructions, {len(prog.labels)} labels{what} -> {out}")
     return 0
@@ -121,9 +239,10 @@ def _cmd_asm(args) -> int:
 def _cmd_disasm(args) -> int:
     from isa.asm import disassemble
 
+    check_outputs([("-o", args.output)])
     text = disassemble(load_program(args.program))
     if args.output:
-        Path(args.output).write_text(text)
+        _write_text(args.output, text)
     else:
         sys.stdout.write(text)
     return 0
@@ -133,9 +252,10 @@ def _cmd_isa(args) -> int:
     from isa.docs import markdown, rows
 
     if args.markdown or args.write:
+        check_outputs([("--write", args.write)])
         text = markdown()
         if args.write:
-            Path(args.write).write_text(text)
+            _write_text(args.write, text)
             print(f"wrote {args.write}")
         else:
             sys.stdout.write(text)
@@ -162,33 +282,37 @@ def _hw_config(args):
     return cfg
 
 
-def _prepare(args):
-    """Config, program and a machine with every --load applied (shared by run and profile)."""
+def _prepare(args, dumps: list[tuple[int, tuple[int, ...], str, str]] = ()):
+    """Config, program and a machine with every --load applied (shared by run and profile);
+    every --load and --dump range is checked against DRAM before anything runs."""
+    from emulator.errors import ConfigError
     from emulator.host import load_array
     from emulator.machine import Machine
 
     cfg = _hw_config(args)
     prog = load_program(args.program)
-    if args.count_only:
-        from emulator.countonly import CountOnlyMachine
+    try:
+        if args.count_only:
+            from emulator.countonly import CountOnlyMachine
 
-        if args.datapath != "fast":
-            raise UsageError("count-only mode runs no datapath", "--datapath")
-        if getattr(args, "dump", None):
-            raise UsageError("count-only mode computes no values to dump", "--dump")
-        m = CountOnlyMachine(cfg, prog)
-    else:
-        m = Machine(cfg, prog, datapath=args.datapath)
+            if args.datapath != "fast":
+                raise UsageError("count-only mode runs no datapath", "--datapath")
+            if getattr(args, "dump", None):
+                raise UsageError("count-only mode computes no values to dump", "--dump")
+            m = CountOnlyMachine(cfg, prog)
+        else:
+            m = Machine(cfg, prog, datapath=args.datapath)
+    except ConfigError as e:  # over the memory budget: name the config file
+        raise ConfigError(e.message, e.key, e.file or args.config or "") from None
+    for (addr, shape, dtype, _), spec in zip(dumps, getattr(args, "dump", None) or [],
+                                             strict=True):
+        nbytes = _dump_bytes(shape, dtype)
+        if addr + nbytes > m.dram.size:
+            raise UsageError(f"range [{addr:#x}, {addr + nbytes:#x}) ({nbytes:,} bytes) is "
+                             f"outside DRAM [0, {m.dram.size:#x})", f"--dump {spec}")
     for spec in args.load or []:
         file, addr = parse_load(spec)
-        try:
-            arr = np.load(file, allow_pickle=False)
-        except (ValueError, EOFError) as e:  # not .npy, truncated, or an object array
-            raise UsageError(f"not a readable .npy array: {e}", f"--load {spec}") from None
-        if not isinstance(arr, np.ndarray):
-            arr.close()
-            raise UsageError("an .npz archive; give one array saved with numpy.save",
-                             f"--load {spec}")
+        arr = read_npy(file, f"--load {spec}", m.dram.size - addr)
         try:
             load_array(m, addr, arr)
         except LpemuError as e:
@@ -196,34 +320,84 @@ def _prepare(args):
     return m
 
 
+class _Chunks:
+    """A file seen by numpy as a plain stream: it writes through ``write`` in chunks, so a
+    full disk is the OS's own error (ENOSPC) rather than numpy's byte count."""
+
+    def __init__(self, f) -> None:
+        self.write = f.write
+
+
+def _budgets(args) -> None:
+    """The budget flags within the config's limits (argparse already refused values < 1 and,
+    for --max-seconds, < 0)."""
+    from emulator.limits import MAX_CYCLES, MAX_SECONDS, MAX_STEPS
+
+    if args.max_seconds is not None and args.max_seconds > MAX_SECONDS:
+        raise UsageError(f"must be in [0, {MAX_SECONDS:g}], got {args.max_seconds:g}",
+                         "--max-seconds")
+    for arg, v, hi in (("--max-steps", args.max_steps, MAX_STEPS),
+                       ("--max-cycles", args.max_cycles, MAX_CYCLES)):
+        if v is not None and not 1 <= v <= hi:
+            raise UsageError(f"must be in [1, {hi:,}], got {v}", arg)
+
+
+def _run_to_stop(m, args, **trace):
+    """Run (faults annotated with their source, emulator/debug.py); a budget that stops the run
+    is returned (to be recorded in the outputs, which are written before it is raised), not
+    raised."""
+    from emulator import debug
+    from emulator.errors import BudgetExceeded
+
+    try:
+        debug.run(m, max_steps=args.max_steps, max_cycles=args.max_cycles,
+                  max_seconds=args.max_seconds, **trace)
+    except BudgetExceeded as e:
+        return e
+    return None
+
+
+def _stop_record(stop) -> dict | None:
+    if stop is None:
+        return None
+    return {"kind": stop.kind, "message": stop.message, "pc": stop.pc, "steps": stop.steps,
+            "cycles": stop.cycles, "error": str(stop)}
+
+
 def _cmd_run(args) -> int:
     from emulator import debug
     from emulator.errors import ExecutionError
+    from emulator.files import atomic_write
     from emulator.host import read_array
 
-    m = _prepare(args)
+    _budgets(args)
     dumps = [parse_dump(s) for s in args.dump or []]
+    check_outputs([("--json", args.json)] + [(f"--dump {s}", d[3])
+                                             for s, d in zip(args.dump or [], dumps,
+                                                             strict=True)])
+    m = _prepare(args, dumps)
     if args.trace_steps:
         print(f"first {args.trace_steps:,} steps (effects: what each step changed):")
     try:
-        summary = debug.run(m, max_steps=args.max_steps, max_cycles=args.max_cycles,
-                            max_seconds=args.max_seconds, trace_steps=args.trace_steps,
-                            on_step=print)
+        stop = _run_to_stop(m, args, trace_steps=args.trace_steps, on_step=print)
     except ExecutionError:
         if args.regs:  # the state at the fault, for inspection
             print(debug.format_registers(m))
         raise
-    for (addr, shape, dtype, file), spec in zip(dumps, args.dump or [], strict=True):
-        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-        if addr + nbytes > m.dram.size:
-            raise UsageError(f"range [{addr:#x}, {addr + nbytes:#x}) is outside DRAM", spec)
-        np.save(file, read_array(m, addr, shape, dtype))
-    if args.json:  # the full report (per label, per pc, state digest) only when asked for
+    summary = m.summary()
+    for addr, shape, dtype, file in dumps:
+        arr = read_array(m, addr, shape, dtype)
+        atomic_write(file, lambda f, arr=arr: np.save(_Chunks(f), arr, allow_pickle=False))
+    if args.json:  # the full report (per label, per instruction, state digest) only if asked
         from programs.cli.report import run_report
 
-        Path(args.json).write_text(json.dumps(run_report(m, summary), indent=2) + "\n")
+        report = run_report(m, summary)
+        report["stopped"] = _stop_record(stop)
+        _write_text(args.json, json.dumps(report, indent=2, allow_nan=False) + "\n")
     if args.regs:
         print(debug.format_registers(m))
+    if stop is not None:
+        raise stop
     if not args.quiet:
         from programs.cli.report import print_summary
 
@@ -232,16 +406,18 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_profile(args) -> int:
-    from emulator import debug
+    from emulator.energy import price_table
     from programs.cli import profile
 
+    _budgets(args)
     if args.plot:
         profile.require_matplotlib("--plot")
+    check_outputs([("--json", args.json), ("--csv", args.csv), ("--trace", args.trace),
+                   ("--plot", args.plot)])
     m = _prepare(args)
     tracer = profile.Tracer(args.trace_limit) if args.trace else None
     m.tracer = tracer
-    debug.run(m, max_steps=args.max_steps, max_cycles=args.max_cycles,
-              max_seconds=args.max_seconds)
+    stop = _run_to_stop(m, args)
     rows = profile.by_instruction(m) if args.by == "instruction" else profile.by_label(m)
     tot = profile.total(m)
     if getattr(m, "count_only", False):  # value events are not counted in count-only mode
@@ -250,19 +426,20 @@ def _cmd_profile(args) -> int:
         for r in [*rows, tot]:
             r.update({k: None for k in UNCOUNTED})
     if args.json:
-        from emulator.energy import price_table
-
-        Path(args.json).write_text(json.dumps(
+        _write_text(args.json, json.dumps(
             {"program": m.program.name, "by": args.by, "rows": rows, "total": tot,
-             "energy_prices": price_table(m.cfg), "config": m.cfg.to_dict()}, indent=2) + "\n")
+             "energy_prices": price_table(m.cfg), "config": m.cfg.to_dict(),
+             "stopped": _stop_record(stop)}, indent=2, allow_nan=False) + "\n")
     if args.csv:
-        Path(args.csv).write_text(profile.to_csv(rows))
+        _write_text(args.csv, profile.to_csv(rows))
     if tracer is not None:
         profile.write_trace(args.trace, m, tracer)
     if args.plot:
         groups = rows if args.by == "label" else profile.by_label(m)
         profile.plot_groups(groups, "label", args.plot,
                             f"{Path(m.program.name).name}: cycles and energy by label")
+    if stop is not None:
+        raise stop
     if not args.quiet:
         profile.print_profile(rows, tot, args.by, f"{m.program.name}: profile by {args.by}",
                               m.cfg)
@@ -274,50 +451,82 @@ def _cmd_profile(args) -> int:
 def _cmd_train(args) -> int:
     import dataclasses
 
-    from emulator.config import config_from_dict, load_config
+    from emulator.limits import MAX_EPOCHS
     from programs.cli.train import run_training
-    from programs.compiler.spec import load_model, spec_from_dict, validate
+    from programs.compiler.spec import validate
 
     if args.checkpoint_every < 0:
         raise UsageError("must be >= 0", "--checkpoint-every")
     if args.checkpoint_every and not args.checkpoint:
         raise UsageError("needs --checkpoint FILE", "--checkpoint-every")
-    if args.checkpoint and not args.checkpoint_every:
-        raise UsageError("needs --checkpoint-every N", "--checkpoint")
-    if args.resume:
-        from emulator.checkpoint import load
-        from emulator.errors import CheckpointError
-
-        _, extra = load(args.resume)
-        if extra.get("kind") != "lpemu-train":
-            raise UsageError("not a training checkpoint", f"--resume {args.resume}")
-        if args.model or args.config or args.epochs is not None or args.set:
-            raise UsageError("a resumed run takes its model, config and epochs from the "
-                             "checkpoint; do not pass them", f"--resume {args.resume}")
-        if not all(isinstance(extra.get(k), dict) for k in ("model", "config", "host")):
-            raise CheckpointError("the training checkpoint lacks its model, config or driver "
-                                  "state", args.resume)
-        spec = spec_from_dict(extra["model"], args.resume)
-        cfg = config_from_dict(extra["config"], args.resume)
-    else:
-        from programs.sweep.overrides import apply, parse_sets
-
-        cfg, spec = apply(load_config(args.config), load_model(args.model),
-                          parse_sets(args.set))
-    if args.epochs is not None:
-        if args.epochs < 1:
-            raise UsageError("must be >= 1", "--epochs")
-        spec = validate(dataclasses.replace(spec, epochs=args.epochs))
+    if args.overwrite_checkpoint and not args.checkpoint:
+        raise UsageError("needs --checkpoint FILE", "--overwrite-checkpoint")
+    if args.epochs is not None and args.epochs > MAX_EPOCHS:
+        raise UsageError(f"must be in [1, {MAX_EPOCHS:,}], got {args.epochs}", "--epochs")
+    if args.resume and args.set:
+        raise UsageError("a resumed run takes its model and config from the checkpoint; "
+                         "do not pass --set", f"--resume {args.resume}")
     if args.plot:
         from programs.cli.profile import require_matplotlib
 
         require_matplotlib("--plot")
+    check_outputs([("--json", args.json), ("--emit-asm", args.emit_asm),
+                   ("--trace", args.trace), ("--plot", args.plot),
+                   ("--checkpoint", args.checkpoint)])
+    if args.resume:
+        spec, cfg, run_id = _resumed_run(args)
+    else:
+        from emulator.config import load_config
+        from programs.compiler.spec import load_model
+        from programs.sweep.overrides import apply, parse_sets
+
+        cfg, spec = apply(load_config(args.config), load_model(args.model),
+                          parse_sets(args.set))
+        run_id = None
+    if args.epochs is not None:
+        spec = validate(dataclasses.replace(spec, epochs=args.epochs))
     run_training(spec, cfg, json_out=args.json, asm_out=args.emit_asm,
                  compare_float=not args.no_float, quiet=args.quiet, trace_out=args.trace,
                  plot_out=args.plot, trace_limit=args.trace_limit,
                  checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
-                 resume=args.resume)
+                 resume=args.resume, run_id=run_id,
+                 overwrite_checkpoint=args.overwrite_checkpoint)
     return 0
+
+
+def _resumed_run(args):
+    """(model spec, config, run id) recorded in the checkpoint ``--resume`` names; a model or
+    config given as well must be the one recorded (the epoch count may differ)."""
+    import dataclasses
+
+    from emulator import checkpoint as ckpt
+    from emulator.config import config_from_dict, load_config
+    from emulator.errors import CheckpointError, ConfigError
+    from programs.compiler.spec import load_model, spec_from_dict
+
+    file = args.resume
+    meta = ckpt.read_meta(file)
+    if meta.get("kind") != "lpemu-train":
+        raise CheckpointError(f"not a training checkpoint (kind {meta.get('kind')!r})", file)
+    if not (isinstance(meta.get("model"), dict) and isinstance(meta.get("config"), dict)
+            and isinstance(meta.get("run_id"), str)):
+        raise CheckpointError("the training checkpoint lacks its model, config or run id",
+                              file)
+    try:
+        spec = spec_from_dict(meta["model"], file)
+        cfg = config_from_dict(meta["config"], file)
+    except ConfigError as e:
+        raise CheckpointError(f"the recorded {e.key or 'model'} is invalid: {e.message}",
+                              file) from None
+    if args.model is not None:
+        given = load_model(args.model)
+        if dataclasses.replace(given, epochs=spec.epochs) != spec:
+            raise CheckpointError(f"belongs to model {spec.name!r} as recorded in it, not to "
+                                  f"{args.model} (a checkpoint resumes only its own run)", file)
+    if args.config is not None and load_config(args.config) != cfg:
+        raise CheckpointError(f"was taken with another hardware config than {args.config}",
+                              file)
+    return spec, cfg, meta["run_id"]
 
 
 def _cmd_experiment(args) -> int:
@@ -465,7 +674,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run a program and report its counters")
     _machine_args(r)
-    r.add_argument("--dump", action="append", metavar="ADDR:LEN:DTYPE:FILE.npy",
+    r.add_argument("--dump", action="append", metavar="ADDR:LEN:DTYPE:FILE",
                    help="save DRAM contents after the run; LEN is a count or a shape like 64x50")
     r.add_argument("--json", metavar="OUT", help="write counters and energy as JSON")
     r.add_argument("--per-instruction", action="store_true",
@@ -499,11 +708,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the float32 reference run")
     _trace_args(t, "layer and phase")
     t.add_argument("--checkpoint", metavar="FILE",
-                   help="checkpoint file, rewritten atomically every --checkpoint-every steps")
+                   help="checkpoint file, rewritten atomically every --checkpoint-every steps "
+                   "and at the end of the run")
     t.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
                    help="save a checkpoint every N training steps (batches)")
+    t.add_argument("--overwrite-checkpoint", action="store_true",
+                   help="replace a --checkpoint file that belongs to another run")
     t.add_argument("--resume", metavar="FILE",
-                   help="continue a run from a checkpoint (model and config come from it)")
+                   help="continue a run from a checkpoint (model and config come from it; "
+                   "--epochs extends it)")
     t.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     t.set_defaults(fn=_cmd_train)
 
@@ -549,7 +762,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _Terminated(BaseException):
+    """SIGTERM, turned into an exception so outputs being written are cleaned up."""
+
+
+def _on_sigterm(signum, frame):  # noqa: ARG001 - signal handler signature
+    raise _Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Parse and run one command; every error is one line on stderr and an exit code."""
+    from programs.cli.interrupt import interrupted, seen
+
+    in_main = threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGTERM, _on_sigterm) if in_main else None
     try:
         try:
             args = build_parser().parse_args(argv)
@@ -560,18 +786,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lpemu: {e}", file=sys.stderr)
         return e.exit_code
     except OSError as e:
-        where = e.filename if e.filename is not None else ""
-        print(f"lpemu: {where}: file error: {e.strerror or e}", file=sys.stderr)
+        where = f"{e.filename}: " if e.filename is not None else ""
+        print(f"lpemu: {where}file error: {e.strerror or e}", file=sys.stderr)
         return EXIT_IO
     except KeyboardInterrupt:
-        print("lpemu: interrupted", file=sys.stderr)
-        return 130
+        return interrupted()
+    except _Terminated:
+        print("lpemu: terminated", file=sys.stderr)
+        return EXIT_TERMINATED
     except Exception as e:  # pragma: no cover - a bug in lpemu, still one line
+        if seen():  # a Ctrl-C inside C code can come out as another exception
+            return interrupted()
         if os.environ.get("LPEMU_DEBUG"):
             raise
         print(f"lpemu: internal error: {type(e).__name__}: {e} (set LPEMU_DEBUG=1 for a "
               "traceback)", file=sys.stderr)
         return EXIT_INTERNAL
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
 
 
 if __name__ == "__main__":  # pragma: no cover

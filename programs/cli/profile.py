@@ -27,6 +27,7 @@ from emulator.counters import (
     energy_breakdown,
 )
 from emulator.errors import UsageError
+from emulator.files import atomic_write
 from emulator.machine import Machine
 from isa.asm import format_instruction
 from isa.spec import TABLE
@@ -90,7 +91,14 @@ def chrome_trace(m: Machine, tracer: Tracer, cycle_offset: int = 0) -> dict[str,
 
 
 def write_trace(path: str | Path, m: Machine, tracer: Tracer) -> None:
-    Path(path).write_text(json.dumps(chrome_trace(m, tracer)) + "\n")
+    """Write the timeline as Chrome trace-event JSON, atomically (emulator/files.py)."""
+    write_text(path, json.dumps(chrome_trace(m, tracer), allow_nan=False) + "\n")
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write a text output file atomically (a device or FIFO in place)."""
+    data = text.encode()
+    atomic_write(path, lambda f: f.write(data))
 
 
 # ---------------------------------------------------------------------------- tables
@@ -252,12 +260,16 @@ def groups_figure(groups: list[dict[str, Any]], key: str, title: str):
 
 
 def plot_groups(groups: list[dict[str, Any]], key: str, path: str | Path, title: str) -> bool:
-    """Write :func:`groups_figure` to ``path`` (PNG). UsageError without matplotlib; an
-    unwritable path raises OSError."""
+    """Write :func:`groups_figure` to ``path``, atomically, in the format its suffix names
+    (png, pdf, svg, ...; PNG for any other). UsageError without matplotlib; an unwritable path
+    raises OSError naming it."""
     fig = groups_figure(groups, key, title)
     plt = pyplot()
+    fmt = Path(path).suffix[1:].lower() or "png"
+    if fmt not in fig.canvas.get_supported_filetypes():
+        fmt = "png"
     try:
-        fig.savefig(path, dpi=120)
+        atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=120))
     finally:
         plt.close(fig)
     return True

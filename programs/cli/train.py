@@ -11,11 +11,14 @@ from typing import Any
 import numpy as np
 
 from emulator.config import Config
+from emulator.files import atomic_write
+from programs.cli.profile import write_text
 from programs.compiler.spec import ModelSpec
 from programs.host.datasets import load_for
 from programs.host.driver import (
     ChipTrainer,
     EpochStats,
+    check_dataset_fits,
     classifier_bits_bound,
     classifier_warning,
 )
@@ -31,14 +34,14 @@ def write_firmware(asm_out: str, tr: ChipTrainer, con: Any = None) -> Path | Non
     spec, lay = tr.spec, tr.layout
     asm = Path(asm_out)
     if tr.in_epoch or tr.epoch >= spec.epochs:
-        asm.write_text(tr.asm_text)
+        write_text(asm, tr.asm_text)
         if con is not None:
             con.print(f"note: {asm} written without a DRAM image (the run is not at the start "
                       "of a training epoch)", markup=False)
         return None
     image = tr.firmware_image()
     npy = asm.with_name(asm.name.removesuffix(asm.suffix) + ".dram.npy")
-    np.save(npy, image)
+    atomic_write(npy, lambda f: f.write(_npy_bytes(image)))
     words = np.frombuffer(image[:64].tobytes(), "<i4")
     dumps = []
     for l in range(1, spec.n_weight_layers + 1):
@@ -61,8 +64,16 @@ def write_firmware(asm_out: str, tr: ChipTrainer, con: Any = None) -> Path | Non
         "# and dumps the weights bit-identical to lpemu train's after the epoch. Set PARAMS word "
         f"{P_NBATCH} (n_batches, byte {4 * P_NBATCH}) to 1 for a single training step.",
     ]
-    asm.write_text(tr.asm_text.rstrip("\n") + "\n" + "\n".join(tail) + "\n")
+    write_text(asm, tr.asm_text.rstrip("\n") + "\n" + "\n".join(tail) + "\n")
     return npy
+
+
+def _npy_bytes(a: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, a, allow_pickle=False)
+    return buf.getvalue()
 
 
 def run_training(spec: ModelSpec, cfg: Config, json_out: str | None = None,
@@ -70,14 +81,20 @@ def run_training(spec: ModelSpec, cfg: Config, json_out: str | None = None,
                  quiet: bool = False, trace_out: str | None = None,
                  plot_out: str | None = None,
                  trace_limit: int = 1_000_000, checkpoint: str | None = None,
-                 checkpoint_every: int = 0, resume: str | None = None) -> dict[str, Any]:
-    """Train ``spec`` on the chip with progress and tables. With ``checkpoint`` and
-    ``checkpoint_every`` = N, the run is saved every N training steps (a resumable point at
-    the firmware's batch-loop head); ``resume`` continues from such a file with the model and
-    config stored in it, ending bit-identical to an uninterrupted run."""
+                 checkpoint_every: int = 0, resume: str | None = None,
+                 run_id: str | None = None,
+                 overwrite_checkpoint: bool = False) -> dict[str, Any]:
+    """Train ``spec`` on the chip with progress and tables. With ``checkpoint`` the run is
+    saved at the end of its last epoch (before the test evaluation) and, with
+    ``checkpoint_every`` = N, every N training steps (a resumable point at the firmware's
+    batch-loop head). ``resume`` continues from such a file (the caller takes the model and
+    config from it, possibly with more epochs), ending bit-identical to an uninterrupted run.
+    The checkpoint file belongs to this run (``run_id``, inherited when resuming): another
+    run's file is not overwritten unless ``overwrite_checkpoint``."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
+    from emulator import checkpoint as ckpt
     from programs.cli.console import make_console, print_table
     from programs.cli.energy_table import assumed_line, component_table
 
@@ -85,23 +102,26 @@ def run_training(spec: ModelSpec, cfg: Config, json_out: str | None = None,
     warn = classifier_warning(spec)
     if warn:
         con.print(f"[yellow]warning:[/yellow] {warn}")
+    run_id = run_id or ckpt.new_run_id()
+    target = (ckpt.CheckpointTarget(checkpoint, run_id, overwrite_checkpoint) if checkpoint
+              else None)
+    check_dataset_fits(spec, cfg)  # before the synthetic set is generated
     data = load_for(spec)
     t0 = time.perf_counter()
     tr = ChipTrainer(spec, cfg, data)
     if resume:
-        from emulator import checkpoint as ckpt
-
         extra = ckpt.restore(resume, tr.m)
         tr.set_host_state(extra.get("host"), resume)
-        con.print(f"resumed from {resume}: epoch {tr.epoch}"
-                  + (f", step {tr.global_step()}" if tr.in_epoch else ""), markup=False)
-    on_ckpt = None
-    if checkpoint and checkpoint_every > 0:
-        from emulator import checkpoint as ckpt
+        con.print(f"resumed run {run_id} of {spec.name} from {resume}: epoch {tr.epoch}"
+                  + (f", step {tr.global_step()}" if tr.in_epoch else "")
+                  + f" of {spec.epochs}", markup=False)
 
-        def on_ckpt(t: ChipTrainer) -> None:
-            ckpt.save(checkpoint, t.m, {"kind": "lpemu-train", "model": spec.to_dict(),
-                                        "config": cfg.to_dict(), "host": t.host_state()})
+    def save_checkpoint(t: ChipTrainer) -> None:
+        assert target is not None
+        target.save(t.m, {"kind": "lpemu-train", "host": t.host_state()},
+                    ckpt.identity(t.m, "lpemu-train", run_id, model=spec.to_dict()))
+
+    on_ckpt = save_checkpoint if target is not None and checkpoint_every > 0 else None
     if asm_out:
         write_firmware(asm_out, tr, con)
     tracer = None
@@ -128,6 +148,8 @@ def run_training(spec: ModelSpec, cfg: Config, json_out: str | None = None,
             prog.update(task, advance=1, status=(
                 f"loss {st.loss:.3f}  train acc {100 * st.train_accuracy:.1f}%  "
                 f"dz sparsity {100 * st.mean_sparsity:.1f}%"))
+    if target is not None:  # the end of training: resumable, e.g. with more --epochs
+        save_checkpoint(tr)
     history: list[EpochStats] = tr.history
     test_acc = tr.test_accuracy()
     best = tr.best_epoch()
@@ -169,9 +191,10 @@ def run_training(spec: ModelSpec, cfg: Config, json_out: str | None = None,
     print_table(con, component_table(summary.energy, summary.assumed_energy,
                                      "energy by component"))
     con.print(assumed_line(summary.prices), markup=False, highlight=False)
-    mean_sparsity = sum(h.mean_sparsity for h in history) / len(history)
+    mean_sparsity = sum(h.mean_sparsity for h in history) / max(len(history), 1)
     con.print(f"mean dz~ sparsity {100 * mean_sparsity:.1f}%, mean |round-off sum of dL/ds| "
-              f"{history[-1].roundoff_mean_abs:.2e} (last epoch), wall time {wall:.1f} s")
+              f"{history[-1].roundoff_mean_abs if history else 0.0:.2e} (last epoch), "
+              f"wall time {wall:.1f} s")
     result: dict[str, Any] = {
         "model": spec.to_dict(),
         "test_accuracy": test_acc,
@@ -205,5 +228,5 @@ def run_training(spec: ModelSpec, cfg: Config, json_out: str | None = None,
         plot_groups(groups, "group", plot_out, f"{spec.name}: cycles and energy by layer and phase")
         con.print(f"plot written to {plot_out}", markup=False)
     if json_out:
-        Path(json_out).write_text(json.dumps(result, indent=2) + "\n")
+        write_text(json_out, json.dumps(result, indent=2, allow_nan=False) + "\n")
     return result

@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from emulator import limits as lim
 from emulator.config import read_yaml
 from emulator.errors import ConfigError
+from emulator.limits import cut, short_repr
 
 DATASETS = ("digits", "synthetic", "iris", "wine", "breast_cancer")
 DATASET_KINDS = ("idx", "npz")
@@ -124,14 +126,16 @@ def _build(cls: type, d: Any, prefix: str, file: str) -> Any:  # noqa: C901 - on
     if d is None:
         d = {}
     if not isinstance(d, dict):
-        raise ConfigError(f"must be a mapping, got {type(d).__name__}", prefix.rstrip("."), file)
+        raise ConfigError(f"must be a mapping, got {type(d).__name__} {short_repr(d)}",
+                          prefix.rstrip("."), file)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in d.items():
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f"did you mean {close[0]!r}?" if close else "valid keys: " + ", ".join(names)
-            raise ConfigError(f"unknown key {str(key)!r}; {hint}", f"{prefix}{key}", file)
+            raise ConfigError(f"unknown key {short_repr(str(key))}; {hint}",
+                              f"{prefix}{cut(str(key), 100)}", file)
         if key in _NESTED:
             value = _build(_NESTED[key], value, f"{prefix}{key}.", file)
         elif cls is ModelSpec and key == "dataset" and isinstance(value, dict):
@@ -156,14 +160,20 @@ def _is_num(v: object) -> bool:
 def validate(spec: ModelSpec, file: str = "") -> ModelSpec:
     """Check every field; raise ConfigError naming the key path of the first problem."""
     n = spec.layers
-    _need(isinstance(spec.name, str), "must be a string", "name", file)
+    _need(isinstance(spec.name, str) and len(spec.name) <= 200,
+          "must be a string of at most 200 characters", "name", file)
     _validate_dataset(spec.dataset, file)
     _need(isinstance(n, list) and len(n) >= 2 and all(_is_int(x) and x >= 1 for x in n),
-          "must be a list of at least two positive integers", "layers", file)
+          f"must be a list of at least two positive integers, got {short_repr(n)}", "layers",
+          file)
     _need(len(n) <= 6, "at most 5 weight layers are supported", "layers", file)
-    for key in ("batch_size", "epochs"):
+    _need(all(x <= lim.MAX_LAYER_WIDTH for x in n),
+          f"every width must be at most {lim.MAX_LAYER_WIDTH:,}, got {short_repr(n)}", "layers",
+          file)
+    for key, hi in (("batch_size", lim.MAX_BATCH_SIZE), ("epochs", lim.MAX_EPOCHS)):
         v = getattr(spec, key)
-        _need(_is_int(v) and v >= 1, f"must be an integer >= 1, got {v!r}", key, file)
+        _need(_is_int(v) and 1 <= v <= hi, f"must be an integer in [1, {hi:,}], got "
+              f"{short_repr(v)}", key, file)
     _need(_is_int(spec.seed) and 0 <= spec.seed < 2**31, "must be an integer in [0, 2**31)",
           "seed", file)
     _need(_is_int(spec.data_seed) and 0 <= spec.data_seed < 2**31,
@@ -209,8 +219,8 @@ def validate(spec: ModelSpec, file: str = "") -> ModelSpec:
           file)
     s = u.schedule
     _need(s.kind in SCHEDULES, f"must be one of {SCHEDULES}", "update.schedule.kind", file)
-    _need(_is_int(s.every) and s.every >= 1, "must be an integer >= 1", "update.schedule.every",
-          file)
+    _need(_is_int(s.every) and 1 <= s.every <= lim.MAX_SCHEDULE_EVERY,
+          f"must be an integer in [1, {lim.MAX_SCHEDULE_EVERY:,}]", "update.schedule.every", file)
     _need(_is_num(s.gamma) and 0 < s.gamma <= 1, "must be a number in (0, 1]",
           "update.schedule.gamma", file)
     return spec
@@ -228,8 +238,8 @@ def _validate_dataset(ds: object, file: str) -> None:
     if isinstance(ds, str) and ds not in DATASETS:
         close = difflib.get_close_matches(ds, DATASETS, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"unknown dataset {ds!r}: must be one of {DATASETS} or a mapping "
-                          f"{{kind: idx|npz, path: ...}}{hint}", "dataset", file)
+        raise ConfigError(f"unknown dataset {short_repr(ds)}: must be one of {DATASETS} or a "
+                          f"mapping {{kind: idx|npz, path: ...}}{hint}", "dataset", file)
     _need(isinstance(ds, str), f"must be a name {DATASETS} or a mapping "
           "{kind: idx|npz, path: ...}", "dataset", file)
 

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 NAMED = ("digits", "synthetic", "iris", "wine", "breast_cancer")
 DIGITS_EXPONENT = -4  # digits and synthetic: integers 0..16 used as they are
+SYNTHETIC_FEATURES = 64  # what load() generates for ``synthetic``
+SYNTHETIC_PER_CLASS = 40  # 30 training + 10 test samples per class
 PIXEL_EXPONENT = -7  # uint8 0..255 -> q = p >> 1 (0..127)
 FEATURE_EXPONENT = -5  # standardized features: q = clip(rint(z * 32), -127, 127)
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",

@@ -150,6 +150,30 @@ def check_training(spec: ModelSpec, data: Dataset) -> ModelSpec:
     return spec
 
 
+def check_dataset_fits(spec: ModelSpec, cfg: Config) -> None:
+    """Before the ``synthetic`` dataset is generated: its samples (40 per class, 64 features,
+    INT8) fit the configured DRAM they are placed in, and generating them fits the memory
+    budget, so a huge class count is a ConfigError, not an allocation. Other datasets check
+    their own sizes when they are read (programs/host/datasets.py)."""
+    if spec.dataset != "synthetic":
+        return
+    from emulator.limits import fmt_bytes, memory_budget
+    from programs.host.datasets import SYNTHETIC_FEATURES, SYNTHETIC_PER_CLASS
+
+    c = spec.classes
+    samples = c * SYNTHETIC_PER_CLASS * SYNTHETIC_FEATURES  # INT8, as placed in DRAM
+    host = samples + 8 * c * (SYNTHETIC_FEATURES + SYNTHETIC_PER_CLASS)  # + centers, labels
+    if samples > cfg.memory.dram_bytes:
+        raise ConfigError(f"the synthetic dataset of {c:,} classes has {fmt_bytes(samples)} of "
+                          f"samples, more than the {cfg.memory.dram_bytes:,} bytes of DRAM",
+                          "layers")
+    budget = memory_budget(cfg.budget.max_memory_bytes)
+    if host > budget:
+        raise ConfigError(f"generating the synthetic dataset of {c:,} classes takes "
+                          f"{fmt_bytes(host)}, over the memory budget of {fmt_bytes(budget)}",
+                          "layers")
+
+
 class ChipTrainer:
     """Trains a model spec on the emulated chip.
 
@@ -469,16 +493,32 @@ class ChipTrainer:
         }
 
     def set_host_state(self, st: Any, file: str = "<checkpoint>") -> None:
-        """Restore :meth:`host_state`; a malformed document raises CheckpointError."""
+        """Restore :meth:`host_state`; a malformed document (a missing field, a value of the
+        wrong type or shape, an epoch outside the run) raises CheckpointError."""
         try:
-            epoch, loaded, in_epoch = int(st["epoch"]), bool(st["loaded"]), bool(st["in_epoch"])
-            start = (np.array(st["epoch_start_counts"], dtype=np.int64) if in_epoch
-                     else self.epoch_start_counts)
-            history = [EpochStats(**h) for h in st["history"]]
-            if in_epoch and start.shape != self.m.counts.shape:
-                raise ValueError(f"epoch_start_counts has shape {start.shape}")
+            if not isinstance(st, dict):
+                raise ValueError(f"host state is {type(st).__name__}, not an object")
+            epoch, loaded, in_epoch = st["epoch"], st["loaded"], st["in_epoch"]
+            if not (_is_int(epoch) and isinstance(loaded, bool) and isinstance(in_epoch, bool)):
+                raise ValueError("epoch must be an integer, loaded and in_epoch booleans")
             if not 0 <= epoch <= self.spec.epochs:
                 raise ValueError(f"epoch {epoch} outside 0..{self.spec.epochs}")
+            if in_epoch and epoch >= self.spec.epochs:
+                raise ValueError(f"mid-epoch at epoch {epoch} of {self.spec.epochs}")
+            start = self.epoch_start_counts
+            if in_epoch:
+                rows = st["epoch_start_counts"]
+                if not (isinstance(rows, list) and len(rows) == self.m.counts.shape[0]
+                        and all(isinstance(r, list) and len(r) == self.m.counts.shape[1]
+                                and all(_is_int(v) and 0 <= v < 1 << 63 for v in r)
+                                for r in rows)):
+                    raise ValueError("epoch_start_counts is not a matrix of counters of this "
+                                     f"program's shape {self.m.counts.shape}")
+                start = np.array(rows, dtype=np.int64)
+            history = st["history"]
+            if not isinstance(history, list) or len(history) != epoch:
+                raise ValueError(f"history must list the {epoch} finished epochs")
+            history = [_epoch_stats(h, i) for i, h in enumerate(history)]
         except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise CheckpointError(f"training driver state is malformed: {e!r}", file) from None
         self.epoch, self.loaded, self.in_epoch = epoch, loaded, in_epoch
@@ -503,6 +543,30 @@ class ChipTrainer:
             d.update(derived(c, self.cfg))
             out.append(d)
         return out
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _epoch_stats(h: Any, i: int) -> EpochStats:
+    """One finished epoch's statistics from a checkpoint, every field of its type."""
+    if not isinstance(h, dict) or set(h) != {f.name for f in dataclasses.fields(EpochStats)}:
+        raise ValueError(f"history[{i}] is not an epoch record")
+    floats = ("lr", "loss", "train_accuracy", "roundoff_mean_abs", "roundoff_mean",
+              "roundoff_max_abs", "y_zero_fraction")
+    ok = (h["epoch"] == i and _is_int(h["epoch"]) and all(_is_num(h[k]) for k in floats)
+          and (h["validation_accuracy"] is None or _is_num(h["validation_accuracy"]))
+          and isinstance(h["sparsity"], list) and all(_is_num(v) for v in h["sparsity"])
+          and isinstance(h["counters"], dict)
+          and all(k in IDX and _is_int(v) for k, v in h["counters"].items()))
+    if not ok:
+        raise ValueError(f"history[{i}] has a field of the wrong type")
+    return EpochStats(**h)
 
 
 def train(spec: ModelSpec, cfg: Config, data: Dataset, on_epoch=None,
