@@ -46,6 +46,19 @@ def version() -> str:
         return "0+unknown"
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: looks the version up only when asked (reading the package metadata takes
+    a tenth of a second, which every other command would pay at start-up)."""
+
+    def __init__(self, option_strings, dest, **kw) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="show the version and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        parser._print_message(f"lpemu {version()}\n", sys.stdout)
+        parser.exit()
+
+
 def _count(lo: int) -> Callable[[str], int]:
     """An argparse type: an integer >= ``lo`` (decimal, 0x hex, _ separators)."""
 
@@ -276,9 +289,13 @@ def _hw_config(args):
     """The hardware config of a command: ``--config`` (or the defaults) with its ``--set``
     overrides (``hw.`` keys only: run and profile have no model)."""
     from emulator.config import load_config
+
+    cfg = load_config(args.config)
+    if not args.set:  # the overrides' module (and the sweep package) only when there are some
+        return cfg
     from programs.sweep.overrides import apply, parse_sets
 
-    cfg, _ = apply(load_config(args.config), None, parse_sets(args.set))
+    cfg, _ = apply(cfg, None, parse_sets(args.set))
     return cfg
 
 
@@ -651,7 +668,7 @@ def _trace_args(p: argparse.ArgumentParser, what: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="lpemu", description="Bit-accurate emulator of a low-precision DNN "
                 "training accelerator: values, cycles and energy from one run.")
-    p.add_argument("--version", action="version", version=f"lpemu {version()}")
+    p.add_argument("--version", action=_VersionAction)
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     a = sub.add_parser("asm", help="assemble a program to a binary file")
