@@ -394,3 +394,108 @@ def test_wall_time_budget_leaves_out_compile_time(monkeypatch):
                 "python")
     m.run(max_seconds=0.05)  # runs far longer than 0.05 s of counted time would allow
     assert m.halted and m.r[1] == 100000
+
+
+# ------------------------------------------------ gemm's per-pc plan never holds stale values
+GEMM_LOOP = """
+    li r1, 0            # A (M x K) at scratchpad 0
+    li r2, 256          # B (K x N) at scratchpad 256
+    li r3, 0            # C at accumulator 0
+    li r4, 3            # M
+    li r5, 8            # K
+    li r6, 7            # N
+    li r8, 0            # DRAM offset of A's next bytes
+    li r9, 0            # outer pass
+    li r10, 7           # outer passes
+    li r11, 3           # rows of A
+    li r12, 8           # bytes per row of A
+    li r13, 56          # bytes of B
+    li r15, 3
+    li r20, 40
+    li r21, 0
+    li r22, 1
+    li r23, 2
+    li r24, 3
+    li r25, 4
+    gemm r20, r1, r2, r4, r5, r6, sa=1      # the same registers in every run
+outer:
+    li r14, 0
+inner:                                      # the same registers for three passes
+    gemm r3, r1, r2, r4, r5, r6, acc=1, sa=1, sb=1
+    dmald r1, r8, r11, r12, r12, r12        # A's bytes replaced from DRAM
+    addi r8, r8, 24
+    vadd r2, r2, r2, r13                    # B's bytes changed in place (saturating)
+    addi r14, r14, 1
+    blt r14, r15, inner
+    beq r9, r21, newc                       # then exactly one register the gemm reads
+    beq r9, r22, newn
+    beq r9, r23, newa
+    beq r9, r24, newb
+    beq r9, r25, newk
+    addi r4, r4, -1                         # another M
+    jmp next
+newc:
+    addi r3, r3, 1                          # another C
+    jmp next
+newn:
+    addi r6, r6, -1                         # another N
+    jmp next
+newa:
+    addi r1, r1, 128                        # A elsewhere
+    jmp next
+newb:
+    addi r2, r2, 64                         # B elsewhere
+    jmp next
+newk:
+    addi r5, r5, -3                         # another K
+next:
+    addi r9, r9, 1
+    blt r9, r10, outer
+    halt
+"""
+
+
+def _gemm_outcome(mode: str, datapath: str, second_spad: np.ndarray) -> tuple:
+    cfg = config_from_dict(dict(SMALL, accumulator={"entries": 64}))
+    m = Machine(cfg, assemble(GEMM_LOOP, "g.s"), datapath=datapath, scalar=mode)
+    m.dram[:] = (np.arange(m.dram.size) * 37 % 11).astype(np.uint8)  # zeros among them
+    m.spad[256:384] = (np.arange(128) % 5).astype(np.uint8)
+    first = outcome(m)
+    m.spad[:] = second_spad  # the host writes in place between runs, as the training driver
+    m.pc, m.halted = 0, False
+    return first, outcome(m)
+
+
+@pytest.mark.parametrize("vnni_on", [True, False])
+def test_gemm_plan_at_one_pc_follows_every_change(monkeypatch, vnni_on):
+    """The per-pc gemm plan (semantics.SPECIALIZE: checked operand views and the static cost,
+    kept while the six registers it reads are unchanged) sees operand bytes written by DMA, by
+    a vector instruction and by the host between runs, and each of C, N, A, B, K and M changed
+    alone: the outcome is the plain handler's on both datapaths. The plan holds views of the
+    live memories and no converted copy, so a changed byte is always read."""
+    from emulator import kernels, semantics
+    from emulator import machine as mach
+
+    monkeypatch.setattr(kernels, "USE_VNNI", vnni_on and kernels.USE_VNNI)
+    planned = [0]
+    real = semantics._gemm_operands
+
+    def counting(m, o):
+        planned[0] += 1
+        return real(m, o)
+
+    monkeypatch.setattr(semantics, "_gemm_operands", counting)
+    second = (np.arange(1024) * 13 % 7).astype(np.uint8)
+    got = _gemm_outcome("compiled", "fast", second)
+    # plans made: the first gemm's once (run 2 reads the same registers, so run 1's plan
+    # serves the host's new bytes); the inner gemm's once per outer pass in each run (each
+    # pass starts with one register changed, and run 2 starts from run 1's first values,
+    # not its last), never within the three inner passes
+    assert planned[0] == 1 + 2 * 7
+    assert got == _gemm_outcome("python", "fast", second)
+    monkeypatch.setattr(mach, "SPECIALIZE", {})  # no plan: the plain handler every time
+    assert got == _gemm_outcome("python", "fast", second)
+    assert got == _gemm_outcome("python", "reference", second)
+    assert got[0][-1] is None and got[1][-1] is None  # both runs reached halt
+    # not vacuous: other host bytes give another second run
+    assert got[1] != _gemm_outcome("python", "reference", second + 1)[1]
