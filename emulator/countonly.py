@@ -30,7 +30,10 @@ counter, a fault or the control flow would depend on unknown state:
    can fault), ``vexp``, ``vnormrow``, ``vlazy``, ``vrsqrt`` or ``efit`` (range checks), or by
    ``eadd``/``eaddi``/``esetr`` (the 32-bit range check); ``efit`` itself is refused only if
    its result could leave the 32-bit range;
-5. ``vunpool mode=max`` on indices with any unknown byte (an index outside its window faults).
+5. ``vunpool mode=max`` on indices with any unknown byte (an index outside its window faults);
+6. ``vqstep`` with an unknown constant ``r[rc]`` (or, with a combine, ``r[rd]``): a negative one
+   faults; in mode=var also unknown ``e[ea]`` or ``e[ec]`` (too far apart faults). Its outputs
+   ``r[rd]``, ``r[rr]``, ``e[ed]`` are unknown.
 
 Everything else is counted exactly: cycles, instructions, MACs, skipped MACs, byte-passes,
 every traffic counter, ALU passes, requantized elements, RNG draws, DMA stalls, array cycles,
@@ -85,6 +88,8 @@ NULL_DATAPATH = SimpleNamespace(
     sumpool_into=_none,
     unpool_into=_none,
     bias_into=_none,
+    vqstep=lambda *a: (0, 0, 0),
+    topk=lambda x, k, col: x,
     bad_unpool_index=kernels.bad_unpool_index,  # a fault check: stays real (known indices)
 )
 
@@ -94,6 +99,15 @@ _EXP_READERS = {"rq": ("eout", "ein"), "rqm": ("eout", "ein"), "vcvt": ("eout", 
                 "vexp": ("ea",), "vnormrow": ("eout",), "vlazy": ("et", "ea"),
                 "vrsqrt": ("eout", "ein"),
                 "efit": ("ein",), "eadd": ("ea", "eb"), "eaddi": ("ea",)}
+
+
+def _operand_regs(mn: str, o: dict[str, int], regs: list[str]) -> list[str]:
+    """The registers whose values decide an instruction's costs or faults. vqstep: not its
+    destinations (r[rd] is read, for its sign, only with min=1); its constant r[rc] is (a
+    negative one faults)."""
+    if mn == "vqstep":
+        return [f for f in regs if f != "rr" and (f != "rd" or o["combine"])]
+    return regs
 
 
 def _strided(buf: np.ndarray, base: int, rows: int, nbytes: int, stride: int) -> np.ndarray:
@@ -149,7 +163,10 @@ class CountOnlyMachine(Machine):
                                  "computed from data")
 
         def need_exps() -> None:
-            for f in _EXP_READERS.get(mn, ()):
+            readers = _EXP_READERS.get(mn, ())
+            if mn == "vqstep":  # mode=var faults when e[ec] and e[ea] are far apart
+                readers = ("ea", "ec") if ops["mode"] == 1 else ()
+            for f in readers:
                 if m.et[ops[f]]:
                     dither = mn in ("rq", "rqm", "vcvt") and ops["rnd"] >= 2
                     raise refuse(f"exponent e{ops[f]} ({f}) was picked from data (efit), and "
@@ -163,7 +180,7 @@ class CountOnlyMachine(Machine):
                 need_regs(["ra", "rb"], "branch")
         elif ins.unit in ("dma", "matrix", "vector"):
             def pre() -> None:
-                need_regs(regs, "operand")
+                need_regs(_operand_regs(mn, ops, regs), "operand")
                 need_exps()
                 if mn == "gemm":
                     m._check_skip_operands(ops, refuse)
@@ -359,6 +376,15 @@ class CountOnlyMachine(Machine):
             return lambda: span(acc, "racc", r[o["rn"]])
         if mn == "vbias":
             return lambda: span(acc, "racc", r[o["rrows"]] * r[o["rcols"]])
+        if mn == "vtopk":
+            return lambda: span(sp, "rd", r[o["rrows"]] * r[o["rcols"]] * elem())
+        if mn == "vqstep":
+            def qstep() -> None:
+                for f in ("rd", "rr"):
+                    if o[f]:
+                        self.rt[o[f]] = True
+                self.et[o["ed"]] = True
+            return qstep
         if mn in ("conv", "vmaxpool", "vsumpool", "vunpool"):
             def geo() -> None:
                 from emulator.geometry import CONV_DGRAD, CONV_FWD

@@ -29,11 +29,16 @@ from emulator.geometry import CONV_FWD, CONV_WGRAD, padded, window_view
 from emulator.reference import (
     EXP_LUT,
     LOG2E_Q16,
+    QSTEP_INF,
+    QSTEP_ZERO,
     ROUND_NEAREST,
     ROUND_TRIANGULAR,
     ROUND_TRUNC,
     ROUND_UNIFORM,
     gemm_passes,
+    qstep_pack,
+    qstep_pack_sqrt,
+    qstep_var_min,
     type_range,
     uses_rng,
 )
@@ -1172,6 +1177,58 @@ def bias_into(out: np.ndarray, b: np.ndarray, s: int, bits: int, wrap: bool) -> 
     shifted = v << -s if s <= 0 else (v + (1 << (s - 1))) >> s
     lo, hi = type_range(bits)
     return int(_bias_kernel(out, shifted, _I64(lo), _I64(hi), bool(wrap)))
+
+
+# ------------------------------------------------------------------------------ vqstep, vtopk
+def vqstep(mode: int, block: np.ndarray, aux: np.ndarray | None, c: int, ea: int, eb: int,
+           ec: int) -> tuple[int, int, int]:
+    """vqstep before min=1 (see :func:`emulator.reference.vqstep`): the reductions in numpy
+    int64 (|acc| <= 2**31, so sums of fewer than 2**32 terms are exact), the row minimum of
+    (C - S_j) / N_j from float64 candidates settled exactly in Python integers."""
+    if mode in (0, 2):
+        a = np.abs(np.asarray(block, dtype=np.int64).ravel())
+        if aux is not None:
+            a = a[np.asarray(aux).ravel() != 0]
+        x = int(a.sum()) if mode == 0 else (int(a.max()) if a.size else 0)
+        return qstep_pack(x * c, ea + ec)
+    blk = np.asarray(block, dtype=np.int64)
+    n = np.asarray(aux, dtype=np.int64)
+    rows = np.flatnonzero(n > 0)
+    if rows.size == 0:
+        return QSTEP_INF
+    smax = blk[rows].max(axis=1) if blk.shape[1] else np.zeros(rows.size, np.int64)
+    m = min(ec, ea)
+    cf = math.ldexp(float(c), ec - m)
+    sf = np.ldexp(smax.astype(np.float64), ea - m)
+    nf = n[rows].astype(np.float64)
+    q = (cf - sf) / nf
+    # each q carries an error below 2**-50 (|C| + |S_j|) / N_j: keep every row that may be the
+    # minimum and decide among them exactly
+    err = np.ldexp(cf + np.abs(sf), -48) / nf
+    cand = rows[q - err <= (q + err).min()]
+    best = qstep_var_min([int(v) for v in (blk[cand].max(axis=1) if blk.shape[1]
+                                           else np.zeros(cand.size, np.int64))],
+                         [int(v) for v in n[cand]], c, ec, ea)
+    assert best is not None
+    num, den = best
+    if num <= 0:
+        return QSTEP_ZERO
+    return qstep_pack_sqrt(num, den, m - eb)
+
+
+def topk(x: np.ndarray, k: int, col: bool) -> np.ndarray:
+    """vtopk (see :func:`emulator.reference.topk`): a stable sort of the negated magnitudes
+    per vector gives each element's rank; ranks below k are kept."""
+    a = np.asarray(x)
+    v = a.T if col else a
+    if v.size == 0:
+        return a.copy()
+    mag = np.abs(v.astype(np.int64))
+    order = np.argsort(-mag, axis=1, kind="stable")
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.arange(v.shape[1])[None, :].repeat(v.shape[0], 0), axis=1)
+    out = np.where(rank < k, v, 0).astype(a.dtype)
+    return out.T if col else out
 
 
 def clear_caches() -> None:

@@ -111,7 +111,10 @@ LIMITS: tuple[Limit, ...] = (
     # model specs
     Limit("`epochs`, `--epochs`", "1 .. 1,000,000", "ConfigError, UsageError"),
     Limit("`batch_size`", "1 .. 65,536", "ConfigError"),
-    Limit("`layers`", "2 .. 6 widths, each 1 .. 2^20", "ConfigError"),
+    Limit("`layers`", "a list of 2 or more widths, each 1 .. 2^20; or layer mappings "
+          "(`docs/training.md`): sizes, filters and units 1 .. 65,535, kernels and strides "
+          "1 .. 255, padding 0 .. 255, a max-pooling window at most 256 positions, an image "
+          "network's batch at most 65,535", "ConfigError"),
     Limit("`update.schedule.every`", "1 .. 1,000,000", "ConfigError"),
     Limit("`update.lr`", "(0, 16]", "ConfigError"),
     Limit("`synthetic` dataset (40 samples of 64 features per class)", "fits "

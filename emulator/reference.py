@@ -533,3 +533,108 @@ def bias_into(out: np.ndarray, b: np.ndarray, s: int, bits: int, wrap: bool) -> 
             n += over
     out[...] = np.array(vals, dtype=np.int64).reshape(rows, cols)
     return n
+
+
+# ------------------------------------------------------------------------------ vqstep, vtopk
+Q_EXP_MIN, Q_EXP_MAX = -(1 << 31), (1 << 31) - 1
+QSTEP_ZERO = (0, Q_EXP_MIN, 0)  # (M, E, Rm) of the zero step
+QSTEP_INF = (1 << 15, Q_EXP_MAX, 1 << 31)  # ... and of the infinite one
+
+
+def qstep_finish(m: int, e: int) -> tuple[int, int, int]:
+    """(M, E, Rm) of a step whose significand ``m`` is already in [2**15, 2**16) and whose
+    exponent is ``e``: the zero / infinite encodings outside the exponent range."""
+    if e <= Q_EXP_MIN:
+        return QSTEP_ZERO
+    if e >= Q_EXP_MAX:
+        return QSTEP_INF
+    assert 1 << 15 <= m < 1 << 16
+    return m, e, ((1 << 47) + m) // (2 * m)
+
+
+def qstep_pack(p: int, k: int) -> tuple[int, int, int]:
+    """Encode the step ``p * 2**k`` (p >= 0 an integer), rounded down to 16 significant bits."""
+    if p == 0:
+        return QSTEP_ZERO
+    n = p.bit_length()
+    m = p >> (n - 16) if n >= 16 else p << (16 - n)
+    return qstep_finish(m, n - 1 + k)
+
+
+def qstep_pack_sqrt(num: int, den: int, k: int) -> tuple[int, int, int]:
+    """Encode the step ``2 sqrt(num / den * 2**k)`` (num >= 0, den > 0), rounded down."""
+    if num == 0:
+        return QSTEP_ZERO
+    if k % 2:  # an even exponent: 2 sqrt(q 2**k) = sqrt(4 q) 2**(k / 2)
+        num, k = 2 * num, k - 1
+    a, b = 4 * num, den  # D = sqrt(a / b) * 2**(k / 2)
+    fl = a.bit_length() - b.bit_length()  # floor(log2(a / b)) is fl or fl - 1
+    if (a << max(-fl, 0)) < (b << max(fl, 0)):
+        fl -= 1
+    e0 = fl // 2  # floor(log2(sqrt(a / b)))
+    t = 15 - e0  # M = floor(sqrt(a / b * 4**t))
+    x = (a << (2 * t)) // b if t >= 0 else a // (b << (-2 * t))
+    return qstep_finish(math.isqrt(x), e0 + k // 2)
+
+
+def qstep_key(st: tuple[int, int, int]) -> tuple[int, int]:
+    """Order of encoded steps (the encoding is monotone: compare it instead of the values)."""
+    return st[1], st[0]
+
+
+def qstep_decode(m: int, e: int) -> tuple[int, int, int]:
+    """The step held in (r[rd], e[ed]) as vqstep min=1 reads it: re-encoded."""
+    if e == Q_EXP_MAX:
+        return QSTEP_INF
+    return qstep_pack(m, e - 15)
+
+
+def qstep_var_min(smax: list[int], n: list[int], c: int, ec: int, ea: int
+                  ) -> tuple[int, int] | None:
+    """min_j (c 2**ec - smax_j 2**ea) / n_j over the rows with n_j > 0, as an exact fraction
+    (numerator, denominator) in units of 2**min(ec, ea); None when no row has n_j > 0."""
+    m = min(ec, ea)
+    best: tuple[int, int] | None = None
+    for s, d in zip(smax, n, strict=True):
+        if d <= 0:
+            continue
+        num = (c << (ec - m)) - (s << (ea - m))
+        if best is None or num * best[1] < best[0] * d:
+            best = (num, d)
+    return best
+
+
+def vqstep(mode: int, block: np.ndarray, aux: np.ndarray | None, c: int, ea: int, eb: int,
+           ec: int) -> tuple[int, int, int]:
+    """vqstep before its combine: mode 0 (asum) sums, mode 2 (amax) takes the maximum of,
+    |block| where the INT8 mask ``aux`` (or None) is non-zero; mode 1 (var) takes ``block``
+    [R, C] and N = ``aux`` [R]. Python integers."""
+    if mode in (0, 2):
+        vals = np.asarray(block).ravel().tolist()
+        keep = [True] * len(vals) if aux is None else [v != 0 for v in np.asarray(aux).tolist()]
+        mags = [abs(v) for v, k in zip(vals, keep, strict=True) if k]
+        x = sum(mags) if mode == 0 else max(mags, default=0)
+        return qstep_pack(x * c, ea + ec)
+    rows = np.asarray(block).tolist()
+    smax = [max(row) if row else 0 for row in rows]
+    best = qstep_var_min(smax, np.asarray(aux).tolist(), c, ec, ea)
+    if best is None:
+        return QSTEP_INF
+    num, den = best
+    if num <= 0:
+        return QSTEP_ZERO
+    return qstep_pack_sqrt(num, den, min(ec, ea) - eb)
+
+
+def topk(x: np.ndarray, k: int, col: bool) -> np.ndarray:
+    """vtopk on a [R, C] block: per row (or column) keep the k largest magnitudes, the lower
+    position first among equal ones; zero the rest."""
+    a = np.asarray(x).astype(np.int64)
+    vecs = a.T.tolist() if col else a.tolist()
+    out = []
+    for v in vecs:
+        order = sorted(range(len(v)), key=lambda p: (-abs(v[p]), p))
+        keep = set(order[:k])
+        out.append([v[p] if p in keep else 0 for p in range(len(v))])
+    res = np.array(out, dtype=np.int64).reshape(a.T.shape if col else a.shape)
+    return res.T if col else res

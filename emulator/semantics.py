@@ -773,6 +773,53 @@ def _vwmul(m, o):
     _overflow(m, nover)
 
 
+@semantics("vqstep")
+def _vqstep(m, o):
+    from emulator.reference import qstep_decode, qstep_key
+    from isa.spec import QSTEP_ALIGN
+
+    r = m.r
+    rows, cols = _rows_cols(m, o)
+    c = r[o["rc"]]
+    if c < 0:
+        raise ExecutionError(f"vqstep constant r{o['rc']} = {c} is negative", m.pc)
+    ea, eb, ec = m.e[o["ea"]], m.e[o["eb"]], m.e[o["ec"]]
+    var = o["mode"] == 1
+    if var and abs(ec - ea) > QSTEP_ALIGN:
+        raise ExecutionError(f"vqstep mode=var: exponents e{o['ec']} = {ec} and e{o['ea']} = "
+                             f"{ea} differ by more than {QSTEP_ALIGN}", m.pc)
+    if o["combine"] and r[o["rd"]] < 0:
+        raise ExecutionError(f"vqstep combine: r{o['rd']} = {r[o['rd']]} is not a step "
+                             "significand (negative)", m.pc)
+    block = m.acc_range(r[o["ra"]], rows * cols)
+    if var:
+        aux = m.acc_range(r[o["rb"]], rows)
+        st = m.dp.vqstep(1, block.reshape(rows, cols), aux, c, ea, eb, ec)
+    else:
+        aux = m.sp_elems(r[o["rb"]], rows * cols, 1) if o["mask"] else None
+        st = m.dp.vqstep(o["mode"], block, aux, c, ea, eb, ec)
+    if o["combine"]:
+        pick = min if o["combine"] == 1 else max
+        st = pick(st, qstep_decode(r[o["rd"]], m.e[o["ed"]]), key=qstep_key)
+    mant, exp, recip = st
+    m.set_reg(o["rd"], mant)
+    m.set_reg(o["rr"], recip)
+    m.e[o["ed"]] = exp
+    m.charge_cost("qstep", int(var), rows, cols, bool(o["mask"]) and not var)
+
+
+@semantics("vtopk")
+def _vtopk(m, o):
+    r = m.r
+    rows, cols = _rows_cols(m, o)
+    k = _count(m, "kept count", r[o["rk"]])
+    elem = ELEM_BYTES[o["dt"]]
+    x = m.sp_elems(r[o["ra"]], rows * cols, elem).reshape(rows, cols)
+    d = m.sp_elems(r[o["rd"]], rows * cols, elem)
+    d[...] = m.dp.topk(x, k, bool(o["col"])).ravel()
+    m.charge_cost("topk", rows * cols, elem)
+
+
 # ============================================================================ conv and pooling
 # conv, vmaxpool, vsumpool, vunpool, vbias (isa/spec.py, "Convolution, pooling and bias").
 # Every geometry rule and operand range is checked (Python ints) before anything is written.

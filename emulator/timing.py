@@ -378,6 +378,44 @@ def reduce(cfg: Config, rows: int, cols: int, elem_bytes: int, to_acc: bool) -> 
     return out
 
 
+QSTEP_DIVIDE_CYCLES = 32  # one quotient bit per cycle (the reciprocal, each row's ratio)
+QSTEP_SQRT_CYCLES = 16  # one root bit per cycle
+
+
+def qstep(cfg: Config, var: bool, rows: int, cols: int, masked: bool) -> Cost:
+    """vqstep: one scan of the [rows, cols] accumulator block (asum: |x| added, with the mask
+    bytes read; var: row maxima), then var: one 32-bit division per row on the lanes, a
+    16-bit square root; both: the 32-cycle reciprocal of the significand."""
+    n = rows * cols
+    lanes = cfg.alu.lanes
+    ba = cfg.acc_bytes_per_entry
+    cyc = cfg.alu.latency_cycles + ceil(n / lanes) + QSTEP_DIVIDE_CYCLES
+    passes = n + QSTEP_DIVIDE_CYCLES
+    out = {ACC_RD: n * ba}
+    if var:
+        cyc += QSTEP_DIVIDE_CYCLES * ceil(rows / lanes) + QSTEP_SQRT_CYCLES
+        passes += QSTEP_DIVIDE_CYCLES * rows + QSTEP_SQRT_CYCLES
+        out[ACC_RD] += rows * ba
+    if masked:
+        out[SPAD_RD] = n
+    out.update({CYCLES: cyc, ALU_OPS: n + (rows if var else 0) + 1, ALU_PASSES: passes})
+    return out
+
+
+def topk(cfg: Config, n: int, elem_bytes: int) -> Cost:
+    """vtopk as a radix select over the magnitudes: one pass per magnitude bit (8 or 16), each
+    counting per vector the elements at or above the candidate threshold, and one pass that
+    breaks ties by position and writes; the block is read once and written once."""
+    passes = 8 * elem_bytes + 1
+    return {
+        CYCLES: cfg.alu.latency_cycles + passes * ceil(n / cfg.alu.lanes),
+        ALU_OPS: n,
+        ALU_PASSES: passes * n,
+        SPAD_RD: n * elem_bytes,
+        SPAD_WR: n * elem_bytes,
+    }
+
+
 HOOKS = {
     "scalar": scalar,
     "branch": branch,
@@ -396,6 +434,8 @@ HOOKS = {
     "requant": requant,
     "alu": alu,
     "reduce": reduce,
+    "qstep": qstep,
+    "topk": topk,
 }
 
 

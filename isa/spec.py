@@ -612,6 +612,88 @@ for i in range(r[rn]):
 )
 
 # ---------------------------------------------------------------------------------------------
+# The QBP step unit and meProp's selection (004 sec. 5.5; Sun et al. 2017).
+QSTEP_MODES = ("asum", "var", "amax")
+QSTEP_COMBINE = ("none", "min", "max")
+QSTEP_M_BITS = 16  # the step's significand M: Q15 in [2**15, 2**16)
+QSTEP_RECIP_BITS = 46  # the reciprocal multiplier: round(2**46 / M)
+QSTEP_ALIGN = 256  # var mode: the budget and the block exponents differ by at most this
+
+_def(
+    "vqstep", 0x66,
+    (
+        R("rd", "destination: the step's significand M (Q15, in [2**15, 2**16))"),
+        R("rr", "destination: the reciprocal multiplier round(2**46 / M)"),
+        R("ra", "accumulator address of the [rows, cols] block"),
+        R("rb", "scratchpad address of the INT8 mask (asum) or accumulator address of N (var)"),
+        R("rrows"), R("rcols"),
+        R("rc", "the constant: c (asum) or the budget C (var), an integer >= 0"),
+        E("ed", "destination: the step's exponent"),
+        E("ea", "exponent of the block"),
+        E("eb", "exponent of N (var; ignored by asum)"),
+        E("ec", "exponent of the constant"),
+        ENUM("mode", QSTEP_MODES, "asum: from a sum of magnitudes; var: from a variance "
+             "budget; amax: from the largest magnitude"),
+        FLAG("mask", "asum, amax: only the entries whose mask byte is non-zero"),
+        ENUM("combine", QSTEP_COMBINE, "keep the smaller (min) or larger (max) of the new "
+             "step and the one already in r[rd], e[ed]"),
+    ),
+    "vector", "qstep",
+    "QBP step unit (004 sec. 5.5): the quantization step of a layer's pre-activation gradients "
+    "from a sum of magnitudes (a sparsity target), a variance budget (eq. 5.20-5.21) or the "
+    "largest magnitude (a saturation floor), as a 16-bit significand, an exponent and the "
+    "reciprocal multiplier the requantizer needs.",
+    """
+R, C, c = r[rrows], r[rcols], r[rc]       # each >= 0, else a fault (nothing is written)
+if mode in (asum, amax):                  # D = c 2**e[ec] * (sum or max of |x|)
+    xs = [|acc[r[ra] + i]| for i in range(R*C) if not mask or sp[r[rb] + i] as i8 != 0]
+    X = sum(xs) if mode == asum else max(xs)                   # 0 for no entries
+    D = X * c * 2**(e[ea] + e[ec])        # exact
+if mode == var:                           # D = min_j Gamma_j, Gamma_j = 2 sqrt((C - S_j) / N_j)
+    require |e[ec] - e[ea]| <= 256        # else a fault (QSTEP_ALIGN), before anything is read
+    for j in range(R):
+        S_j = max(acc[r[ra] + j*C + i] for i in range(C)) * 2**e[ea]   # S_j = 0 when C == 0
+        N_j = acc[r[rb] + j] * 2**e[eb]
+    Q = min((c * 2**e[ec] - S_j) / N_j for j in range(R) if N_j > 0)  # exact; +inf if no such j
+    D = 2 * sqrt(Q) if Q > 0 else 0       # +inf when Q is
+if combine != none:                       # r[rd] < 0 faults
+    D0 = +inf if e[ed] == EXP_MAX else r[rd] * 2**(e[ed] - 15)
+    D = min(D, D0) if combine == min else max(D, D0)
+if D == 0 or floor(log2(D)) <= EXP_MIN:   # EXP_MIN = -2**31, EXP_MAX = 2**31 - 1
+    M, E, Rm = 0, EXP_MIN, 0              # the zero step
+elif D == +inf or floor(log2(D)) >= EXP_MAX:
+    M, E, Rm = 2**15, EXP_MAX, 2**31      # the infinite step
+else:
+    E = floor(log2(D))                    # D = (M / 2**15) * 2**E, rounded down
+    M = floor(D * 2**(15 - E))            # 2**15 <= M < 2**16
+    Rm = floor((2**47 + M) / (2*M))       # round(2**46 / M), ties up: 2**30 < Rm <= 2**31
+r[rd] = M; r[rr] = Rm; e[ed] = E          # all inputs are read first; then in this order
+""",
+)
+_def(
+    "vtopk", 0x67,
+    (
+        R("rd", "scratchpad destination [rows, cols]"),
+        R("ra", "scratchpad source [rows, cols]"),
+        R("rrows"), R("rcols"),
+        R("rk", "elements kept per vector"),
+        DT,
+        FLAG("col", "select within columns instead of rows"),
+    ),
+    "vector", "topk",
+    "meProp's selection (Sun et al. 2017): keep the k elements of largest magnitude of every "
+    "row (or column) of a block and zero the others.",
+    """
+R, C, k = r[rrows], r[rcols], r[rk]       # each >= 0, else a fault
+X = sp[r[ra]] as dt, [R, C] row-major     # read completely before anything is written
+for each vector v of X: its rows (col == 0) or its columns (col == 1), L elements:
+    order the positions p by |v[p]| descending, then p ascending      # |-128| = 128
+    keep the first min(k, L) positions; every other element becomes 0
+sp[r[rd]] as dt, [R, C] = the result
+""",
+)
+
+# ---------------------------------------------------------------------------------------------
 # Convolution, pooling and bias (opcodes 0x68-0x6F). Image tensors are NHWC (channels last),
 # row-major, INT8/INT16 little-endian. Every instruction below reads the same four geometry
 # registers (GEOMETRY_DOC; docs/isa.md prints it once, under "Geometry registers").
@@ -790,4 +872,4 @@ TABLE: tuple[Instr, ...] = tuple(_ENTRIES)
 BY_MNEMONIC: dict[str, Instr] = {i.mnemonic: i for i in TABLE}
 BY_OPCODE: dict[int, Instr] = {i.opcode: i for i in TABLE}
 UNITS = ("scalar", "dma", "matrix", "vector")
-COST_HOOKS = ("scalar", "scalar_mem", "scalar_acc", "branch", "convert", "exp", "divide", "lazy", "scan", "dma", "dma_acc", "gemm", "requant", "alu", "reduce", "rsqrt", "wmul") + CONV_COST_HOOKS
+COST_HOOKS = ("scalar", "scalar_mem", "scalar_acc", "branch", "convert", "exp", "divide", "lazy", "scan", "dma", "dma_acc", "gemm", "requant", "alu", "reduce", "rsqrt", "wmul", "qstep", "topk") + CONV_COST_HOOKS

@@ -76,7 +76,7 @@ class TrainResult:
     history: list[EpochStats]  # one entry per epoch: loss, accuracy, sparsity, counters
     summary: Summary  # every counter and the energy of the whole run (training + evaluation)
     breakdown: list[dict[str, Any]]  # counters and energy per (layer, phase)
-    weights: list[np.ndarray]  # final INT8 weights, one [n_in, n_out] matrix per layer
+    weights: list[np.ndarray]  # final weights (int8 or int16), one [fan_in, units] per layer
     weights_sha256: str
     trainer: ChipTrainer = field(repr=False)  # the driver; ``trainer.m`` is the machine
     classifier_warning: str | None = None

@@ -716,11 +716,48 @@ def _conv_cases() -> list[Case]:
     return out
 
 
+def _qbp_cases() -> list[Case]:
+    """vqstep and vtopk (tests/test_qbp_isa.py checks them against exact fractions)."""
+    out = []
+    blk = [3, -5, 0, 7, -1, 2]
+    # asum with a mask: |3| + |0| + |7| + |-1| = 11, D = 11 * 5 * 2**-2 = 13.75 = 56320 2**-12
+    out.append(Case(
+        "vqstep.asum", "li r1, 100\nli r2, 0\nli r3, 2\nli r4, 3\nli r5, 5\neset e1, -2\n"
+        "vqstep r10, r11, r1, r2, r3, r4, r5, e5, e1, e0, e0, mode=asum, mask=1\n",
+        # 2 + ceil(6/4) + 32; 6 entries and 6 mask bytes read
+        {"instructions": 1, "cycles": 36, "alu_ops": 7, "alu_passes": 38, "spad_rd_bytes": 6,
+         "acc_rd_bytes": 24},
+        lambda m: (m.r[10], m.e[5], m.r[11]) == (56320, 3, 1249445032) or pytest.fail(),
+        setup=both(put8(0, [1, 0, 1, 1, 1, 0]),
+                   lambda m: m.acc.__setitem__(slice(100, 106), blk))))
+    # var: Q = min((80 - 40/4) / (3*2), (80 - 100/4) / (5*2)) = 5.5, D = 2 sqrt(5.5)
+    out.append(Case(
+        "vqstep.var", "li r1, 100\nli r2, 120\nli r3, 2\nli r4, 3\nli r5, 80\neset e1, -2\n"
+        "eset e2, 1\nvqstep r10, r11, r1, r2, r3, r4, r5, e5, e1, e2, e0, mode=var\n",
+        # 2 + ceil(6/4) + 32 + 32 ceil(2/4) + 16; 6 + 2 entries read
+        {"instructions": 1, "cycles": 84, "alu_ops": 9, "alu_passes": 118, "acc_rd_bytes": 32},
+        lambda m: (m.r[10], m.e[5], m.r[11]) == (38423, 2, 1831422434) or pytest.fail(),
+        setup=lambda m: (m.acc.__setitem__(slice(100, 106), [12, 40, -8, 100, 4, 0]),
+                         m.acc.__setitem__(slice(120, 122), [3, 5]))))
+    x = [5, -9, 9, 1, 0, -128, 127, 3]
+    out.append(Case(
+        "vtopk", "li r1, 16\nli r2, 0\nli r3, 2\nli r4, 4\nli r5, 2\n"
+        "vtopk r1, r2, r3, r4, r5, dt=i8\n",
+        # 2 + (8 + 1) ceil(8/4)
+        {"instructions": 1, "cycles": 20, "alu_ops": 8, "alu_passes": 72, "spad_rd_bytes": 8,
+         "spad_wr_bytes": 8},
+        lambda m: m.sp_elems(16, 8, 1).tolist() == [0, -9, 9, 0, 0, -128, 127, 0]
+        or pytest.fail(str(m.sp_elems(16, 8, 1))),
+        setup=put8(0, x)))
+    return out
+
+
 CASES = (SCALAR_CASES + _branch_cases() + _memory_cases()
          + [_gemm_case("", False, False, False), _gemm_case(", sa=1", True, False, False),
             _gemm_case(", sb=1, acc=1", False, True, True),
             _gemm_case(", ta=1, tb=1, sa=1, sb=1", True, True, False)]
-         + _empty_gemm_cases() + _requant_cases() + _vector_cases() + _conv_cases())
+         + _empty_gemm_cases() + _requant_cases() + _vector_cases() + _conv_cases()
+         + _qbp_cases())
 
 
 def _mnemonic_under_test(c: Case) -> str:

@@ -128,8 +128,8 @@ def test_update_modes_quick_is_smaller(monkeypatch):
         return {"test_accuracy": 0.5, "final_loss": 1.0, "trainer": None}
 
     monkeypatch.setattr(paper, "chip_run", fake_chip)
-    monkeypatch.setattr(paper, "float_run", lambda spec, data, tr: 0.9)
-    monkeypatch.setattr(paper, "digits", lambda seed: None)
+    monkeypatch.setattr(paper, "float_run", lambda spec, data, tr, qbp=False: 0.9)
+    monkeypatch.setattr(paper, "digits", lambda seed: type("D", (), {"x_train": range(100)}))
     notes: list[tuple] = []
     full = paper.update_modes(config_from_dict({}), False, lambda *a: notes.append(a))
     n_full, epochs_full = len(runs), {s.epochs for s in runs}
@@ -137,7 +137,14 @@ def test_update_modes_quick_is_smaller(monkeypatch):
     quick = paper.update_modes(config_from_dict({}), True, lambda *a: None)
     assert {r["mode"] for r in quick} == {r["mode"] for r in full}
     assert max(s.epochs for s in runs) < min(epochs_full) and len(runs) <= n_full
-    assert notes[0] == ("lazy update", 4) and len(notes) == 4
+    assert notes[0] == ("lazy update (nearest read-out), constant lr", 10) and len(notes) == 10
+    # a constant and a decaying (inverse) learning rate; t0 = one epoch of steps
+    assert {s.update.schedule.kind for s in runs} == {"constant", "inverse"}
+    assert {s.update.schedule.t0 for s in runs} == {10.0}
+    assert {(s.update.schedule.kind, s.update.lr) for s in runs} == {("constant", 0.01),
+                                                                      ("inverse", 0.1)}
+    assert {(r["mode"], r["readout"]) for r in quick} >= {("shadow", "uniform"),
+                                                          ("shadow", "nearest")}
 
 
 # ------------------------------------------------------------------------------ plots
@@ -154,16 +161,19 @@ def figures(monkeypatch):
 
 
 def test_update_modes_plot_has_accuracy_and_loss_on_separate_labelled_axes(tmp_path, figures):
-    rows = [{"mode": m, "epochs": 20, "test_accuracy": a, "float32": 0.96, "final_loss": loss}
-            for m, a, loss in [("lazy", .95, .2), ("shadow", .94, .25), ("stochastic", .9, .4),
-                               ("plain", .5, 1.5)]]
+    rows = [{"mode": m, "readout": ro, "schedule": s, "epochs": 20, "test_accuracy": a,
+             "float32": 0.96, "final_loss": loss}
+            for s in ("constant", "inverse")
+            for m, ro, a, loss in [("lazy", "-", .95, .2), ("shadow", "uniform", .94, .25),
+                                   ("stochastic", "-", .9, .4), ("plain", "-", .5, 1.5)]]
     paper.plot("update-modes", rows, tmp_path / "u.png")
     axes = figures[0].axes
     labels = {ax.get_ylabel(): ax for ax in axes}
     assert set(labels) == {"test accuracy (%)", "final training loss (cross-entropy)"}
     acc = [p.get_height() for p in labels["test accuracy (%)"].patches]
     loss = [p.get_height() for p in labels["final training loss (cross-entropy)"].patches]
-    assert acc == pytest.approx([95, 94, 90, 50]) and loss == pytest.approx([.2, .25, .4, 1.5])
+    assert acc == pytest.approx([95, 94, 90, 50] * 2)
+    assert loss == pytest.approx([.2, .25, .4, 1.5] * 2)
 
 
 def test_qbp_sweep_plot_never_joins_dither_modes(tmp_path, figures):

@@ -36,7 +36,11 @@ Figures:
    step without them, compared with the slowdown of a plain single-threaded loop in the same
    rounds, which is what fair sharing gives one busy task on this machine with whatever else
    runs on it (target: at most 1.25x the loop's slowdown; on an idle 2-CPU machine with three
-   hogs the loop's is 2x).
+   hogs the loop's is 2x);
+10. LeNet (``programs/bench/lenet.py``, 001's network on ``configs/lenet_chip.yaml``): the
+    training step at batch 64 vs the float32 numpy step of the same network under the same
+    thread policy (the CNN step beside the MLP's in 2; target <= 3, main's), and one
+    60,000-sample epoch in a child process (targets <= 120 s and <= 2 GiB).
 """
 
 from __future__ import annotations
@@ -241,7 +245,7 @@ def step_timers(batch: int, steps: int, resident: bool = False):
     from emulator.config import Config
     from emulator.threads import POLICY
     from programs.host.driver import ChipTrainer
-    from programs.host.float_ref import train_step
+    from programs.host.float_ref import FloatNet, train_step
 
     spec = mlp_spec(batch)
     data = mnist_like(steps * batch)
@@ -254,12 +258,13 @@ def step_timers(batch: int, steps: int, resident: bool = False):
     tr.train_epoch()  # warm-up; also counts the instructions of a step
     tr.per_step = (tr.m.steps - s0) // tr.nb_train  # type: ignore[attr-defined]
     weights = tr.float_init()
+    fnet = FloatNet(spec.net())
     x = data.x_train.astype(np.float32) * np.float32(2.0**tr.spec.input_exponent)
     y = data.y_train
 
     def float_epoch() -> None:
         for i in range(0, steps * batch, batch):
-            train_step(weights, x[i : i + batch], y[i : i + batch], spec.lr_at(0))
+            train_step(fnet, weights, x[i : i + batch], y[i : i + batch], spec.lr_at(0))
         POLICY.restore()
 
     return tr.train_epoch, float_epoch, tr.nb_train, tr
@@ -286,9 +291,28 @@ def bench_step(quick: bool) -> list[Figure]:
         fig = steady(measure)
         fig.detail += f", {tr.per_step:,} instructions/step"
         out.append(fig)
-    out.append(Figure("  same, CNN step", None, "", "", note="not measured: the compiler has "
-                      "no convolution layers yet"))
+    out.append(bench_cnn_step(quick))
     return out
+
+
+def bench_cnn_step(quick: bool) -> Figure:
+    """LeNet's training step at batch 64 (programs/bench/lenet.py) against its float32 step,
+    in interleaved rounds like the MLP's."""
+    from programs.bench.lenet import lenet_step_timers
+
+    chip, flt, n, tr = lenet_step_timers(4 if quick else 10)
+    per_step = tr.m.steps // n  # after the one warm-up epoch
+
+    def measure() -> Figure:
+        te, tb, rs = ratio_rounds(chip, flt, 3 if quick else 7, warmup=0)
+        ratios = [1 / r for r in rs]
+        return Figure("  same, CNN step (LeNet, batch 64) / float32 step", _median(ratios),
+                      "x time", "<= 3", ratios, f"{1e3 * _median(te) / n:.1f} ms vs "
+                      f"{1e3 * _median(tb) / n:.1f} ms per step, ratio {_range(ratios)}")
+
+    fig = steady(measure)
+    fig.detail += f", {per_step:,} instructions/step"
+    return fig
 
 
 # ----------------------------------------------------------------------------- 3. firmware
@@ -581,11 +605,23 @@ def bench_hogs(n: int, quick: bool) -> list[Figure]:
                    f"otherwise idle machine fair sharing of {cpus()} CPUs gives {fair:.2f}x")]
 
 
+# ----------------------------------------------------------------------------- 10. LeNet epoch
+def bench_lenet_epoch(quick: bool) -> list[Figure]:
+    from programs.bench.lenet import bench_lenet_epoch as run
+
+    e = run(quick)
+    return [Figure(f"LeNet epoch of {e['samples']:,} samples (wall)", e["epoch_s"], "s",
+                   "<= 120" if e["samples"] == 60000 else "", [e["epoch_s"]],
+                   f"setup {e['setup_s']:.1f} s"),
+            Figure("  peak resident memory", e["peak_rss_mib"], "MiB", "<= 2048",
+                   [e["peak_rss_mib"]])]
+
+
 # ----------------------------------------------------------------------------- driver
 PARTS: dict[str, Callable[[bool], list[Figure]]] = {
     "gemm": bench_gemm, "step": bench_step, "firmware": bench_firmware, "epoch": bench_epoch,
     "scalesim": bench_scalesim, "startup": bench_startup, "jit_off": bench_jit_off,
-    "conv": lambda quick: bench_conv(quick),
+    "conv": lambda quick: bench_conv(quick), "lenet_epoch": bench_lenet_epoch,
 }
 
 

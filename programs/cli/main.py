@@ -470,7 +470,7 @@ def _cmd_train(args) -> int:
 
     from emulator.limits import MAX_EPOCHS
     from programs.cli.train import run_training
-    from programs.compiler.spec import validate
+    from programs.compiler.spec import validate, with_data
 
     if args.checkpoint_every < 0:
         raise UsageError("must be >= 0", "--checkpoint-every")
@@ -483,6 +483,9 @@ def _cmd_train(args) -> int:
     if args.resume and args.set:
         raise UsageError("a resumed run takes its model and config from the checkpoint; "
                          "do not pass --set", f"--resume {args.resume}")
+    if args.resume and args.data:
+        raise UsageError("a resumed run takes its data from the checkpoint's model; do not "
+                         "pass --data", f"--resume {args.resume}")
     if args.plot:
         from programs.cli.profile import require_matplotlib
 
@@ -497,8 +500,11 @@ def _cmd_train(args) -> int:
         from programs.compiler.spec import load_model
         from programs.sweep.overrides import apply, parse_sets
 
-        cfg, spec = apply(load_config(args.config), load_model(args.model),
+        model = load_model(args.model)
+        cfg, spec = apply(load_config(args.config or model.hardware), model,
                           parse_sets(args.set))
+        if args.data:
+            spec = with_data(spec, args.data)
         run_id = None
     if args.epochs is not None:
         spec = validate(dataclasses.replace(spec, epochs=args.epochs))
@@ -550,7 +556,7 @@ def _cmd_experiment(args) -> int:
     from emulator.config import load_config
     from programs.cli.console import make_console, print_table
     from programs.experiments import EXPERIMENTS, run_experiment
-    from programs.experiments.paper import table_rows
+    from programs.experiments.paper import _fmt, summary_rows
 
     if args.name not in EXPERIMENTS:
         raise UsageError(f"unknown experiment; choose from {', '.join(EXPERIMENTS)}", args.name)
@@ -558,8 +564,8 @@ def _cmd_experiment(args) -> int:
     from programs.sweep.overrides import apply, parse_sets
 
     sets = parse_sets(args.set)
-    if args.name == "perceptron" and any(k.startswith("model.") for k, _ in sets):
-        raise UsageError("the perceptron experiment has no model spec: only hw. keys apply",
+    if args.name in ("perceptron", "sr-floor") and any(k.startswith("model.") for k, _ in sets):
+        raise UsageError(f"the {args.name} experiment has no model spec: only hw. keys apply",
                          "--set")
     cfg, base = apply(load_config(args.config), load_model(None), sets)
     out = Path(args.out)
@@ -588,14 +594,15 @@ def _cmd_experiment(args) -> int:
                 progress.advance(task)
             progress.update(task, what=what)
 
-        rows = run_experiment(args.name, cfg, out, quick=args.quick, note=note, base=base)
+        rows = run_experiment(args.name, cfg, out, quick=args.quick, note=note, base=base,
+                              data=args.data, epochs=args.epochs)
         progress.update(task, completed=progress.tasks[0].total or 0, what="done")
-    shown = table_rows(rows)
+    shown = summary_rows(args.name, rows)
     t = Table(title=args.name)
     for c in shown[0]:
         t.add_column(c, justify="right")
     for r in shown:
-        t.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in r.values()))
+        t.add_row(*(_fmt(v) for v in r.values()))
     print_table(con, t)
     png = out / (args.name + ".png")
     con.print(f"wrote {out / (args.name + '.md')}, {out / (args.name + '.csv')}"
@@ -720,6 +727,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--json", metavar="OUT", help="write results and counters as JSON")
     t.add_argument("--epochs", type=_count(1), metavar="N",
                    help="override the spec's epoch count (>= 1)")
+    t.add_argument("--data", metavar="DIR",
+                   help="train on this MNIST-format directory (or .npz file) instead of the "
+                   "spec's dataset")
     t.add_argument("--emit-asm", metavar="FILE", help="write the compiled firmware")
     t.add_argument("--no-float", action="store_true",
                    help="skip the float32 reference run")
@@ -752,11 +762,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     x = sub.add_parser("experiment", help="reproduce a paper's claim on the emulator")
     x.add_argument("name", help="lazy-update, qbp-sweep, classifier-width, perceptron, "
-                   "update-modes")
+                   "update-modes, sr-floor, lenet-lazy, qbp-table, qbp-error-stats, qbp-meprop")
     x.add_argument("--config", help="hardware config YAML (default: built-in defaults)")
     _set_arg(x)
     x.add_argument("--out", default="out/experiments", help="output directory")
     x.add_argument("--quick", action="store_true", help="a smaller sweep")
+    x.add_argument("--data", metavar="DIR",
+                   help="MNIST-format directory (lenet-lazy, qbp-table; qbp-error-stats and "
+                   "qbp-meprop: 784-500-500-10 on it instead of the digits)")
+    x.add_argument("--epochs", type=_count(1), metavar="N",
+                   help="epochs per run (lenet-lazy: 3, qbp-table: 5, qbp-error-stats: 1, "
+                   "qbp-meprop: 10 on the digits, 3 with --data by default)")
     x.set_defaults(fn=_cmd_experiment)
 
     s = sub.add_parser("sweep", help="design-space exploration on Dask (docs/sweep.md)")

@@ -44,20 +44,21 @@ def write_firmware(asm_out: str, tr: ChipTrainer, con: Any = None) -> Path | Non
     atomic_write(npy, lambda f: f.write(_npy_bytes(image)))
     words = np.frombuffer(image[:64].tobytes(), "<i4")
     dumps = []
-    for l in range(1, spec.n_weight_layers + 1):
-        n_in, n_out = spec.layers[l - 1], spec.layers[l]
-        dumps.append(f"--dump {lay.dram[f'W{l}']:#x}:{n_in}x{n_out}:int8:W{l}.npy")
-        dumps.append(f"--dump {lay.dram[f'LZ{l}']:#x}:{n_in}x{n_out}:int16:LZ{l}.npy")
+    for p in lay.params:
+        shape = "x".join(map(str, p.shape))
+        wdt = "int8" if p.bits == 8 else "int16"
+        dumps.append(f"--dump {lay.dram[p.key('W')]:#x}:{shape}:{wdt}:{p.key('W')}.npy")
+        dumps.append(f"--dump {lay.dram[p.key('LZ')]:#x}:{shape}:int16:{p.key('LZ')}.npy")
     tail = [
         "",
         f"# ---- DRAM image: {npy.name} (lpemu train --emit-asm) ----",
         f"# DRAM bytes [0, {tr.dram_top:#x}) at the start of training epoch {tr.epoch + 1} of "
         f"{spec.epochs}: the PARAMS block (int32 words at 0: mode 0 = train, n_batches "
         f"{words[P_NBATCH]}, mu, seed, x_base, t_base, out_base, roundoff_base, load_weights "
-        f"{words[P_LOADW]}),",
-        "# the weights W<l> (INT8) and their INT16 update state LZ<l> at "
-        + ", ".join(f"W{l} {lay.dram[f'W{l}']:#x} LZ{l} {lay.dram[f'LZ{l}']:#x}"
-                    for l in range(1, spec.n_weight_layers + 1)) + ",",
+        f"{words[P_LOADW]}" + (", qbp_step_log" if lay.qbp.adapt else "") + "),",
+        "# the parameters W<l> / B<l> (INT8) and their INT16 update state LZ<l> / LZB<l> at "
+        + ", ".join(f"{p.key('W')} {lay.dram[p.key('W')]:#x} {p.key('LZ')} "
+                    f"{lay.dram[p.key('LZ')]:#x}" for p in lay.params) + ",",
         "# the epoch's training batches and the test data. This runs that epoch of training on "
         "its own (add --config with the config used for training):",
         f"#   lpemu run {asm.name} --load {npy.name}@0 " + " ".join(dumps),
@@ -155,12 +156,15 @@ def run_training(spec: ModelSpec, cfg: Config, json_out: str | None = None,
     best = tr.best_epoch()
     wall = time.perf_counter() - t0
     summary = tr.m.summary()
-    ref = ref_best = None
+    ref = ref_best = ref_qbp = None
+    qbp_on = spec.qbp.step_log2 is not None or spec.qbp.meprop_k is not None
     if compare_float:
         from programs.host.float_ref import train_float
 
         fres = train_float(spec, data, tr.float_init())
         ref, ref_best = fres.test_accuracy, fres.best_epoch
+        if qbp_on:  # the same QBP in float32: what QBP does apart from the INT8 arithmetic
+            ref_qbp = train_float(spec, data, tr.float_init(), qbp=True).test_accuracy
     rows = tr.breakdown()
     at = ""
     if best is not None:
@@ -168,14 +172,19 @@ def run_training(spec: ModelSpec, cfg: Config, json_out: str | None = None,
               f"{100 * history[best].validation_accuracy:.2f}%)")
     t = Table(title=f"{spec.name} on the chip: test accuracy {100 * test_acc:.2f}%{at}"
               + (f" (float32 reference {100 * ref:.2f}%"
-                 + (f" at its epoch {ref_best + 1}" if ref_best is not None else "") + ")"
+                 + (f" at its epoch {ref_best + 1}" if ref_best is not None else "")
+                 + (f"; float32 with the same QBP {100 * ref_qbp:.2f}%"
+                    if ref_qbp is not None else "") + ")"
                  if ref is not None else ""))
     for col in ("layer", "phase", "cycles", "macs", "macs_skipped", "skipped %", "util %",
                 "energy uJ"):
         t.add_column(col, justify="left" if col in ("layer", "phase") else "right")
+    net = spec.net()
+    kinds = {} if net.is_mlp else {x.name: f"{x.name} {x.describe()}" for x in net.layers}
     for r in rows:
         total = r["macs"] + r["macs_skipped"]
-        t.add_row(r["layer"], r["phase"], f"{r['cycles']:,}", f"{r['macs']:,}",
+        t.add_row(kinds.get(r["layer"], r["layer"]), r["phase"], f"{r['cycles']:,}",
+                  f"{r['macs']:,}",
                   f"{r['macs_skipped']:,}",
                   f"{100 * r['macs_skipped'] / total:.1f}" if total else "-",
                   f"{100 * r['array_utilization']:.1f}" if r["array_cycles"] else "-",
@@ -195,10 +204,31 @@ def run_training(spec: ModelSpec, cfg: Config, json_out: str | None = None,
     con.print(f"mean dz~ sparsity {100 * mean_sparsity:.1f}%, mean |round-off sum of dL/ds| "
               f"{history[-1].roundoff_mean_abs if history else 0.0:.2e} (last epoch), "
               f"wall time {wall:.1f} s")
+    if tr.layout.dynamic:
+        first = history[0].param_exponents if history else []
+        con.print(f"parameter exponents (dynamic): {tr.param_exponents()} (after epoch 1: "
+                  f"{first})", markup=False, highlight=False)
+    from programs.compiler.qbp import realised_steps
+
+    fixed = realised_steps(spec)
+    ws = [x.name for x in net.weight_layers]
+    if fixed:
+        con.print("QBP steps realised (16-bit significand, rounded down): " + ", ".join(
+            f"{f['layer']} {f['requested']:g} -> {f['realised']:.9g} "
+            f"({f['significand']} x 2^{f['exponent'] - 15})" for f in fixed),
+            markup=False, highlight=False)
+    if history and history[-1].qbp_steps:
+        con.print("adaptive QBP steps, last epoch (mean [min, max], batches raised by the "
+                  "saturation floor or the lower clamp): " + ", ".join(
+                      f"{n} {m:.4g} [{lo:.4g}, {hi:.4g}] {100 * r:.0f}%"
+                      for n, (m, lo, hi, r) in zip(ws, history[-1].qbp_steps, strict=True)),
+                  markup=False, highlight=False)
     result: dict[str, Any] = {
         "model": spec.to_dict(),
         "test_accuracy": test_acc,
         "float_reference_accuracy": ref,
+        "float_qbp_reference_accuracy": ref_qbp,
+        "qbp_steps": fixed,
         "dataset": {"name": data.name, "shape": list(data.shape),
                     "input_exponent": tr.spec.input_exponent, "train": len(data.x_train),
                     "validation": len(data.x_val) if data.has_validation else 0,
@@ -210,6 +240,7 @@ def run_training(spec: ModelSpec, cfg: Config, json_out: str | None = None,
         "classifier_warning": warn,
         "wall_seconds": wall,
         "weights_sha256": tr.weights_digest(),
+        "param_exponents": tr.param_exponents(),
         "epochs": [dataclasses.asdict(h) for h in history],
         "per_layer_phase": rows,
     }

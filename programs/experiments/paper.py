@@ -12,6 +12,7 @@ the plot only (not written to the tables).
 from __future__ import annotations
 
 import csv
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,9 @@ import numpy as np
 
 from emulator.config import Config
 from programs.compiler.spec import ModelSpec, with_overrides
+from programs.experiments import qbp_stats
+from programs.experiments.qbp_stats import QBP_EXPERIMENTS
+from programs.experiments.tables import TABLES
 from programs.host.datasets import Dataset, digits, synthetic
 from programs.host.driver import ChipTrainer, classifier_bits_bound
 from programs.host.float_ref import train_float
@@ -42,8 +46,11 @@ def chip_run(spec: ModelSpec, cfg: Config, data: Dataset) -> Row:
     }
 
 
-def float_run(spec: ModelSpec, data: Dataset, tr: ChipTrainer) -> float:
-    return train_float(spec, data, tr.float_init()).test_accuracy
+def float_run(spec: ModelSpec, data: Dataset, tr: ChipTrainer, qbp: bool = False) -> float:
+    """Test accuracy of the float32 reference from the chip run's initial weights; with
+    ``qbp``, the spec's QBP applied to its dz (programs/host/float_qbp.py), so a table can
+    tell QBP's effect from the chip's INT8 arithmetic."""
+    return train_float(spec, data, tr.float_init(), qbp=qbp).test_accuracy
 
 
 # ------------------------------------------------------------------------------ experiments
@@ -56,7 +63,8 @@ def _silent(_: str, __: int) -> None:
 
 def lazy_update(cfg: Config, quick: bool, note: Note = _silent,
                 base: ModelSpec | None = None) -> list[Row]:
-    """Float32 reference vs INT8 plain vs INT8 lazy on digits, over learning rates (001 sec. 2)."""
+    """Float32 reference (without and with the model's QBP on dz) vs INT8 plain vs INT8 lazy
+    on digits, over learning rates (001 sec. 2)."""
     base = base or ModelSpec()
     data = digits(base.data_seed)
     rows = []
@@ -67,7 +75,9 @@ def lazy_update(cfg: Config, quick: bool, note: Note = _silent,
         lazy = chip_run(spec, cfg, data)
         plain = chip_run(with_overrides(spec, **{"update.mode": "plain"}), cfg, data)
         ref = float_run(spec, data, lazy["trainer"])
-        rows.append({"lr": lr, "float32": ref, "int8_plain": plain["test_accuracy"],
+        ref_q = float_run(spec, data, lazy["trainer"], qbp=True)
+        rows.append({"lr": lr, "float32": ref, "float32_qbp": ref_q,
+                     "int8_plain": plain["test_accuracy"],
                      "int8_lazy": lazy["test_accuracy"],
                      "lazy_minus_float": lazy["test_accuracy"] - ref,
                      "plain_minus_float": plain["test_accuracy"] - ref})
@@ -76,25 +86,33 @@ def lazy_update(cfg: Config, quick: bool, note: Note = _silent,
 
 def qbp_sweep(cfg: Config, quick: bool, note: Note = _silent,
               base: ModelSpec | None = None) -> list[Row]:
-    """Accuracy vs gradient sparsity over QBP steps and dither modes (004 Fig. 6.3, Table 6.1)."""
+    """Accuracy vs gradient sparsity over QBP steps and dither modes (004 Fig. 6.3, Table 6.1),
+    on the chip and in the float32 reference with the same QBP (the no-QBP row: float32 back
+    propagation)."""
     base = base or ModelSpec()
     data = digits(base.data_seed)
     steps = (-3, -1) if quick else (-5, -4, -3, -2, -1, 0, 1)
     dithers = ("uniform", "none") if quick else ("uniform", "triangular", "none")
     total = 1 + len(steps) * len(dithers)
     note("no QBP", total)
-    no_qbp = chip_run(with_overrides(base, **{"qbp.step_log2": None}), cfg, data)
+    spec = with_overrides(base, **{"qbp.step_log2": None})
+    no_qbp = chip_run(spec, cfg, data)
     rows = [{"step_log2": "none (dynamic)", "dither": "-", "test_accuracy":
              no_qbp["test_accuracy"], "mean_sparsity": no_qbp["mean_sparsity"],
-             "final_loss": no_qbp["final_loss"]}]
+             "final_loss": no_qbp["final_loss"],
+             "float32_qbp_accuracy": float_run(spec, data, no_qbp["trainer"]),
+             "float32_qbp_sparsity": math.nan}]
     for step in steps:
         for dither in dithers:
             note(f"step 2^{step}, {dither} dither", total)
-            r = chip_run(with_overrides(base, **{"qbp.step_log2": step, "qbp.dither": dither}),
-                         cfg, data)
+            spec = with_overrides(base, **{"qbp.step_log2": step, "qbp.dither": dither})
+            r = chip_run(spec, cfg, data)
+            fl = train_float(spec, data, r["trainer"].float_init(), qbp=True)
             rows.append({"step_log2": step, "dither": dither,
                          "test_accuracy": r["test_accuracy"],
-                         "mean_sparsity": r["mean_sparsity"], "final_loss": r["final_loss"]})
+                         "mean_sparsity": r["mean_sparsity"], "final_loss": r["final_loss"],
+                         "float32_qbp_accuracy": fl.test_accuracy,
+                         "float32_qbp_sparsity": float(np.mean(fl.sparsity or [math.nan]))})
     return rows
 
 
@@ -107,18 +125,25 @@ def classifier_spec(classes: int, bits: int, epochs: int,
 
 def classifier_width(cfg: Config, quick: bool, note: Note = _silent,
                      base: ModelSpec | None = None) -> list[Row]:
-    """Round-off of dL/ds vs classifier width and class count on a synthetic task (001 sec. 3)."""
+    """Round-off of dL/ds vs classifier width and class count on a synthetic task (001 sec. 3).
+    The width is the grid of y and dL/ds = y - t and the container of the last layer's dz~
+    (INT8 up to 8 bits, else INT16), so the last layer's dW and dX products use it; dz~ has a
+    dynamic exponent (no QBP). 1000 classes: 001 eq. 5 with alpha = 0.5 asks for more than
+    log2(999) + 2 = 11.96 bits (the paper's text says 13.97)."""
     rows = []
-    class_counts = (10, 100) if quick else (10, 30, 100)
-    widths = (8, 16) if quick else (6, 8, 10, 12, 16)
+    class_counts = (10, 100) if quick else (10, 30, 100, 1000)
+    widths = (8, 16) if quick else (6, 8, 10, 12, 14, 16)
+    total = len(class_counts) * len(widths)
     for classes in class_counts:
         data = synthetic(classes=classes, features=64, seed=0)
         for bits in widths:
-            spec = classifier_spec(classes, bits, epochs=5 if quick else 10, base=base)
-            note(f"{classes} classes, INT{bits} classifier", len(class_counts) * len(widths))
+            epochs = 5 if quick else (4 if classes >= 1000 else 10)
+            spec = classifier_spec(classes, bits, epochs=epochs, base=base)
+            note(f"{classes} classes, INT{bits} classifier", total)
             r = chip_run(spec, cfg, data)
             rows.append({
                 "classes": classes, "classifier_bits": bits,
+                "dz_last_bits": 8 if bits <= 8 else 16,
                 "eq5_bound_bits": classifier_bits_bound(classes, spec.classifier_alpha),
                 "roundoff_mean": r["roundoff_mean"],
                 "roundoff_mean_abs": r["roundoff_mean_abs"],
@@ -126,6 +151,9 @@ def classifier_width(cfg: Config, quick: bool, note: Note = _silent,
                 "alpha": spec.classifier_alpha,
                 "lost_components": r["y_zero_fraction"],
                 "test_accuracy": r["test_accuracy"],
+                "final_loss": r["final_loss"],
+                "epochs": epochs,
+                "weights_sha256": r["trainer"].weights_digest()[:12],
             })
     return rows
 
@@ -159,22 +187,55 @@ def perceptron(cfg: Config, quick: bool, note: Note = _silent,
 
 def update_modes(cfg: Config, quick: bool, note: Note = _silent,
                  base: ModelSpec | None = None) -> list[Row]:
-    """Stochastic rounding vs shadow copy vs lazy vs plain at a small learning rate (002)."""
+    """Stochastic rounding vs BinaryConnect (shadow copy, nearest and dithered read-out) vs
+    lazy vs plain (002): at a constant learning rate 0.01, and decaying from 0.1 (``inverse``:
+    0.1 t0 / (t0 + t) at step t, t0 = one epoch of steps; 002's alpha_t = 1 / (mu (t + t0))); beside
+    the float32 reference without and with the model's QBP."""
     base = with_overrides(base or ModelSpec(), **{"update.lr": 0.01})
     if quick:
         base = with_overrides(base, epochs=5)
     data = digits(base.data_seed)
+    steps = len(data.x_train) // base.batch_size
     rows = []
-    ref = None
-    modes = ("lazy", "shadow", "stochastic", "plain")
-    for mode in modes:
-        note(f"{mode} update", len(modes))
-        r = chip_run(with_overrides(base, **{"update.mode": mode}), cfg, data)
-        if ref is None:
-            ref = float_run(base, data, r["trainer"])
-        rows.append({"mode": mode, "epochs": base.epochs, "test_accuracy": r["test_accuracy"],
-                     "float32": ref, "final_loss": r["final_loss"]})
+    modes = (("lazy", "nearest"), ("shadow", "nearest"), ("shadow", "uniform"),
+             ("stochastic", "nearest"), ("plain", "nearest"))
+    schedules = ("constant", "inverse")
+    total = len(modes) * len(schedules)
+    for sched in schedules:
+        sbase = with_overrides(base, **{"update.schedule.kind": sched,
+                                        "update.schedule.t0": float(steps),
+                                        "update.lr": 0.1 if sched == "inverse" else 0.01})
+        ref = ref_q = None
+        for mode, readout in modes:
+            note(f"{mode} update ({readout} read-out), {sched} lr", total)
+            r = chip_run(with_overrides(sbase, **{"update.mode": mode,
+                                                  "update.readout": readout}), cfg, data)
+            if ref is None:
+                ref = float_run(sbase, data, r["trainer"])
+                ref_q = float_run(sbase, data, r["trainer"], qbp=True)
+            rows.append({"mode": mode, "readout": readout if mode == "shadow" else "-",
+                         "schedule": sched, "epochs": base.epochs,
+                         "test_accuracy": r["test_accuracy"], "float32": ref, "float32_qbp": ref_q,
+                         "final_loss": r["final_loss"]})
     return rows
+
+
+def sr_floor(cfg: Config, quick: bool, note: Note = _silent,
+             base: ModelSpec | None = None) -> list[Row]:
+    """002's accuracy floor on a strongly convex least-squares problem run as chip firmware
+    (programs/experiments/sr_floor.py): minibatch SGD with alpha_t = 1 / (mu (t + t0)) on the
+    lattice Delta Z^8 by stochastic rounding (SR), BinaryConnect (an INT16 shadow copy 2**8
+    finer, updated with dithered rounding, read out with dither or nearest) and the lazy update.
+    Gaps are F - F(w*) (mean over the last quarter of each run, then over seeds); *_minus_lattice
+    compares with the best lattice point; bound_002 = sqrt(d) Delta G / 2 (Theorem 2)."""
+    from programs.experiments.sr_floor import sr_floor_rows
+
+    if base is not None and base != ModelSpec():
+        from emulator.errors import UsageError
+
+        raise UsageError("sr-floor runs its own least-squares firmware: model. keys do not "
+                         "apply", "sr-floor")
+    return sr_floor_rows(cfg, quick, note)
 
 
 EXPERIMENTS: dict[str, Callable[..., list[Row]]] = {
@@ -183,13 +244,17 @@ EXPERIMENTS: dict[str, Callable[..., list[Row]]] = {
     "classifier-width": classifier_width,
     "perceptron": perceptron,
     "update-modes": update_modes,
+    "sr-floor": sr_floor,
+    **TABLES,  # lenet-lazy, qbp-table (programs/experiments/tables.py): they need --data DIR
+    **QBP_EXPERIMENTS,  # qbp-error-stats, qbp-meprop (qbp_stats.py): digits, or --data DIR
 }
+FIXED_NETWORK = {**TABLES, **QBP_EXPERIMENTS}  # their own networks: --data and --epochs apply
 
 
 # ------------------------------------------------------------------------------ output
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
-        return f"{v:.4f}"
+        return f"{v:.4f}" if v == 0 or abs(v) >= 0.01 or v != v else f"{v:.3e}"
     return str(v)
 
 
@@ -198,14 +263,29 @@ def table_rows(rows: list[Row]) -> list[Row]:
     return [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
 
 
+def summary_rows(name: str, rows: list[Row]) -> list[Row]:
+    """What the console prints: the rows, or a summary of long experiments."""
+    if name == "qbp-error-stats":
+        return qbp_stats.summary(rows)
+    return table_rows(rows)
+
+
+def _md_table(shown: list[Row]) -> list[str]:
+    cols = list(shown[0])
+    return (["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+            + ["| " + " | ".join(_fmt(r[c]) for c in cols) + " |" for r in shown])
+
+
 def write_outputs(name: str, rows: list[Row], out: Path) -> list[Path]:
     """Write ``NAME.md``, ``NAME.csv`` and (with matplotlib) ``NAME.png`` into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     shown = table_rows(rows)
     cols = list(shown[0])
-    md = [f"# {name}", "", (EXPERIMENTS[name].__doc__ or "").strip(), "",
-          "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    md += ["| " + " | ".join(_fmt(r[c]) for c in cols) + " |" for r in shown]
+    md = [f"# {name}", "", (EXPERIMENTS[name].__doc__ or "").strip(), ""]
+    if name == "qbp-error-stats":
+        md += ["## Summary (over the probe points)", ""] + _md_table(summary_rows(name, rows))
+        md += ["", "## Every probe point", ""]
+    md += _md_table(shown)
     paths = [out / f"{name}.md", out / f"{name}.csv"]
     paths[0].write_text("\n".join(md) + "\n")
     with paths[1].open("w", newline="") as f:
@@ -264,6 +344,8 @@ def _qbp_axes(ax: Any, ax2: Any, rows: list[Row]) -> None:
 
 def figure(name: str, rows: list[Row]) -> Any:
     """The experiment's plot as a matplotlib Figure (None without matplotlib)."""
+    if name in QBP_EXPERIMENTS:
+        return qbp_stats.figure(name, rows)
     try:
         import matplotlib
 
@@ -272,24 +354,62 @@ def figure(name: str, rows: list[Row]) -> Any:
     except ImportError:
         return None
     if name == "update-modes":
-        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(9, 4))
-        modes = [r["mode"] for r in rows]
-        ax.bar(modes, [100 * r["test_accuracy"] for r in rows], color="tab:blue")
-        ax.axhline(100 * rows[0]["float32"], color="black", linestyle="--",
-                   label="float32 reference")
+        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+        scheds = sorted({r["schedule"] for r in rows}, key=lambda s: s != "constant")
+        labels = [r["mode"] + ("" if r["readout"] == "-" else f"\n({r['readout']})")
+                  for r in rows if r["schedule"] == scheds[0]]
+        x = np.arange(len(labels))
+        width = 0.8 / len(scheds)
+        for i, sched in enumerate(scheds):
+            pts = [r for r in rows if r["schedule"] == sched]
+            ax.bar(x + i * width, [100 * r["test_accuracy"] for r in pts], width,
+                   label=f"{sched} lr")
+            ax.axhline(100 * pts[0]["float32"], color=f"C{i}", linestyle="--", linewidth=0.8,
+                       label=f"float32, {sched} lr")
+            ax2.bar(x + i * width, [r["final_loss"] for r in pts], width, label=f"{sched} lr")
+        for a in (ax, ax2):
+            a.set_xticks(x + width * (len(scheds) - 1) / 2)
+            a.set_xticklabels(labels, fontsize=7)
+            a.set_xlabel("update mode")
+            a.legend(fontsize=7)
         ax.set_ylabel("test accuracy (%)")
-        ax.set_xlabel("update mode")
         ax.set_title("test accuracy")
-        ax.legend(fontsize=8, loc="lower left")
-        ax2.bar(modes, [r["final_loss"] for r in rows], color="tab:orange")
         ax2.set_ylabel("final training loss (cross-entropy)")
-        ax2.set_xlabel("update mode")
         ax2.set_title("final training loss")
-        fig.suptitle(f"update-modes: INT8 update rules at lr 0.01, {rows[0]['epochs']} epochs")
+        fig.suptitle(f"update-modes: INT8 update rules, lr 0.01 constant and 0.1 t0/(t0 + t), "
+                     f"{rows[0]['epochs']} epochs")
+    elif name == "sr-floor":
+        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
+        ds = [r["delta"] for r in rows]
+        panels = (
+            (ax, f"SR floor (log-log slope {rows[0]['sr_loglog_slope']:.2f})",
+             (("sr_gap", "SR weights"), ("bound_002", "002 bound sqrt(d) Delta G/2"),
+              ("lattice_opt_gap", "best lattice point"),
+              ("bc_weights_gap", "BC weights (dithered read-out)"),
+              ("lazy_gap", "lazy weights"))),
+            (ax2, "BC and lazy: the wide copy reaches the optimum",
+             (("bc_shadow_gap", "BC shadow copy (mean)"),
+              ("bc_nearest_shadow_gap", "BC shadow, nearest read-out"),
+              ("lazy_value_gap", "lazy w + residual (mean)"),
+              ("float_sgd_gap", "float64 SGD (mean)"))))
+        for a, title, curves in panels:
+            for key, label in curves:
+                a.plot(ds, [max(r[key], 1e-12) for r in rows], marker="o", label=label)
+            a.set_xscale("log", base=2)
+            a.set_yscale("log")
+            a.set_xlabel("lattice step Delta")
+            a.set_ylabel("F - F(w*)")
+            a.set_title(title, fontsize=9)
+            a.legend(fontsize=7)
+        fig.suptitle("sr-floor: least squares on the chip, alpha_t = 1/(mu (t + t0))")
     elif name == "qbp-sweep":
         fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
         _qbp_axes(ax, ax2, rows)
         fig.suptitle("qbp-sweep: QBP step and dither vs accuracy and gradient sparsity")
+    elif name in TABLES:
+        from programs.experiments.tables import figure as table_figure
+
+        fig = table_figure(name, rows, plt)
     elif name == "perceptron":
         fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 4))
         r0 = rows[0]
@@ -321,7 +441,7 @@ def figure(name: str, rows: list[Row]) -> Any:
         ax.set_title(name)
         if name == "lazy-update":
             lrs = [r["lr"] for r in rows]
-            for key in ("float32", "int8_lazy", "int8_plain"):
+            for key in ("float32", "float32_qbp", "int8_lazy", "int8_plain"):
                 ax.plot(lrs, [100 * r[key] for r in rows], marker="o", label=key)
             ax.set_xscale("log")
             ax.set_xlabel("learning rate")
@@ -357,10 +477,26 @@ def plot(name: str, rows: list[Row], path: Path) -> Path | None:
 
 
 def run_experiment(name: str, cfg: Config, out: Path, quick: bool = False,
-                   note: Note = _silent, base: ModelSpec | None = None) -> list[Row]:
+                   note: Note = _silent, base: ModelSpec | None = None,
+                   data: str | None = None, epochs: int | None = None) -> list[Row]:
     """Run one experiment; ``note(what, total)`` is told what each part is before it starts
     and how many parts there are. ``base`` is the model every run starts from (default: the
-    digits MLP); the keys an experiment varies are set on top of it."""
-    rows = EXPERIMENTS[name](cfg, quick, note, base)
+    digits MLP); the keys an experiment varies are set on top of it. ``data`` (an MNIST-format
+    directory) and ``epochs`` are for the tables of ``tables.py``, which fix their own
+    networks."""
+    if name in FIXED_NETWORK:
+        if base is not None and base != ModelSpec():
+            from emulator.errors import UsageError
+
+            raise UsageError("the network and training of this table are fixed: model. keys "
+                             "do not apply (hw. keys do)", name)
+        rows = FIXED_NETWORK[name](cfg, quick, note, data=data, epochs=epochs)
+    else:
+        if data is not None or epochs is not None:
+            from emulator.errors import UsageError
+
+            raise UsageError("--data and --epochs are for lenet-lazy, qbp-table, "
+                             "qbp-error-stats and qbp-meprop", name)
+        rows = EXPERIMENTS[name](cfg, quick, note, base)
     write_outputs(name, rows, out)
     return rows

@@ -26,11 +26,13 @@ from emulator.errors import CheckpointError, ConfigError, ExecutionError
 from emulator.machine import Machine
 from isa.asm import assemble
 from programs.compiler.firmware import (
+    CONST_BYTES,
     MODE_EVAL,
     MODE_TRAIN,
     P_LOADW,
     P_MODE,
     P_MU,
+    P_MUTAB,
     P_NBATCH,
     P_OBASE,
     P_RBASE,
@@ -39,9 +41,12 @@ from programs.compiler.firmware import (
     P_XBASE,
     R_B,
     compile_model,
+    constants,
     init_bound,
     lr_multiplier,
 )
+from programs.compiler.layers import Param
+from programs.compiler.qbp import LOG_BYTES, P_QLOG
 from programs.compiler.spec import ModelSpec, validate
 from programs.host.datasets import Dataset, epoch_order, input_exponent
 
@@ -64,16 +69,33 @@ def classifier_warning(spec: ModelSpec) -> str | None:
 
 
 def initial_weights(spec: ModelSpec, weight_exp: list[int]) -> list[np.ndarray]:
-    """He-uniform INT8 weights on each layer's fixed grid (the float trainer starts from the
-    same values, dequantized)."""
+    """He-uniform weights [fan_in, units] on each weight layer's initial grid, INT8 (int8) or
+    INT16 (int16) by ``bits.weights`` (the float trainer starts from the same values,
+    dequantized). Biases start at zero."""
     rng = np.random.default_rng([spec.seed, 7])
     out = []
-    for l, e in enumerate(weight_exp):
-        n_in, n_out = spec.layers[l], spec.layers[l + 1]
-        b = init_bound(n_in)
-        w = rng.uniform(-b, b, size=(n_in, n_out))
-        out.append(np.clip(np.rint(w / 2.0**e), -127, 127).astype(np.int8))
+    for layer, e, bits in zip(spec.net().weight_layers, weight_exp, spec.weight_bits(),
+                              strict=True):
+        b = init_bound(layer.fan_in)
+        w = rng.uniform(-b, b, size=layer.wshape)
+        top = 2 ** (bits - 1) - 1
+        out.append(np.clip(np.rint(w / 2.0**e), -top, top).astype(
+            np.int8 if bits == 8 else np.int16))
     return out
+
+
+def initial_params(spec: ModelSpec, weight_exp: list[int]) -> list[np.ndarray]:
+    """Every parameter in the compiler's order (per weight layer: W, then its bias)."""
+    out = []
+    for layer, w in zip(spec.net().weight_layers, initial_weights(spec, weight_exp),
+                        strict=True):
+        out.append(w)
+        if layer.bias:
+            out.append(np.zeros(layer.units, w.dtype))
+    return out
+
+
+MOMENT_EXP0 = -(2**30)  # Adam's moment exponents start "at minus infinity" (the moments are 0)
 
 
 @dataclass
@@ -89,6 +111,10 @@ class EpochStats:
     y_zero_fraction: float  # wrong-class softmax outputs quantized to 0 (lost components)
     counters: dict[str, int] = field(default_factory=dict)
     validation_accuracy: float | None = None  # on the chip, after the epoch (with a split)
+    # adaptive QBP, per weight layer: the step's mean, min and max over the batches and the
+    # fraction of batches the saturation floor or the lower clamp raised it
+    qbp_steps: list[list[float]] | None = None
+    param_exponents: list[int] = field(default_factory=list)  # after the epoch (compiler order)
 
     @property
     def mean_sparsity(self) -> float:
@@ -120,7 +146,8 @@ def _int_array(a: Any, key: str, ndim: int, lo: int, hi: int) -> None:
 def check_training(spec: ModelSpec, data: Dataset) -> ModelSpec:
     """What every training run checks before it starts (``lpemu train``, the Python API and
     the experiments alike): the spec is valid (:func:`programs.compiler.spec.validate`) and the
-    dataset fits it (INT8 inputs with ``layers[0]`` features, labels below the class count, as
+    dataset fits it (INT8 inputs with the network's input features, and an image network's
+    (C, H, W) shape, labels below the class count, as
     many labels as samples, at least one training batch and one test sample; the same for a
     validation split). Raises ConfigError naming the key."""
     if not isinstance(spec, ModelSpec):
@@ -133,11 +160,17 @@ def check_training(spec: ModelSpec, data: Dataset) -> ModelSpec:
         _int_array(getattr(data, x, None), f"dataset.{x}", 2, -128, 127)
         _int_array(getattr(data, y, None), f"dataset.{y}", 1, 0, spec.classes - 1)
     features = {getattr(data, x).shape[1] for x, _ in parts}
-    if data.classes != spec.classes or features != {spec.layers[0]}:
+    net = spec.net()
+    if data.classes != spec.classes or features != {net.features}:
         shape = "x".join(map(str, getattr(data, "shape", None) or (data.x_train.shape[1],)))
         raise ConfigError(f"dataset {data.name} has {data.x_train.shape[1]} features (input "
-                          f"shape {shape}) and {data.classes} classes; layers are "
-                          f"{spec.layers}", "layers")
+                          f"shape {shape}) and {data.classes} classes; the network takes "
+                          f"{net.features} inputs and gives {net.classes} classes", "layers")
+    shape = tuple(getattr(data, "shape", None) or ())
+    if net.is_image and shape != net.input_shape:
+        raise ConfigError(f"dataset {data.name} has images of shape "
+                          f"{'x'.join(map(str, shape))} (C, H, W); the network's input is "
+                          f"{'x'.join(map(str, net.input_shape))}", "layers[0].shape")
     for x, y in parts:
         nx, ny = len(getattr(data, x)), len(getattr(data, y))
         if nx != ny:
@@ -192,10 +225,18 @@ class ChipTrainer:
         self.asm_text, self.layout = text, lay
         self.program = assemble(text, f"{spec.name}.s")
         self.m = Machine(cfg, self.program, datapath=datapath)
-        self.weights0 = initial_weights(spec, lay.weight_exp)
-        self._place_weights(self.weights0)
+        self.params0 = initial_params(spec, lay.weight_exp)
+        self.weights0 = [w for p, w in zip(lay.params, self.params0, strict=True)
+                         if not p.is_bias]
+        self._place_params(self.params0)
+        if lay.ones:
+            self.m.load_dram(lay.dram["ONES"], np.ones(lay.ones, np.int8))
+        consts = constants(lay)
+        if consts is not None:
+            self.m.load_dram(lay.dram["CONST"], np.frombuffer(consts[0], np.uint8))
+            self.m.load_dram(lay.dram["CONST"] + CONST_BYTES, np.array([consts[1]], "<i4"))
         self._plan_dram()
-        self.epoch = 0
+        self.epoch = self.log_epoch = 0
         self.loaded = False
         self.in_epoch = False
         self.epoch_start_counts = self.m.counts.copy()
@@ -203,22 +244,30 @@ class ChipTrainer:
         labels = self.program.label_at()
         self.pc_keys = [label_key(lb) for lb in labels]
         self.bwd_pcs = {
-            l: np.array([k == (f"l{l}", "backward") for k in self.pc_keys], dtype=bool)
-            for l in range(1, spec.n_weight_layers + 1)
+            x.pos: np.array([k == (x.name, "backward") for k in self.pc_keys], dtype=bool)
+            for x in lay.net.weight_layers
         }
 
     # ------------------------------------------------------------------ DRAM placement
-    def _place_weights(self, weights: list[np.ndarray]) -> None:
+    def _place_params(self, params: list[np.ndarray]) -> None:
         lay, spec = self.layout, self.spec
-        for l, w in enumerate(weights, start=1):
-            self.m.load_dram(lay.dram[f"W{l}"], w.astype(np.int8))
+        for p, w in zip(lay.params, params, strict=True):
+            self.m.load_dram(lay.dram[p.key("W")], w.astype(np.int8 if p.bits == 8 else "<i2"))
             if spec.update.mode == "shadow":
                 lz = w.astype(np.int16) << spec.update.acc_shift
             else:
                 lz = np.zeros(w.shape, np.int16)
-            self.m.load_dram(lay.dram[f"LZ{l}"], lz.astype("<i2"))
-            if f"VL{l}" in lay.dram:  # momentum: the velocity starts at zero
-                self.m.load_dram(lay.dram[f"VL{l}"], np.zeros(w.shape, "<i2"))
+            self.m.load_dram(lay.dram[p.key("LZ")], lz.astype("<i2"))
+            for x in ("VL", "M", "V"):  # momentum, Adam's moments: start at zero
+                if p.key(x) in lay.dram:
+                    self.m.load_dram(lay.dram[p.key(x)],
+                                     np.zeros(lay.state_bytes(x, p) * w.size, np.uint8))
+            if p.key("E") in lay.dram:  # the dynamic exponent starts at the initial grid
+                self.m.load_dram(lay.dram[p.key("E")], np.array([p.exp], "<i4"))
+            for x in ("EM", "EV"):
+                if p.key(x) in lay.dram:
+                    n = len(lay.tiles[p.layer.pos])
+                    self.m.load_dram(lay.dram[p.key(x)], np.full(n, MOMENT_EXP0, "<i4"))
 
     def _plan_dram(self) -> None:
         lay, spec, d = self.layout, self.spec, self.data
@@ -237,6 +286,9 @@ class ChipTrainer:
         self.t_train_addr = take(self.nb_train * lay.batch_t_bytes)
         self.y_addr = take(self.nb_train * lay.batch_y_bytes)
         self.ro_addr = take(self.nb_train * 4 * b)
+        # the adaptive QBP steps of every batch of an epoch (programs/compiler/qbp.py)
+        self.qlog_addr = take(self.nb_train * LOG_BYTES * lay.qbp.nw) if lay.qbp.adapt else 0
+        self.mu_addr = take(4 * self.nb_train) if spec.per_step_lr else 0
         self.x_test_addr = take(self.nb_test * lay.batch_x_bytes)
         self.logit_addr = take(self.nb_test * lay.batch_logit_bytes)
         self.nb_val = math.ceil(len(d.x_val) / b) if d.has_validation else 0
@@ -255,14 +307,10 @@ class ChipTrainer:
             self.m.load_dram(self.x_val_addr, self._batches_x(xva))
 
     def _param_regions(self) -> list[tuple[int, int]]:
-        """(DRAM address, bytes) of every weight matrix and its INT16 update state."""
-        lay, n = self.layout, self.spec.layers
-        out = []
-        for l in range(1, self.spec.n_weight_layers + 1):
-            for x, size in (("W", 1), ("LZ", 2), ("VL", 2)):
-                if f"{x}{l}" in lay.dram:
-                    out.append((lay.dram[f"{x}{l}"], size * n[l - 1] * n[l]))
-        return out
+        """(DRAM address, bytes) of every parameter and its update state (lazy residual or
+        shadow copy, velocity, Adam's moments) and exponent words (dynamic exponents, Adam's
+        moment exponents)."""
+        return [(self.layout.dram[p.key(x)], n) for p, x, n in self.layout.param_blocks()]
 
     def _copy_params(self, to_best: bool) -> None:
         """Copy the parameters to the best-epoch area (or back); host access, not counted."""
@@ -278,7 +326,14 @@ class ChipTrainer:
         return np.concatenate([x, np.zeros((n - len(x),) + x.shape[1:], x.dtype)])
 
     def _batches_x(self, x: np.ndarray) -> np.ndarray:
+        """Per batch: images NHWC [B, H, W, C] (from rows in (c, h, w) order); feature vectors
+        transposed to [features, B]."""
         b = self.spec.batch_size
+        net = self.layout.net
+        if net.is_image:
+            c, h, w = net.input_shape
+            return np.ascontiguousarray(x.reshape(-1, b, c, h, w).transpose(0, 1, 3, 4, 2),
+                                        np.int8)
         return np.ascontiguousarray(x.reshape(-1, b, x.shape[1]).transpose(0, 2, 1), np.int8)
 
     def _neg_targets(self, y: np.ndarray) -> np.ndarray:
@@ -293,6 +348,8 @@ class ChipTrainer:
         words[P_MODE], words[P_NBATCH], words[P_MU], words[P_SEED] = mode, nb, mu, seed
         words[P_XBASE], words[P_TBASE], words[P_OBASE], words[P_RBASE] = xb, tb, ob, rb
         words[P_LOADW] = 0 if self.loaded else 1
+        words[P_QLOG] = self.qlog_addr
+        words[P_MUTAB] = self.mu_addr
         self.m.load_dram(0, words)
         self.loaded = True
 
@@ -312,11 +369,17 @@ class ChipTrainer:
         self.m.load_dram(self.x_train_addr, self._batches_x(x))
         self.m.load_dram(self.t_train_addr, self._neg_targets(y))
         mu = lr_multiplier(spec, lay, self.epoch)
+        if spec.per_step_lr:  # one mu per batch: the step size of training step t
+            t0 = self.epoch * self.nb_train
+            self.m.load_dram(self.mu_addr, np.array(
+                [lr_multiplier(spec, lay, self.epoch, t0 + i) for i in range(self.nb_train)],
+                "<i4"))
         seed = (spec.seed * 1_000_003 + self.epoch) & 0x7FFFFFFF
         self._params(MODE_TRAIN, self.nb_train, mu, seed, self.x_train_addr,
                      self.t_train_addr, self.y_addr, self.ro_addr)
         self.epoch_start_counts = self.m.counts.copy()
         self.in_epoch = True
+        self.log_epoch = self.epoch  # the epoch the firmware's step log describes
         self.m.restart()
 
     def firmware_image(self) -> np.ndarray:
@@ -392,6 +455,8 @@ class ChipTrainer:
             roundoff_max_abs=float(np.abs(ro.astype(np.float64)).max() * 2.0 ** -(bw - 1)),
             y_zero_fraction=float(((prob == 0) & wrong).sum() / max(int(wrong.sum()), 1)),
             counters={n: int(delta[:, i].sum()) for i, n in enumerate(COUNTERS)},
+            qbp_steps=self._step_stats(),
+            param_exponents=self.param_exponents(),
         )
         if d.has_validation:
             best = self.best_epoch()
@@ -402,6 +467,35 @@ class ChipTrainer:
         self.epoch += 1
         return stats
 
+    def step_log(self, rule: bool = False) -> np.ndarray | None:
+        """Adaptive QBP: the step every weight layer used in every batch of the epoch just
+        run, [batches, weight layers] (float64 M 2**(e - 15) from the firmware's log); with
+        ``rule``, the step the adaptive rule asked for, before the saturation floor and the
+        clamps (0: none can meet the budget; inf: unconstrained)."""
+        if not self.qlog_addr:
+            return None
+        nw = self.layout.qbp.nw
+        raw = np.frombuffer(self.m.read_dram(self.qlog_addr, self.nb_train * LOG_BYTES * nw),
+                            "<i4").reshape(self.nb_train, nw, 4).astype(np.float64)
+        m, e = (raw[:, :, 2], raw[:, :, 3]) if rule else (raw[:, :, 0], raw[:, :, 1])
+        with np.errstate(over="ignore"):
+            out = np.where(e >= 2**31 - 1, np.inf, m * np.exp2(np.clip(e, -2000, 2000) - 15))
+        if rule:  # the rule ran in the batches whose global index is a multiple of every
+            g = self.log_epoch * self.nb_train + np.arange(self.nb_train)
+            out[g % self.layout.qbp.every != 0] = np.nan
+        return out
+
+    def _step_stats(self) -> list[list[float]] | None:
+        """Per weight layer: mean, min, max of the step used, and the fraction of batches whose
+        step the saturation floor or the lower clamp raised above the rule's."""
+        log, rule = self.step_log(), self.step_log(rule=True)
+        if log is None or rule is None:
+            return None
+        ran = ~np.isnan(rule[:, 0])
+        return [[float(c.mean()), float(c.min()), float(c.max()),
+                 float((c[ran] > r[ran]).mean()) if ran.any() else 0.0]
+                for c, r in zip(log.T, rule.T, strict=True)]
+
     def best_epoch(self) -> int | None:
         """The finished epoch with the highest validation accuracy (the earliest on a tie), or
         None without a validation split or before the first epoch."""
@@ -411,19 +505,23 @@ class ChipTrainer:
         return int(np.argmax(accs))
 
     def _sparsity(self, delta: np.ndarray) -> list[float]:
-        """Fraction of zeros in each layer's quantized dz~, exactly, from the skip counters.
+        """Fraction of zeros in each weight layer's quantized dz~, exactly, from the skip
+        counters.
 
-        In ``train.bwd.l<l>`` the dW product skips zeros(dz~) x n_in MACs and (for l > 1) the
-        dA product skips as many again; so zeros = skipped / (n_in x products)."""
-        spec = self.spec
+        In ``train.bwd.l<pos>`` every zero of dz~ skips the same number of MACs: the dW product
+        skips zeros(dz~) x K (fan-in), the input-gradient product (all but the lowest weight
+        layer) as many again, the bias gradient zeros(dz~) x 1."""
+        lay = self.layout
         out = []
-        for l in range(1, spec.n_weight_layers + 1):
-            skipped = int(delta[self.bwd_pcs[l], IDX["macs_skipped"]].sum())
-            n_in = spec.layers[l - 1]
-            products = 2 if l > 1 else 1
-            zeros = skipped / (n_in * products)
-            per_batch = spec.batch_size * spec.layers[l]
-            out.append(zeros / (per_batch * self.nb_train))
+        layers = lay.net.layers
+        for i, x in enumerate(layers):
+            if not x.is_weight:
+                continue
+            low = lay.lowerings[i]
+            need_dx = any(y.is_weight for y in layers[:i])
+            skipped = int(delta[self.bwd_pcs[x.pos], IDX["macs_skipped"]].sum())
+            zeros = skipped / low.skip_factor(need_dx)
+            out.append(zeros / (low.dz_count(self.spec.batch_size) * self.nb_train))
         return out
 
     def evaluate(self, split: str = "test") -> float:
@@ -452,32 +550,52 @@ class ChipTrainer:
             self.loaded = False  # the firmware reloads resident weights from DRAM
         return self.evaluate()
 
+    def _read_param(self, p: Param, x: str = "W") -> np.ndarray:
+        eb = self.layout.state_bytes(x, p)
+        dt = np.dtype(np.int8) if eb == 1 else np.dtype("<i2")
+        raw = self.m.read_dram(self.layout.dram[p.key(x)], p.size * dt.itemsize)
+        return np.frombuffer(raw, dt).reshape(p.shape).copy()
+
     def weights(self) -> list[np.ndarray]:
-        lay, spec = self.layout, self.spec
+        """The weight matrices [fan_in, units] of the weight layers (int8 or int16)."""
+        return [self._read_param(p) for p in self.layout.params if not p.is_bias]
+
+    def params(self) -> list[np.ndarray]:
+        """Every parameter in the compiler's order (per weight layer: W, then bias)."""
+        return [self._read_param(p) for p in self.layout.params]
+
+    def param_exponents(self) -> list[int]:
+        """The current exponent of every parameter (the fixed one, or the dynamic one the
+        chip keeps in its DRAM word)."""
         out = []
-        for l in range(1, spec.n_weight_layers + 1):
-            n_in, n_out = spec.layers[l - 1], spec.layers[l]
-            raw = self.m.read_dram(lay.dram[f"W{l}"], n_in * n_out)
-            out.append(np.frombuffer(raw, np.int8).reshape(n_in, n_out).copy())
+        for p in self.layout.params:
+            if p.key("E") in self.layout.dram:
+                raw = self.m.read_dram(self.layout.dram[p.key("E")], 4)
+                out.append(int(np.frombuffer(raw, "<i4")[0]))
+            else:
+                out.append(p.exp)
         return out
 
+    def param_values(self) -> list[np.ndarray]:
+        """Every parameter as float64 values (integers times 2**exponent)."""
+        return [w.astype(np.float64) * 2.0**e
+                for w, e in zip(self.params(), self.param_exponents(), strict=True)]
+
     def weights_digest(self) -> str:
-        """SHA-256 of every weight matrix (INT8, row-major) and its INT16 update state (lazy
-        residual or shadow copy, and the momentum velocity)."""
+        """SHA-256 of every parameter (row-major) and its update state (lazy residual or shadow
+        copy, momentum velocity, Adam's moments) and exponent words."""
         h = hashlib.sha256()
-        for w in self.weights():
+        for w in self.params():
             h.update(w.tobytes())
-        for l in range(1, self.spec.n_weight_layers + 1):
-            n_in, n_out = self.spec.layers[l - 1], self.spec.layers[l]
-            for x in ("LZ", "VL"):
-                if f"{x}{l}" in self.layout.dram:
-                    h.update(self.m.read_dram(self.layout.dram[f"{x}{l}"], 2 * n_in * n_out))
+        for p, x, n in self.layout.param_blocks():
+            if x != "W":
+                h.update(self.m.read_dram(self.layout.dram[p.key(x)], n))
         return h.hexdigest()
 
     def float_init(self) -> list[np.ndarray]:
-        """The initial weights as float32 values (for the float reference trainer)."""
-        return [w.astype(np.float32) * np.float32(2.0**e)
-                for w, e in zip(self.weights0, self.layout.weight_exp, strict=True)]
+        """The initial parameters as float32 values (for the float reference trainer)."""
+        return [w.astype(np.float32) * np.float32(2.0**p.exp)
+                for w, p in zip(self.params0, self.layout.params, strict=True)]
 
     # ------------------------------------------------------------------ checkpoints
     def host_state(self) -> dict[str, Any]:
@@ -522,6 +640,7 @@ class ChipTrainer:
         except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise CheckpointError(f"training driver state is malformed: {e!r}", file) from None
         self.epoch, self.loaded, self.in_epoch = epoch, loaded, in_epoch
+        self.log_epoch = epoch
         self.epoch_start_counts = start
         self.history = history
 
@@ -563,7 +682,9 @@ def _epoch_stats(h: Any, i: int) -> EpochStats:
           and (h["validation_accuracy"] is None or _is_num(h["validation_accuracy"]))
           and isinstance(h["sparsity"], list) and all(_is_num(v) for v in h["sparsity"])
           and isinstance(h["counters"], dict)
-          and all(k in IDX and _is_int(v) for k, v in h["counters"].items()))
+          and all(k in IDX and _is_int(v) for k, v in h["counters"].items())
+          and isinstance(h["param_exponents"], list)
+          and all(_is_int(v) for v in h["param_exponents"]))
     if not ok:
         raise ValueError(f"history[{i}] has a field of the wrong type")
     return EpochStats(**h)

@@ -210,9 +210,11 @@ def _run_train(p: dict[str, Any]) -> dict[str, Any]:
     spec = spec_from_dict(p["model"], "<point>")
     key = json.dumps([str(spec.dataset), spec.classes, spec.data_seed, spec.validation])
     data = _dataset(key, spec)
-    if data.features != spec.layers[0] or data.classes != spec.classes:
+    net = spec.net()
+    if data.features != net.features or data.classes != spec.classes:
         raise ConfigError(f"dataset {data.name} has {data.features} features and "
-                          f"{data.classes} classes; layers are {spec.layers}", "model.layers")
+                          f"{data.classes} classes; the network takes {net.features} inputs "
+                          f"and gives {net.classes} classes", "model.layers")
     tr = ChipTrainer(spec, cfg, data)
     hist = [tr.train_epoch() for _ in range(spec.epochs)]
     test_accuracy = tr.test_accuracy()  # at the best-validation epoch with a validation split

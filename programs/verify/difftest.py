@@ -320,6 +320,35 @@ def g_vrsqrt(x: Gen) -> None:
            *x.li(3, n), "vrsqrt r1, r2, r3, e7, e8")
 
 
+def g_vqstep(x: Gen) -> None:
+    rows, cols = x.pick(0, 1, 2, 3, 5, 9), x.pick(0, 1, 2, 4, 7, 16)
+    mode = x.pick("asum", "var", "amax")
+    var = mode == "var"
+    ra = x.rng.randrange(0, ACC - rows * cols)
+    rb = x.rng.randrange(0, ACC - rows) if var else x.addr(rows * cols, 1)
+    c = x.pick(0, 1, 3, 1000, (1 << 31) - 1, 1 << 40, (1 << 63) - 1) if x.rng.random() < 0.97 \
+        else -1
+    ea = x.pick(-30, -8, 0, 5, x.rng.randrange(-40, 41), *E32)
+    d = x.pick(0, 3, -7, 40, -64, 256, -256) if x.rng.random() < 0.95 else x.pick(257, -300)
+    ec = max(E32[0], min(E32[1], ea + d)) if var else x.pick(-30, 0, 12, *E32)
+    eb = x.pick(-20, 0, 7, *E32)
+    m0 = x.pick(0, 1, 1 << 15, 50000, (1 << 16) - 1, 1 << 20) if x.rng.random() < 0.97 else -5
+    e0 = x.pick(-20, 0, 3, *E32)
+    flags = f"mode={mode}, mask={x.rng.randrange(2)}, combine={x.pick('none', 'min', 'max')}"
+    x.emit(*_eset_any(x, 3, ea), *_eset_any(x, 4, eb), *_eset_any(x, 5, ec), *_eset_any(x, 6, e0),
+           *x.li(14, m0), *x.li(1, ra), *x.li(2, rb), *x.li(3, rows), *x.li(4, cols), *x.li(5, c),
+           f"vqstep r14, r15, r1, r2, r3, r4, r5, e6, e3, e4, e5, {flags}")
+
+
+def g_vtopk(x: Gen) -> None:
+    dt, b = x.dt()
+    rows, cols = x.pick(0, 1, 2, 3, 5, 8), x.pick(0, 1, 2, 4, 7, 10)
+    a, d = x.region_pair(rows * cols * b, b)
+    k = x.pick(0, 1, 2, 3, 5, 100)
+    x.emit(*x.li(1, d), *x.li(2, a), *x.li(3, rows), *x.li(4, cols), *x.li(5, k),
+           f"vtopk r1, r2, r3, r4, r5, dt={dt}, col={x.rng.randrange(2)}")
+
+
 def g_vwmul(x: Gen) -> None:
     n = x.n_elems()
     da, ea = x.dt()
@@ -594,6 +623,8 @@ GENERATORS: dict[str, Callable[[Gen], None]] = {
     "vlazy": g_vlazy,
     "vrsqrt": g_vrsqrt,
     "vwmul": g_vwmul,
+    "vqstep": g_vqstep,
+    "vtopk": g_vtopk,
 }
 GENERATORS.update(CONV_GENERATORS)
 BODY_OPS = [m for m in GENERATORS if m not in ("halt", "beq", "bne", "blt", "bge", "jmp")]
