@@ -106,8 +106,10 @@ LIMITS: tuple[Limit, ...] = (
           "ADDR on", "UsageError"),
     Limit("`--dump ADDR:LEN:...` shape", "1 .. 16 dimensions, each >= 1, inside DRAM",
           "UsageError"),
+    Limit("`--trace-limit N`", "N >= 1, N x 1 KiB within the memory budget", "UsageError"),
     Limit("output paths (`--json`, `--csv`, `--plot`, `--dump`, `--trace`, `--emit-asm`, "
-          "`--checkpoint`, `-o`)", "writable, distinct, checked before the run", "UsageError"),
+          "`--checkpoint`, `-o`, an experiment's `--out` tables)", "writable, distinct, checked "
+          "before the run", "UsageError"),
     # model specs
     Limit("`epochs`, `--epochs`", "1 .. 1,000,000", "ConfigError, UsageError"),
     Limit("`batch_size`", "1 .. 65,536", "ConfigError"),

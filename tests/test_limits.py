@@ -684,6 +684,59 @@ def test_budget_stop_still_writes_the_outputs(tmp_path, capsys):
     assert rc == 0 and json.loads((tmp_path / "h.j").read_text())["stopped"] is None
 
 
+def test_budget_stop_in_training_still_writes_the_outputs(tmp_path, capsys):
+    """lpemu train stopped by the step budget (per firmware run: an epoch of this model is
+    about 15,000 instructions): --json has the epochs finished (none), the counters so far and
+    the stop; --trace has the events; the error is the typed budget error (exit 8)."""
+    model = tmp_path / "m.yaml"
+    model.write_text("layers: [64, 16, 10]\nepochs: 3\n")
+    cfg = tmp_path / "hw.yaml"
+    cfg.write_text("budget:\n  max_steps: 6000\n")
+    rc, err = cli(capsys, "train", str(model), "--config", str(cfg), "-q", "--json",
+                  str(tmp_path / "t.json"), "--trace", str(tmp_path / "tr.json"))
+    assert rc == BudgetExceeded.exit_code and one_line(err) and "after 6000 steps" in err
+    doc = json.loads((tmp_path / "t.json").read_text())
+    assert doc["stopped"]["kind"] == "budget exceeded" and doc["stopped"]["steps"] == 6000
+    assert doc["stopped"]["pc"] == err_pc(err)
+    assert doc["epochs_finished"] == len(doc["epochs"]) == 0
+    assert doc["instructions"] >= 6000 and doc["cycles"] > 0
+    assert json.loads((tmp_path / "tr.json").read_text())["traceEvents"]
+
+
+def test_trace_limit_is_bounded_by_the_memory_budget(tmp_path, capsys):
+    """--trace-limit keeps events in memory (about 1 KiB each until written): a limit whose
+    trace cannot fit the memory budget is refused before the run, naming the flag."""
+    prog = tmp_path / "p.s"
+    prog.write_text("halt\n")
+    cfg = tmp_path / "hw.yaml"
+    cfg.write_text("budget:\n  max_memory_bytes: 536870912\n")  # 512 MiB (DRAM: 256)
+    for cmd in (["profile", str(prog)], ["train"]):
+        rc, err = cli(capsys, *cmd, "--config", str(cfg), "--trace", str(tmp_path / "t.json"),
+                      "--trace-limit", "1000000", "-q")
+        assert rc == UsageError.exit_code and one_line(err), err
+        assert err.startswith("lpemu: --trace-limit: usage error") and "976.6 MiB" in err
+        assert not (tmp_path / "t.json").exists()
+    rc, _ = cli(capsys, "profile", str(prog), "--config", str(cfg), "--trace",
+                str(tmp_path / "t.json"), "--trace-limit", "100000", "-q")
+    assert rc == 0 and (tmp_path / "t.json").exists()
+
+
+def test_experiment_out_is_checked_before_the_run(tmp_path, capsys, monkeypatch):
+    """--out that cannot hold the tables is refused before any run (none is started)."""
+    import programs.experiments
+
+    monkeypatch.setattr(programs.experiments, "run_experiment",
+                        lambda *a, **k: pytest.fail("ran"))
+    blocker = tmp_path / "f"
+    blocker.write_text("")
+    for out in (blocker / "sub", "/proc/lpemu-no"):
+        rc, err = cli(capsys, "experiment", "perceptron", "--out", str(out))
+        assert rc == UsageError.exit_code and err.startswith("lpemu: --out: usage error"), err
+    (tmp_path / "d" / "perceptron.md").mkdir(parents=True)  # a folder where a table goes
+    rc, err = cli(capsys, "experiment", "perceptron", "--out", str(tmp_path / "d"))
+    assert rc == UsageError.exit_code and err.startswith("lpemu: --out: usage error"), err
+
+
 def err_pc(err: str) -> int:
     return int(err.split("pc ")[1].split(" ")[0])
 

@@ -374,13 +374,6 @@ def _run_to_stop(m, args, **trace):
     return None
 
 
-def _stop_record(stop) -> dict | None:
-    if stop is None:
-        return None
-    return {"kind": stop.kind, "message": stop.message, "pc": stop.pc, "steps": stop.steps,
-            "cycles": stop.cycles, "error": str(stop)}
-
-
 def _cmd_run(args) -> int:
     from emulator import debug
     from emulator.errors import ExecutionError
@@ -406,10 +399,10 @@ def _cmd_run(args) -> int:
         arr = read_array(m, addr, shape, dtype)
         atomic_write(file, lambda f, arr=arr: np.save(_Chunks(f), arr, allow_pickle=False))
     if args.json:  # the full report (per label, per instruction, state digest) only if asked
-        from programs.cli.report import run_report
+        from programs.cli.report import run_report, stop_record
 
         report = run_report(m, summary)
-        report["stopped"] = _stop_record(stop)
+        report["stopped"] = stop_record(stop)
         _write_text(args.json, json.dumps(report, indent=2, allow_nan=False) + "\n")
     if args.regs:
         print(debug.format_registers(m))
@@ -425,6 +418,7 @@ def _cmd_run(args) -> int:
 def _cmd_profile(args) -> int:
     from emulator.energy import price_table
     from programs.cli import profile
+    from programs.cli.report import stop_record
 
     _budgets(args)
     if args.plot:
@@ -432,6 +426,8 @@ def _cmd_profile(args) -> int:
     check_outputs([("--json", args.json), ("--csv", args.csv), ("--trace", args.trace),
                    ("--plot", args.plot)])
     m = _prepare(args)
+    if args.trace:
+        profile.check_trace_limit(args.trace_limit, m.cfg)
     tracer = profile.Tracer(args.trace_limit) if args.trace else None
     m.tracer = tracer
     stop = _run_to_stop(m, args)
@@ -446,7 +442,7 @@ def _cmd_profile(args) -> int:
         _write_text(args.json, json.dumps(
             {"program": m.program.name, "by": args.by, "rows": rows, "total": tot,
              "energy_prices": price_table(m.cfg), "config": m.cfg.to_dict(),
-             "stopped": _stop_record(stop)}, indent=2, allow_nan=False) + "\n")
+             "stopped": stop_record(stop)}, indent=2, allow_nan=False) + "\n")
     if args.csv:
         _write_text(args.csv, profile.to_csv(rows))
     if tracer is not None:
@@ -569,6 +565,11 @@ def _cmd_experiment(args) -> int:
                          "--set")
     cfg, base = apply(load_config(args.config), load_model(None), sets)
     out = Path(args.out)
+    try:  # before the (long) run: the folder and the three files can be written
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create the output folder: {e.strerror}", "--out") from None
+    check_outputs([("--out", str(out / f"{args.name}{ext}")) for ext in (".md", ".csv", ".png")])
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,

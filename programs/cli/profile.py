@@ -36,6 +36,21 @@ UNITS: tuple[str, ...] = tuple(sorted({ins.unit for ins in TABLE}))
 DEFAULT_TRACE_LIMIT = 1_000_000
 
 
+TRACE_EVENT_BYTES = 1024  # memory per kept event, recorded and then written (measured: ~900)
+
+
+def check_trace_limit(limit: int, cfg: Config) -> None:
+    """``--trace-limit`` N keeps up to N events in memory: refuse, before the run, a limit
+    whose trace would not fit the memory budget (``budget.max_memory_bytes``)."""
+    from emulator.limits import fmt_bytes, memory_budget
+
+    need, room = limit * TRACE_EVENT_BYTES, memory_budget(cfg.budget.max_memory_bytes)
+    if need > room:
+        raise UsageError(f"{limit:,} events need about {fmt_bytes(need)} for the trace, over "
+                         f"the memory budget of {fmt_bytes(room)} (budget.max_memory_bytes); "
+                         "ask for fewer events", "--trace-limit")
+
+
 class Tracer:
     """Records (pc, start cycle, end cycle) of executed instructions, up to ``limit`` events."""
 

@@ -86,3 +86,11 @@ def print_summary(m: Machine, summary: Summary, by_instruction: bool = False) ->
         for row in per_instruction(m):
             p.add_row(*(_fmt(row[c]) if not isinstance(row[c], str) else row[c] for c in cols))
         print_table(con, p)
+
+
+def stop_record(stop: Any) -> dict[str, Any] | None:
+    """What ``--json`` records of a budget that stopped a run (None: it ran to its end)."""
+    if stop is None:
+        return None
+    return {"kind": stop.kind, "message": stop.message, "pc": stop.pc, "steps": stop.steps,
+            "cycles": stop.cycles, "error": str(stop)}

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from emulator.config import Config
+from emulator.errors import BudgetExceeded
 from emulator.files import atomic_write
 from programs.cli.profile import write_text
 from programs.compiler.spec import ModelSpec
@@ -77,6 +78,31 @@ def _npy_bytes(a: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _write_stopped(stop: BudgetExceeded, tr: ChipTrainer, spec: ModelSpec,
+                   json_out: str | None, trace_out: str | None, tracer: Any, con: Any,
+                   wall: float) -> None:
+    """A budget stopped training: ``--json`` gets the epochs finished, the counters so far and
+    the stop (no test evaluation: the firmware stopped inside a step), ``--trace`` the events
+    so far."""
+    from programs.cli.report import stop_record
+
+    if tracer is not None and trace_out:
+        from programs.cli.profile import write_trace
+
+        write_trace(trace_out, tr.m, tracer)
+        con.print(f"trace: {len(tracer):,} events written to {trace_out}", markup=False)
+    if json_out:
+        result: dict[str, Any] = {
+            "model": spec.to_dict(),
+            "stopped": stop_record(stop),
+            "epochs_finished": tr.epoch,
+            "wall_seconds": wall,
+            "epochs": [dataclasses.asdict(h) for h in tr.history],
+        }
+        result.update(tr.m.summary().to_dict())
+        write_text(json_out, json.dumps(result, indent=2, allow_nan=False) + "\n")
+
+
 def run_training(spec: ModelSpec, cfg: Config, json_out: str | None = None,
                  asm_out: str | None = None, compare_float: bool = True,
                  quiet: bool = False, trace_out: str | None = None,
@@ -107,6 +133,10 @@ def run_training(spec: ModelSpec, cfg: Config, json_out: str | None = None,
     target = (ckpt.CheckpointTarget(checkpoint, run_id, overwrite_checkpoint) if checkpoint
               else None)
     check_dataset_fits(spec, cfg)  # before the synthetic set is generated
+    if trace_out:
+        from programs.cli.profile import check_trace_limit
+
+        check_trace_limit(trace_limit, cfg)
     data = load_for(spec)
     t0 = time.perf_counter()
     tr = ChipTrainer(spec, cfg, data)
@@ -141,14 +171,20 @@ def run_training(spec: ModelSpec, cfg: Config, json_out: str | None = None,
     ) as prog:
         task = prog.add_task(f"training {spec.name}", total=spec.epochs, status="",
                              completed=tr.epoch)
-        while tr.epoch < spec.epochs:
-            if tr.in_epoch:
-                st = tr.continue_epoch(checkpoint_every, on_ckpt)
-            else:
-                st = tr.train_epoch(checkpoint_every, on_ckpt)
-            prog.update(task, advance=1, status=(
-                f"loss {st.loss:.3f}  train acc {100 * st.train_accuracy:.1f}%  "
-                f"dz sparsity {100 * st.mean_sparsity:.1f}%"))
+        try:
+            while tr.epoch < spec.epochs:
+                if tr.in_epoch:
+                    st = tr.continue_epoch(checkpoint_every, on_ckpt)
+                else:
+                    st = tr.train_epoch(checkpoint_every, on_ckpt)
+                prog.update(task, advance=1, status=(
+                    f"loss {st.loss:.3f}  train acc {100 * st.train_accuracy:.1f}%  "
+                    f"dz sparsity {100 * st.mean_sparsity:.1f}%"))
+        except BudgetExceeded as stop:
+            # the requested outputs, with the stop recorded, before the error is raised
+            _write_stopped(stop, tr, spec, json_out, trace_out, tracer, con,
+                           time.perf_counter() - t0)
+            raise
     if target is not None:  # the end of training: resumable, e.g. with more --epochs
         save_checkpoint(tr)
     history: list[EpochStats] = tr.history

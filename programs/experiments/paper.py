@@ -12,6 +12,7 @@ the plot only (not written to the tables).
 from __future__ import annotations
 
 import csv
+import io
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from emulator.config import Config
+from emulator.files import atomic_write
 from programs.compiler.spec import ModelSpec, with_overrides
 from programs.experiments import qbp_stats
 from programs.experiments.qbp_stats import QBP_EXPERIMENTS
@@ -287,11 +289,13 @@ def write_outputs(name: str, rows: list[Row], out: Path) -> list[Path]:
         md += ["", "## Every probe point", ""]
     md += _md_table(shown)
     paths = [out / f"{name}.md", out / f"{name}.csv"]
-    paths[0].write_text("\n".join(md) + "\n")
-    with paths[1].open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols)
-        w.writeheader()
-        w.writerows(shown)
+    text = "\n".join(md) + "\n"
+    atomic_write(paths[0], lambda f: f.write(text.encode()))
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=cols)
+    w.writeheader()
+    w.writerows(shown)
+    atomic_write(paths[1], lambda f: f.write(buf.getvalue().encode()))
     png = plot(name, rows, out / f"{name}.png")
     if png:
         paths.append(png)
@@ -470,9 +474,11 @@ def plot(name: str, rows: list[Row], path: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     try:
-        fig.savefig(path, dpi=120)
+        img = io.BytesIO()
+        fig.savefig(img, dpi=120, format="png")
     finally:
         plt.close(fig)
+    atomic_write(path, lambda f: f.write(img.getvalue()))
     return path
 
 

@@ -9,7 +9,9 @@ host from the chip's forward pass (activations, weights, classifier gradient: in
 exact gradients are exact). Per weight: the error mean and variance over the K passes; per layer
 their mean, variance and maximum ("second-order statistics", sec. 6.2), the variance eq. 5.14
 predicts through all layers (eq. 5.15; the quantization noise of each element from the passes:
-``f (1 - f) Delta^2`` for uniform dither given its input, ``Delta^2 / 4`` for triangular), the
+``f (1 - f) Delta^2`` for uniform dither given its input, ``Delta^2 / 4`` for triangular, on
+every element in 004's order ``qbp.order: mask_first``, where a masked zero's ``Q(0)`` is -1, 0
+or +1 steps, and on the ReLU's ones only in ``quantize_first``), the
 bound of eq. 5.17-5.18 and the fraction of weights whose measured variance exceeds the bound
 (and, for the adaptive step, sigma_max).
 
@@ -118,8 +120,8 @@ def probe_stats(tr: ChipTrainer, passes: int, seed: int, sigma: float | None,
             if dither == "uniform":
                 r = xin / d - np.floor(xin / d)
                 eq[x.pos] += f * r * (1 - r) * d * d
-            elif dither == "triangular":
-                eq[x.pos] += f * d * d / 4
+            elif dither == "triangular":  # in 004's order a masked element's Q(0) is noisy too
+                eq[x.pos] += (f if spec.qbp.order == "quantize_first" else 1.0) * d * d / 4
             zeros[x.pos] += np.count_nonzero(p.dz == 0) / p.dz.size
     rows = []
     v_calc = v_bound = None
