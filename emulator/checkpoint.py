@@ -46,6 +46,7 @@ import secrets
 import struct
 import zipfile
 import zlib
+from array import array
 from pathlib import Path
 from typing import Any
 
@@ -149,7 +150,7 @@ def restore_machine(m: Machine, st: dict[str, np.ndarray], file: str) -> None:
          "an accumulator entry is outside the accumulator width"),
         (counts.size == 0 or counts.min() >= 0, "a counter is negative"),
         (0 <= flags < 8, "flags has bits other than 0..2"),
-        (0 <= pc <= len(m.decoded), f"pc {pc} is outside the program"),
+        (0 <= pc <= len(m.program), f"pc {pc} is outside the program"),
         (halted in (0, 1), "halted is not 0 or 1"),
         (min(steps, cycles, dma_free) >= 0, "a step, cycle or DMA-engine count is negative"),
         (all(0 <= k < 3 and 0 <= lo <= hi <= mem_sizes[k] and end >= 0
@@ -167,9 +168,9 @@ def restore_machine(m: Machine, st: dict[str, np.ndarray], file: str) -> None:
     m.spad[:] = spad
     m.acc[:] = acc
     m.counts[:] = counts
-    m.r = [int(v) for v in r]
-    m.e = [int(v) for v in e]
-    m.rng = [int(v) for v in rng]
+    m.r[:] = array("q", r.tobytes())  # in place: the machine shares these arrays
+    m.e[:] = array("q", e.tobytes())
+    m.rng[:] = array("Q", rng.tobytes())
     m.flags, m.pc, m.steps, m.cycles, m.dma_free = flags, pc, steps, cycles, dma_free
     m.halted = bool(halted)
     names = ("dram", "scratchpad", "accumulator")

@@ -10,19 +10,21 @@ Every problem raises :class:`~emulator.errors.ConfigError` carrying the dotted k
 (``"accumulator.bits"``) and the file it came from.
 """
 
+from __future__ import annotations
+
 import dataclasses
-import difflib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
-
-import yaml
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from emulator import limits as lim
 from emulator.errors import ConfigError
 from emulator.files import TooLarge, read_bounded
 from emulator.limits import short_repr
+
+if TYPE_CHECKING:  # imported where used: `lpemu run` without --config never needs yaml
+    import yaml
 
 __all__ = [
     "AccumulatorConfig",
@@ -32,6 +34,7 @@ __all__ = [
     "Config",
     "DmaConfig",
     "EnergyConfig",
+    "HostConfig",
     "MemoryConfig",
     "config_from_dict",
     "load_config",
@@ -186,15 +189,30 @@ class AluConfig(_Section):
 
 @dataclass(frozen=True, slots=True)
 class BudgetConfig(_Section):
-    """Run limits: the emulator stops with BudgetExceeded past the step and cycle budgets;
-    ``max_memory_bytes`` bounds the host memory a machine may take (its memories, program and
-    the working memory of its largest instruction; 0: a safe fraction of the memory available
-    when the machine is built, emulator/limits.py)."""
+    """Run limits, the step, cycle and wall-time ones each counted from the start of one
+    ``Machine.run`` call: the emulator stops with BudgetExceeded past any of them
+    (``max_seconds`` is wall-clock time; 0: no limit); ``max_memory_bytes`` bounds the host
+    memory a machine may take (its memories, program and the working memory of its largest
+    instruction; 0: a safe fraction of the memory available when the machine is built,
+    emulator/limits.py)."""
 
     SECTION: ClassVar[str] = "budget"
     max_steps: int = _int(100_000_000, 1, lim.MAX_STEPS)
     max_cycles: int = _int(10**15, 1, lim.MAX_CYCLES)
     max_memory_bytes: int = _int(0, 0, lim.MAX_MEMORY_BUDGET)
+    max_seconds: float = _float(60.0, 0.0, lim.MAX_SECONDS)
+
+
+@dataclass(frozen=True, slots=True)
+class HostConfig(_Section):
+    """How the emulator uses the host machine (never changes a value or counter).
+
+    ``threads``: the most BLAS/numba threads one operation may use; 0 chooses automatically
+    (the CPUs this process may run on). The environment variable ``LPEMU_THREADS`` overrides
+    it (sweep workers set it to 1)."""
+
+    SECTION: ClassVar[str] = "host"
+    threads: int = _int(0, 0, lim.MAX_THREADS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +250,7 @@ _SECTIONS: dict[str, type[_Section]] = {
     "alu": AluConfig,
     "budget": BudgetConfig,
     "energy": EnergyConfig,
+    "host": HostConfig,
 }
 
 
@@ -246,6 +265,7 @@ class Config:
     alu: AluConfig = field(default_factory=AluConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     energy: EnergyConfig = field(default_factory=EnergyConfig)
+    host: HostConfig = field(default_factory=HostConfig)
 
     def __post_init__(self) -> None:
         for name, cls in _SECTIONS.items():
@@ -290,6 +310,8 @@ class Config:
 
 def _unknown_key(key: object, valid: list[str], prefix: str, file: str) -> ConfigError:
     """Error for an unknown key, suggesting the closest valid one if any is close."""
+    import difflib  # only on this error path (start-up time)
+
     path = f"{prefix}{key}"
     close = difflib.get_close_matches(str(key), valid, n=1)
     hint = f"did you mean {close[0]!r}?" if close else "valid keys: " + ", ".join(valid)
@@ -326,6 +348,8 @@ def read_yaml(path: str | Path, what: str) -> Any:
     line and column) for an unreadable file, one over the size limit, text that is not UTF-8,
     invalid YAML, a duplicate key, or aliases that expand past the node limit
     (emulator/limits.py)."""
+    import yaml  # here, not at import: `lpemu run` without --config never needs it
+
     file = str(path)
     try:
         raw = read_bounded(file, lim.MAX_YAML_FILE_BYTES)
@@ -361,6 +385,8 @@ def _safe_load(text: str, file: str) -> Any:
     composed node graph before anything is constructed: the document with every alias expanded
     has at most ``MAX_YAML_NODES`` nodes (so a "billion laughs" document is refused in time
     linear in its size), and no mapping repeats a key."""
+    import yaml
+
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
@@ -373,6 +399,8 @@ def _safe_load(text: str, file: str) -> Any:
 
 
 def _children(node: yaml.Node) -> list[yaml.Node]:
+    import yaml
+
     if isinstance(node, yaml.MappingNode):
         return [x for kv in node.value for x in kv]
     if isinstance(node, yaml.SequenceNode):
@@ -381,6 +409,8 @@ def _children(node: yaml.Node) -> list[yaml.Node]:
 
 
 def _check_nodes(root: yaml.Node, loader: yaml.SafeLoader, file: str) -> None:
+    import yaml
+
     limit = lim.MAX_YAML_NODES
     size: dict[int, int] = {}  # expanded size of each distinct node
     on_path: set[int] = set()  # a recursive alias (a list holding itself) adds nothing
@@ -416,6 +446,8 @@ def _check_keys(node: yaml.MappingNode, loader: yaml.SafeLoader, path: str,
                 file: str) -> None:
     """A mapping's scalar keys are distinct (as constructed: ``1`` and ``0x1`` are the same
     key); keys brought in by a ``<<`` merge may be overridden, as YAML allows."""
+    import yaml
+
     seen: dict[object, yaml.Node] = {}
     for k, _ in node.value:
         if not isinstance(k, yaml.ScalarNode) or k.tag == _MERGE_TAG:
@@ -439,6 +471,8 @@ def _position(mark: yaml.Mark) -> str:
 def _unconstructible(text: str) -> str:
     """``"line L, column C: cannot construct 'value' "`` for the first scalar ``yaml.safe_load``
     cannot construct (composing the node tree constructs nothing)."""
+    import yaml
+
     what = "cannot construct a value "
     try:
         stack = [yaml.compose(text, Loader=yaml.SafeLoader)]

@@ -231,14 +231,16 @@ def _budget_error(m: Machine, step_limit: int, max_steps: int, max_cycles: int
 
 
 def run(m: Machine, max_steps: int | None = None, max_cycles: int | None = None,
-        trace_steps: int = 0, on_step: Callable[[StepRecord], None] | None = None) -> Summary:
-    """Run ``m`` to ``halt`` like ``m.run(max_steps, max_cycles)``, with any runtime fault
-    annotated (:func:`annotate`). With ``trace_steps`` = N > 0, ``on_step`` is called with a
-    :class:`StepRecord` for each of the first N instructions executed."""
+        trace_steps: int = 0, on_step: Callable[[StepRecord], None] | None = None,
+        max_seconds: float | None = None) -> Summary:
+    """Run ``m`` to ``halt`` like ``m.run(max_steps, max_cycles, max_seconds=...)``, with any
+    runtime fault annotated (:func:`annotate`). With ``trace_steps`` = N > 0, ``on_step`` is
+    called with a :class:`StepRecord` for each of the first N instructions executed (the
+    wall-time budget then applies to the rest of the run)."""
     try:
         if trace_steps <= 0:
-            return m.run(max_steps=max_steps, max_cycles=max_cycles)
-        return _run_traced(m, max_steps, max_cycles, trace_steps, on_step)
+            return m.run(max_steps=max_steps, max_cycles=max_cycles, max_seconds=max_seconds)
+        return _run_traced(m, max_steps, max_cycles, trace_steps, on_step, max_seconds)
     except ExecutionError as e:
         raise annotate(e, m.program) from None
 
@@ -280,7 +282,8 @@ def _steps(m: Machine, n: int, step_limit: int, cycle_limit: int, max_steps: int
 
 
 def _run_traced(m: Machine, max_steps: int | None, max_cycles: int | None, n: int,
-                on_step: Callable[[StepRecord], None] | None) -> Summary:
+                on_step: Callable[[StepRecord], None] | None,
+                max_seconds: float | None = None) -> Summary:
     max_steps = m.cfg.budget.max_steps if max_steps is None else max_steps
     max_cycles = m.cfg.budget.max_cycles if max_cycles is None else max_cycles
     step_limit, cycle_limit = m.steps + max_steps, m.cycles + max_cycles
@@ -288,6 +291,7 @@ def _run_traced(m: Machine, max_steps: int | None, max_cycles: int | None, n: in
     if m.halted:
         return m.summary()
     try:
-        return m.run(max_steps=step_limit - m.steps, max_cycles=cycle_limit - m.cycles)
+        return m.run(max_steps=step_limit - m.steps, max_cycles=cycle_limit - m.cycles,
+                     max_seconds=max_seconds)
     except BudgetExceeded:
         raise _budget_error(m, step_limit, max_steps, max_cycles) from None

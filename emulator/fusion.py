@@ -23,6 +23,8 @@ Otherwise it executes the ``rqm`` alone and the machine goes on with the plain `
 ``vlazy``. Values, flags and every per-instruction counter are identical either way; tests
 compare fused, unfused and reference machines on random cases, adversarial aliasing included.
 Runs with a tracer or with DMA overlap never fuse (they observe each instruction's timing).
+The compiled interpreter fuses the same sequences under the same conditions
+(:func:`emulator.vecops.exec_update`, marked statically by :func:`match_update`).
 """
 
 from __future__ import annotations
@@ -101,6 +103,7 @@ def make_update_handler(plain, ops: tuple[dict[str, int], dict[str, int], dict[s
                 mv[base + INSTRUCTIONS] += 1
         m.cycles += cyc_rq + cyc_sub + d_lz.get(CYCLES, 0)
         m.steps += 2
+        m.fused_sequences += 1
         return pc + 3
 
     return fused

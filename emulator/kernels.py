@@ -20,6 +20,11 @@ import numba
 import numpy as np
 from numba import njit
 
+from emulator import (
+    jit,  # noqa: F401 - numba's numpy support without scipy
+    simd,
+    vnni,
+)
 from emulator.geometry import CONV_FWD, CONV_WGRAD, padded, window_view
 from emulator.reference import (
     EXP_LUT,
@@ -38,6 +43,7 @@ from emulator.reference import (
     uses_rng,
 )
 from emulator.rng import mix
+from emulator.threads import POLICY
 from isa.conventions import (
     BIAS_SHIFT_FOLD,
     EXP_E_FOLD,
@@ -98,48 +104,11 @@ def _wrapping():
     return np.errstate(over="ignore") if numba.config.DISABLE_JIT else contextlib.nullcontext()
 
 
-# Products with a short inner dimension are bound by writing the output: OpenBLAS splitting
-# them across its threads was measured 1.5-5x slower than one thread on 2-core machines (the
-# threads contend for the output's cache lines), so those run single-threaded.
-SERIAL_K = 64
-SERIAL_MIN_OUTPUT = 4096
 # Products with a small output and large operands are computed in K slices whose converted
 # operands (about 256 KiB of float32) stay in cache: converting a whole 405 x 500 tile first
 # and multiplying after was measured 1.3-1.5x slower than slices of 128 rows.
 CACHE_SMALL_OUTPUT = 16384
 CACHE_OPERAND_ELEMS = 1 << 16
-
-
-class _BlasThreads:
-    """Temporarily run numpy's OpenBLAS on one thread (via threadpoolctl; a no-op where the
-    BLAS is not OpenBLAS or threadpoolctl finds none)."""
-
-    def __init__(self) -> None:
-        self._libs: list | None = None
-
-    def libs(self) -> list:
-        if self._libs is None:
-            try:
-                from threadpoolctl import ThreadpoolController
-
-                self._libs = ThreadpoolController().select(internal_api="openblas").lib_controllers
-            except Exception:  # noqa: BLE001 - any failure just means "cannot control"
-                self._libs = []
-        return self._libs
-
-    def matmul_serial(self, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
-        libs = self.libs()
-        before = [lib.get_num_threads() for lib in libs]
-        for lib in libs:
-            lib.set_num_threads(1)
-        try:
-            np.matmul(a, b, out=out)
-        finally:
-            for lib, n in zip(libs, before, strict=True):
-                lib.set_num_threads(n)
-
-
-_BLAS = _BlasThreads()
 
 
 def _as_float(x: np.ndarray, name: str, ftype: type) -> np.ndarray:
@@ -161,6 +130,7 @@ def _products(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     wide = a.dtype.itemsize > 1 or b.dtype.itemsize > 1
     ftype, chunk = (np.float64, F64_EXACT_K) if wide else (np.float32, F32_EXACT_K)
     pf = _WS.get("p", (m, n), ftype)
+    POLICY.use(POLICY.for_work(m * k * n))  # emulator/threads.py
     if k <= chunk and m * n <= CACHE_SMALL_OUTPUT and (m + n) * k > CACHE_OPERAND_ELEMS:
         # a small output from large operands: convert and multiply K in slices that stay in
         # cache, summing the partial products in the float type (exact: every partial sum is
@@ -178,10 +148,7 @@ def _products(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     for k0 in range(0, max(k, 1), chunk):
         ac = _as_float(a[:, k0 : k0 + chunk], "a", ftype)
         bc = _as_float(b[k0 : k0 + chunk], "b", ftype)
-        if k < SERIAL_K and m * n >= SERIAL_MIN_OUTPUT:
-            _BLAS.matmul_serial(ac, bc, pf)
-        else:
-            np.matmul(ac, bc, out=pf)
+        np.matmul(ac, bc, out=pf)
         if k <= chunk:
             return pf
         total = pf.astype(np.int64) if total is None else total + pf.astype(np.int64)
@@ -221,6 +188,11 @@ def _fit_into(c, p, accumulate, lo, hi, wrap):  # pragma: no cover - compiled
     return novf
 
 
+# INT8 x INT8 products run on AVX-512 VNNI where the host has it (emulator/vnni.py: exact
+# integer dot products, about 4x float32 BLAS on one core); tests switch this off to compare
+USE_VNNI = vnni.AVAILABLE
+
+
 def gemm_into(
     c: np.ndarray, a: np.ndarray, b: np.ndarray, accumulate: bool, bits: int, wrap: bool
 ) -> int:
@@ -228,6 +200,11 @@ def gemm_into(
     if c.size == 0:
         return 0
     lo, hi = type_range(bits)
+    k = a.shape[1]
+    if USE_VNNI and a.itemsize == b.itemsize == 1 and 0 < k <= vnni.MAX_K:
+        threads = min(POLICY.for_work(a.shape[0] * k * b.shape[1]),
+                      numba.config.NUMBA_NUM_THREADS)
+        return vnni.gemm_into(c, a, b, bool(accumulate), lo, hi, bool(wrap), threads, _WS.get)
     p = _products(a, b)
     if not accumulate and a.shape[1] << (8 * (a.itemsize + b.itemsize) - 2) <= hi:
         # |each product| <= 2**(8*(bytes_a+bytes_b)-2), so no sum of K of them can leave the
@@ -634,6 +611,8 @@ def sub_rows(a: np.ndarray, b: np.ndarray, bits: int) -> tuple[np.ndarray, int]:
 
 
 _ = (ROUND_NEAREST, ROUND_TRUNC, ROUND_UNIFORM, ROUND_TRIANGULAR)
+VECTOR = simd.AVAILABLE  # the fused update's 16-lane body (compile-time constant)
+update16 = simd.update16
 
 
 # ---------------------------------------------------------------------------- in-place forms
@@ -754,7 +733,17 @@ def _update_kernel(src, dst, res, theta, mul, shift, mode, relu, s):  # pragma: 
     n_rq = 0
     n_sub = 0
     n_lz = 0
-    for i in range(dst.shape[0]):
+    n = dst.shape[0]
+    start = 0
+    if VECTOR:  # sixteen at a time (emulator/simd.py), the same arithmetic
+        start = n - n % 16
+        bound = (np.int64(2**31 - 1) - add) // max(abs(mul), np.int64(1))
+        for i in range(0, start, 16):
+            cnt = update16(src, dst, res, theta, i, mul, add, shift, relu, s, half, bound)
+            n_rq += cnt & 0x1FFFFF
+            n_sub += (cnt >> 21) & 0x1FFFFF
+            n_lz += cnt >> 42
+    for i in range(start, n):
         y = (np.int64(src[i]) * mul + add) >> shift
         if relu:
             y = max(y, np.int64(0))
@@ -865,11 +854,9 @@ def _exact_matmul(a: np.ndarray, b: np.ndarray, bound: int, a_bytes: int, b_byte
     n = b.shape[1]
     out = _WS.get(name, (m, n), a.dtype)
     limit = F32_LIMIT if a.dtype == np.float32 else F64_LIMIT
+    POLICY.use(POLICY.for_work(m * k * n))  # emulator/threads.py
     if bound <= limit:
-        if k < SERIAL_K and m * n >= SERIAL_MIN_OUTPUT:
-            _BLAS.matmul_serial(a, b, out)
-        else:
-            np.matmul(a, b, out=out)
+        np.matmul(a, b, out=out)
         return out
     chunk = limit // _max_product(a_bytes, b_bytes)
     in_f64 = a.dtype == np.float32 and -(-k // chunk) <= F64_LIMIT // F32_LIMIT

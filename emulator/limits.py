@@ -35,6 +35,8 @@ MAX_BYTES_PER_CYCLE = 1 << 20  # dma.bytes_per_cycle
 MAX_LANES = 1 << 20  # alu.lanes
 MAX_STEPS = 1 << 40  # budget.max_steps
 MAX_CYCLES = 1 << 56  # budget.max_cycles
+MAX_SECONDS = 1e9  # budget.max_seconds (0: no wall-time limit)
+MAX_THREADS = 1024  # host.threads (0: automatic)
 MAX_ENERGY_PJ = 1e9  # every energy.* entry (pJ per event)
 MAX_MEMORY_BUDGET = 1 << 50  # budget.max_memory_bytes (0: auto)
 AUTO_MEMORY_FRACTION = 0.5  # budget.max_memory_bytes = 0: this fraction of available memory
@@ -78,6 +80,9 @@ LIMITS: tuple[Limit, ...] = (
     Limit("`dma.bytes_per_cycle`, `alu.lanes`", "1 .. 2^20", "ConfigError"),
     Limit("`budget.max_steps`, `--max-steps`", "1 .. 2^40", "ConfigError, UsageError"),
     Limit("`budget.max_cycles`, `--max-cycles`", "1 .. 2^56", "ConfigError, UsageError"),
+    Limit("`budget.max_seconds`, `--max-seconds` (0: no limit)", "0 .. 1e9, finite",
+          "ConfigError, UsageError"),
+    Limit("`host.threads` (0: automatic)", "0 .. 1024", "ConfigError"),
     Limit("`energy.*` (pJ per event)", "0 .. 1e9, finite", "ConfigError"),
     Limit("`budget.max_memory_bytes` (0: half the memory available)", "0 .. 2^50",
           "ConfigError"),

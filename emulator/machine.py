@@ -2,64 +2,260 @@
 
 :class:`Machine` extends :class:`emulator.state.State` (memories, registers, counters) with a
 decoded program and :meth:`Machine.run`.
+
+Decoding is vectorized and compact: an int64 ``[n, 4]`` array (kind and scalar operands, see
+:mod:`emulator.scalar`) plus one list slot per pc, 40 bytes per instruction; a coarse
+instruction's operand dict and handler are built the first time it executes (a bounded cache).
+Stretches of scalar, branch and exponent instructions run in the compiled interpreter
+(:func:`emulator.scalar.run_scalar`); coarse instructions are dispatched to their handlers in
+:mod:`emulator.semantics` (or a fused handler, :mod:`emulator.fusion`).
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numba
 import numpy as np
 
-from emulator import fusion
+from emulator import fusion, scalar, vecops
 from emulator.config import Config
 from emulator.counters import CYCLES, DMA_STALL_CYCLES, INSTRUCTIONS, N_COUNTERS, Summary
 from emulator.errors import BudgetExceeded, ExecutionError
-from emulator.semantics import SEMANTICS
+from emulator.jit import compile_seconds
+from emulator.semantics import SEMANTICS, SPECIALIZE, interp_cost
 from emulator.state import (  # noqa: F401 - re-exported: part of this module's API
     DATAPATHS,
     FLAG_ACC_OVERFLOW,
     FLAG_ALU_SATURATION,
     FLAG_RQ_SATURATION,
     MASK64,
+    RegisterFile,
     State,
     wrap64,
 )
+from emulator.threads import POLICY
 from isa.encoding import Program, decode
+from isa.spec import BY_MNEMONIC, OPCODE_LO
+
+SCALAR_MODES = ("auto", "compiled", "python")
+# "auto" starts the compiled interpreter at scalar runs at least this long, or ending in a
+# branch, jump or halt (entering it costs about as much as 2-3 instructions in Python)
+HOT_RUN = 2
+SLOT_CAP = 1 << 16  # decoded handlers kept at once (programs of many distinct instructions)
+# the interpreter works in int64: runs whose budgets or costs could leave it use Python
+_I64_SAFE = 1 << 62
+_HOT = object()  # slot marker: start the compiled interpreter here
+_RQM = BY_MNEMONIC["rqm"].opcode  # the only start of a fused sequence (emulator/fusion.py)
+
+
+class DecodedView(Sequence):
+    """``m.decoded[pc]`` = (handler, operand dict, Instr), decoded on demand (the machine
+    itself keeps the compact form). ``fused`` views give the fused handler where one starts."""
+
+    def __init__(self, m: Machine, fused: bool) -> None:
+        self._m, self._fused = m, fused
+
+    def __len__(self) -> int:
+        return len(self._m.program.words)
+
+    def __iter__(self) -> Iterator[tuple[Any, dict[str, int], Any]]:
+        return (self[i] for i in range(len(self)))
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(i)
+        pc = i % n
+        ins, ops = decode(self._m.program.words[pc])
+        handler = SEMANTICS[ins.mnemonic]
+        if self._fused:
+            handler = self._m._fused_handler(pc, handler) or handler
+        return handler, ops, ins
 
 
 class Machine(State):
     """One emulated accelerator running one program.
 
     ``datapath`` is ``"fast"`` (emulator/kernels.py) or ``"reference"``; ``fuse`` lets plain
-    runs on the fast datapath execute hot instruction sequences fused (emulator/fusion.py).
-    Values, flags, faults and every counter are the same whatever the choice."""
+    runs on the fast datapath execute hot instruction sequences fused (emulator/fusion.py);
+    ``scalar`` picks how scalar, branch and exponent instructions run: ``"compiled"`` always
+    in the compiled interpreter, ``"python"`` always by their handlers, ``"auto"`` (default)
+    compiled for runs of at least ``HOT_RUN`` instructions or loops when numba's JIT is on.
+    Values, flags, faults and every counter are the same whatever the choices."""
 
     def __init__(self, cfg: Config, program: Program, datapath: str = "fast",
-                 fuse: bool = True) -> None:
+                 fuse: bool = True, scalar: str = "auto") -> None:
         super().__init__(cfg, datapath, len(program.words))
+        if scalar not in SCALAR_MODES:
+            raise ValueError(f"scalar must be one of {SCALAR_MODES}")
         self.program = program
-        # decode once: (handler, operands, static cost) per pc; a word repeated in the program
-        # shares one entry (handlers only read the operand dict)
-        self.decoded = []
-        seen: dict[int, tuple] = {}
-        for w in program.words:
-            entry = seen.get(w)
-            if entry is None:
-                ins, ops = decode(w)
-                entry = seen[w] = (SEMANTICS[ins.mnemonic], ops, ins)
-            self.decoded.append(entry)
+        self._dec_plain: list | None = None  # handler lists a subclass assigned, if any
+        self._dec_fused: list | None = None
+        self.prog = _decode(program.words)  # ValueError for an invalid word, as decode()
         n = len(program.words)
         self.counts = np.zeros((max(n, 1), N_COUNTERS), dtype=np.int64)
-        # the same program with hot sequences fused (emulator/fusion.py), for plain runs on
-        # the fast datapath; (step budget, cycle budget, break pc) of the current run
-        self.decoded_fused = list(self.decoded)
-        if fuse and datapath == "fast":
-            for pc in range(n):
-                if fusion.match_update(self.decoded, pc):
-                    handler, ops, ins = self.decoded[pc]
-                    ops3 = tuple(self.decoded[pc + i][1] for i in range(3))
-                    self.decoded_fused[pc] = (fusion.make_update_handler(handler, ops3), ops,
-                                              ins)
+        self._fuse = fuse and datapath == "fast"
+        # vector-class instructions run in the interpreter on the fast datapath only, each
+        # with a row of static costs learnt from its handler (emulator/vecops.py)
+        vec = np.flatnonzero(self.prog[:, 0] >= _K_VEC0)
+        if datapath != "fast":
+            self.prog[vec, 0] = 0
+            vec = vec[:0]
+        # pcs holding the same word share one cost row (same operands, same cost for a size):
+        # column 4 = the word's class, rowof[class] = its row, allocated when first learnt
+        words = np.array(program.words, dtype=np.uint64)[vec] if vec.size else \
+            np.zeros(0, np.uint64)
+        uniq, cls = np.unique(words, return_inverse=True)
+        self.prog[vec, 4] = cls.reshape(-1)
+        self._rowof = np.full(max(uniq.size, 1), -1, dtype=np.int64)
+        self._ccost = np.full((16, 1 + N_COUNTERS), -1, dtype=np.int64)
+        self._nrows = 0
+        if self._fuse:
+            for pc in vec[self.prog[vec, 0] == _K_RQM].tolist():
+                if pc + 2 < n and fusion.match_update(self.decoded, pc):
+                    self.prog[pc, 3] |= vecops.FUSABLE
+        self._kcost = _scalar_costs(cfg)
+        self._kmax = int(self._kcost.max())
+        use = scalar == "compiled" or (scalar == "auto" and not numba.config.DISABLE_JIT)
+        self._hot = _hot_marks(self.prog, 1 if scalar == "compiled" else HOT_RUN) if use \
+            else None
+        # per pc, the run loop's entry: (handler, operands), shared by every pc holding the
+        # same word, or _HOT; plain runs use the list _slots (fused handlers, the interpreter),
+        # traced or overlapped runs and the interpreter's fallbacks the dict _plain
+        self._slots: list[Any] = self._fresh_slots()
+        self._plain: dict[int, Any] = {}
+        self._by_word: dict[int, tuple[Any, dict[str, int]]] = {}
+        self._nslots = 0
+        # (step budget, cycle budget, break pc) of the current run (the fused handler reads it)
         self.limits: tuple[int, int, int | None] = (0, 0, None)
+        self._views: tuple[Any, ...] = ()
+        self._bind_registers()
+        POLICY.config_threads = cfg.host.threads  # emulator/threads.py (process-wide)
 
+    # ----------------------------------------------------------------- decoding
+    @property
+    def decoded(self) -> Sequence:
+        """Per pc (handler, operands, Instr), decoded on demand. A subclass may assign its
+        own list (wrapped handlers): the machine then runs every instruction by it."""
+        return self._dec_plain if self._dec_plain is not None else DecodedView(self, False)
+
+    @decoded.setter
+    def decoded(self, value: Sequence) -> None:
+        self._dec_plain = list(value)
+        self._by_handlers()
+
+    @property
+    def decoded_fused(self) -> Sequence:
+        """As :attr:`decoded`, with the fused handler where a fused sequence starts."""
+        return self._dec_fused if self._dec_fused is not None else DecodedView(self, True)
+
+    @decoded_fused.setter
+    def decoded_fused(self, value: Sequence) -> None:
+        self._dec_fused = list(value)
+        self._by_handlers()
+
+    def _by_handlers(self) -> None:
+        """Assigned handler lists replace the decoding and the compiled interpreter."""
+        self._hot = None
+        self._slots = self._fresh_slots()
+        self._plain = {}
+        self._by_word.clear()
+
+    def _fused_handler(self, pc: int, handler):
+        words = self.program.words
+        if not self._fuse or pc + 2 >= len(words) or words[pc] >> OPCODE_LO != _RQM:
+            return None
+        view = self.decoded
+        if not fusion.match_update(view, pc):
+            return None
+        return fusion.make_update_handler(handler, tuple(view[pc + i][1] for i in range(3)))
+
+    def _slot(self, pc: int, fused: bool) -> Any:
+        """Build (and keep) the run loop's entry for ``pc``: decoded once per distinct word
+        (a fused sequence, which depends on the words after it, once per pc)."""
+        table = self._dec_fused if fused else self._dec_plain
+        if table is not None:
+            handler, ops, _ = table[pc]
+            slot = (handler, ops)
+            if fused:
+                self._slots[pc] = slot
+            else:
+                self._plain[pc] = slot
+            return slot
+        word = self.program.words[pc]
+        if self._nslots >= SLOT_CAP:  # bounded: forget them all, rebuild on demand
+            self._slots = self._fresh_slots()
+            self._plain = {}
+            self._by_word.clear()
+            self._nslots = 0
+        if fused and self._hot is not None and self._hot[pc]:
+            self._slots[pc] = _HOT
+            return _HOT
+        slot = None if fused and word >> OPCODE_LO == _RQM else self._by_word.get(word)
+        if slot is None:
+            ins, ops = decode(word)
+            handler = SEMANTICS[ins.mnemonic]
+            special = SPECIALIZE.get(ins.mnemonic)
+            fast = special(ops) if special is not None and not self.overlap else handler
+            fused_handler = self._fused_handler(pc, handler) if fused else None
+            slot = (fused_handler or fast, ops)
+            if fused_handler is None:
+                self._by_word[word] = slot
+            self._nslots += 1
+        if fused:
+            self._slots[pc] = slot
+        else:
+            self._plain[pc] = slot
+        return slot
+
+    def _fresh_slots(self) -> list[Any]:
+        """The plain runs' slot list before anything ran: _HOT where the interpreter starts."""
+        if self._hot is None:
+            return [None] * len(self.program.words)
+        return [_HOT if h else None for h in self._hot.tolist()]
+
+    @property
+    def fused_total(self) -> int:
+        """Sequences run fused so far, by the fused handler or the interpreter."""
+        return self.fused_sequences + int(self._kcost[-1, 4])
+
+    def _learn_cost(self, pc: int, ops: dict[str, int]) -> None:
+        """Store the static cost the handler of the vector-class instruction at ``pc`` just
+        charged (keyed by its size) for the interpreter to charge next time."""
+        ins, _ = decode(self.program.words[pc])
+        key, cost = interp_cost(self, ins.mnemonic, ops)
+        cls = int(self.prog[pc, 4])
+        i = int(self._rowof[cls])
+        if i < 0:
+            i = self._nrows
+            if i == len(self._ccost):
+                self._ccost = np.concatenate([self._ccost, np.full_like(self._ccost, -1)])
+            self._nrows += 1
+            self._rowof[cls] = i
+        row = self._ccost[i]
+        row[:] = 0
+        row[0] = key
+        for k, v in cost.items():
+            row[1 + k] = v
+
+    def _bind_registers(self) -> None:
+        """Make ``r``, ``e`` and ``rng`` the typed arrays the interpreter shares (a host that
+        assigned plain lists gets them copied in) and refresh the interpreter's views."""
+        for name, code in (("r", "q"), ("e", "q"), ("rng", "Q")):
+            v = getattr(self, name)
+            if not (isinstance(v, RegisterFile) and v.typecode == code):
+                setattr(self, name, RegisterFile(code, [int(x) for x in v]))
+        if len(self.r) != 32 or len(self.e) != 16 or len(self.rng) != 2:
+            raise ValueError("register files must hold 32, 16 and 2 values")
+        if not self._views or self._views[0] is not self.r or self._views[1] is not self.e \
+                or self._views[2] is not self.rng:
+            self._views = (self.r, self.e, self.rng, np.frombuffer(self.r, np.int64),
+                           np.frombuffer(self.e, np.int64), np.frombuffer(self.rng, np.int64))
 
     def _overlap_step(self, pc: int, c0: int) -> int:
         """After a non-DMA instruction that started at ``c0``: stall it until the in-flight
@@ -83,44 +279,124 @@ class Machine(State):
 
     # ----------------------------------------------------------------- running
     def run(self, max_steps: int | None = None, max_cycles: int | None = None,
-            break_pc: int | None = None, break_after: int = 1) -> Summary:
-        """Run until ``halt``; raises BudgetExceeded past the step or cycle budget.
+            break_pc: int | None = None, break_after: int = 1,
+            max_seconds: float | None = None) -> Summary:
+        """Run until ``halt``; raises BudgetExceeded past the step, cycle or wall-time budget
+        (``budget:`` in the config unless given here; each counts from the start of this
+        call; ``max_seconds`` 0 means no wall-time limit). Returns the counter summary.
 
         With ``break_pc``, also return (not halted) on arriving at ``break_pc`` for the
         ``break_after``-th time in this call, before executing it: a host uses this to stop at
         a loop head (e.g. to checkpoint) and then calls ``run`` again to continue."""
-        max_steps = self.cfg.budget.max_steps if max_steps is None else max_steps
-        max_cycles = self.cfg.budget.max_cycles if max_cycles is None else max_cycles
+        self.execute(max_steps, max_cycles, break_pc, break_after, max_seconds)
+        return self.summary()
+
+    def execute(self, max_steps: int | None = None, max_cycles: int | None = None,
+                break_pc: int | None = None, break_after: int = 1,
+                max_seconds: float | None = None) -> None:
+        """:meth:`run` without building the summary (a host running many short calls)."""
+        budget = self.cfg.budget
+        max_steps = budget.max_steps if max_steps is None else max_steps
+        max_cycles = budget.max_cycles if max_cycles is None else max_cycles
+        max_seconds = budget.max_seconds if max_seconds is None else max_seconds
         step_limit = self.steps + max_steps  # budgets count from the start of this run
         cycle_limit = self.cycles + max_cycles
-        decoded = self.decoded
-        n = len(decoded)
+        watch = _Watch(max_seconds)
+        self._bind_registers()
+        args = (step_limit, cycle_limit, max_steps, max_cycles, watch, break_pc, break_after)
+        loop = self._loop if self.tracer is None and not self.overlap else self._loop_observed
+        try:
+            if numba.config.DISABLE_JIT:  # the interpreter's numpy int64 scalars wrap, warning
+                with np.errstate(over="ignore"):
+                    loop(*args)
+            else:
+                loop(*args)
+        finally:
+            POLICY.restore()  # BLAS threads as this run found them
+
+    def _loop(self, step_limit: int, cycle_limit: int, max_steps: int, max_cycles: int,
+              watch: _Watch, break_pc: int | None, break_after: int) -> None:
+        """The run loop of plain runs: the compiled interpreter, fused handlers."""
+        soft = watch.first_limit(self.steps, step_limit)
+        n = len(self.program.words)
+        cmv = self._cmv
+        hits = 0
+        slots = self._slots
+        self.limits = (step_limit, cycle_limit, break_pc)
+        compiled = (self._hot is not None and step_limit < _I64_SAFE
+                    and cycle_limit < _I64_SAFE and self._kmax < _I64_SAFE >> 20)
+        views = self._views
+        rv, ev, gv = views[3], views[4], views[5]
+        bp = -1 if break_pc is None else break_pc
+        run_scalar = scalar.run_scalar_ints if numba.config.DISABLE_JIT else scalar.run_scalar
+        while not self.halted:
+            pc = self.pc
+            if not 0 <= pc < n or self.steps >= soft or self.cycles >= cycle_limit:
+                soft = self._stop(pc, n, step_limit, cycle_limit, max_steps, max_cycles, watch)
+                continue
+            slot = slots[pc]
+            if slot is None:
+                slot = self._slot(pc, True)
+                slots = self._slots
+            if slot is _HOT:
+                if compiled:
+                    st, self.pc, self.steps, self.cycles, self.flags = run_scalar(
+                        self.prog, self._kcost, self._ccost, self._rowof, rv, ev, gv,
+                        self._counts,
+                        self.dram, self.spad, self.acc, pc, self.steps, self.cycles,
+                        self.flags, soft, cycle_limit, bp)
+                    if st == scalar.ST_HALT:
+                        self.halted = True
+                        break
+                    if st == scalar.ST_BREAK:
+                        hits += 1
+                        if hits >= break_after:
+                            break
+                        continue
+                    if st != scalar.ST_PY:
+                        continue
+                    pc = self.pc  # an instruction its handler executes (or faults on)
+                    handler, ops = self._plain.get(pc) or self._slot(pc, False)
+                    slots = self._slots
+                    nxt = handler(self, ops)
+                    if self.prog[pc, 0] >= _K_VEC0:  # teach the interpreter its cost
+                        self._learn_cost(pc, ops)
+                    cmv[pc * N_COUNTERS + INSTRUCTIONS] += 1
+                    self.steps += 1
+                    self.pc = pc = pc + 1 if nxt is None else nxt
+                    if pc == break_pc:
+                        hits += 1
+                        if hits >= break_after:
+                            break
+                    continue
+                slot = self._plain.get(pc) or self._slot(pc, False)
+                slots = self._slots
+            handler, ops = slot
+            nxt = handler(self, ops)
+            cmv[pc * N_COUNTERS + INSTRUCTIONS] += 1
+            self.steps += 1
+            self.pc = pc = pc + 1 if nxt is None else nxt
+            if pc == break_pc:
+                hits += 1
+                if hits >= break_after:
+                    break
+
+    def _loop_observed(self, step_limit: int, cycle_limit: int, max_steps: int,
+                       max_cycles: int, watch: _Watch, break_pc: int | None,
+                       break_after: int) -> None:
+        """The run loop with a tracer or DMA overlap: every instruction by its handler."""
+        soft = watch.first_limit(self.steps, step_limit)
+        n = len(self.program.words)
         cmv = self._cmv
         tracer = self.tracer
         overlap = self.overlap
         hits = 0
-        if tracer is None and not overlap:  # the common case, with less per-step work
-            decoded = self.decoded_fused
-            self.limits = (step_limit, cycle_limit, break_pc)
-            while not self.halted:
-                pc = self.pc
-                if not 0 <= pc < n or self.steps >= step_limit or self.cycles >= cycle_limit:
-                    raise self._stop_error(pc, n, step_limit, max_steps, max_cycles)
-                handler, ops, _ = decoded[pc]
-                nxt = handler(self, ops)
-                cmv[pc * N_COUNTERS + INSTRUCTIONS] += 1
-                self.steps += 1
-                self.pc = pc = pc + 1 if nxt is None else nxt
-                if pc == break_pc:
-                    hits += 1
-                    if hits >= break_after:
-                        break
-            return self.summary()
         while not self.halted:
             pc = self.pc
-            if not 0 <= pc < n or self.steps >= step_limit or self.cycles >= cycle_limit:
-                raise self._stop_error(pc, n, step_limit, max_steps, max_cycles)
-            handler, ops, _ = decoded[pc]
+            if not 0 <= pc < n or self.steps >= soft or self.cycles >= cycle_limit:
+                soft = self._stop(pc, n, step_limit, cycle_limit, max_steps, max_cycles, watch)
+                continue
+            handler, ops = self._plain.get(pc) or self._slot(pc, False)
             c0 = self.cycles
             if overlap:
                 self._touch.clear()  # type: ignore[union-attr]
@@ -141,19 +417,64 @@ class Machine(State):
                 hits += 1
                 if hits >= break_after:
                     break
-        return self.summary()
 
-    def _stop_error(self, pc: int, n: int, step_limit: int, max_steps: int,
-                    max_cycles: int) -> ExecutionError | BudgetExceeded:
-        """Why the run loop cannot execute ``pc``: outside the program, or a budget is spent
-        (checked in that order)."""
+    def _stop(self, pc: int, n: int, step_limit: int, cycle_limit: int, max_steps: int,
+              max_cycles: int, watch: _Watch) -> int:
+        """The run loop cannot go on at ``pc`` as it stands: raise why (outside the program,
+        then a budget), or, at the end of a wall-clock window, check the clock and return the
+        next window's step limit."""
         if not 0 <= pc < n:
-            return ExecutionError(f"pc {pc} outside the program (0..{n - 1}); missing halt?", pc)
-        what = f"step budget of {max_steps}" if self.steps >= step_limit else \
-            f"cycle budget of {max_cycles}"
-        return BudgetExceeded(f"{what} exhausted", pc, self.steps, self.cycles)
+            raise ExecutionError(f"pc {pc} outside the program (0..{n - 1}); missing halt?", pc)
+        if self.steps >= step_limit:
+            raise BudgetExceeded(f"step budget of {max_steps} exhausted", pc, self.steps,
+                                 self.cycles)
+        if self.cycles >= cycle_limit:
+            raise BudgetExceeded(f"cycle budget of {max_cycles} exhausted", pc, self.steps,
+                                 self.cycles)
+        if watch.expired():
+            raise BudgetExceeded(f"wall-time budget of {watch.seconds:g} s exhausted "
+                                 "(budget.max_seconds)", pc, self.steps, self.cycles)
+        return watch.next_limit(self.steps, step_limit)
 
     def restart(self, pc: int = 0) -> None:
         """Continue from ``pc`` after a halt (state, counters and RNG are kept)."""
         self.pc, self.halted = pc, False
 
+
+class _Watch:
+    """The wall-time budget without a clock read per step: the run loop stops at the end of a
+    window of steps (a soft step limit), reads the clock, and sizes the next window to last
+    about ``TICK`` seconds. Time numba spends compiling kernels is not counted."""
+
+    TICK = 0.02
+    MAX_WINDOW = 1 << 24
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.window = 16
+        self.last = time.perf_counter()
+        self.start = self.last
+        self.compiled = compile_seconds()
+        self.limited = seconds > 0
+
+    def first_limit(self, steps: int, step_limit: int) -> int:
+        return min(step_limit, steps + self.window) if self.limited else step_limit
+
+    def expired(self) -> bool:
+        if not self.limited:
+            return False
+        used = time.perf_counter() - self.start - (compile_seconds() - self.compiled)
+        return used >= self.seconds
+
+    def next_limit(self, steps: int, step_limit: int) -> int:
+        now = time.perf_counter()
+        dt, self.last = now - self.last, now
+        grow = self.window * 4 if dt <= 0 else int(self.window * self.TICK / dt)
+        self.window = max(1, min(grow, self.window * 4, self.MAX_WINDOW))
+        return min(step_limit, steps + self.window)
+
+
+_K_VEC0, _K_RQM = scalar.K_VEC0, scalar.K_RQM
+_decode = scalar.decode_program
+_scalar_costs = scalar.kind_costs
+_hot_marks = scalar.hot_marks

@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from emulator import jit  # noqa: F401 - numba's numpy support without scipy
 from isa.conventions import RNG_GAMMA as GAMMA
 from isa.conventions import RNG_MIX1 as MIX1
 from isa.conventions import RNG_MIX2 as MIX2

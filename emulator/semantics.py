@@ -16,15 +16,19 @@ import numpy as np
 
 from emulator.counters import (
     ACC_OVERFLOWS,
+    ACC_RD,
+    ACC_WR,
     ARRAY_CYCLES,
     CYCLES,
     MAC_OPS,
     MACS,
     MACS_SKIPPED,
+    N_COUNTERS,
     RNG_DRAWS,
     SATURATIONS,
     SKIP_CYCLES_SAVED,
     SPAD_RD,
+    SPAD_WR,
 )
 from emulator.errors import ExecutionError
 from emulator.geometry import CONV_DGRAD, CONV_FWD, Geometry, padded, unpack, window_view
@@ -41,6 +45,9 @@ from isa.spec import DTYPES, RNG_FIELDS, ROUND_MODES
 
 Handler = Callable[[State, dict[str, int]], "int | None"]
 SEMANTICS: dict[str, Handler] = {}
+# mnemonic -> factory of a handler for one pc (given its operands) that behaves exactly like
+# the plain one, faster in loops; the machine uses it where one exists
+SPECIALIZE: dict[str, Callable[[dict[str, int]], Handler]] = {}
 
 ELEM_BYTES = {DTYPES.index("i8"): 1, DTYPES.index("i16"): 2}
 EXP_MIN, EXP_MAX = -(1 << 31), (1 << 31) - 1
@@ -225,7 +232,8 @@ def _efit(m, o):
 # ============================================================================ dither RNG
 @semantics("rngseed")
 def _rngseed(m, o):
-    m.rng = [m.r[o["ra"]] & MASK64, 0]
+    m.rng[0] = m.r[o["ra"]] & MASK64
+    m.rng[1] = 0
     m.charge_cost("scalar")
 
 
@@ -381,8 +389,9 @@ def _skip_work_bytes(mm: int, kk: int, nn: int) -> int:
     return 24 * (mm * kk + kk * nn + mm * nn) + 48 * kk
 
 
-@semantics("gemm")
-def _gemm(m, o):
+def _gemm_operands(m: State, o: dict[str, int]) -> tuple | None:
+    """Checked operand views and sizes of a gemm, (A, B, C, M, K, N, A bytes, B bytes); None
+    for a gemm with a zero extent, which is then done (``_gemm_empty``)."""
     r = m.r
     mm = _count(m, "M", r[o["rm"]])
     kk = _count(m, "K", r[o["rk"]])
@@ -390,20 +399,28 @@ def _gemm(m, o):
     ea, eb = ELEM_BYTES[o["da"]], ELEM_BYTES[o["db"]]
     if not (mm and kk and nn):
         _gemm_empty(m, o, mm, kk, nn, ea, eb)
-        return
+        return None
     a = _operand(m, r[o["ra"]], mm, kk, ea, bool(o["ta"]))
     b = _operand(m, r[o["rb"]], kk, nn, eb, bool(o["tb"]))
     c = m.acc_range(r[o["rc"]], mm * nn).reshape(mm, nn)
-    sa, sb = bool(o["sa"]), bool(o["sb"])
-    if (sa or sb) and _skip_work_bytes(mm, kk, nn) > m.work_bytes:
+    if (o["sa"] or o["sb"]) and _skip_work_bytes(mm, kk, nn) > m.work_bytes:
         raise ExecutionError(
             f"gemm M={mm}, K={kk}, N={nn} with zero-skipping needs up to "
             f"{_skip_work_bytes(mm, kk, nn):,} bytes of working memory; the memory budget "
             f"leaves {m.work_bytes:,} (budget.max_memory_bytes)", m.pc)
-    nover = m.dp.gemm_into(c, a, b, bool(o["acc"]), m.acc_bits, m.acc_wrap)
+    return a, b, c, mm, kk, nn, ea, eb
+
+
+def _gemm_counts(m: State, o: dict[str, int], a: np.ndarray, b: np.ndarray, mm: int, kk: int,
+                 nn: int, ea: int, eb: int, nover: int) -> bool:
+    """Skip counts, MACs and overflows of a gemm whose product is done; charges the cost only
+    when zero-skipping changes it and returns whether it did (else the caller charges the
+    static cost)."""
+    sa, sb = bool(o["sa"]), bool(o["sb"])
     skipped = _zero_skips(a, b, sa, sb)
     done = mm * kk * nn - skipped
-    if skipped and m.cfg.array.skip != "none":
+    charged = bool(skipped) and m.cfg.array.skip != "none"
+    if charged:
         cost = m.cost("gemm", mm, kk, nn, ea, eb, bool(o["acc"]))
         saved = ea * eb * gemm_skip_cycles_saved(
             m.cfg, mm, kk, nn, a != 0 if sa else None, b != 0 if sb else None)
@@ -411,10 +428,56 @@ def _gemm(m, o):
         cost[ARRAY_CYCLES] -= saved
         cost[SKIP_CYCLES_SAVED] = saved
         m.charge(cost)
-    else:
-        m.charge_cost("gemm", mm, kk, nn, ea, eb, bool(o["acc"]))
     m.charge_counts(MACS, done, MACS_SKIPPED, skipped, MAC_OPS, done * ea * eb)
     _overflow(m, nover)
+    return charged
+
+
+@semantics("gemm")
+def _gemm(m, o):
+    ops = _gemm_operands(m, o)
+    if ops is None:
+        return
+    a, b, c, mm, kk, nn, ea, eb = ops
+    nover = m.dp.gemm_into(c, a, b, bool(o["acc"]), m.acc_bits, m.acc_wrap)
+    if not _gemm_counts(m, o, a, b, mm, kk, nn, ea, eb, nover):
+        m.charge_cost("gemm", mm, kk, nn, ea, eb, bool(o["acc"]))
+
+
+def _specialize_gemm(o: dict[str, int]) -> Handler:
+    """``gemm`` for one pc: operand checks, views and the static cost are kept while the six
+    registers it reads (and the memories) are unchanged, as they are every time a firmware
+    loop comes round. Runs observed for DMA overlap use the plain handler."""
+    regs = tuple(o[f] for f in ("rm", "rk", "rn", "ra", "rb", "rc"))
+    accumulate = bool(o["acc"])
+    memo: list = [None, None, None, None]  # key, spad, acc, plan
+
+    def h(m, o_):
+        if m._touch is not None:
+            return _gemm(m, o_)
+        r = m.r
+        key = (r[regs[0]], r[regs[1]], r[regs[2]], r[regs[3]], r[regs[4]], r[regs[5]])
+        if key != memo[0] or memo[1] is not m.spad or memo[2] is not m.acc:
+            ops = _gemm_operands(m, o_)
+            if ops is None:  # a zero extent: done, nothing kept
+                return None
+            a, b, c, mm, kk, nn, ea, eb = ops
+            d, items = m._cached_cost(("gemm", mm, kk, nn, ea, eb, accumulate))
+            memo[:] = key, m.spad, m.acc, (a, b, c, mm, kk, nn, ea, eb, items, d.get(CYCLES, 0))
+        a, b, c, mm, kk, nn, ea, eb, items, cyc = memo[3]
+        nover = m.dp.gemm_into(c, a, b, accumulate, m.acc_bits, m.acc_wrap)
+        if not _gemm_counts(m, o_, a, b, mm, kk, nn, ea, eb, nover):
+            mv = m._cmv
+            base = m.pc * N_COUNTERS
+            for k, v in items:
+                mv[base + k] += v
+            m.cycles += cyc
+        return None
+
+    return h
+
+
+SPECIALIZE["gemm"] = _specialize_gemm
 
 
 # ============================================================================ requantize
@@ -593,10 +656,19 @@ def _vrsum(m, o):
     _overflow(m, nover)
 
 
+def _vtoacc_cost(m: State, n: int, elem: int, accumulate: bool) -> dict[int, int]:
+    """The ALU's cost of moving n elements, writing the accumulator instead of the
+    scratchpad (and reading it too when adding)."""
+    cost = m.cost("alu", n, elem, 1, False)
+    del cost[SPAD_WR]
+    cost[ACC_WR] = n * m.cfg.acc_bytes_per_entry
+    if accumulate:
+        cost[ACC_RD] = n * m.cfg.acc_bytes_per_entry
+    return cost
+
+
 @semantics("vtoacc")
 def _vtoacc(m, o):
-    from emulator.counters import ACC_RD, ACC_WR, SPAD_WR
-
     r = m.r
     n = _count(m, "element count", r[o["rn"]])
     elem = ELEM_BYTES[o["dt"]]
@@ -605,12 +677,7 @@ def _vtoacc(m, o):
     total = a.astype(np.int64) + d if o["acc"] else a.astype(np.int64)
     fitted, nover = m.dp.fit_acc(total, m.acc_bits, m.acc_wrap)
     d[...] = fitted
-    cost = m.cost("alu", n, elem, 1, False)
-    del cost[SPAD_WR]
-    cost[ACC_WR] = n * m.cfg.acc_bytes_per_entry
-    if o["acc"]:
-        cost[ACC_RD] = n * m.cfg.acc_bytes_per_entry
-    m.charge(cost)
+    m.charge(_vtoacc_cost(m, n, elem, bool(o["acc"])))
     _overflow(m, nover)
 
 
@@ -623,6 +690,12 @@ def _accrd(m, o):
     m.charge_cost("scalar_acc")
 
 
+def _vsubrow_cost(m: State, rows: int, cols: int, elem: int) -> dict[int, int]:
+    cost = m.cost("alu", rows * cols, elem, 1, False)
+    cost[SPAD_RD] += rows * elem  # the per-row operand
+    return cost
+
+
 @semantics("vsubrow")
 def _vsubrow(m, o):
     rows, cols = _rows_cols(m, o)
@@ -632,9 +705,7 @@ def _vsubrow(m, o):
     d = m.sp_elems(m.r[o["rd"]], rows * cols, elem)
     vals, nsat = m.dp.sub_rows(a, b, 8 * elem)
     d[...] = vals.ravel()
-    cost = m.cost("alu", rows * cols, elem, 1, False)
-    cost[SPAD_RD] += rows * elem  # the per-row operand
-    m.charge(cost)
+    m.charge(_vsubrow_cost(m, rows, cols, elem))
     _alu_sat(m, nsat)
 
 
@@ -940,3 +1011,47 @@ def _vbias(m, o):
     nover = m.dp.bias_into(out, b, s, m.acc_bits, m.acc_wrap)
     m.charge_cost("bias", rows, cols, elem)
     _overflow(m, nover)
+
+
+# ============================================================================ static costs
+def interp_cost(m: State, mnemonic: str, o: dict[str, int]) -> tuple[int, dict[int, int]]:
+    """(size key, static cost) of the vector-class instruction that just ran with operands
+    ``o``: exactly what its handler charges before its data-dependent counts, for the
+    compiled interpreter to charge while the size stays the same (emulator/vecops.py)."""
+    from emulator.vecops import ALU_OPS, size_key
+
+    r = m.r
+    elem = ELEM_BYTES.get(o.get("dt", 0), 1)
+    if mnemonic in ("rq", "rqm"):
+        n = r[o["rn"]]
+        return size_key(n), m.cost("requant", n, elem)
+    if mnemonic == "vcvt":
+        n = r[o["rn"]]
+        return size_key(n), m.cost("convert", n, ELEM_BYTES[o["sdt"]], ELEM_BYTES[o["ddt"]])
+    if mnemonic == "efit":
+        n = r[o["rn"]]
+        return size_key(n), m.cost("scan", n)
+    if mnemonic in ALU_OPS or mnemonic == "vsel":
+        n = r[o["rn"]]
+        inputs = 3 if mnemonic == "vsel" else 2 if "rb" in o else 1
+        return size_key(n), m.cost("alu", n, elem, inputs, mnemonic == "vmul")
+    if mnemonic == "vtoacc":
+        n = r[o["rn"]]
+        return size_key(n), _vtoacc_cost(m, n, elem, bool(o["acc"]))
+    if mnemonic == "vexp":
+        n = r[o["rn"]]
+        return size_key(n), m.cost("exp", n)
+    if mnemonic == "vlazy":
+        n = r[o["rn"]]
+        return size_key(n), m.cost("lazy", n)
+    rows, cols = r[o["rrows"]], r[o["rcols"]]
+    key = size_key(cols, rows)
+    if mnemonic in ("vrmax", "vrsum"):
+        return key, m.cost("reduce", rows, cols, elem, mnemonic == "vrsum")
+    if mnemonic == "vsubrow":
+        return key, _vsubrow_cost(m, rows, cols, elem)
+    if mnemonic == "vnormrow":
+        return key, m.cost("divide", rows, cols, elem)
+    if mnemonic in ("dmaldacc", "dmastacc"):
+        return key, m.cost("dma_acc", rows * cols, mnemonic == "dmastacc")
+    raise KeyError(mnemonic)

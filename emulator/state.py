@@ -6,7 +6,8 @@ State
 elements), ``acc`` accumulator memory (int32 entries holding ``accumulator.bits``-wide values,
 bits <= 32; every write is fitted to the width first),
 ``r`` 32 scalar registers (64-bit, r0 = 0), ``e`` 16 exponent registers (32-bit signed),
-``rng`` = [seed, counter] (64-bit each), ``flags`` (sticky bits), ``pc``.
+``rng`` = [seed, counter] (64-bit each), ``flags`` (sticky bits), ``pc``. The register files
+are :class:`RegisterFile` typed arrays that index, iterate and compare like lists of ints.
 
 Counters are kept per pc: ``counts[pc, counter]``; per-label and total views are row sums.
 The instruction semantics (:mod:`emulator.semantics`) act on a :class:`State`; the run loop
@@ -16,6 +17,7 @@ that decodes and steps a program is :class:`emulator.machine.Machine`, a subclas
 from __future__ import annotations
 
 import hashlib
+from array import array
 from types import ModuleType
 
 import numpy as np
@@ -35,6 +37,29 @@ MASK64 = (1 << 64) - 1
 
 DATAPATHS: dict[str, ModuleType] = {"fast": kernels, "reference": reference}
 _I8, _I16 = np.dtype(np.int8), np.dtype("<i2")
+
+
+class RegisterFile(array):
+    """A register file as a typed array (``"q"`` int64 or ``"Q"`` uint64): indexes, slices,
+    iterates and compares (``==`` with a list or tuple) like a list of ints, and its memory is
+    shared without copies with the compiled scalar interpreter (emulator/scalar.py)."""
+
+    def __getitem__(self, i):  # type: ignore[override]
+        v = array.__getitem__(self, i)
+        return RegisterFile(self.typecode, v) if type(i) is slice else v
+
+    def __eq__(self, other: object) -> bool:  # type: ignore[override]
+        if isinstance(other, (list, tuple)):
+            return list(self) == list(other)
+        return array.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:  # type: ignore[override]
+        return not self == other
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return repr(list(self))
 
 
 def wrap64(v: int) -> int:
@@ -89,14 +114,15 @@ class State:
         self.dram = np.zeros(cfg.memory.dram_bytes, dtype=np.uint8)
         self.spad = np.zeros(cfg.memory.scratchpad_bytes, dtype=np.uint8)
         self.acc = np.zeros(cfg.accumulator.entries, dtype=np.int32)
-        self.r = [0] * 32
-        self.e = [0] * 16
-        self.rng = [0, 0]
+        self.r = RegisterFile("q", bytes(8 * 32))
+        self.e = RegisterFile("q", bytes(8 * 16))
+        self.rng = RegisterFile("Q", bytes(16))
         self.flags = 0
         self.pc = 0
         self.steps = 0
         self.cycles = 0
         self.halted = False
+        self.fused_sequences = 0  # diagnostics: sequences run fused (emulator/fusion.py)
         # optional timeline recorder: any object with record(pc, start_cycle, end_cycle)
         self.tracer = None
         # DMA overlap (dma.overlap): the engine's timeline and its in-flight transfers
@@ -245,7 +271,7 @@ class State:
                 h.update(memoryview(arr[i : i + (1 << 24)]))
         for i in range(0, self.acc.size, 1 << 21):  # acc as int64 words, as ever
             h.update(self.acc[i : i + (1 << 21)].astype(np.int64).tobytes())
-        h.update(np.array(self.r + self.e, dtype=np.int64).tobytes())
+        h.update(np.array(list(self.r) + list(self.e), dtype=np.int64).tobytes())
         h.update(np.array(self.rng, dtype=np.uint64).tobytes())
         h.update(np.array([self.flags, self.pc, int(self.halted)], dtype=np.int64).tobytes())
         return h.hexdigest()

@@ -36,6 +36,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from isa.errors import BinaryFormatError
 from isa.spec import BY_MNEMONIC, BY_OPCODE, NAME_PATTERN, OPCODE_BITS, OPCODE_LO, Field, Instr
@@ -125,6 +126,63 @@ def decode(word: int) -> tuple[Instr, dict[str, int]]:
     return ins, ops
 
 
+def _word_tables() -> tuple[Any, Any, list[int]]:
+    """(known[opcode], used-bit mask[opcode], opcodes with enums whose codes are not all
+    valid), as numpy arrays for :func:`first_bad_word`."""
+    import numpy as np
+
+    known = np.zeros(256, dtype=bool)
+    used = np.zeros(256, dtype=np.uint64)
+    partial = []
+    for op, ins in BY_OPCODE.items():
+        known[op] = True
+        m = 0
+        for f in ins.fields:
+            m |= f.mask << f.lo
+            if f.kind == "enum" and len(f.choices) != 1 << f.width:
+                partial.append(op)
+        used[op] = m
+    return known, used, sorted(set(partial))
+
+
+_TABLES: tuple[Any, Any, list[int]] | None = None
+
+
+def first_bad_word(words: list[int]) -> int:
+    """The index of the first word :func:`decode` rejects, or -1; vectorized (numpy), so
+    checking a million-word program takes milliseconds."""
+    global _TABLES
+    import numpy as np
+
+    if not words:
+        return -1
+    try:
+        w = np.array(words, dtype=np.uint64)
+    except (OverflowError, TypeError, ValueError):  # a value that is no 64-bit word
+        w = None
+    if w is None or w.ndim != 1:
+        for i, x in enumerate(words):
+            try:
+                decode(x)
+            except (ValueError, TypeError):
+                return i
+        return -1
+    if _TABLES is None:
+        _TABLES = _word_tables()
+    known, used, partial = _TABLES
+    op = (w >> np.uint64(OPCODE_LO)).astype(np.int64)
+    low = np.uint64((1 << OPCODE_LO) - 1)
+    suspect = ~known[op] | ((w & low & ~used[op]) != 0)
+    for p in partial:  # enum codes past the last choice: checked word by word
+        suspect |= op == p
+    for i in np.flatnonzero(suspect):
+        try:
+            decode(int(w[i]))
+        except ValueError:
+            return int(i)
+    return -1
+
+
 def opcode_mask() -> int:
     return ((1 << OPCODE_BITS) - 1) << OPCODE_LO
 
@@ -203,15 +261,14 @@ def from_bytes(data: bytes, file: str = "<bytes>") -> Program:
         )
     if zlib.crc32(body) != crc:
         raise BinaryFormatError("CRC mismatch: the payload is corrupted", file, 20)
-    words = []
-    for i in range(n_words):
-        off = HEADER.size + 8 * i
-        (w,) = struct.unpack_from("<Q", data, off)
+    words = [int(w) for w in struct.unpack_from(f"<{n_words}Q", data, HEADER.size)]
+    bad = first_bad_word(words)
+    if bad >= 0:
         try:
-            decode(w)
+            decode(words[bad])
         except ValueError as e:
-            raise BinaryFormatError(f"instruction {i}: {e}", file, off) from None
-        words.append(w)
+            raise BinaryFormatError(f"instruction {bad}: {e}", file,
+                                    HEADER.size + 8 * bad) from None
     labels: dict[str, int] = {}
     prev = (0, "")
     off = HEADER.size + 8 * n_words

@@ -134,28 +134,6 @@ def test_small_output_products_in_k_slices_are_exact(m, k, n, trans):
     assert np.array_equal(c, want - 3)
 
 
-def test_short_k_products_on_one_blas_thread_are_exact_and_restore_threads(monkeypatch):
-    """Short-K, large-output products take the single-thread BLAS path; it is exact (edge
-    values included) and leaves the BLAS thread count as it found it."""
-    calls = []
-    serial = kernels._BLAS.matmul_serial
-    monkeypatch.setattr(kernels._BLAS, "matmul_serial",
-                        lambda a, b, out: (calls.append(a.shape), serial(a, b, out)))
-    before = [lib.get_num_threads() for lib in kernels._BLAS.libs()]
-    rng = np.random.default_rng(7)
-    m, k, n = 300, 10, 400
-    a = rng.integers(-128, 128, (m, k)).astype(np.int8)
-    b = rng.integers(-128, 128, (n, k)).astype(np.int8).T  # a transposed operand, as tb=1
-    a[0], b[:, 0] = -128, -128  # the largest products
-    want = a.astype(np.int64) @ b.astype(np.int64)
-    assert np.array_equal(kernels.gemm(a, b), want)
-    c = np.full((m, n), 5, dtype=np.int32)
-    assert kernels.gemm_into(c, a, b, True, 32, False) == 0
-    assert np.array_equal(c, want + 5)
-    assert calls == [(m, k), (m, k)]
-    assert [lib.get_num_threads() for lib in kernels._BLAS.libs()] == before
-
-
 @pytest.mark.parametrize("k", [511, 512])
 @pytest.mark.parametrize("sign", [1, -1])
 def test_non_accumulating_gemm_at_the_no_overflow_bound(k, sign):
@@ -404,3 +382,36 @@ def test_fused_update_saturating_subtract_edges_and_random(s):
     theta_ref = theta.astype(np.int8)
     sub_ref = sub.astype(np.int16)
     assert reference.lazy_update_into(theta_ref, sub_ref, s) == n_lz
+
+
+@pytest.mark.parametrize("mode", [ROUND_NEAREST, ROUND_TRUNC])
+@pytest.mark.parametrize("relu", [False, True])
+def test_fused_update_requantizer_narrow_and_wide_lanes(mode, relu):
+    """The fused kernel's requantizer against int64: products that fit 32 bits and products up
+    to 2**62 (the vector body switches between 32- and 64-bit lanes per block of 16, at the
+    bound |src * mul + add| < 2**31), every shift, lengths that are not multiples of 16."""
+    rng = np.random.default_rng(11 + 2 * mode + relu)
+    for trial in range(120):
+        n = int(rng.choice([1, 15, 16, 17, 33, 160, 1000]))
+        mul = int(rng.choice([1, -1, 3, 5243, -5243, 2**15, 2**31 - 1, -(2**31), 0]))
+        shift = int(rng.integers(1, 32))
+        s = int(rng.integers(0, 16))
+        small = int(rng.integers(0, 4)) != 0
+        top = max(1, (2**31 - 1 - (1 << (shift - 1))) // max(abs(mul), 1)) if small else 2**31
+        src = rng.integers(-top, top, n).astype(np.int64)
+        if trial % 5 == 0:  # the bound itself, one past it, the int32 extremes
+            src[: min(n, 4)] = [top, -top, -(2**31), 2**31 - 1][: min(n, 4)]
+        src = np.clip(src, -(2**31), 2**31 - 1).astype(np.int32)
+        res = rng.integers(-32768, 32768, n).astype(np.int16)
+        theta = rng.integers(-128, 128, n).astype(np.int8)
+        add = (1 << (shift - 1)) if mode == ROUND_NEAREST else 0
+        y = (src.astype(np.int64) * mul + add) >> shift
+        if relu:
+            y = np.maximum(y, 0)
+        u = np.clip(y, -32768, 32767)
+        tn, rn, nsat, nsat_lz = _update_oracle(u, res, theta, s)
+        dst, r, t = np.zeros(n, np.int16), res.copy(), theta.copy()
+        n_rq, n_sub, n_lz = kernels.update_into(dst, src, r, t, mul, shift, mode, relu, s)
+        assert dst.tolist() == u.tolist() and n_rq == int(np.count_nonzero(u != y))
+        assert t.tolist() == tn.tolist() and r.tolist() == rn.tolist() and n_sub == nsat
+        assert n_lz == nsat_lz

@@ -67,7 +67,8 @@ def test_detector_reports_the_first_diverging_instruction_and_shrinks(monkeypatc
     assert div["text"].startswith("vsub ") and div["step"] is not None
     small = difftest.shrink(found)
     lines = [ln for ch in small for ln in ch]
-    assert sum(ln.startswith("vsub") for ln in lines) >= 1 and len(lines) <= 12
+    # (at most one chunk besides the vsub's setup: a loop chunk is up to 16 lines)
+    assert sum(ln.startswith("vsub") for ln in lines) >= 1 and len(lines) <= 16
     assert difftest.mismatch(found, small)
     # the shrunk case round-trips through a regression file and still shows the bug
     text = difftest.regression_text(found, small, "planted vsub bug")
@@ -82,7 +83,7 @@ def test_detector_reports_the_first_diverging_instruction_and_shrinks(monkeypatc
                                                                  div["text"])
     small_jit = difftest.shrink(found, legs, jit)
     assert difftest.mismatch(found, small_jit, legs, jit)
-    assert len([ln for ch in small_jit for ln in ch]) <= 12
+    assert len([ln for ch in small_jit for ln in ch]) <= 16
     monkeypatch.undo()
     assert not difftest.mismatch(again)
     assert not difftest.mismatch(again, legs=legs, jit=jit)

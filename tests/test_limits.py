@@ -685,21 +685,24 @@ def test_budget_stop_still_writes_the_outputs(tmp_path, capsys):
 
 
 def test_budget_stop_in_training_still_writes_the_outputs(tmp_path, capsys):
-    """lpemu train stopped by the step budget (per firmware run: an epoch of this model is
-    about 15,000 instructions): --json has the epochs finished (none), the counters so far and
-    the stop; --trace has the events; the error is the typed budget error (exit 8)."""
+    """lpemu train stopped by the step budget (per firmware run, and training runs the
+    firmware one batch per run: a batch of this model is over 60 instructions, an epoch about
+    15,000): --json has the epochs finished (none), the counters so far and the stop; --trace
+    has the events; the error is the typed budget error (exit 8)."""
     model = tmp_path / "m.yaml"
     model.write_text("layers: [64, 16, 10]\nepochs: 3\n")
     cfg = tmp_path / "hw.yaml"
-    cfg.write_text("budget:\n  max_steps: 6000\n")
+    cfg.write_text("budget:\n  max_steps: 60\n")
     rc, err = cli(capsys, "train", str(model), "--config", str(cfg), "-q", "--json",
                   str(tmp_path / "t.json"), "--trace", str(tmp_path / "tr.json"))
-    assert rc == BudgetExceeded.exit_code and one_line(err) and "after 6000 steps" in err
+    assert rc == BudgetExceeded.exit_code and one_line(err) and "budget of 60 exhausted" in err
     doc = json.loads((tmp_path / "t.json").read_text())
-    assert doc["stopped"]["kind"] == "budget exceeded" and doc["stopped"]["steps"] == 6000
-    assert doc["stopped"]["pc"] == err_pc(err)
+    stop = doc["stopped"]
+    assert stop["kind"] == "budget exceeded" and f"after {stop['steps']} steps" in err
+    assert stop["pc"] == err_pc(err)
     assert doc["epochs_finished"] == len(doc["epochs"]) == 0
-    assert doc["instructions"] >= 6000 and doc["cycles"] > 0
+    # the machine's steps so far: the set-up run's and the 60 of the stopped batch
+    assert doc["instructions"] == stop["steps"] > 60 and doc["cycles"] > 0
     assert json.loads((tmp_path / "tr.json").read_text())["traceEvents"]
 
 

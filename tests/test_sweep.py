@@ -40,10 +40,13 @@ GEMM = """
     rq r9, r7, r8, e2, e1, rnd=uniform
     halt
 """
-# a slow point: LOOPS iterations of scalar work after the GEMM (for the kill test)
+# a slow point (for the kill test): the GEMM again many times after the first; a loop of scalar
+# instructions alone would take microseconds in the compiled interpreter, a matrix instruction
+# goes through Python dispatch every time
 SLOW = GEMM.replace("    halt\n", """    li r11, 0
-    li r12, 30000
+    li r12, 20000
 spin:
+    gemm r7, r1, r5, r3, r4, r3, sb=1
     addi r11, r11, 1
     blt r11, r12, spin
     halt

@@ -282,3 +282,7 @@ def test_alu_into_fast_equals_reference_under_any_aliasing(op, elem, d_off, a_of
         nsat = dp.alu_into(op, d, a, b, 8 * elem, shift=3)
         outs.append((buf.tobytes(), nsat))
     assert outs[0] == outs[1]
+
+
+def test_exp_lut_literal_is_the_exact_computation():
+    assert reference.EXP_LUT == reference._exp_lut()

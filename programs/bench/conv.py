@@ -9,10 +9,11 @@ over scratchpad operands; its baseline is what a float32 numpy LeNet step does f
 operation: im2col by a strided view and a reshape copy, then matmul (the weight gradient reuses
 the forward's im2col, as the chip does when X is unchanged; the forward runs without it);
 col2im by one strided add per window position; pooling by strided slices, with the mask its
-backward pass needs. The ratio is emulator time / float32 time (the
-emulator's slowdown; lower is better). Medians over the repeats; the machine may be shared, so
-the spread of the per-repeat ratios is reported too. Every result is checked against an int64
-computation first (a benchmark of wrong values is useless).
+backward pass needs. The baseline runs on as many BLAS threads as the emulator's
+thread policy gives an operation of its size (emulator/threads.py). The ratio is emulator
+time / float32 time (the emulator's slowdown; lower is better). Medians over the repeats; the
+machine may be shared, so the spread of the per-repeat ratios is reported too. Every result is
+checked against an int64 computation first (a benchmark of wrong values is useless).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from emulator import kernels
 from emulator.config import Config
 from emulator.geometry import Geometry, pack, padded, window_view
 from emulator.machine import Machine
+from emulator.threads import POLICY
 from isa.asm import assemble
 
 BATCH = 64
@@ -214,7 +216,9 @@ def run(repeats: int = 7) -> list[dict[str, Any]]:
             t0 = time.perf_counter()
             _rerun(c.machine)
             t1 = time.perf_counter()
+            POLICY.use(POLICY.for_work(c.macs))  # the emulator's BLAS threads for this size
             c.baseline()
+            POLICY.restore()
             t2 = time.perf_counter()
             emu.append(t1 - t0)
             flt.append(t2 - t1)

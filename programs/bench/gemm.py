@@ -1,12 +1,13 @@
 """Matrix-instruction throughput against numpy float32 matmul, measured in the same run.
 
-    python benchmarks/gemm.py [--repeats N] [--json OUT]
+    python -m programs.bench.gemm [--repeats N] [--json OUT]
 
 For each INT8 GEMM shape (M, K, N) the emulator runs one ``gemm`` instruction over scratchpad
-operands (values, skip counts, overflow handling and counters included); the baseline is
-``numpy.matmul`` of the same int8-valued matrices already held as float32. The printed ratio is
-baseline time / emulator time, i.e. the emulator's throughput as a fraction of BLAS (higher is
-better; the target for the two large shapes is >= 0.5). Medians over the repeats.
+operands (values, skip counts, overflow handling, operand conversion and counters included);
+the baseline is ``numpy.matmul`` of the same int8-valued matrices already held as float32,
+on as many BLAS threads as the emulator's thread policy gives an operation of that size
+(emulator/threads.py). The printed ratio is baseline time / emulator time, i.e. the
+emulator's throughput as a fraction of BLAS (higher is better). Medians of interleaved rounds.
 """
 
 from __future__ import annotations
@@ -61,9 +62,26 @@ def rerun(mach: Machine) -> None:
     mach.run()
 
 
+def gemm_case(shape: tuple[int, int, int], zero_fraction: float = 0.0):
+    """(machine, A as float32, B as float32, check) for random int8 operands; ``check()``
+    asserts the machine's last result is the exact product."""
+    m, k, n = shape
+    rng = np.random.default_rng(0)
+    a = rng.integers(-128, 128, size=(m, k), dtype=np.int8)
+    b = rng.integers(-128, 128, size=(k, n), dtype=np.int8)
+    if zero_fraction:
+        b[rng.random(b.shape) < zero_fraction] = 0
+    mach = gemm_machine(a, b, skip_b=zero_fraction > 0)
+
+    def check() -> None:
+        got = mach.acc[: m * n].reshape(m, n)
+        assert np.array_equal(got, a.astype(np.int64) @ b.astype(np.int64))
+
+    return mach, a.astype(np.float32), b.astype(np.float32), check
+
+
 def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
-    """Median wall time of ``repeats`` calls after ``warmup`` untimed ones (numba compile,
-    BLAS threads, page faults)."""
+    """Median wall time of ``repeats`` calls after ``warmup`` untimed ones."""
     for _ in range(warmup):
         fn()
     times = []
@@ -75,29 +93,27 @@ def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> floa
 
 
 def measure(shape: tuple[int, int, int], repeats: int, zero_fraction: float = 0.0) -> dict:
+    from emulator.threads import POLICY
+
     m, k, n = shape
-    rng = np.random.default_rng(0)
-    a = rng.integers(-128, 128, size=(m, k), dtype=np.int8)
-    b = rng.integers(-128, 128, size=(k, n), dtype=np.int8)
-    if zero_fraction:
-        b[rng.random(b.shape) < zero_fraction] = 0
-    af, bf = a.astype(np.float32), b.astype(np.float32)
-    mach = gemm_machine(a, b, skip_b=zero_fraction > 0)
-    t_emu = median_time(lambda: rerun(mach), repeats)
-    t_np = median_time(lambda: np.matmul(af, bf), repeats)
-    # the emulator's result must be the exact product (a benchmark of wrong values is useless)
-    got = mach.acc[: m * n].reshape(m, n)
-    assert np.array_equal(got, a.astype(np.int64) @ b.astype(np.int64))
+    mach, af, bf, check = gemm_case(shape, zero_fraction)
+    te, tb = [], []
+    rerun(mach)
+    for _ in range(repeats):  # interleaved rounds
+        t0 = time.perf_counter()
+        rerun(mach)
+        t1 = time.perf_counter()
+        POLICY.use(POLICY.for_work(m * k * n))
+        np.matmul(af, bf)
+        te.append(t1 - t0)
+        tb.append(time.perf_counter() - t1)
+    POLICY.restore()
+    check()
+    t_emu, t_np = statistics.median(te), statistics.median(tb)
     macs = m * k * n
-    return {
-        "shape": list(shape),
-        "zero_fraction": zero_fraction,
-        "emulator_s": t_emu,
-        "numpy_f32_s": t_np,
-        "emulator_gmacs": macs / t_emu / 1e9,
-        "numpy_gmacs": macs / t_np / 1e9,
-        "ratio": t_np / t_emu,
-    }
+    return {"shape": list(shape), "zero_fraction": zero_fraction, "emulator_s": t_emu,
+            "numpy_f32_s": t_np, "emulator_gmacs": macs / t_emu / 1e9,
+            "numpy_gmacs": macs / t_np / 1e9, "ratio": t_np / t_emu}
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -109,18 +125,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from rich.table import Table
 
     results = [measure(s, args.repeats) for s in SHAPES]
-    t = Table(title="gemm instruction vs numpy float32 matmul (same run, medians)")
+    t = Table(title="gemm instruction vs numpy float32 matmul (same run, same threads)")
     for c in ("M,K,N", "emulator ms", "numpy ms", "emulator GMAC/s", "numpy GMAC/s", "ratio"):
         t.add_column(c, justify="right")
     for r in results:
-        t.add_row(
-            "x".join(map(str, r["shape"])),
-            f"{1e3 * r['emulator_s']:.2f}",
-            f"{1e3 * r['numpy_f32_s']:.2f}",
-            f"{r['emulator_gmacs']:.1f}",
-            f"{r['numpy_gmacs']:.1f}",
-            f"{r['ratio']:.2f}",
-        )
+        t.add_row("x".join(map(str, r["shape"])), f"{1e3 * r['emulator_s']:.2f}",
+                  f"{1e3 * r['numpy_f32_s']:.2f}", f"{r['emulator_gmacs']:.1f}",
+                  f"{r['numpy_gmacs']:.1f}", f"{r['ratio']:.2f}")
     Console().print(t)
     if args.json:
         with open(args.json, "w") as f:

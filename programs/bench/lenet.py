@@ -2,8 +2,8 @@
 hardware) on synthetic MNIST-shaped data (28x28 images on the IDX grid, 10 classes):
 
 * :func:`bench_lenet_step`: one training step at batch 64 on the emulator vs the float32 numpy
-  step of the same network (``programs.host.float_ref``), in the same process (so the same BLAS
-  thread count), timed in interleaved rounds; the ratio is the median of the per-round ratios
+  step of the same network (``programs.host.float_ref``), in the same process under the same
+  thread policy, timed in interleaved rounds; the ratio is the median of the per-round ratios
   (target <= 3x);
 * :func:`bench_lenet_epoch`: one epoch of 60,000 samples in a child process: wall time and peak
   resident memory (targets <= 120 s, <= 2 GiB).
@@ -56,12 +56,14 @@ def lenet_setup(epochs: int = 1):
     return lenet_spec(epochs), lenet_hardware(Config())
 
 
-def bench_lenet_step(quick: bool) -> dict[str, Any]:
-    """Per-step wall time of LeNet training at batch 64 on the chip and in float32 numpy."""
+def lenet_step_timers(steps: int) -> tuple[Callable[[], object], Callable[[], object], int, Any]:
+    """(chip epoch, float32 epoch, steps per epoch, trainer) of LeNet at batch 64 on
+    ``steps`` batches, both warmed up once; the float32 step runs under the emulator's thread
+    policy (its products through ``emulator.threads.matmul``)."""
+    from emulator.threads import POLICY
     from programs.host.driver import ChipTrainer
     from programs.host.float_ref import FloatNet, train_step
 
-    steps = 4 if quick else 10
     spec, cfg = lenet_setup()
     b = spec.batch_size
     data = lenet_data(steps * b)
@@ -76,18 +78,27 @@ def bench_lenet_step(quick: bool) -> dict[str, Any]:
         for i in range(0, steps * b, b):
             train_step(fnet, params, x[i:i + b], y[i:i + b], spec.lr_at(0),
                        spec.update.momentum, velocity)
+        POLICY.restore()
+
+    tr.train_epoch()  # warm-up: numba, BLAS threads, page faults, first DRAM loads
+    float_epoch()
+    return tr.train_epoch, float_epoch, tr.nb_train, tr
+
+
+def bench_lenet_step(quick: bool) -> dict[str, Any]:
+    """Per-step wall time of LeNet training at batch 64 on the chip and in float32 numpy."""
+    steps = 4 if quick else 10
+    chip_epoch, float_epoch, _, tr = lenet_step_timers(steps)
 
     def per_step(epoch: Callable[[], object]) -> float:
         t0 = time.perf_counter()
         epoch()
         return (time.perf_counter() - t0) / steps
 
-    tr.train_epoch()  # warm-up: numba, BLAS threads, page faults, first DRAM loads
-    float_epoch()
-    rounds = [(per_step(tr.train_epoch), per_step(float_epoch)) for _ in range(3 if quick else 7)]
+    rounds = [(per_step(chip_epoch), per_step(float_epoch)) for _ in range(3 if quick else 7)]
     chip, flt = (statistics.median(col) for col in zip(*rounds, strict=True))
     ratios = [c / f for c, f in rounds]
-    return {"batch": b, "chip_step_s": chip, "float32_step_s": flt,
+    return {"batch": tr.spec.batch_size, "chip_step_s": chip, "float32_step_s": flt,
             "chip_step_range_s": [min(r[0] for r in rounds), max(r[0] for r in rounds)],
             "float32_step_range_s": [min(r[1] for r in rounds), max(r[1] for r in rounds)],
             "ratio": statistics.median(ratios), "ratio_range": [min(ratios), max(ratios)],

@@ -46,6 +46,19 @@ def version() -> str:
         return "0+unknown"
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: looks the version up only when asked (reading the package metadata takes
+    a tenth of a second, which every other command would pay at start-up)."""
+
+    def __init__(self, option_strings, dest, **kw) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="show the version and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        parser._print_message(f"lpemu {version()}\n", sys.stdout)
+        parser.exit()
+
+
 def _count(lo: int) -> Callable[[str], int]:
     """An argparse type: an integer >= ``lo`` (decimal, 0x hex, _ separators)."""
 
@@ -60,6 +73,19 @@ def _count(lo: int) -> Callable[[str], int]:
 
     parse.__name__ = f"integer >= {lo}"
     return parse
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds >= 0."""
+    from emulator.limits import short_repr
+
+    try:
+        v = float(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{short_repr(text)} is not a number") from None
+    if not math.isfinite(v) or v < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {short_repr(text)}")
+    return v
 
 
 # an integer as assembly writes it: decimal, 0x hex, 0o octal or 0b binary, "_" separators
@@ -263,9 +289,13 @@ def _hw_config(args):
     """The hardware config of a command: ``--config`` (or the defaults) with its ``--set``
     overrides (``hw.`` keys only: run and profile have no model)."""
     from emulator.config import load_config
+
+    cfg = load_config(args.config)
+    if not args.set:  # the overrides' module (and the sweep package) only when there are some
+        return cfg
     from programs.sweep.overrides import apply, parse_sets
 
-    cfg, _ = apply(load_config(args.config), None, parse_sets(args.set))
+    cfg, _ = apply(cfg, None, parse_sets(args.set))
     return cfg
 
 
@@ -316,9 +346,13 @@ class _Chunks:
 
 
 def _budgets(args) -> None:
-    """The budget flags within the config's limits (argparse already refused values < 1)."""
-    from emulator.limits import MAX_CYCLES, MAX_STEPS
+    """The budget flags within the config's limits (argparse already refused values < 1 and,
+    for --max-seconds, < 0)."""
+    from emulator.limits import MAX_CYCLES, MAX_SECONDS, MAX_STEPS
 
+    if args.max_seconds is not None and args.max_seconds > MAX_SECONDS:
+        raise UsageError(f"must be in [0, {MAX_SECONDS:g}], got {args.max_seconds:g}",
+                         "--max-seconds")
     for arg, v, hi in (("--max-steps", args.max_steps, MAX_STEPS),
                        ("--max-cycles", args.max_cycles, MAX_CYCLES)):
         if v is not None and not 1 <= v <= hi:
@@ -333,7 +367,8 @@ def _run_to_stop(m, args, **trace):
     from emulator.errors import BudgetExceeded
 
     try:
-        debug.run(m, max_steps=args.max_steps, max_cycles=args.max_cycles, **trace)
+        debug.run(m, max_steps=args.max_steps, max_cycles=args.max_cycles,
+                  max_seconds=args.max_seconds, **trace)
     except BudgetExceeded as e:
         return e
     return None
@@ -344,7 +379,6 @@ def _cmd_run(args) -> int:
     from emulator.errors import ExecutionError
     from emulator.files import atomic_write
     from emulator.host import read_array
-    from programs.cli.report import print_summary, run_report, stop_record
 
     _budgets(args)
     dumps = [parse_dump(s) for s in args.dump or []]
@@ -365,6 +399,8 @@ def _cmd_run(args) -> int:
         arr = read_array(m, addr, shape, dtype)
         atomic_write(file, lambda f, arr=arr: np.save(_Chunks(f), arr, allow_pickle=False))
     if args.json:  # the full report (per label, per instruction, state digest) only if asked
+        from programs.cli.report import run_report, stop_record
+
         report = run_report(m, summary)
         report["stopped"] = stop_record(stop)
         _write_text(args.json, json.dumps(report, indent=2, allow_nan=False) + "\n")
@@ -373,6 +409,8 @@ def _cmd_run(args) -> int:
     if stop is not None:
         raise stop
     if not args.quiet:
+        from programs.cli.report import print_summary
+
         print_summary(m, summary, by_instruction=args.per_instruction)
     return 0
 
@@ -575,13 +613,20 @@ def _cmd_experiment(args) -> int:
 
 
 def _cmd_bench(args) -> int:
-    from programs.bench.suite import print_suite, run_suite
+    from programs.bench.suite import PARTS, misses, print_suite, run_suite
 
-    res = run_suite(args.quick)
+    only = args.only.split(",") if args.only else None
+    for name in only or []:
+        if name not in PARTS and name != "hogs":
+            raise UsageError(f"unknown part {name!r}; choose from {', '.join(PARTS)}, hogs "
+                             "(with --hogs N)", "--only")
+    if args.hogs < 0:
+        raise UsageError("must be >= 0", "--hogs")
+    res = run_suite(args.quick, only=only, hogs=args.hogs)
     print_suite(res)
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
-    return 0
+    return 1 if args.check and misses(res) else 0
 
 
 def _cmd_sweep(args) -> int:
@@ -612,6 +657,9 @@ def _machine_args(p: argparse.ArgumentParser) -> None:
                    help="step budget, >= 1 (default: the config's budget.max_steps)")
     p.add_argument("--max-cycles", type=_count(1), default=None, metavar="N",
                    help="cycle budget, >= 1 (default: the config's budget.max_cycles)")
+    p.add_argument("--max-seconds", type=_seconds, default=None, metavar="S",
+                   help="wall-time budget in seconds, 0 for none (default: the config's "
+                   "budget.max_seconds)")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     _set_arg(p, model=False)
 
@@ -628,7 +676,7 @@ def _trace_args(p: argparse.ArgumentParser, what: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="lpemu", description="Bit-accurate emulator of a low-precision DNN "
                 "training accelerator: values, cycles and energy from one run.")
-    p.add_argument("--version", action="version", version=f"lpemu {version()}")
+    p.add_argument("--version", action=_VersionAction)
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     a = sub.add_parser("asm", help="assemble a program to a binary file")
@@ -700,9 +748,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     t.set_defaults(fn=_cmd_train)
 
-    b = sub.add_parser("bench", help="the speed suite: ratios against same-run baselines")
+    b = sub.add_parser("bench", help="the speed suite: figures against targets and same-run "
+                       "baselines, with noise estimates")
     b.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
-    b.add_argument("--json", metavar="OUT", help="write the results as JSON")
+    b.add_argument("--json", metavar="OUT", help="write every figure and sample as JSON")
+    b.add_argument("--check", action="store_true",
+                   help="exit 1 if a figure misses its target")
+    b.add_argument("--only", metavar="PARTS",
+                   help="comma-separated parts: gemm, step, firmware, epoch, scalesim, "
+                   "startup, jit_off, conv, hogs (with --hogs N)")
+    b.add_argument("--hogs", type=int, default=0, metavar="N",
+                   help="also time the training step with N CPU-bound processes running")
     b.set_defaults(fn=_cmd_bench)
 
     x = sub.add_parser("experiment", help="reproduce a paper's claim on the emulator")

@@ -402,33 +402,32 @@ class ChipTrainer:
                        ) -> EpochStats:
         """Run the current epoch's firmware to its end (after ``_begin_epoch`` or a resume),
         stopping at the batch-loop head whenever the global step count reaches a multiple of
-        ``checkpoint_every`` to call ``on_checkpoint``."""
+        ``checkpoint_every`` to call ``on_checkpoint``.
+
+        The firmware runs one batch per machine call (each stops at the loop head), so the
+        config's step, cycle and wall-time budgets bound one training step: a training run
+        is never stopped by them however long it is."""
         loop_pc = self.program.labels["train.loop"]
-        n = checkpoint_every
+        n = checkpoint_every if on_checkpoint is not None else 0
+        s0 = self.global_step()
+        resumed_at_head = self.m.pc == loop_pc
         while True:
-            if n > 0:
-                at_head = self.m.pc == loop_pc
-                s0 = self.global_step()
-                if at_head:  # stopped (or resumed) here: the next multiple of n
-                    target = (s0 // n + 1) * n
-                    arrivals = target - s0
-                else:  # the first arrival is batch 0 of this epoch, step s0
-                    target = s0 if s0 > 0 and s0 % n == 0 else (s0 // n + 1) * n
-                    arrivals = target - s0 + 1
-                self._run(break_pc=loop_pc, break_after=arrivals)
-            else:
-                self._run()
+            self._run(break_pc=loop_pc)
             if self.m.halted:
                 break
-            if on_checkpoint is not None:
-                on_checkpoint(self)
+            s = self.global_step()
+            # at the head: every multiple of n after where this call started (a run started
+            # at the top of an epoch also checkpoints its first step, unless it is step 0)
+            if n > 0 and s % n == 0 and (s > s0 if resumed_at_head else s > 0):
+                on_checkpoint(self)  # type: ignore[misc]
         self.in_epoch = False
         return self._finish_epoch()
 
     def _run(self, **kw: Any) -> None:
-        """``m.run(**kw)``; a runtime fault names the firmware label and source line."""
+        """``m.execute(**kw)`` (a run without the summary); a runtime fault names the firmware
+        label and source line."""
         try:
-            self.m.run(**kw)
+            self.m.execute(**kw)
         except ExecutionError as e:
             raise annotate(e, self.program) from None
 
@@ -535,7 +534,9 @@ class ChipTrainer:
             nb, xa, oa, y = self.nb_test, self.x_test_addr, self.logit_addr, d.y_test
         self._params(MODE_EVAL, nb, 1, 0, xa, 0, oa, 0)
         self.m.restart()
-        self._run()
+        head = self.program.labels.get("eval.loop")
+        while not self.m.halted:  # one batch per call, as in training (budgets per batch)
+            self._run(break_pc=head)
         s = np.frombuffer(self.m.read_dram(oa, nb * b * c * 2), "<i2")
         pred = s.reshape(-1, c)[: len(y)].argmax(axis=1)
         return float((pred == y).mean())

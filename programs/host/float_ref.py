@@ -8,7 +8,8 @@ chip's layouts: images NHWC ``[B, H, W, C]``, convolution weights ``[KH KW C, F]
 window in (kh, kw) scan order, as ``vmaxpool`` does. Parameters are a flat list in the
 compiler's order: per weight layer its weights, then its bias if it has one. With a validation
 split it follows the chip's protocol: validation accuracy after every epoch, test accuracy of the
-best epoch's parameters.
+best epoch's parameters. Its products run under the emulator's thread policy
+(emulator/threads.py), so speed comparisons with the chip use the same BLAS threads.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from emulator.threads import matmul
 from programs.compiler.net import Layer, Net
 from programs.compiler.spec import ModelSpec
 from programs.host.datasets import Dataset, epoch_order, input_exponent
@@ -96,7 +98,7 @@ class FloatNet:
             extra: object = None
             if layer.kind == "dense":
                 iw, ib = idx[layer.pos]
-                h = h @ params[iw]
+                h = matmul(h, params[iw])
                 if ib is not None:
                     h = h + params[ib]
                 if layer.relu:
@@ -105,7 +107,7 @@ class FloatNet:
                 iw, ib = idx[layer.pos]
                 _, oh, ow = layer.out_shape
                 cols = _windows(_pad(h, layer), layer, oh, ow).reshape(-1, layer.fan_in)
-                h = (cols @ params[iw]).reshape(h.shape[0], oh, ow, layer.units)
+                h = matmul(cols, params[iw]).reshape(h.shape[0], oh, ow, layer.units)
                 if ib is not None:
                     h = h + params[ib]
                 if layer.relu:
@@ -150,19 +152,19 @@ class FloatNet:
                 else:
                     dz = g * (out > 0) if layer.relu else g
                 if layer.kind == "dense":
-                    grads[iw] = inp.T @ dz
+                    grads[iw] = matmul(inp.T, dz)
                     if ib is not None:
                         grads[ib] = dz.sum(axis=0)
-                    g = dz @ params[iw].T if need else None
+                    g = matmul(dz, params[iw].T) if need else None
                 else:
                     dzm = dz.reshape(-1, layer.units)
-                    grads[iw] = cols.T @ dzm
+                    grads[iw] = matmul(cols.T, dzm)
                     if ib is not None:
                         grads[ib] = dzm.sum(axis=0)
                     if need:
                         _, oh, ow = layer.out_shape
                         kh, kw = layer.kernel
-                        dcols = (dzm @ params[iw].T).reshape(inp.shape[0], oh, ow, kh, kw,
+                        dcols = matmul(dzm, params[iw].T).reshape(inp.shape[0], oh, ow, kh, kw,
                                                              inp.shape[3])
                         g = _col2im(dcols, layer, inp.shape)
             elif layer.kind in ("maxpool", "avgpool"):

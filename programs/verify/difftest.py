@@ -14,10 +14,12 @@ instruction of the table has one) with edge operands (-128, -1, 0, 1, 127, accum
 shift 0 and maximum, exponents anywhere in 32 bits: requantizer shifts past every internal
 width, ``WIDE_SHIFTS``), INT16 operands at odd addresses, aliased source and destination
 ranges, bounded loops and forward branches, the compiler's lazy-update sequence (which the fast
-machine runs fused, emulator/fusion.py), and convolution/pooling instructions over random small
-image geometries (empty, odd, strided, padded, now and then invalid), over randomly drawn small
-hardware configs (array shape and dataflow, skip granularity, accumulator width and overflow
-mode, DMA overlap).
+machine runs fused, emulator/fusion.py), scalar-only loops long enough to meet a budget, and
+convolution/pooling instructions over random small image geometries (empty, odd, strided,
+padded, now and then invalid), over randomly drawn small hardware configs (array shape and
+dataflow, skip granularity, accumulator width and overflow mode, DMA overlap, step and cycle
+budgets). The fast legs run scalar, branch, exponent, DMA and vector instructions in the
+compiled interpreter (emulator/scalar.py; ``scalar_mode``), the reference by their handlers.
 """
 
 from __future__ import annotations
@@ -395,6 +397,18 @@ def _dma(op: str) -> Callable[[Gen], None]:
         sstride = nbytes + x.pick(0, 0, 2, 5)
         dram = x.rng.randrange(0, DRAM - rows * dstride - 64)
         sp = x.addr(rows * sstride + 64)
+        if x.rng.random() < 0.06:  # a fault: overlapping rows, a negative or outside operand
+            edge = x.rng.randrange(5)
+            if edge == 0:
+                dstride = sstride = max(nbytes - 1, 0)
+            elif edge == 1:
+                rows = x.pick(-1, 2**40, 2**63 - 1)
+            elif edge == 2:
+                dram = x.pick(DRAM - nbytes + 1, -1, 2**62)
+            elif edge == 3:
+                sp = x.pick(SPAD - 2, -(2**63))
+            else:
+                dstride = x.pick(-1, 2**61)
         regs = (1, 2) if op == "dmald" else (2, 1)
         x.emit(*x.li(1, sp), *x.li(2, dram), *x.li(3, rows), *x.li(4, nbytes),
                *x.li(5, dstride), *x.li(6, sstride),
@@ -412,6 +426,41 @@ def _dma_acc(op: str) -> Callable[[Gen], None]:
         x.emit(*x.li(1, racc), *x.li(2, dram), *x.li(3, rows), *x.li(4, cols), *x.li(5, stride),
                f"{op} r{regs[0]}, r{regs[1]}, r3, r4, r5")
     return g
+
+
+def g_scalar_mem(op: str) -> Callable[[Gen], None]:
+    """ldw/stw, now and then at an address outside DRAM (the fault's pc and message must be
+    the same whichever path runs it) or from a base register near the int64 limits."""
+    def g(x: Gen) -> None:
+        base = x.rng.randrange(0, DRAM - 8)
+        if x.rng.random() < 0.05:
+            base = x.pick(DRAM - 2, DRAM, -1, -(2**24), 2**62, -(2**63), 2**63 - 1)
+        imm = x.pick(0, 4, -4, 2**23 - 1, -(2**23)) if x.rng.random() < 0.05 else 4
+        x.emit(*x.li(2, base), *x.li(14, x.rng.choice(EDGE64)), f"{op} r14, r2, {imm}")
+    return g
+
+
+def g_accrd(x: Gen) -> None:
+    addr = x.rng.randrange(ACC) if x.rng.random() < 0.95 else x.pick(ACC, -1, 2**40, 2**63 - 1)
+    x.emit(*x.li(2, addr), "accrd r14, r2")
+
+
+def g_exp(x: Gen) -> None:
+    """Exponent arithmetic up to and past the 32-bit range (which faults)."""
+    v = x.rng.randrange(-30, 30)
+    if x.rng.random() < 0.2:  # at and past the edges (half of these fault)
+        v = x.pick(2**31 - 1, -(2**31), 2**31, -(2**31) - 1, 2**40)
+    imm = x.pick(-1, 0, 1, 32767, -32768)
+    x.emit(*x.li(2, v), "esetr e8, r2", f"eaddi e9, e8, {imm}", "eadd e10, e9, e8")
+
+
+def g_spin(x: Gen) -> None:
+    """A scalar-only loop long enough to meet the step or cycle budget mid-stretch, or a
+    loop whose body ends in a fall-through to a coarse instruction."""
+    lab = x.label("spin")
+    count = 40000 if x.rng.random() < 0.1 else x.pick(3, 50, 2000)
+    x.emit(*x.li(21, count), "li r22, 0", f"{lab}:", "addi r22, r22, 3", "mul r23, r22, r22",
+           "srl r24, r23, r22", "addi r21, r21, -1", f"bne r21, r0, {lab}")
 
 
 def g_loop(x: Gen) -> None:
@@ -541,15 +590,14 @@ GENERATORS: dict[str, Callable[[Gen], None]] = {
         x.label("j")),
     "flags": lambda x: x.emit("flags r14"),
     "clrflags": lambda x: x.emit("clrflags"),
-    "accrd": lambda x: x.emit(*x.li(2, x.rng.randrange(ACC)), "accrd r14, r2"),
-    "ldw": lambda x: x.emit(*x.li(2, x.rng.randrange(0, DRAM - 8)), "ldw r14, r2, 0"),
-    "stw": lambda x: x.emit(*x.li(2, x.rng.randrange(0, DRAM - 8)), *x.li(14, x.rng.choice(
-        EDGE64)), "stw r14, r2, 4"),
+    "accrd": g_accrd,
+    "ldw": g_scalar_mem("ldw"),
+    "stw": g_scalar_mem("stw"),
     "eset": lambda x: x.emit(f"eset e8, {x.rng.randrange(-40, 40)}"),
     "eadd": lambda x: x.emit("eset e9, 3", "eset e10, -5", "eadd e8, e9, e10"),
     "eaddi": lambda x: x.emit("eset e9, 3", f"eaddi e8, e9, {x.rng.randrange(-20, 20)}"),
     "emv": lambda x: x.emit("emv r14, e8"),
-    "esetr": lambda x: x.emit(*x.li(2, x.rng.randrange(-30, 30)), "esetr e8, r2"),
+    "esetr": g_exp,
     "efit": g_efit,
     "rngseed": lambda x: x.emit(*x.li(2, x.rng.choice(EDGE64)), "rngseed r2"),
     "rngctr": lambda x: x.emit(*x.li(2, x.rng.choice(EDGE64)), "rngctr r2"),
@@ -595,7 +643,8 @@ def random_config(rng: random.Random) -> dict[str, Any]:
         "dma": {"bytes_per_cycle": rng.choice([4, 16]), "latency_cycles": rng.choice([0, 5]),
                 "overlap": rng.random() < 0.3},
         "alu": {"lanes": rng.choice([4, 16]), "latency_cycles": 1},
-        "budget": {"max_steps": 20000},
+        "budget": {"max_steps": 700 if rng.random() < 0.1 else 20000,
+                   "max_cycles": rng.choice([3000, 40000]) if rng.random() < 0.1 else 10**15},
     }
 
 
@@ -621,6 +670,8 @@ def make_case(seed: int, length: int | None = None) -> Case:
             g_loop(g)
         elif pick < 0.16:
             g_update(g)
+        elif pick < 0.19:
+            g_spin(g)
         else:
             GENERATORS[rng.choice(names)](g)
     return Case(seed, random_config(rng), g.chunks, rng.randrange(2**32))
@@ -644,11 +695,22 @@ def initial_memory(m: Machine, init_seed: int) -> None:
     m.acc[:] = acc
 
 
+def scalar_mode(case: Case, datapath: str) -> str:
+    """How a leg runs scalar, branch and exponent instructions: the reference by their Python
+    handlers; the fast datapath always in the compiled interpreter (even seeds) or as users
+    run it, compiled for hot stretches (odd seeds). The JIT-off leg runs the interpreter's
+    source as Python on even seeds."""
+    if datapath == "reference":
+        return "python"
+    return "compiled" if case.seed % 2 == 0 else "auto"
+
+
 def execute(case: Case, datapath: str, chunks: list[list[str]] | None = None,
             cfg: Config | None = None) -> dict[str, Any]:
     """Run a case; the outcome is the state digest, a hash of all counters, and any fault."""
     cfg = cfg or config_from_dict(case.config)
-    m = Machine(cfg, assemble(case.source(chunks), f"diff{case.seed}.s"), datapath=datapath)
+    m = Machine(cfg, assemble(case.source(chunks), f"diff{case.seed}.s"), datapath=datapath,
+                scalar=scalar_mode(case, datapath))
     initial_memory(m, case.init_seed)
     fault = None
     try:
@@ -663,7 +725,8 @@ def trace(case: Case, datapath: str, chunks: list[list[str]] | None = None) -> l
     """Run a case one instruction at a time: per step ``[pc, state digest, counter hash,
     fault]`` (the fault, if any, ends the trace)."""
     cfg = config_from_dict(case.config)
-    m = Machine(cfg, assemble(case.source(chunks), "diff.s"), datapath=datapath)
+    m = Machine(cfg, assemble(case.source(chunks), "diff.s"), datapath=datapath,
+                scalar=scalar_mode(case, datapath))
     initial_memory(m, case.init_seed)
     out: list[list[Any]] = []
     while True:
