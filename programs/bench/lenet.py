@@ -14,7 +14,6 @@ Run alone: ``python -m programs.bench.lenet [--quick]``.
 from __future__ import annotations
 
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -107,19 +106,10 @@ def bench_lenet_step(quick: bool) -> dict[str, Any]:
 
 def lenet_epoch_child(samples: int) -> None:
     """In a child process: one LeNet epoch of ``samples`` samples; prints JSON."""
-    from programs.host.driver import ChipTrainer
+    from programs.bench.epoch import epoch_child
 
-    t0 = time.perf_counter()
-    spec, cfg = lenet_setup()
-    data = lenet_data(samples)
-    tr = ChipTrainer(spec, cfg, data)
-    t1 = time.perf_counter()
-    st = tr.train_epoch()
-    t2 = time.perf_counter()
-    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"samples": samples, "setup_s": t1 - t0, "epoch_s": t2 - t1,
-                      "peak_rss_mib": rss_kib / 1024, "train_accuracy": st.train_accuracy,
-                      "steps": tr.nb_train}))
+    epoch_child(lambda: (*lenet_setup(), lenet_data(samples)), samples,
+                lambda st, tr: {"steps": tr.nb_train})
 
 
 def bench_lenet_epoch(quick: bool) -> dict[str, Any]:

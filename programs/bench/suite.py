@@ -49,7 +49,6 @@ import json
 import math
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -406,19 +405,10 @@ def bench_big_run(quick: bool) -> Figure:
 def epoch_child(samples: int) -> None:
     """Run in a child process: one epoch of ``samples`` samples; prints JSON."""
     from emulator.config import Config
-    from programs.host.driver import ChipTrainer
+    from programs.bench.epoch import epoch_child as run
 
-    t0 = time.perf_counter()
-    spec = mlp_spec()
-    data = mnist_like(samples)
-    tr = ChipTrainer(spec, Config(), data)
-    t1 = time.perf_counter()
-    st = tr.train_epoch()
-    t2 = time.perf_counter()
-    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"samples": samples, "setup_s": t1 - t0, "epoch_s": t2 - t1,
-                      "peak_rss_mib": rss_kib / 1024, "train_accuracy": st.train_accuracy,
-                      "sparsity": st.mean_sparsity}))
+    run(lambda: (mlp_spec(), Config(), mnist_like(samples)), samples,
+        lambda st, tr: {"sparsity": st.mean_sparsity})
 
 
 def bench_epoch(quick: bool) -> list[Figure]:
