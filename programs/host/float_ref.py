@@ -184,8 +184,11 @@ class FloatNet:
 
 
 def softmax(s: np.ndarray) -> np.ndarray:
-    e = np.exp(s - s.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
+    """Row softmax. A diverged run (infinite or NaN logits) gives NaN rows, quietly: its loss
+    and accuracy say so, without numpy's overflow warnings in the experiments' output."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        e = np.exp(s - s.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
 
 
 def loss_and_grad(fnet: FloatNet, params: list[np.ndarray], x: np.ndarray, y: np.ndarray,
