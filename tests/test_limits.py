@@ -139,7 +139,9 @@ def _sigint_when(moment: str, tmp_path: Path, sig: int = signal.SIGINT,
     """Send SIGINT to ``lpemu train`` at a moment recognised from the libraries it has mapped:
     while numpy is being imported (its extension module just mapped), while numba is, or
     during the run (sklearn's dataset loading done, a little later)."""
-    (tmp_path / "m.yaml").write_text(TINY.replace("epochs: 1", "epochs: 40"))  # runs for seconds
+    # far more epochs than the signal waits for: a tiny epoch takes milliseconds once the
+    # firmware runs compiled, and the process must still be training when the signal comes
+    (tmp_path / "m.yaml").write_text(TINY.replace("epochs: 1", "epochs: 100000"))
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     p = subprocess.Popen([sys.executable, "-c", "import sys; from programs.cli import main; "
                           "sys.exit(main())", "train", str(tmp_path / "m.yaml"), "--no-float",
