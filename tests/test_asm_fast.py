@@ -7,15 +7,13 @@ it directly or by lowering FAST_MIN_LINES."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from jit_child import jit_off_outcomes
 
 import isa.asm as asm
 from isa.encoding import decode, encode
@@ -388,10 +386,4 @@ def jit_outcomes() -> list[object]:
 
 
 def test_jit_off_gives_the_same_results():
-    code = ("import json, sys; sys.path.insert(0, 'tests'); import numba, test_asm_fast; "
-            "assert numba.config.DISABLE_JIT; print(json.dumps(test_asm_fast.jit_outcomes()))")
-    env = dict(os.environ, NUMBA_DISABLE_JIT="1")
-    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert json.loads(res.stdout.strip().splitlines()[-1]) == jit_outcomes()
+    assert jit_off_outcomes("test_asm_fast") == jit_outcomes()

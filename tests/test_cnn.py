@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from jit_child import run_child
 
 from emulator.config import Config
 from emulator.counters import IDX
@@ -513,21 +511,13 @@ def test_cnn_training_step_fast_equals_reference_datapath():
 
 def test_cnn_training_same_with_numba_off():
     code = (
-        "import sys; sys.path.insert(0, 'tests')\n"
         "from test_cnn import cnn_spec, image_data\n"
         "from programs.host.driver import ChipTrainer\n"
         "from emulator.config import Config\n"
         "tr = ChipTrainer(cnn_spec(), Config(), image_data(8, (3, 10, 10), 4, seed=3))\n"
         "tr.train_epoch(); print(tr.m.digest(), int(tr.m.counts.sum()), tr.evaluate())\n"
     )
-    outs = []
-    for jit in ("0", "1"):
-        env = dict(os.environ, NUMBA_DISABLE_JIT=jit)
-        res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
-                             capture_output=True, text=True, timeout=300)
-        assert res.returncode == 0, res.stderr
-        outs.append(res.stdout.strip())
-    assert outs[0] == outs[1]
+    assert run_child(code, jit=True, timeout=300) == run_child(code, jit=False, timeout=300)
 
 
 def test_streamed_weights_and_layout_shortcut_change_cycles_not_values(monkeypatch):

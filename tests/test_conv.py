@@ -10,15 +10,12 @@ datapaths must agree bit for bit (state digest and every counter), with numba's 
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+from jit_child import jit_off_outcomes
 
 from emulator.config import config_from_dict
 from emulator.counters import IDX
@@ -475,13 +472,7 @@ def jit_outcomes() -> dict[str, str]:
 
 
 def test_jit_off_gives_the_same_state_and_counters():
-    code = ("import json, sys; sys.path.insert(0, 'tests'); import numba, test_conv; "
-            "assert numba.config.DISABLE_JIT; print(json.dumps(test_conv.jit_outcomes()))")
-    env = dict(os.environ, NUMBA_DISABLE_JIT="1")
-    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert json.loads(res.stdout.strip().splitlines()[-1]) == jit_outcomes()
+    assert jit_off_outcomes("test_conv") == jit_outcomes()
 
 
 # ------------------------------------------------------------------------------ faults

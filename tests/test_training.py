@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from jit_child import run_child
 
 from emulator.config import Config
 from emulator.counters import IDX
@@ -178,14 +178,7 @@ def test_training_same_with_numba_off(tmp_path, digits_data):
         "    tr = ChipTrainer(with_overrides(ModelSpec(), epochs=1, **over), Config(), d)\n"
         "    tr.train_epoch(); print(tr.m.digest(), int(tr.m.counts.sum()))\n"
     )
-    outs = []
-    for jit in ("0", "1"):
-        env = dict(os.environ, NUMBA_DISABLE_JIT=jit)
-        res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
-                             capture_output=True, text=True, timeout=300)
-        assert res.returncode == 0, res.stderr
-        outs.append(res.stdout.strip())
-    assert outs[0] == outs[1]
+    assert run_child(code, jit=True, timeout=300) == run_child(code, jit=False, timeout=300)
 
 
 def test_training_is_reproducible(digits_data):
