@@ -44,6 +44,8 @@ COUNTER_DOCS: dict[str, str] = {
                     "savings; DMA stalls excluded)",
 }
 COUNTERS: tuple[str, ...] = tuple(COUNTER_DOCS)
+# the counters a count-only run (emulator/countonly.py) cannot produce: they count value events
+UNCOUNTED = ("acc_overflows", "saturations")
 N_COUNTERS = len(COUNTERS)
 IDX: dict[str, int] = {n: i for i, n in enumerate(COUNTERS)}
 

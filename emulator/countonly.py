@@ -38,8 +38,8 @@ counter, a fault or the control flow would depend on unknown state:
 Everything else is counted exactly: cycles, instructions, MACs, skipped MACs, byte-passes,
 every traffic counter, ALU passes, requantized elements, RNG draws, DMA stalls, array cycles,
 energy. ``acc_overflows`` and ``saturations`` count value events and are **not** produced
-(:data:`UNCOUNTED`). The rule is dynamic (it follows the path actually taken) and conservative
-(any unknown input makes a result unknown, even ``xor r1, r1, r1``).
+(:data:`emulator.counters.UNCOUNTED`). The rule is dynamic (it follows the path actually
+taken) and conservative (any unknown input makes a result unknown, even ``xor r1, r1, r1``).
 """
 
 from __future__ import annotations
@@ -51,14 +51,13 @@ import numpy as np
 
 from emulator import kernels
 from emulator.config import Config
+from emulator.counters import UNCOUNTED  # noqa: F401 - re-exported
 from emulator.errors import CountOnlyError
 from emulator.machine import Machine
 from emulator.semantics import ELEM_BYTES, EXP_MAX, EXP_MIN, Handler
 from isa.asm import format_instruction
 from isa.encoding import Program
 from isa.spec import Instr
-
-UNCOUNTED = ("acc_overflows", "saturations")
 
 
 def _none(*_a: object, **_k: object) -> int:

@@ -25,6 +25,7 @@ from emulator import (
     simd,
     vnni,
 )
+from emulator.decoding import ALU_CODES
 from emulator.geometry import CONV_FWD, CONV_WGRAD, padded, window_view
 from emulator.reference import (
     EXP_LUT,
@@ -42,13 +43,16 @@ from emulator.reference import (
     type_range,
     uses_rng,
 )
-from emulator.rng import mix
 from emulator.threads import POLICY
 from isa.conventions import (
     BIAS_SHIFT_FOLD,
     EXP_E_FOLD,
     LAZY_SHIFT_FOLD,
     NORM_F_FOLD,
+    RNG_GAMMA,
+    RNG_MIX1,
+    RNG_MIX2,
+    RNG_SHIFTS,
     RQ_SHIFT_FOLD,
     RSQRT_K_FOLD,
 )
@@ -228,6 +232,19 @@ def fit_acc(values: np.ndarray, bits: int, wrap: bool) -> tuple[np.ndarray, int]
 
 _U0, _U1 = np.uint64(0), np.uint64(1)
 _U63, _U64MAX = np.uint64(63), np.uint64((1 << 64) - 1)
+
+# the dither RNG (emulator/rng.py: draw_ref is the definition) as compiled code
+_G, _M1, _M2 = np.uint64(RNG_GAMMA), np.uint64(RNG_MIX1), np.uint64(RNG_MIX2)
+_S1, _S2, _S3 = (np.uint64(s) for s in RNG_SHIFTS)
+
+
+@njit(cache=True, inline="always")
+def mix(seed: np.uint64, n: np.uint64) -> np.uint64:  # pragma: no cover - compiled
+    """Draw ``n`` of the stream seeded with ``seed`` (uint64 arithmetic wraps)."""
+    x = seed + (n + _U1) * _G
+    x = (x ^ (x >> _S1)) * _M1
+    x = (x ^ (x >> _S2)) * _M2
+    return x ^ (x >> _S3)
 
 
 @njit(inline="always")
@@ -618,8 +635,6 @@ update16 = simd.update16
 # ---------------------------------------------------------------------------- in-place forms
 # Fused kernels writing straight into scratchpad views. Where an output may overlap an input
 # other than element for element, the inputs are read completely before anything is written.
-ALU_CODES = {"vadd": 0, "vsub": 1, "vmul": 2, "vmin": 3, "vmax": 4, "vcmpgt": 5, "vsra": 6,
-             "vsll": 7, "vrelu": 8, "vrelumask": 9}
 
 
 @njit(cache=True)

@@ -3,12 +3,13 @@
 :class:`Machine` extends :class:`emulator.state.State` (memories, registers, counters) with a
 decoded program and :meth:`Machine.run`.
 
-Decoding is vectorized and compact: an int64 ``[n, 4]`` array (kind and scalar operands, see
-:mod:`emulator.scalar`) plus one list slot per pc, 40 bytes per instruction; a coarse
+Decoding is vectorized and compact: an int64 ``[n, 5]`` array (kind and operands, see
+:mod:`emulator.decoding`) plus one list slot per pc, 48 bytes per instruction; a coarse
 instruction's operand dict and handler are built the first time it executes (a bounded cache).
 Stretches of scalar, branch and exponent instructions run in the compiled interpreter
-(:func:`emulator.scalar.run_scalar`); coarse instructions are dispatched to their handlers in
-:mod:`emulator.semantics` (or a fused handler, :mod:`emulator.fusion`).
+(:func:`emulator.scalar.run_scalar`) once it is loaded (:mod:`emulator.tiering`: Python
+handlers first, so a short run never loads numba); coarse instructions are dispatched to their
+handlers in :mod:`emulator.semantics` (or a fused handler, :mod:`emulator.fusion`).
 """
 
 from __future__ import annotations
@@ -17,14 +18,12 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import numba
 import numpy as np
 
-from emulator import fusion, scalar, vecops
+from emulator import decoding, fusion, tiering
 from emulator.config import Config
 from emulator.counters import CYCLES, DMA_STALL_CYCLES, INSTRUCTIONS, N_COUNTERS, Summary
 from emulator.errors import BudgetExceeded, ExecutionError
-from emulator.jit import compile_seconds
 from emulator.semantics import SEMANTICS, SPECIALIZE, interp_cost
 from emulator.state import (  # noqa: F401 - re-exported: part of this module's API
     DATAPATHS,
@@ -42,7 +41,9 @@ from isa.spec import BY_MNEMONIC, OPCODE_LO
 
 SCALAR_MODES = ("auto", "compiled", "python")
 # "auto" starts the compiled interpreter at scalar runs at least this long, or ending in a
-# branch, jump or halt (entering it costs about as much as 2-3 instructions in Python)
+# branch, jump or halt (entering it costs about as much as 2-3 instructions in Python), once it
+# is loaded (emulator/tiering.py: after TIER_STEPS instructions, or at once if numba's kernels
+# are already loaded)
 HOT_RUN = 2
 SLOT_CAP = 1 << 16  # decoded handlers kept at once (programs of many distinct instructions)
 # the interpreter works in int64: runs whose budgets or costs could leave it use Python
@@ -85,7 +86,9 @@ class Machine(State):
     runs on the fast datapath execute hot instruction sequences fused (emulator/fusion.py);
     ``scalar`` picks how scalar, branch and exponent instructions run: ``"compiled"`` always
     in the compiled interpreter, ``"python"`` always by their handlers, ``"auto"`` (default)
-    compiled for runs of at least ``HOT_RUN`` instructions or loops when numba's JIT is on.
+    by their handlers for the first ``tiering.TIER_STEPS`` instructions (unless numba's
+    kernels are loaded already), then compiled for runs of at least ``HOT_RUN`` instructions
+    or loops, when numba's JIT is on.
     Values, flags, faults and every counter are the same whatever the choices."""
 
     def __init__(self, cfg: Config, program: Program, datapath: str = "fast",
@@ -118,12 +121,20 @@ class Machine(State):
         if self._fuse:
             for pc in vec[self.prog[vec, 0] == _K_RQM].tolist():
                 if pc + 2 < n and fusion.match_update(self.decoded, pc):
-                    self.prog[pc, 3] |= vecops.FUSABLE
+                    self.prog[pc, 3] |= decoding.FUSABLE
         self._kcost = _scalar_costs(cfg)
         self._kmax = int(self._kcost.max())
-        use = scalar == "compiled" or (scalar == "auto" and not numba.config.DISABLE_JIT)
-        self._hot = _hot_marks(self.prog, 1 if scalar == "compiled" else HOT_RUN) if use \
-            else None
+        # the compiled interpreter (emulator/scalar.py) once loaded, and its start marks; until
+        # then _tier_at is the step count at which to load it (None: never)
+        self._interp: Any = None
+        self._hot: np.ndarray | None = None
+        self._min_run = 1 if scalar == "compiled" else HOT_RUN
+        self._tier_at: int | None = None
+        if scalar == "compiled" or (scalar == "auto" and tiering.kernels_loaded()
+                                    and not tiering.jit_disabled()):
+            self._tier_up()
+        elif scalar == "auto" and not tiering.jit_disabled():
+            self._tier_at = tiering.TIER_STEPS
         # per pc, the run loop's entry: (handler, operands), shared by every pc holding the
         # same word, or _HOT; plain runs use the list _slots (fused handlers, the interpreter),
         # traced or overlapped runs and the interpreter's fallbacks the dict _plain
@@ -162,6 +173,7 @@ class Machine(State):
     def _by_handlers(self) -> None:
         """Assigned handler lists replace the decoding and the compiled interpreter."""
         self._hot = None
+        self._tier_at = None
         self._slots = self._fresh_slots()
         self._plain = {}
         self._by_word.clear()
@@ -212,6 +224,16 @@ class Machine(State):
         else:
             self._plain[pc] = slot
         return slot
+
+    def _tier_up(self) -> None:
+        """Load the compiled interpreter and mark where it starts (between two instructions:
+        nothing else changes)."""
+        from emulator import scalar
+
+        self._interp = scalar
+        self._hot = _hot_marks(self.prog, self._min_run)
+        self._tier_at = None
+        self._slots = self._fresh_slots()
 
     def _fresh_slots(self) -> list[Any]:
         """The plain runs' slot list before anything ran: _HOT where the interpreter starts."""
@@ -306,7 +328,7 @@ class Machine(State):
         args = (step_limit, cycle_limit, max_steps, max_cycles, watch, break_pc, break_after)
         loop = self._loop if self.tracer is None and not self.overlap else self._loop_observed
         try:
-            if numba.config.DISABLE_JIT:  # the interpreter's numpy int64 scalars wrap, warning
+            if tiering.jit_disabled():  # the interpreter's numpy int64 scalars wrap, warning
                 with np.errstate(over="ignore"):
                     loop(*args)
             else:
@@ -317,22 +339,29 @@ class Machine(State):
     def _loop(self, step_limit: int, cycle_limit: int, max_steps: int, max_cycles: int,
               watch: _Watch, break_pc: int | None, break_after: int) -> None:
         """The run loop of plain runs: the compiled interpreter, fused handlers."""
-        soft = watch.first_limit(self.steps, step_limit)
+        wsoft = watch.first_limit(self.steps, step_limit)
+        soft = wsoft if self._tier_at is None else min(wsoft, self._tier_at)
         n = len(self.program.words)
         cmv = self._cmv
         hits = 0
         slots = self._slots
         self.limits = (step_limit, cycle_limit, break_pc)
-        compiled = (self._hot is not None and step_limit < _I64_SAFE
-                    and cycle_limit < _I64_SAFE and self._kmax < _I64_SAFE >> 20)
+        small = step_limit < _I64_SAFE and cycle_limit < _I64_SAFE and self._kmax < _I64_SAFE >> 20
+        compiled, run_scalar = self._compiled_entry(small)
         views = self._views
         rv, ev, gv = views[3], views[4], views[5]
         bp = -1 if break_pc is None else break_pc
-        run_scalar = scalar.run_scalar_ints if numba.config.DISABLE_JIT else scalar.run_scalar
         while not self.halted:
             pc = self.pc
             if not 0 <= pc < n or self.steps >= soft or self.cycles >= cycle_limit:
-                soft = self._stop(pc, n, step_limit, cycle_limit, max_steps, max_cycles, watch)
+                if self._tier_at is not None and self.steps >= self._tier_at:
+                    self._tier_up()  # long enough: continue in the compiled interpreter
+                    slots = self._slots
+                    compiled, run_scalar = self._compiled_entry(small)
+                else:
+                    wsoft = self._stop(pc, n, step_limit, cycle_limit, max_steps, max_cycles,
+                                       watch)
+                soft = wsoft if self._tier_at is None else min(wsoft, self._tier_at)
                 continue
             slot = slots[pc]
             if slot is None:
@@ -345,15 +374,15 @@ class Machine(State):
                         self._counts,
                         self.dram, self.spad, self.acc, pc, self.steps, self.cycles,
                         self.flags, soft, cycle_limit, bp)
-                    if st == scalar.ST_HALT:
+                    if st == _ST_HALT:
                         self.halted = True
                         break
-                    if st == scalar.ST_BREAK:
+                    if st == _ST_BREAK:
                         hits += 1
                         if hits >= break_after:
                             break
                         continue
-                    if st != scalar.ST_PY:
+                    if st != _ST_PY:
                         continue
                     pc = self.pc  # an instruction its handler executes (or faults on)
                     handler, ops = self._plain.get(pc) or self._slot(pc, False)
@@ -380,6 +409,13 @@ class Machine(State):
                 hits += 1
                 if hits >= break_after:
                     break
+
+    def _compiled_entry(self, small: bool) -> tuple[bool, Any]:
+        """(whether the run loop enters the compiled interpreter, its entry point)."""
+        interp = self._interp
+        if interp is None or self._hot is None or not small:
+            return False, None
+        return True, interp.run_scalar_ints if tiering.jit_disabled() else interp.run_scalar
 
     def _loop_observed(self, step_limit: int, cycle_limit: int, max_steps: int,
                        max_cycles: int, watch: _Watch, break_pc: int | None,
@@ -454,7 +490,7 @@ class _Watch:
         self.window = 16
         self.last = time.perf_counter()
         self.start = self.last
-        self.compiled = compile_seconds()
+        self.compiled = tiering.compile_seconds()
         self.limited = seconds > 0
 
     def first_limit(self, steps: int, step_limit: int) -> int:
@@ -463,7 +499,7 @@ class _Watch:
     def expired(self) -> bool:
         if not self.limited:
             return False
-        used = time.perf_counter() - self.start - (compile_seconds() - self.compiled)
+        used = time.perf_counter() - self.start - (tiering.compile_seconds() - self.compiled)
         return used >= self.seconds
 
     def next_limit(self, steps: int, step_limit: int) -> int:
@@ -474,7 +510,8 @@ class _Watch:
         return min(step_limit, steps + self.window)
 
 
-_K_VEC0, _K_RQM = scalar.K_VEC0, scalar.K_RQM
-_decode = scalar.decode_program
-_scalar_costs = scalar.kind_costs
-_hot_marks = scalar.hot_marks
+_K_VEC0, _K_RQM = decoding.K_VEC0, decoding.K_RQM
+_ST_PY, _ST_BREAK, _ST_HALT = decoding.ST_PY, decoding.ST_BREAK, decoding.ST_HALT
+_decode = decoding.decode_program
+_scalar_costs = decoding.kind_costs
+_hot_marks = decoding.hot_marks

@@ -18,9 +18,7 @@ renders them); known-answer vectors are in ``tests/test_rng.py``.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
-from emulator import jit  # noqa: F401 - numba's numpy support without scipy
 from isa.conventions import RNG_GAMMA as GAMMA
 from isa.conventions import RNG_MIX1 as MIX1
 from isa.conventions import RNG_MIX2 as MIX2
@@ -38,32 +36,12 @@ def draw_ref(seed: int, n: int) -> int:
     return x ^ (x >> _SH3)
 
 
-_G = np.uint64(GAMMA)
-_M1 = np.uint64(MIX1)
-_M2 = np.uint64(MIX2)
-_S30 = np.uint64(_SH1)
-_S27 = np.uint64(_SH2)
-_S31 = np.uint64(_SH3)
-_ONE = np.uint64(1)
-
-
-@njit(cache=True, inline="always")
-def mix(seed: np.uint64, n: np.uint64) -> np.uint64:  # pragma: no cover - compiled
-    x = seed + (n + _ONE) * _G
-    x = (x ^ (x >> _S30)) * _M1
-    x = (x ^ (x >> _S27)) * _M2
-    return x ^ (x >> _S31)
-
-
-@njit(cache=True)
-def _draws(seed: np.uint64, counter: np.uint64, out: np.ndarray) -> None:  # pragma: no cover
-    for i in range(out.shape[0]):
-        out[i] = mix(seed, counter + np.uint64(i))
-
-
 def draws(seed: int, counter: int, n: int) -> np.ndarray:
-    """``n`` consecutive draws starting at position ``counter``, as a uint64 array."""
-    out = np.empty(n, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        _draws(np.uint64(seed & MASK64), np.uint64(counter & MASK64), out)
-    return out
+    """``n`` consecutive draws starting at position ``counter``, as a uint64 array (numpy's
+    uint64 array arithmetic wraps modulo 2**64, as the formula does). The datapath's compiled
+    kernels draw with :func:`emulator.kernels.mix`, the same formula."""
+    x = np.arange(n, dtype=np.uint64) + np.uint64(counter & MASK64)
+    x = np.uint64(seed & MASK64) + (x + np.uint64(1)) * np.uint64(GAMMA)
+    x = (x ^ (x >> np.uint64(_SH1))) * np.uint64(MIX1)
+    x = (x ^ (x >> np.uint64(_SH2))) * np.uint64(MIX2)
+    return x ^ (x >> np.uint64(_SH3))

@@ -1018,7 +1018,7 @@ def interp_cost(m: State, mnemonic: str, o: dict[str, int]) -> tuple[int, dict[i
     """(size key, static cost) of the vector-class instruction that just ran with operands
     ``o``: exactly what its handler charges before its data-dependent counts, for the
     compiled interpreter to charge while the size stays the same (emulator/vecops.py)."""
-    from emulator.vecops import ALU_OPS, size_key
+    from emulator.decoding import ALU_OPS, size_key
 
     r = m.r
     elem = ELEM_BYTES.get(o.get("dt", 0), 1)

@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import hashlib
 from array import array
-from types import ModuleType
 
 import numpy as np
 
-from emulator import kernels, limits, reference
+from emulator import limits, reference, tiering
 from emulator.config import Config
 from emulator.counters import CYCLES, DMA_STALL_CYCLES, N_COUNTERS, Summary, summarize
 from emulator.errors import ConfigError, ExecutionError, MemoryAccessError
@@ -35,7 +34,7 @@ from isa.conventions import (  # noqa: F401 - re-exported: the sticky flag bits
 
 MASK64 = (1 << 64) - 1
 
-DATAPATHS: dict[str, ModuleType] = {"fast": kernels, "reference": reference}
+DATAPATHS = ("fast", "reference")
 _I8, _I16 = np.dtype(np.int8), np.dtype("<i2")
 
 
@@ -110,7 +109,9 @@ class State:
         # host memory beyond the state that one instruction may still use (checked first)
         self.work_bytes = check_memory(cfg, n_instructions)
         self.cfg = cfg
-        self.dp = DATAPATHS[datapath]
+        # the kernels (or, until they are loaded, small operations on the reference datapath:
+        # emulator/tiering.py)
+        self.dp = reference if datapath == "reference" else tiering.fast_datapath(self)
         self.dram = np.zeros(cfg.memory.dram_bytes, dtype=np.uint8)
         self.spad = np.zeros(cfg.memory.scratchpad_bytes, dtype=np.uint8)
         self.acc = np.zeros(cfg.accumulator.entries, dtype=np.int32)

@@ -32,6 +32,29 @@ from emulator.counters import (
     RNG_DRAWS,
     SATURATIONS,
 )
+from emulator.decoding import (  # noqa: F401 - the packing and operation codes (re-exported)
+    ALU_OPS,
+    FUSABLE,
+    MNEMONICS,
+    OPCLASS,
+    PACK,
+    V_ALU,
+    V_DMALDACC,
+    V_DMASTACC,
+    V_EFIT,
+    V_RQ,
+    V_RQM,
+    V_VCVT,
+    V_VEXP,
+    V_VLAZY,
+    V_VNORMROW,
+    V_VRMAX,
+    V_VRSUM,
+    V_VSEL,
+    V_VSUBROW,
+    V_VTOACC,
+    size_key,
+)
 from emulator.kernels import (
     _EXP_LUT,
     _alu_kernel,
@@ -47,52 +70,6 @@ from isa.conventions import EXP_E_FOLD, LAZY_SHIFT_FOLD, NORM_F_FOLD, RQ_SHIFT_F
 OK, PY = 0, 1
 assert CYCLES == 1  # ccost rows: [key, counters...], so cycles are column 2
 FLAG_ACC, FLAG_RQ, FLAG_ALU = 1, 2, 4
-
-# field packing per mnemonic: (scalar registers, exponent registers, enums and flags)
-_V3 = (("rd", "ra", "rb", "rn"), (), ("dt",))
-_SH = (("rd", "ra", "rs", "rn"), (), ("dt",))
-_UN = (("rd", "ra", "rn"), (), ("dt",))
-PACK: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
-    "rq": (("rd", "racc", "rn"), ("eout", "ein"), ("rnd", "dt", "relu")),
-    "rqm": (("rd", "racc", "rn", "rmul"), ("eout", "ein"), ("rnd", "dt", "relu")),
-    "vcvt": (("rd", "ra", "rn"), ("eout", "ein"), ("rnd", "sdt", "ddt", "relu")),
-    "efit": (("racc", "rn"), ("ed", "ein"), ("dt",)),
-    "vadd": _V3, "vsub": _V3, "vmul": _V3, "vmin": _V3, "vmax": _V3, "vcmpgt": _V3,
-    "vsra": _SH, "vsll": _SH, "vrelu": _UN, "vrelumask": _UN,
-    "vsel": (("rd", "rm", "ra", "rb", "rn"), (), ("dt",)),
-    "vrmax": (("rd", "ra", "rrows", "rcols"), (), ("dt",)),
-    "vrsum": (("racc", "ra", "rrows", "rcols"), (), ("dt",)),
-    "vtoacc": (("racc", "ra", "rn"), (), ("dt", "acc")),
-    "vsubrow": (("rd", "ra", "rb", "rrows", "rcols"), (), ("dt",)),
-    "vexp": (("rd", "ra", "rn"), ("ea",), ()),
-    "vnormrow": (("rd", "ra", "racc", "rrows", "rcols"), ("eout",), ("dt",)),
-    "vlazy": (("rt", "ra", "rn"), ("et", "ea"), ()),
-    "dmaldacc": (("racc", "rdram", "rrows", "rcols", "rdstride"), (), ()),
-    "dmastacc": (("rdram", "racc", "rrows", "rcols", "rdstride"), (), ()),
-}
-MNEMONICS = tuple(PACK)
-ALU_OPS = ("vadd", "vsub", "vmul", "vmin", "vmax", "vcmpgt", "vsra", "vsll", "vrelu",
-           "vrelumask")
-FUSABLE = 1 << 40  # in column c of an rqm that starts the compiler's lazy-update sequence
-
-# the operation code of each mnemonic inside exec_vector (ALU ops use kernels.ALU_CODES)
-(V_RQ, V_RQM, V_VCVT, V_EFIT, V_ALU, V_VSEL, V_VRMAX, V_VRSUM, V_VTOACC, V_VSUBROW, V_VEXP,
- V_VNORMROW, V_VLAZY, V_DMALDACC, V_DMASTACC) = range(15)
-OPCLASS = {"rq": V_RQ, "rqm": V_RQM, "vcvt": V_VCVT, "efit": V_EFIT, "vsel": V_VSEL,
-           "vrmax": V_VRMAX, "vrsum": V_VRSUM, "vtoacc": V_VTOACC, "vsubrow": V_VSUBROW,
-           "vexp": V_VEXP, "vnormrow": V_VNORMROW, "vlazy": V_VLAZY, "dmaldacc": V_DMALDACC,
-           "dmastacc": V_DMASTACC, **{op: V_ALU for op in ALU_OPS}}
-
-
-def size_key(n: int, rows: int = -1) -> int:
-    """The ``ccost`` key of a size: ``n``, or rows and columns (``rows`` >= 0). -1 (never
-    stored) when it does not fit the packing."""
-    if rows < 0:
-        return n if 0 <= n < 1 << 62 else -1
-    if 0 <= rows < 1 << 31 and 0 <= n < 1 << 31:
-        return (rows << 31) | n
-    return -1
-
 
 # ---------------------------------------------------------------------------- helpers
 @njit(cache=True, inline="always")

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from emulator import scalar, vecops
+from emulator import decoding, scalar
 from emulator.config import config_from_dict
 from emulator.errors import BudgetExceeded, LpemuError
 from emulator.machine import Machine
@@ -217,11 +217,11 @@ def test_hot_marks():
     coarse = "gemm r0, r0, r0, r0, r0, r0"
     src = (f"li r1, 1\nli r2, 2\nli r3, 3\nli r4, 4\n{coarse}\nli r5, 5\n"
            f"{coarse}\nli r6, 6\nbne r6, r0, 9\nhalt\n")
-    prog = scalar.decode_program(assemble(src, "h.s").words)
-    hot = scalar.hot_marks(prog, 4).tolist()
+    prog = decoding.decode_program(assemble(src, "h.s").words)
+    hot = decoding.hot_marks(prog, 4).tolist()
     # a 4-long run, its tail (shorter), a coarse pc, a lone li, a run ending in a branch
     assert hot == [True, False, False, False, False, False, False, True, True, True]
-    assert scalar.hot_marks(prog, 1).tolist() == [k != 0 for k in prog[:, 0].tolist()]
+    assert decoding.hot_marks(prog, 1).tolist() == [k != 0 for k in prog[:, 0].tolist()]
 
 
 def test_decode_program_matches_decode_for_every_instruction():
@@ -238,22 +238,22 @@ def test_decode_program_matches_decode_for_every_instruction():
                 else:
                     ops[f.name] = int(rng.integers(0, 1 << f.width))
             words.append(encode(ins, ops))
-    prog = scalar.decode_program(words)
+    prog = decoding.decode_program(words)
     for w, row in zip(words, prog.tolist(), strict=True):
         ins, ops = decode(w)
         assert row[4] == 0  # the cost-row column, the machine's to fill
-        if ins.mnemonic in vecops.PACK:
-            regs, eregs, opts = vecops.PACK[ins.mnemonic]
+        if ins.mnemonic in decoding.PACK:
+            regs, eregs, opts = decoding.PACK[ins.mnemonic]
             # the packing names every field of the instruction exactly once
             assert sorted(regs + eregs + opts) == sorted(f.name for f in ins.fields)
-            assert row[:4] == [scalar.KIND[ins.mnemonic],
+            assert row[:4] == [decoding.KIND[ins.mnemonic],
                                sum(ops[f] << (5 * i) for i, f in enumerate(regs)),
                                sum(ops[f] << (4 * i) for i, f in enumerate(eregs)),
                                sum(ops[f] << (4 * i) for i, f in enumerate(opts))]
-        elif ins.mnemonic in scalar.FIELDS:
-            cols = scalar.FIELDS[ins.mnemonic]
-            assert row[0] == scalar.KIND[ins.mnemonic]
-            packed = sum(ops[reg] << (5 * i) for i, reg in enumerate(scalar.DMA_REGS)) \
+        elif ins.mnemonic in decoding.FIELDS:
+            cols = decoding.FIELDS[ins.mnemonic]
+            assert row[0] == decoding.KIND[ins.mnemonic]
+            packed = sum(ops[reg] << (5 * i) for i, reg in enumerate(decoding.DMA_REGS)) \
                 if "*" in cols else None
             assert row[1:4] == [packed if c == "*" else ops[c] if c else 0 for c in cols]
         else:
@@ -261,7 +261,7 @@ def test_decode_program_matches_decode_for_every_instruction():
     for bad in (words[:3] + [0xFF << 56], words[:1] + [(BY_MNEMONIC["li"].opcode << 56)
                                                        | (1 << 50)]):
         with pytest.raises(ValueError) as a:
-            scalar.decode_program(bad)
+            decoding.decode_program(bad)
         with pytest.raises(ValueError) as b:
             decode(bad[-1])
         assert str(a.value) == str(b.value)
@@ -381,7 +381,7 @@ def test_dma_in_the_interpreter(op, rows, nbytes, dstride, sstride, dram, sp):
 def test_wall_time_budget_leaves_out_compile_time(monkeypatch):
     """Time numba spends compiling (a first run after an install) is not charged to the
     wall-time budget: here every clock check finds 0.1 s more compiling than before."""
-    import emulator.machine as mach
+    from emulator import tiering
 
     spent = [0.0]
 
@@ -389,7 +389,7 @@ def test_wall_time_budget_leaves_out_compile_time(monkeypatch):
         spent[0] += 0.1
         return spent[0]
 
-    monkeypatch.setattr(mach, "compile_seconds", compiling)
+    monkeypatch.setattr(tiering, "compile_seconds", compiling)
     m = machine("li r1, 0\nli r2, 100000\ntop: addi r1, r1, 1\nblt r1, r2, top\nhalt\n",
                 "python")
     m.run(max_seconds=0.05)  # runs far longer than 0.05 s of counted time would allow

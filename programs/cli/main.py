@@ -434,7 +434,7 @@ def _cmd_profile(args) -> int:
     rows = profile.by_instruction(m) if args.by == "instruction" else profile.by_label(m)
     tot = profile.total(m)
     if getattr(m, "count_only", False):  # value events are not counted in count-only mode
-        from emulator.countonly import UNCOUNTED
+        from emulator.counters import UNCOUNTED
 
         for r in [*rows, tot]:
             r.update({k: None for k in UNCOUNTED})

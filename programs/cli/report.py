@@ -32,7 +32,7 @@ def run_report(m: Machine, summary: Summary) -> dict[str, Any]:
     d["config"] = m.cfg.to_dict()
     d["registers"] = registers(m)
     if getattr(m, "count_only", False):  # values were not computed: no digest, no value events
-        from emulator.countonly import UNCOUNTED
+        from emulator.counters import UNCOUNTED
 
         d.update({k: None for k in UNCOUNTED})
         d["count_only"], d["state_digest"] = True, None
@@ -62,7 +62,7 @@ def print_summary(m: Machine, summary: Summary, by_instruction: bool = False) ->
     t.add_column("counter")
     t.add_column("total", justify="right")
     t.add_column("meaning", style="dim")
-    from emulator.countonly import UNCOUNTED
+    from emulator.counters import UNCOUNTED
 
     uncounted = UNCOUNTED if getattr(m, "count_only", False) else ()
     for name in COUNTERS:

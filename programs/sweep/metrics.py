@@ -6,8 +6,7 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
-from emulator.counters import COUNTERS, DERIVED_DOCS, ENERGY_COMPONENTS
-from emulator.countonly import UNCOUNTED
+from emulator.counters import COUNTERS, DERIVED_DOCS, ENERGY_COMPONENTS, UNCOUNTED
 from emulator.errors import ConfigError
 
 ENERGY_METRICS = ("energy_pj",) + tuple(f"energy_{c}_pj" for c in ENERGY_COMPONENTS)

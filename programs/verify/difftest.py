@@ -20,6 +20,9 @@ padded, now and then invalid), over randomly drawn small hardware configs (array
 dataflow, skip granularity, accumulator width and overflow mode, DMA overlap, step and cycle
 budgets). The fast legs run scalar, branch, exponent, DMA and vector instructions in the
 compiled interpreter (emulator/scalar.py; ``scalar_mode``), the reference by their handlers.
+The kernels are loaded at import, so the fast legs run every operation on them, however small
+(a process that has not loaded them runs small operations on the reference datapath:
+emulator/tiering.py).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from emulator import kernels  # noqa: F401 - the fast legs test the kernels, not the cold tier
 from emulator.config import Config, config_from_dict
 from emulator.errors import BudgetExceeded
 from emulator.machine import Machine
