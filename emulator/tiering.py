@@ -9,8 +9,11 @@ import are loaded on demand), and a machine decides when to load them:
   whose array arguments hold at most :data:`SMALL_ELEMENTS` elements in all runs on the
   reference datapath (:mod:`emulator.reference`, which gives the same values, counts, flags
   and faults: ``tests/test_differential.py``, ``python -m programs.verify.difftest``); the
-  first larger one loads :mod:`emulator.kernels`, and from then on the state calls the kernels
-  directly. Once the kernels are loaded in a process, every new state uses them at once.
+  first larger one, or any once the process has spent :data:`COLD_SECONDS` in such reference
+  calls (some of them loop in Python), loads :mod:`emulator.kernels`, and from then on the
+  state calls the kernels directly. Once the kernels are loaded in a process, every new state
+  uses them at once. Which path runs an operation never changes its bits, so a choice that
+  depends on time keeps every run reproducible.
 * **The scalar interpreter.** ``Machine(scalar="auto")`` runs scalar, branch and exponent
   instructions by their Python handlers until it has executed :data:`TIER_STEPS` instructions,
   then loads the compiled interpreter (:mod:`emulator.scalar`) and continues there; if the
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from types import ModuleType
 from typing import Any
 
@@ -37,6 +41,10 @@ SMALL_ELEMENTS = 4096
 # instructions run by the Python handlers before "auto" loads the compiled interpreter
 # (about 0.05-0.1 s of Python, a fraction of what loading numba costs)
 TIER_STEPS = 50_000
+# seconds of reference-datapath calls a process spends in the cold tier before loading the
+# kernels anyway (a loop of small pooling instructions would otherwise run 50,000 of them)
+COLD_SECONDS = 0.1
+_cold_spent = 0.0
 
 
 def kernels_loaded() -> bool:
@@ -89,8 +97,9 @@ def _elements(args: tuple, kwargs: dict) -> int:
 class ColdDatapath:
     """The fast datapath before the kernels are loaded: each operation (the interface of
     :mod:`emulator.kernels`) runs on the reference datapath while its arrays are small, and
-    the first large one (or any operation once something else loaded the kernels) switches
-    ``state.dp`` to the kernels for good."""
+    the first large one (or any operation once something else loaded the kernels, or once the
+    cold tier has used up :data:`COLD_SECONDS`) switches ``state.dp`` to the kernels for
+    good."""
 
     def __init__(self, state: Any) -> None:
         self._state = state
@@ -109,8 +118,14 @@ class ColdDatapath:
         ref = getattr(reference, name)  # AttributeError for a name neither datapath has
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            if not kernels_loaded() and _elements(args, kwargs) <= SMALL_ELEMENTS:
-                return ref(*args, **kwargs)
+            global _cold_spent
+            if (not kernels_loaded() and _cold_spent < COLD_SECONDS
+                    and _elements(args, kwargs) <= SMALL_ELEMENTS):
+                t0 = time.perf_counter()
+                try:
+                    return ref(*args, **kwargs)
+                finally:
+                    _cold_spent += time.perf_counter() - t0
             return getattr(self._warm(), name)(*args, **kwargs)
 
         call.__name__ = name

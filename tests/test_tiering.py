@@ -15,12 +15,12 @@ import sys
 
 import numpy as np
 import pytest
+from jit_child import run_child
 
 from emulator import reference, tiering
 from emulator.config import config_from_dict
 from emulator.machine import Machine
 from isa import assemble
-from jit_child import run_child
 
 CFG = {"memory": {"dram_bytes": 4096, "scratchpad_bytes": 16384},
        "accumulator": {"entries": 4096}}
@@ -151,6 +151,13 @@ def test_cold_datapath_routes_by_size_and_switches_for_good(monkeypatch):
     assert calls == ["ref"] and state.dp is cold
     cold.row_sum(np.ones((65, 64), np.int64))
     assert calls == ["ref", "fast"] and state.dp is kernels
+    # a small operation after the cold tier's time is used up
+    state.dp = cold = tiering.ColdDatapath(state)
+    cold.row_sum(small)
+    assert calls[-1] == "ref" and state.dp is cold
+    monkeypatch.setattr(tiering, "_cold_spent", tiering.COLD_SECONDS)
+    cold.row_sum(small)
+    assert calls[-1] == "fast" and state.dp is kernels
     with pytest.raises(AttributeError):
         tiering.ColdDatapath(S()).no_such_operation  # noqa: B018
 
