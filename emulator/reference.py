@@ -371,6 +371,18 @@ def requant_into(dst: np.ndarray, src: np.ndarray, shift: int, mode: int, out_bi
     return nsat
 
 
+def update_into(dst: np.ndarray, src: np.ndarray, res: np.ndarray, theta: np.ndarray, mul: int,
+                shift: int, mode: int, relu: bool, s: int) -> tuple[int, int, int]:
+    """The fused lazy-update sequence (emulator/fusion.py) as its three instructions: ``rqm``
+    of ``src`` times ``mul`` into 16-bit ``dst`` (nearest or truncating: no draws), ``vsub``
+    ``res -= dst`` in 16 bits, ``vlazy`` of ``theta`` with residual ``res``. Returns the three
+    saturation counts (requantizer, subtract, parameter)."""
+    n_rq = requant_into(dst, src, shift, mode, 16, relu, 0, 0, mul)
+    n_sub = alu_into("vsub", res, res, dst, 16)
+    n_lz = lazy_update_into(theta, res, s)
+    return n_rq, n_sub, n_lz
+
+
 # ============================================================================ conv and pooling
 # The documented semantics of conv, vmaxpool, vsumpool, vunpool and vbias written as loops over
 # Python integers (docs/isa.md); ``g`` is an emulator.geometry.Geometry. Operands are the

@@ -415,3 +415,26 @@ def test_fused_update_requantizer_narrow_and_wide_lanes(mode, relu):
         assert dst.tolist() == u.tolist() and n_rq == int(np.count_nonzero(u != y))
         assert t.tolist() == tn.tolist() and r.tolist() == rn.tolist() and n_sub == nsat
         assert n_lz == nsat_lz
+
+
+@pytest.mark.parametrize("mode", [ROUND_NEAREST, ROUND_TRUNC])
+@pytest.mark.parametrize("relu", [False, True])
+def test_fused_update_reference_matches_the_kernel(mode, relu):
+    """reference.update_into (the three instructions one after the other, which a machine
+    without its kernels loaded runs: emulator/tiering.py) against the fused kernel, with
+    saturating requantizer, subtract and parameter edges."""
+    rng = np.random.default_rng(40 + 2 * mode + relu)
+    for _ in range(60):
+        n = int(rng.choice([1, 15, 16, 17, 100]))
+        mul = int(rng.choice([1, -1, 3, 5243, 2**15, 2**31 - 1, -(2**31)]))
+        shift, s = int(rng.integers(1, 32)), int(rng.integers(0, 16))
+        src = rng.choice([-(2**31), 2**31 - 1, 0, -1, 1, *rng.integers(-2**31, 2**31, 8)], n)
+        src = src.astype(np.int32)
+        res = rng.choice(EDGE16 + list(rng.integers(-32768, 32768, 8)), n).astype(np.int16)
+        theta = rng.choice(EDGE8 + list(rng.integers(-128, 128, 8)), n).astype(np.int8)
+        outs = []
+        for dp in (kernels, reference):
+            dst, r, t = np.zeros(n, np.int16), res.copy(), theta.copy()
+            counts = dp.update_into(dst, src, r, t, mul, shift, mode, relu, s)
+            outs.append((dst.tolist(), r.tolist(), t.tolist(), tuple(int(c) for c in counts)))
+        assert outs[0] == outs[1]

@@ -26,6 +26,7 @@ CFG = {"memory": {"dram_bytes": 4096, "scratchpad_bytes": 16384},
        "accumulator": {"entries": 4096}}
 
 # a firmware-style loop of small operations: a 4x4x4 GEMM, a dithered requantize, a vector add
+# and the compiler's lazy-update sequence (rqm; vsub; vlazy, which runs fused)
 LOOP = """
     li r9, 12345
     rngseed r9
@@ -38,10 +39,20 @@ LOOP = """
     li r7, {iters}
     li r4, 128
     li r5, 16
+    li r10, 256
+    li r11, 3
+    li r12, 512
+    li r13, 768
+    eset e3, 4
+    eset e4, 0
+    eset e5, 8
 top:
     gemm r1, r1, r2, r3, r3, r3
     rq r4, r1, r5, e2, e1, rnd=uniform, dt=i8
     vadd r1, r1, r4, r5, dt=i8
+    rqm r10, r0, r5, r11, e5, e1, rnd=nearest, dt=i16
+    vsub r12, r12, r10, r5, dt=i16
+    vlazy r13, r12, r5, e3, e4
     addi r6, r6, 1
     blt r6, r7, top
 {big}
@@ -69,7 +80,7 @@ def outcome(src: str, scalar: str = "auto", datapath: str = "fast") -> dict:
     return {"r": list(m.r), "e": list(m.e), "rng": list(m.rng), "flags": m.flags,
             "steps": m.steps, "cycles": m.cycles, "digest": m.digest(),
             "counts": hashlib.sha256(m.counts.tobytes()).hexdigest(),
-            "tiered": m._interp is not None,
+            "fused": m.fused_total, "tiered": m._interp is not None,
             "kernels": m.dp is not None and m.dp is sys.modules.get("emulator.kernels")}
 
 
@@ -85,7 +96,7 @@ def cold_outcome(iters: int, big: bool) -> dict:
 
 def warm(d: dict) -> dict:
     return {k: v for k, v in d.items()
-            if k not in ("tiered", "kernels", "numba_loaded", "kernels_loaded")}
+            if k not in ("tiered", "kernels", "numba_loaded", "kernels_loaded", "fused")}
 
 
 def test_a_short_program_runs_without_numba_and_gives_the_same_bits():
@@ -93,6 +104,7 @@ def test_a_short_program_runs_without_numba_and_gives_the_same_bits():
     cold = cold_outcome(100, big=False)
     assert not cold["numba_loaded"] and not cold["kernels_loaded"]
     assert not cold["tiered"] and not cold["kernels"]
+    assert cold["fused"] == 100  # the lazy update ran fused, on the reference datapath
     hot = outcome(src, scalar="compiled")  # kernels and compiled interpreter from the start
     assert hot["tiered"] and hot["kernels"]
     assert warm(cold) == warm(hot)
@@ -100,7 +112,7 @@ def test_a_short_program_runs_without_numba_and_gives_the_same_bits():
 
 
 def test_a_long_run_switches_to_the_compiled_interpreter_midway_with_the_same_bits():
-    iters = tiering.TIER_STEPS // 5 + 100  # five instructions per iteration: past TIER_STEPS
+    iters = tiering.TIER_STEPS // 8 + 100  # eight instructions per iteration
     src = source(iters, big=False)
     cold = cold_outcome(iters, big=False)
     assert cold["steps"] > tiering.TIER_STEPS
@@ -113,7 +125,7 @@ def test_the_first_large_operation_loads_the_kernels_with_the_same_bits():
     src = source(3, big=True)
     cold = cold_outcome(3, big=True)
     assert cold["kernels_loaded"] and cold["kernels"]  # the state now calls them directly
-    assert not cold["tiered"]  # 20 steps: the scalar part stayed in Python
+    assert not cold["tiered"]  # 45 steps: the scalar part stayed in Python
     assert warm(cold) == warm(outcome(src, scalar="compiled"))
     assert warm(cold) == warm(outcome(src, scalar="python", datapath="reference"))
 
@@ -167,3 +179,20 @@ def test_jit_disabled_reads_the_environment_before_numba_is_loaded(monkeypatch):
     for value, want in (("1", True), ("0", False), ("", False), ("x", False), (" 2", True)):
         monkeypatch.setenv("NUMBA_DISABLE_JIT", value)
         assert tiering.jit_disabled() is want
+
+
+def test_every_datapath_operation_the_machine_calls_has_a_reference_with_its_signature():
+    """The cold tier sends any operation to emulator/reference.py: each one the emulator calls
+    through ``m.dp`` exists there with the kernels' parameters."""
+    import inspect
+    import re
+    from pathlib import Path
+
+    kernels = tiering.load_kernels()
+    src = "".join(p.read_text() for p in Path(tiering.__file__).parent.glob("*.py"))
+    names = set(re.findall(r"\.dp\.([a-z_0-9]+)", src))
+    assert {"gemm_into", "update_into", "conv_into"} <= names
+    for name in sorted(names):
+        ref, fast = getattr(reference, name), getattr(kernels, name)
+        assert list(inspect.signature(ref).parameters) == \
+            list(inspect.signature(fast).parameters), name
