@@ -86,9 +86,9 @@ class Machine(State):
     runs on the fast datapath execute hot instruction sequences fused (emulator/fusion.py);
     ``scalar`` picks how scalar, branch and exponent instructions run: ``"compiled"`` always
     in the compiled interpreter, ``"python"`` always by their handlers, ``"auto"`` (default)
-    by their handlers for the first ``tiering.TIER_STEPS`` instructions (unless numba's
-    kernels are loaded already), then compiled for runs of at least ``HOT_RUN`` instructions
-    or loops, when numba's JIT is on.
+    by their handlers for the first ``tiering.TIER_STEPS`` instructions or until numba's
+    kernels are loaded, then compiled for runs of at least ``HOT_RUN`` instructions or
+    loops, when numba's JIT is on.
     Values, flags, faults and every counter are the same whatever the choices."""
 
     def __init__(self, cfg: Config, program: Program, datapath: str = "fast",
@@ -339,6 +339,8 @@ class Machine(State):
     def _loop(self, step_limit: int, cycle_limit: int, max_steps: int, max_cycles: int,
               watch: _Watch, break_pc: int | None, break_after: int) -> None:
         """The run loop of plain runs: the compiled interpreter, fused handlers."""
+        if self._tier_at is not None and tiering.kernels_loaded():
+            self._tier_up()  # numba is loaded now anyway (a training host's first batch)
         wsoft = watch.first_limit(self.steps, step_limit)
         soft = wsoft if self._tier_at is None else min(wsoft, self._tier_at)
         n = len(self.program.words)
@@ -354,7 +356,8 @@ class Machine(State):
         while not self.halted:
             pc = self.pc
             if not 0 <= pc < n or self.steps >= soft or self.cycles >= cycle_limit:
-                if self._tier_at is not None and self.steps >= self._tier_at:
+                if self._tier_at is not None and (self.steps >= self._tier_at
+                                                  or tiering.kernels_loaded()):
                     self._tier_up()  # long enough: continue in the compiled interpreter
                     slots = self._slots
                     compiled, run_scalar = self._compiled_entry(small)

@@ -16,9 +16,10 @@ import are loaded on demand), and a machine decides when to load them:
   depends on time keeps every run reproducible.
 * **The scalar interpreter.** ``Machine(scalar="auto")`` runs scalar, branch and exponent
   instructions by their Python handlers until it has executed :data:`TIER_STEPS` instructions,
-  then loads the compiled interpreter (:mod:`emulator.scalar`) and continues there; if the
-  kernels are already loaded when the machine is made, it starts compiled. The switch happens
-  between two instructions and changes no value or counter.
+  then loads the compiled interpreter (:mod:`emulator.scalar`) and continues there. Once the
+  kernels are loaded (by this machine's first large operation or anything else in the process)
+  it switches at the next run call or wall-clock check, and a machine made after that starts
+  compiled. The switch happens between two instructions and changes no value or counter.
 
 A 10-instruction ``lpemu run`` therefore never imports numba, while a training run loads it
 with its first layer-sized operation. ``NUMBA_DISABLE_JIT=1`` is honoured without importing

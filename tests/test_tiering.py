@@ -72,11 +72,15 @@ def source(iters: int, big: bool) -> str:
     return LOOP.format(iters=iters, big=BIG if big else "")
 
 
-def outcome(src: str, scalar: str = "auto", datapath: str = "fast") -> dict:
-    """Run ``src`` on a machine with a fixed initial memory; everything it produced."""
+def outcome(src: str, scalar: str = "auto", datapath: str = "fast", runs: int = 1) -> dict:
+    """Run ``src`` (``runs`` times, restarting after each halt) on a machine with a fixed
+    initial memory; everything it produced."""
     m = Machine(config_from_dict(CFG), assemble(src, "t.s"), datapath=datapath, scalar=scalar)
     m.spad[:] = (np.arange(m.spad.size) * 37 % 251).astype(np.uint8)
-    m.run()
+    for i in range(runs):
+        if i:
+            m.restart()
+        m.run()
     return {"r": list(m.r), "e": list(m.e), "rng": list(m.rng), "flags": m.flags,
             "steps": m.steps, "cycles": m.cycles, "digest": m.digest(),
             "counts": hashlib.sha256(m.counts.tobytes()).hexdigest(),
@@ -84,10 +88,10 @@ def outcome(src: str, scalar: str = "auto", datapath: str = "fast") -> dict:
             "kernels": m.dp is not None and m.dp is sys.modules.get("emulator.kernels")}
 
 
-def cold_outcome(iters: int, big: bool) -> dict:
+def cold_outcome(iters: int, big: bool, runs: int = 1) -> dict:
     """The outcome in a child that starts without numba, with what it had loaded after."""
     code = ("import json, sys\nimport test_tiering as t\n"
-            f"out = t.outcome(t.source({iters}, {big}))\n"
+            f"out = t.outcome(t.source({iters}, {big}), runs={runs})\n"
             "out['numba_loaded'] = 'numba' in sys.modules\n"
             "out['kernels_loaded'] = 'emulator.kernels' in sys.modules\n"
             "print(json.dumps(out))")
@@ -125,9 +129,18 @@ def test_the_first_large_operation_loads_the_kernels_with_the_same_bits():
     src = source(3, big=True)
     cold = cold_outcome(3, big=True)
     assert cold["kernels_loaded"] and cold["kernels"]  # the state now calls them directly
-    assert not cold["tiered"]  # 45 steps: the scalar part stayed in Python
     assert warm(cold) == warm(outcome(src, scalar="compiled"))
     assert warm(cold) == warm(outcome(src, scalar="python", datapath="reference"))
+
+
+def test_once_the_kernels_are_loaded_the_next_run_is_compiled_with_the_same_bits():
+    """A training host's machine: its first batch loads the kernels, the next runs in the
+    compiled interpreter."""
+    src = source(3, big=True)
+    cold = cold_outcome(3, big=True, runs=2)
+    assert cold["tiered"] and cold["kernels"]
+    assert warm(cold) == warm(outcome(src, scalar="compiled", runs=2))
+    assert warm(cold) == warm(outcome(src, scalar="python", datapath="reference", runs=2))
 
 
 def test_lpemu_run_of_a_short_program_never_imports_numba(tmp_path):
