@@ -146,7 +146,7 @@ def test_expansion_grid_zip_random_and_seeds(folder):
     assert len(set(ids)) == len(ids)
 
 
-def test_point_id_covers_config_program_inputs_and_version(folder, monkeypatch, tmp_path):
+def test_point_id_covers_config_program_inputs_version_and_code(folder, monkeypatch, tmp_path):
     spec = sweep_from_dict(doc(), str(folder / "s.yaml"), folder)
     base = [p.point_id for p in resolve(spec)]
     assert base == [p.point_id for p in resolve(spec)]
@@ -156,6 +156,10 @@ def test_point_id_covers_config_program_inputs_and_version(folder, monkeypatch, 
     monkeypatch.setattr(point, "lpemu_version", lambda: "9.9.9")
     assert base != [p.point_id for p in resolve(spec)]
     monkeypatch.undo()
+    monkeypatch.setattr(point, "_CODE_STAMP", "0" * 64)  # an edited source, same version
+    assert set(base).isdisjoint(p.point_id for p in resolve(spec))
+    monkeypatch.undo()
+    assert len(point.code_stamp()) == 64 and base == [p.point_id for p in resolve(spec)]
     # the same program and inputs copied elsewhere: same ids; one input byte changed: new ids
     for f in ("gemm.s", "a.npy", "b.npy"):
         (tmp_path / f).write_bytes((folder / f).read_bytes())

@@ -2,8 +2,10 @@
 
 A *resolved point* is everything that determines its results: the full hardware config, the
 full model spec (train points) or the program's binary encoding and the bytes and addresses of
-its inputs (program points), the count-only switch and step/cycle budgets, and the lpemu
-version. Its ``point_id`` is the SHA-256 of that, as canonical JSON, cut to 20 hex digits.
+its inputs (program points), the count-only switch and step/cycle budgets, the lpemu
+version and a hash of lpemu's source (:func:`code_stamp`: a resumed sweep reruns its points
+after any change of the code, even one that kept the version). Its ``point_id`` is the
+SHA-256 of that, as canonical JSON, cut to 20 hex digits.
 :func:`run_point` is a pure function of the resolved point's payload: the Dask task.
 """
 
@@ -34,6 +36,26 @@ def lpemu_version() -> str:
         return version("lpemu")
     except PackageNotFoundError:  # pragma: no cover - a checkout without install
         return "0+unknown"
+
+
+_CODE_STAMP: str | None = None
+
+
+def code_stamp() -> str:
+    """SHA-256 of every Python source of the ``isa``, ``emulator`` and ``programs`` packages
+    (relative paths and bytes; computed once per process, about 10 ms)."""
+    global _CODE_STAMP
+    if _CODE_STAMP is None:
+        import emulator
+
+        root = Path(emulator.__file__).resolve().parents[1]
+        h = hashlib.sha256()
+        for pkg in ("isa", "emulator", "programs"):
+            for f in sorted((root / pkg).rglob("*.py")):
+                h.update(f.relative_to(root).as_posix().encode() + b"\0")
+                h.update(f.read_bytes())
+        _CODE_STAMP = h.hexdigest()
+    return _CODE_STAMP
 
 
 # ---------------------------------------------------------------------------- resolving
@@ -142,7 +164,8 @@ def resolve(sweep: SweepSpec, sets: list[tuple[str, Any]] | None = None) -> list
     cfg0, spec0 = overrides.apply(cfg0, spec0, sets or [], "--set")
     metrics = list(sweep.metrics or default_metrics(sweep.kind, sweep.float_reference))
     common: dict[str, Any] = {"kind": sweep.kind, "metrics": metrics}
-    ident: dict[str, Any] = {"lpemu": lpemu_version(), "kind": sweep.kind}
+    ident: dict[str, Any] = {"lpemu": lpemu_version(), "code": code_stamp()[:20],
+                             "kind": sweep.kind}
     if sweep.kind == "program":
         prog = _program_payload(sweep)
         ident["program"] = prog.pop("program_id")
