@@ -49,7 +49,7 @@ ALU_OPS = ("vadd", "vsub", "vmul", "vmin", "vmax", "vcmpgt", "vsra", "vsll", "vr
            "vrelumask")
 FUSABLE = 1 << 40  # in column c of an rqm that starts the compiler's lazy-update sequence
 
-# the operation code of each mnemonic inside exec_vector (ALU ops use kernels.ALU_CODES)
+# the operation code of each mnemonic inside vecops.exec_vector (ALU ops use ALU_CODES)
 (V_RQ, V_RQM, V_VCVT, V_EFIT, V_ALU, V_VSEL, V_VRMAX, V_VRSUM, V_VTOACC, V_VSUBROW, V_VEXP,
  V_VNORMROW, V_VLAZY, V_DMALDACC, V_DMASTACC) = range(15)
 OPCLASS = {"rq": V_RQ, "rqm": V_RQM, "vcvt": V_VCVT, "efit": V_EFIT, "vsel": V_VSEL,
