@@ -235,8 +235,9 @@ def _budget_raw() -> int:
     return limits.memory_budget(0)
 
 
-def _header(data: bytes, file: str) -> tuple[int, int]:
-    """Check the fixed header and the body's length and checksum; (raw length, meta length)."""
+def _fixed_header(data: bytes, file: str) -> tuple[int, bytes]:
+    """Check the fixed header's size, magic, version and reserved field (``data`` may be the
+    whole file or its first bytes); (payload length, SHA-256) as the header states them."""
     if len(data) < HEADER.size:
         raise CheckpointError(f"file is {len(data)} bytes, shorter than the {HEADER.size}-byte "
                               "header", file, len(data))
@@ -250,6 +251,12 @@ def _header(data: bytes, file: str) -> tuple[int, int]:
                               + old, file, 4)
     if reserved:
         raise CheckpointError("reserved header field is not zero", file, 6)
+    return n, digest
+
+
+def _header(data: bytes, file: str) -> tuple[int, int]:
+    """Check the fixed header and the body's length and checksum; (raw length, meta length)."""
+    n, digest = _fixed_header(data, file)
     body = len(data) - HEADER.size
     if body != n:
         raise CheckpointError(f"payload is {body} bytes, header says {n} (truncated or "
@@ -289,15 +296,7 @@ def read_meta(path: str | Path) -> dict[str, Any]:
         head = read_bounded(file, HEADER.size + BODY.size + MAX_META_BYTES, prefix=True)
     except TooLarge as e:  # pragma: no cover - prefix reads never exceed
         raise CheckpointError(f"checkpoint {e.describe()}", file) from None
-    if len(head) < HEADER.size:
-        raise CheckpointError(f"file is {len(head)} bytes, shorter than the {HEADER.size}-byte "
-                              "header", file, len(head))
-    magic, version, reserved, _, _ = HEADER.unpack_from(head)
-    if magic != MAGIC:
-        raise CheckpointError(f"bad magic {magic!r}, expected {MAGIC!r}", file, 0)
-    if version != VERSION:
-        raise CheckpointError(f"unsupported checkpoint version {version}, expected {VERSION}",
-                              file, 4)
+    _fixed_header(head, file)
     _, meta_len = _body_lengths(head, file)
     return _meta(head, meta_len, file)
 
