@@ -40,10 +40,11 @@ from emulator.counters import (
     SPAD_RD,
     SPAD_WR,
 )
-from emulator.decoding import (  # noqa: F401 - the decoded form (re-exported)
+from emulator.decoding import (
     COST_PAIRS,
     EXP_MAX,
     EXP_MIN,
+    FUSABLE,
     K_ACCRD,
     K_ADD,
     K_ADDI,
@@ -81,7 +82,6 @@ from emulator.decoding import (  # noqa: F401 - the decoded form (re-exported)
     K_SUB,
     K_VEC0,
     K_XOR,
-    KIND,
     N_KINDS,
     ST_BREAK,
     ST_COARSE,
@@ -90,9 +90,6 @@ from emulator.decoding import (  # noqa: F401 - the decoded form (re-exported)
     ST_STOP,
     VCLS,
     VCODE,
-    decode_program,
-    hot_marks,
-    kind_costs,
 )
 from emulator.vecops import rows_fit
 
@@ -158,7 +155,7 @@ def run_scalar(prog, kcost, ccost, rowof, r, e, rng, counts, dram, spad, acc, pc
         c = prog[pc, 3]
         nxt = pc + 1
         if k >= K_VEC0:
-            if k == K_RQM and c & vecops.FUSABLE and pc + 2 < n:
+            if k == K_RQM and c & FUSABLE and pc + 2 < n:
                 done, fl, cyc = vecops.exec_update(
                     a, b, c, prog[pc + 2, 1], prog[pc + 2, 2], rowof[prog[pc, 4]],
                     rowof[prog[pc + 1, 4]], rowof[prog[pc + 2, 4]], r, e, counts, ccost, spad,

@@ -13,9 +13,9 @@ the row's index in the decoded program, -1 before the first run) after the handl
 runs it, keyed by the instruction's size operands (``n``, or rows and columns); a different
 size is a miss (``PY``), and the handler runs and refills the row.
 
-Operand fields come packed from the decoder (:data:`PACK`): column a holds the scalar register
-numbers (5 bits each), b the exponent registers (4 bits each), c the enum and flag fields
-(4 bits each), each in the order :data:`PACK` lists them.
+Operand fields come packed from the decoder (:data:`emulator.decoding.PACK`): column a holds
+the scalar register numbers (5 bits each), b the exponent registers (4 bits each), c the enum
+and flag fields (4 bits each), each in the order that table lists them.
 """
 
 from __future__ import annotations
@@ -32,14 +32,8 @@ from emulator.counters import (
     RNG_DRAWS,
     SATURATIONS,
 )
-from emulator.decoding import (  # noqa: F401 - the packing and operation codes (re-exported)
-    ALU_OPS,
-    FUSABLE,
-    MNEMONICS,
-    OPCLASS,
-    PACK,
+from emulator.decoding import (
     V_ALU,
-    V_DMALDACC,
     V_DMASTACC,
     V_EFIT,
     V_RQ,
@@ -53,7 +47,6 @@ from emulator.decoding import (  # noqa: F401 - the packing and operation codes 
     V_VSEL,
     V_VSUBROW,
     V_VTOACC,
-    size_key,
 )
 from emulator.kernels import (
     _EXP_LUT,
